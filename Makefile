@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` (set-up + main job) and `make test` (set-up + tests).
+# Set-up is idempotent: it reuses .venv and reinstalls only when pyproject.toml changes.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+# Two cores: let torch use both in single-process jobs; multi-process tests set their own.
+export OMP_NUM_THREADS ?= 2
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: setup demo test test-slow bench
+
+setup: $(STAMP) $(FMNIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+# Real data the project evaluates on: Debian ships Fashion-MNIST. Without apt (or root) the
+# code falls back to the Hugging Face Hub id, so this step is best-effort.
+$(FMNIST):
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "note: cannot apt-get install dataset-fashion-mnist here; data will come from the Hub"; fi
+
+demo: setup
+	$(PY) -m repspec_zoo.cli demo
+
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+
+test-slow: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m slow

@@ -1,0 +1,360 @@
+"""SpectralRegularizer: rep-/ll-spectral penalty attached to any ``nn.Module`` by hooks.
+
+    penalty = gamma/2 * sum_l sigma_max(W_l)^2          (Yang et al. 2024, eq. 3)
+
+sigma_max is the operator norm of the layer *as it acts on its input*: for a Linear layer
+the largest singular value of the weight matrix, for a convolution the norm of the real
+(zero- or circular-padded, strided, grouped, dilated) linear map at the input size recorded
+by a forward pre-hook. It is estimated by power iteration with vectors (u, v) kept as
+buffers and refined by ``n_power_iter`` steps every ``every`` training steps (the paper's
+amortization). With u, v fixed, ``sigma = u^T W v`` (for a conv ``<u, conv(v)>``) is
+differentiable in the weight with ``d sigma / dW = u v^T``, which is the gradient of the
+true sigma_max at convergence.
+
+Why hand-written: torch's ``parametrizations.spectral_norm`` *normalizes* weights (and
+treats a conv kernel as a reshaped matrix, which is not the conv's operator norm); here we
+add a penalty on the true operator norms and must leave the weights untouched.
+"""
+from __future__ import annotations
+
+import warnings
+import zlib
+from dataclasses import replace
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from .norms import (ConvGeometry, bn_scale, bn_scaled_weight, conv_fft_sigma, conv_power_iteration,
+                    matrix_power_iteration, sigma_from_vectors)
+from .select import select_layers
+
+ESTIMATORS = ("power", "fft")
+GAMMA_CONVENTION = "penalty = gamma/2 * sum_l sigma_max(W_l)^2 (Yang et al. 2024, eq. 3)"
+_CONVS = (nn.Conv1d, nn.Conv2d)
+
+
+def _state_key(name: str) -> str:
+    """Module names contain dots, which buffers/ModuleDict keys may not."""
+    return name.replace(".", "__")
+
+
+def _layer_generator(name: str) -> torch.Generator:
+    """CPU generator seeded by the layer name: every DDP rank draws the same start vectors."""
+    return torch.Generator().manual_seed(zlib.crc32(name.encode()))
+
+
+class _LayerState(nn.Module):
+    """Power-iteration state of one layer, all in buffers (saved, moved by ``.to()``).
+
+    u: unit vector in the layer's output space (``(C_out, *spatial_out)`` for a conv).
+    v: unit vector in its input space (``(C_in, *spatial_in)``).
+    sigma: the latest estimate of sigma_max (float, for logging).
+    in_shape: the per-sample input shape the operator was built for (empty until recorded).
+    Their shapes are only known after the first forward, so loading resizes them (like
+    torch's lazy modules do).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("u", torch.empty(0))
+        self.register_buffer("v", torch.empty(0))
+        self.register_buffer("sigma", torch.zeros(()))
+        self.register_buffer("in_shape", torch.empty(0, dtype=torch.long))
+        self.shape: tuple[int, ...] | None = None  # python mirror of in_shape (no device sync)
+        self.needs_warmup = True
+
+    def reset(self, u: Tensor, v: Tensor, shape: tuple[int, ...] | None) -> None:
+        device = self.sigma.device
+        self.u = u.to(device=device, dtype=self.sigma.dtype)
+        self.v = v.to(device=device, dtype=self.sigma.dtype)
+        self.in_shape = torch.tensor(shape or (), dtype=torch.long, device=device)
+        self.shape = shape
+        self.needs_warmup = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if not any(k.startswith(prefix) for k in state_dict):
+            return  # plain weights without regularizer state: keep fresh vectors, report nothing missing
+        for name in ("u", "v", "in_shape"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty(saved.shape, dtype=getattr(self, name).dtype,
+                                                device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        saved = state_dict.get(prefix + "in_shape")
+        if saved is not None:
+            self.shape = tuple(int(s) for s in saved.tolist()) or None
+            self.needs_warmup = False
+
+
+class SpectralRegularizer(nn.Module):
+    """gamma/2 * sum_l sigma_max(W_l)^2 over the selected layers of a model.
+
+    Args:
+        model: the network; hooks are attached to it (``remove()`` detaches them).
+        gamma: strength in the paper's convention (penalty = gamma/2 * sum sigma^2). The
+            authors' code adds ``lam * sum sigma^2``, i.e. their lam = gamma/2.
+        mode: ``'rep'`` (up to the features, head excluded), ``'ll'`` (head included).
+        layers: explicit list of layer names (overrides ``mode``).
+        every: one power-iteration update every ``every`` training steps (1 = every step;
+            the paper uses 160 for ResNet-50 on ImageNet).
+        estimator: ``'power'`` (power iteration on the real operator; exact for zero padding)
+            or ``'fft'`` (exact sigma of the circular-padded operator from its DFT symbol at
+            every update; conv layers only, Linear layers always use power iteration).
+        bn_aware: penalize the norm of BN∘conv (eval-mode BN scale folded into the kernel),
+            which is what bounds the feature Jacobian of a BatchNorm network.
+        n_power_iter: power-iteration steps per update.
+        warmup_iters: steps run the first time fresh vectors are used.
+
+    A training step counts as one call of ``penalty()`` (or ``step()``) in training mode.
+
+    Example:
+        >>> reg = SpectralRegularizer(model, gamma=1e-3)      # or attach_spectral(model, ...)
+        >>> loss = F.cross_entropy(model(x), y) + reg.penalty()
+    """
+
+    def __init__(self, model: nn.Module, gamma: float = 1e-3, mode: str = "rep",
+                 layers: list[str] | None = None, every: int = 1, estimator: str = "power",
+                 bn_aware: bool = False, n_power_iter: int = 1, warmup_iters: int = 10):
+        super().__init__()
+        if not gamma >= 0:
+            raise ValueError(f"gamma={gamma!r} must be >= 0 (penalty = gamma/2 * sum sigma^2)")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every={every!r} must be an integer >= 1 (1 = a power step every training step)")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+        if n_power_iter < 1:
+            raise ValueError(f"n_power_iter={n_power_iter!r} must be >= 1")
+        self.gamma, self.every, self.estimator, self.bn_aware = float(gamma), every, estimator, bn_aware
+        self.n_power_iter, self.warmup_iters = n_power_iter, warmup_iters
+        self.mode = "layers" if layers is not None else mode
+        selected = select_layers(model, mode, layers)
+        self.layer_names = list(selected)
+        self.states = nn.ModuleDict({_state_key(n): _LayerState() for n in self.layer_names})
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+        self._step = 0
+        # plain dicts (not submodules): the layers belong to the model, not to us
+        self.__dict__["_owner"] = model
+        self.__dict__["_layers"] = dict(selected)
+        self._pairing_handles: list = []
+        self._bn_of: dict[str, nn.Module] = {}
+        self._pending_out: dict[int, tuple[str, Tensor]] = {}
+        self._warned: set[str] = set()
+        self._fft_ok: dict[str, bool] = {}
+        self._hook_handles: dict[str, object] = {}
+        for name, module in selected.items():
+            self._bind(name, module)
+        if bn_aware:
+            self._attach_bn_pairing(model)
+
+    # ----------------------------------------------------------------------------- hooks
+    def _bind(self, name: str, module: nn.Module) -> None:
+        """Track ``module`` as layer ``name``: a shape-recording hook for convs, fresh vectors for Linear."""
+        self._layers[name] = module
+        old = self._hook_handles.pop(name, None)
+        if old is not None:
+            old.remove()
+        state = self.states[_state_key(name)]
+        if isinstance(module, _CONVS):
+            self._hook_handles[name] = module.register_forward_pre_hook(partial(self._record_input, name))
+            state.shape = None
+        elif isinstance(module, nn.Linear):
+            gen = _layer_generator(name)
+            u = torch.randn(module.out_features, generator=gen, dtype=torch.float64)
+            v = torch.randn(module.in_features, generator=gen, dtype=torch.float64)
+            state.reset(u / u.norm(), v / v.norm(), None)
+
+    def _active_layers(self):
+        """(name, module) of the tracked layers as the model has them now.
+
+        Layers are looked up by name so that a replaced module (``reset_classifier`` in 'll'
+        mode) is picked up with fresh state; a layer replaced by something without a weight
+        operator (e.g. ``nn.Identity`` for num_classes=0) drops out of the penalty.
+        """
+        owner = self.__dict__["_owner"]
+        for name in self.layer_names:
+            try:
+                module = owner.get_submodule(name)
+            except AttributeError:
+                continue
+            if module is not self._layers[name]:
+                if not isinstance(module, (nn.Linear, *_CONVS)):
+                    continue
+                self._bind(name, module)
+            yield name, module
+
+    def _record_input(self, name: str, module: nn.Module, args) -> None:
+        shape = tuple(args[0].shape[1:])
+        state = self.states[_state_key(name)]
+        if state.shape == shape:
+            return
+        if state.shape is not None and name not in self._warned:
+            self._warned.add(name)
+            warnings.warn(f"SpectralRegularizer: input of layer {name!r} changed from {state.shape} to "
+                          f"{shape}; its operator norm depends on the input size, so its power-iteration "
+                          "state is re-initialized", stacklevel=2)
+        geom = ConvGeometry.from_module(module, shape)  # raises if the conv cannot take this input
+        gen = _layer_generator(name)
+        u = torch.randn(geom.out_shape(module.weight), generator=gen, dtype=torch.float64)
+        v = torch.randn(shape, generator=gen, dtype=torch.float64)
+        state.reset(u / u.norm(), v / v.norm(), shape)
+
+    def _attach_bn_pairing(self, model: nn.Module) -> None:
+        """Find the BatchNorm that consumes each conv's output during the first forward.
+
+        Pairing by tensor identity works for any model (timm's BatchNormAct2d included) without
+        name rules; the hooks remove themselves after the first forward.
+        """
+        def conv_out(name, module, args, out):
+            self._pending_out[id(out)] = (name, out)
+
+        def bn_in(bn, args):
+            hit = self._pending_out.get(id(args[0]))
+            if hit is not None and hit[1] is args[0]:
+                self._bn_of[hit[0]] = bn
+
+        def done(module, args, out):
+            self._pending_out.clear()
+            for h in self._pairing_handles:
+                h.remove()
+            self._pairing_handles.clear()
+
+        for name, module in self._layers.items():
+            if isinstance(module, _CONVS):
+                self._pairing_handles.append(module.register_forward_hook(partial(conv_out, name)))
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                self._pairing_handles.append(module.register_forward_pre_hook(bn_in))
+        self._pairing_handles.append(model.register_forward_hook(done))
+
+    # ------------------------------------------------------------------------- internals
+    def _weight(self, name: str) -> Tensor:
+        """The layer's weight as the operator we take the norm of, in >= float32."""
+        module = self._layers[name]
+        weight = module.weight
+        if weight.dtype not in (torch.float32, torch.float64):
+            weight = weight.float()
+        if self.bn_aware and isinstance(module, _CONVS):
+            if self._pairing_handles:
+                raise RuntimeError("bn_aware=True pairs each conv with its BatchNorm during the first "
+                                   "forward pass; run model(x) once before penalty()")
+            bn = self._bn_of.get(name)
+            if bn is not None:
+                weight = bn_scaled_weight(weight, bn_scale(bn).to(weight.dtype))
+        return weight
+
+    def _geometry(self, name: str) -> ConvGeometry | None:
+        module = self._layers[name]
+        if not isinstance(module, _CONVS):
+            return None
+        state = self.states[_state_key(name)]
+        if state.shape is None:
+            raise RuntimeError(f"layer {name!r} has not seen an input yet: run a forward pass of the model "
+                               "before penalty()/step(), so that each conv's input size is recorded")
+        geom = ConvGeometry.from_module(module, state.shape)
+        return replace(geom, padding_mode="circular") if self.estimator == "fft" else geom
+
+    @torch.no_grad()
+    def _power_update(self, name: str, n_iter: int) -> None:
+        state = self.states[_state_key(name)]
+        weight = self._weight(name).detach().to(state.u.dtype)
+        geom = self._geometry(name)
+        if geom is None:
+            sigma, u, v = matrix_power_iteration(weight, state.u, state.v, n_iter=n_iter)
+        elif self.estimator == "fft" and self._fft_ok.get(name, True):
+            try:
+                sigma, u, v = conv_fft_sigma(weight, geom)
+            except ValueError as err:  # not block-circulant (e.g. stride 2 on an odd grid)
+                warnings.warn(f"SpectralRegularizer: exact FFT norm unavailable for layer {name!r} ({err}); "
+                              "using power iteration on the same circular operator", stacklevel=3)
+                self._fft_ok[name] = False
+                return self._power_update(name, max(n_iter, self.warmup_iters))
+        else:
+            sigma, u, v = conv_power_iteration(weight, geom, state.u, state.v, n_iter=n_iter)
+        state.u.copy_(u)
+        state.v.copy_(v)
+        state.sigma.copy_(sigma)
+        state.needs_warmup = False
+
+    # ---------------------------------------------------------------------------- public
+    @torch.no_grad()
+    def step(self) -> bool:
+        """Count one training step; run the amortized power update when it is due.
+
+        Returns whether an update ran. ``penalty()`` calls this in training mode; call it
+        yourself during a burn-in phase in which the penalty is not added to the loss.
+        """
+        due = self._step % self.every == 0
+        self._step += 1
+        self.num_steps.add_(1)
+        for name, _ in list(self._active_layers()):
+            state = self.states[_state_key(name)]
+            if state.needs_warmup:
+                self._power_update(name, self.warmup_iters)
+            elif due:
+                self._power_update(name, self.n_power_iter)
+        return due
+
+    def refresh(self, n_iter: int = 100) -> dict[str, float]:
+        """Run ``n_iter`` extra power steps on every layer (e.g. before logging or a bound)."""
+        for name, _ in list(self._active_layers()):
+            self._power_update(name, n_iter)
+        return self.sigmas()
+
+    def penalty(self) -> Tensor:
+        """gamma/2 * sum_l sigma_l^2, differentiable, in float32 (float64 for a float64 model) under autocast."""
+        if self.training and torch.is_grad_enabled():
+            self.step()
+        sigmas = []
+        device_type = self.num_steps.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            for name, _ in list(self._active_layers()):
+                state = self.states[_state_key(name)]
+                if state.needs_warmup:  # eval-mode use before any step: get usable vectors first
+                    self._power_update(name, self.warmup_iters)
+                weight = self._weight(name).to(state.u.dtype)
+                sigma = sigma_from_vectors(weight, state.u, state.v, self._geometry(name))
+                state.sigma.copy_(sigma.detach())
+                sigmas.append(sigma)
+        return 0.5 * self.gamma * torch.stack(sigmas).square().sum()
+
+    def sigmas(self) -> dict[str, float]:
+        """Latest sigma_max estimate per layer name (for logging)."""
+        return {name: float(self.states[_state_key(name)].sigma) for name, _ in self._active_layers()}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "num_steps" not in state_dict:
+            return  # plain timm weights: the regularizer state is optional (see _LayerState)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        saved = state_dict.get(prefix + "num_steps")
+        if saved is not None:
+            self._step = int(saved)
+
+    def remove(self) -> nn.Module:
+        """Detach all hooks and delete ``model.spectral``; returns the plain model."""
+        for handle in [*self._hook_handles.values(), *self._pairing_handles]:
+            handle.remove()
+        self._hook_handles.clear()
+        self._pairing_handles.clear()
+        owner = self.__dict__["_owner"]
+        if getattr(owner, "spectral", None) is self:
+            del owner.spectral
+        return owner
+
+    def extra_repr(self) -> str:
+        return (f"gamma={self.gamma}, mode={self.mode!r}, layers={len(self.layer_names)}, every={self.every}, "
+                f"estimator={self.estimator!r}, bn_aware={self.bn_aware}")
+
+
+def attach_spectral(model: nn.Module, **kwargs) -> SpectralRegularizer:
+    """Create a SpectralRegularizer for ``model`` and store it as ``model.spectral``.
+
+    Its buffers then live in ``model.state_dict()`` under ``spectral.*`` and follow
+    ``model.to(...)``; ``model.spectral.remove()`` restores the plain model and keys.
+    """
+    if hasattr(model, "spectral"):
+        raise ValueError(f"{type(model).__name__} already has a `spectral` attribute; call "
+                         "model.spectral.remove() first")
+    reg = SpectralRegularizer(model, **kwargs)
+    model.spectral = reg
+    return reg
