@@ -1,0 +1,227 @@
+"""Benchmark of the batched decision-based attacks on a small Fashion-MNIST CNN.
+
+Measures
+  1. batching speed-up: TA on n samples as one batch vs. the same code run one sample at a
+     time (same seed and sample ids, so the distances must agree), goal >= 10x;
+  2. attack overhead: batched TA wall time / time to forward the same query images in the
+     same model-call sizes (replayed from a recording of the attack), goal <= 1.5;
+  3. quality: mean and median L2 at 1K / 5K / 10K queries for TA, G-TA and HSJA on the same
+     correctly classified test samples (TA paper's rule: last iterate within the budget).
+
+Prints a markdown table and writes benchmarks/results_attack.json (atomically).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_attack.py            # ~5 min on 2 cores
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_attack.py --n 20 --quality-budget 2000
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import platform
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repspec_zoo.attacks import predict_labels, run_attack
+
+DATA_DIR = Path("/usr/share/datasets/fashion-mnist")  # IDX files as distributed upstream
+RESULTS = Path(__file__).with_name("results_attack.json")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Array stored in an IDX(.gz) file: magic (0, 0, dtype code, ndim), big-endian dims."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    zero, code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_split(data_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST images (N, 1, 28, 28) in [0, 1] and labels (N,)."""
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz")
+    labels = read_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz")
+    x = torch.from_numpy(images.copy()).float().div_(255).unsqueeze(1)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def small_cnn() -> nn.Module:
+    """Strided CNN, ~0.1 MMAC per image: cheap enough for 10K queries x 100 samples on CPU."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 5, stride=2, padding=2), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    """Adam on shuffled mini-batches of 128 for ``steps`` steps (a step count, not a time
+    limit, so the same seed gives the same model on a loaded machine); returns seconds."""
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    start, done = time.perf_counter(), 0
+    while done < steps:
+        for idx in torch.randperm(len(x)).split(128)[:steps - done]:
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+    return time.perf_counter() - start
+
+
+class RowInvariant(nn.Module):
+    """``net`` with one-row calls padded to two rows. On CPU a one-row Linear runs BLAS gemv,
+    which rounds differently from the gemm used for larger calls, so a point at the boundary
+    could get a different label alone than in a batch; padding makes every row's logits
+    independent of the call size, so batched-vs-single equality tests the attack, not BLAS."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.expand(2, *x.shape[1:]))[:1] if len(x) == 1 else self.net(x)
+
+
+class CallRecorder(nn.Module):
+    """Forwards to ``net`` and records the batch size of every call."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.sizes: list[int] = []
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        return self.net(x)
+
+
+@torch.no_grad()
+def replay_forward(net: nn.Module, sizes: list[int], shape) -> float:
+    """Seconds to forward random images in exactly the given call sizes."""
+    pool = torch.rand(max(sizes), *shape)
+    start = time.perf_counter()
+    for s in sizes:
+        net(pool[:s])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=100, help="samples attacked (all parts)")
+    ap.add_argument("--speed-budget", type=int, default=1000, help="queries, parts 1-2")
+    ap.add_argument("--quality-budget", type=int, default=10_000, help="queries, part 3")
+    ap.add_argument("--batch-size", type=int, default=1024, help="rows per model call")
+    ap.add_argument("--train-steps", type=int, default=2500, help="~1 min on one core")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="timed repeats of the batched attack and the replay (min is kept)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: stable timings on a shared machine)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    x_train, y_train = load_split(args.data_dir, "train")
+    x_test, y_test = load_split(args.data_dir, "test")
+    net = small_cnn()
+    train_seconds = train(net, x_train, y_train, args.train_steps)
+    net = RowInvariant(net).eval()
+    pred = predict_labels(net, x_test, 2048)
+    test_acc = (pred == y_test).float().mean().item()
+    keep = (pred == y_test).nonzero().flatten()[:args.n]  # first n correctly classified
+    x, y = x_test[keep], y_test[keep]
+    print(f"trained {args.train_steps} steps in {train_seconds:.0f}s: test accuracy "
+          f"{test_acc:.4f}; "
+          f"attacking {len(x)} correctly classified test images")
+
+    # 1. batched vs one at a time (same seed, same per-sample ids -> same random streams);
+    # timings on a shared machine are noisy: the min over repeats is kept
+    t_batched = math.inf
+    for _ in range(args.repeats):
+        rec = CallRecorder(net).eval()
+        t0 = time.perf_counter()
+        batched = run_attack("ta", rec, x, y, args.speed_budget, args.batch_size, args.seed)
+        t_batched = min(t_batched, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    single_l2 = torch.empty(len(x))
+    for i in range(len(x)):
+        res = run_attack("ta", net, x[i:i + 1], y[i:i + 1], args.speed_budget, args.batch_size,
+                         args.seed, sample_ids=[i])
+        single_l2[i] = res.l2[0]
+    t_single = time.perf_counter() - t0
+    diff = (single_l2 - batched.l2).abs()
+    # 2. overhead: the same model calls (incl. the final verify pass), random images
+    t_forward = min(replay_forward(net, rec.sizes, x.shape[1:]) for _ in range(args.repeats))
+    n_queries = int(batched.queries.sum())
+
+    # 3. quality at 1K / 5K / 10K
+    budgets = [b for b in (1000, 5000, 10_000) if b <= args.quality_budget]
+    quality = {}
+    for name in ("ta", "gta", "hsja"):
+        t0 = time.perf_counter()
+        res = run_attack(name, net, x, y, args.quality_budget, args.batch_size, args.seed)
+        at = res.l2_at_budgets(budgets)
+        quality[name] = {
+            "seconds": time.perf_counter() - t0,
+            "success": float(res.success.float().mean()),
+            "l2_mean": {str(b): float(at[:, j].mean()) for j, b in enumerate(budgets)},
+            "l2_median": {str(b): float(at[:, j].median()) for j, b in enumerate(budgets)},
+        }
+
+    results = {
+        "setup": {"n_samples": len(x), "speed_budget": args.speed_budget,
+                  "quality_budget": args.quality_budget, "batch_size": args.batch_size,
+                  "threads": args.threads, "seed": args.seed, "repeats": args.repeats,
+                  "train_steps": args.train_steps, "train_seconds": train_seconds,
+                  "clean_acc": test_acc, "model": "strided CNN 8-16 (Fashion-MNIST)",
+                  "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+                  "cpus": os.cpu_count()},
+        "batching": {"seconds_batched": t_batched, "seconds_one_at_a_time": t_single,
+                     "speedup": t_single / t_batched,
+                     "l2_max_abs_diff": float(diff.max()),
+                     "l2_equal_fraction": float((diff == 0).float().mean())},
+        "overhead": {"seconds_attack": t_batched, "seconds_forward_only": t_forward,
+                     "model_calls": len(rec.sizes), "queries": n_queries,
+                     "ratio": t_batched / t_forward},
+        "quality": quality,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as f:
+        json.dump(results, f, indent=2)
+    os.replace(f.name, args.out)
+
+    b, o = results["batching"], results["overhead"]
+    print(f"\n| measure | value | goal |\n|---|---|---|")
+    print(f"| TA {args.speed_budget} q, {len(x)} samples: one-at-a-time / batched time | "
+          f"{t_single:.1f}s / {t_batched:.1f}s = {b['speedup']:.1f}x | >= 10x |")
+    print(f"| distances equal (batched vs one at a time) | {b['l2_equal_fraction']:.0%} "
+          f"(max diff {b['l2_max_abs_diff']:.2e}) | 100% |")
+    print(f"| attack / forward-only time ({o['model_calls']} calls, {n_queries} queries) | "
+          f"{t_batched:.1f}s / {t_forward:.1f}s = {o['ratio']:.2f} | <= 1.5 |")
+    head = " | ".join(f"mean L2 @{b // 1000}K" for b in budgets)
+    print(f"\n| attack | {head} | median @{budgets[-1] // 1000}K | success | time |")
+    print("|---" * (len(budgets) + 4) + "|")
+    for name, q in quality.items():
+        cells = " | ".join(f"{q['l2_mean'][str(b)]:.3f}" for b in budgets)
+        print(f"| {name} | {cells} | {q['l2_median'][str(budgets[-1])]:.3f} | "
+              f"{q['success']:.0%} | {q['seconds']:.0f}s |")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

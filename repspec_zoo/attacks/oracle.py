@@ -1,0 +1,198 @@
+"""Hard-label oracle: the only door through which decision-based attacks reach a model.
+
+An attack on a batch of N samples sees nothing but one boolean per query row: "is this
+point adversarial for the sample it is charged to" (untargeted: the predicted label differs
+from the sample's label). The oracle
+
+- counts queries per sample (``queries``, a LongTensor (N,)),
+- enforces a hard per-sample budget: a row whose sample has no query left is not run and is
+  reported as not adversarial, with ``answered=False`` so the attack can tell "no" from
+  "not asked",
+- runs the model in chunks of ``batch_size`` rows under ``torch.no_grad`` on the model's
+  device, and
+- validates its inputs (finite, inside ``bounds``) so that every distance the attacks report
+  is an L2 distance in [0, 1] pixel space.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "HardLabelOracle", "OracleAnswer", "check_images", "model_device_dtype", "predict_labels",
+]
+
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+
+
+class OracleAnswer(NamedTuple):
+    """Reply to one `HardLabelOracle.is_adversarial` call, one entry per query row."""
+
+    adversarial: torch.Tensor  # bool (M,): the model's label differs from the sample's label
+    answered: torch.Tensor  # bool (M,): the row was run (False: its sample's budget was spent)
+
+
+def model_device_dtype(model: Classifier, like: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype the model computes in: those of its first floating parameter
+    or buffer; for a parameter-free callable, those of ``like``."""
+    if isinstance(model, nn.Module):
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point():
+                return t.device, t.dtype
+    return like.device, like.dtype
+
+
+def check_images(name: str, t: torch.Tensor, bounds: tuple[float, float]) -> None:
+    """Raise ValueError unless ``t`` is a finite floating tensor with values inside ``bounds``."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point torch.Tensor of images in "
+                         f"{list(bounds)}, got {type(t).__name__} "
+                         f"{getattr(t, 'dtype', '')}; convert with .float() / 255 first")
+    bad = ~torch.isfinite(t.reshape(len(t), -1)).all(1)
+    if bad.any():
+        rows = bad.nonzero().flatten()[:8].tolist()
+        raise ValueError(f"{name} contains NaN or inf (rows {rows}); pass finite images")
+    if t.numel() and (t.min() < bounds[0] or t.max() > bounds[1]):
+        raise ValueError(
+            f"{name} has values in [{t.min().item():.4g}, {t.max().item():.4g}], outside bounds "
+            f"{list(bounds)}; attacks work in [0, 1] pixel space: pass un-normalized images and "
+            f"wrap the model in repspec_zoo.attacks.NormalizedModel (or change `bounds`)")
+
+
+@torch.no_grad()
+def predict_labels(model: Classifier, points: torch.Tensor, batch_size: int,
+                   device_dtype: tuple[torch.device, torch.dtype] | None = None) -> torch.Tensor:
+    """Arg-max labels of ``model`` on ``points`` (any leading batch size), computed in chunks
+    of ``batch_size`` rows on the model's device and dtype (``device_dtype``, default
+    `model_device_dtype`). Charges nothing: for the oracle and for verifying results, never
+    for attacks."""
+    device, dtype = device_dtype or model_device_dtype(model, points)
+    labels = torch.empty(len(points), dtype=torch.long, device=device)
+    for start in range(0, len(points), batch_size):
+        chunk = points[start:start + batch_size].to(device=device, dtype=dtype)
+        labels[start:start + batch_size] = model(chunk).argmax(1)
+    return labels
+
+
+class HardLabelOracle:
+    """Untargeted hard-label oracle over an attack batch with a hard per-sample query budget.
+
+    Args:
+        model: callable mapping images (M, C, H, W) in ``bounds`` to logits (M, K); an
+            ``nn.Module`` must be in eval mode (train-mode BatchNorm/Dropout would make labels
+            depend on the other rows of a chunk).
+        x: the attacked images (N, ...), inside ``bounds``.
+        y: their labels (N,), integer.
+        budget: queries allowed per sample, an int >= 1 or a LongTensor (N,).
+        batch_size: rows per model call (chunking never changes answers or random draws).
+        bounds: (min, max) pixel values; every query must lie inside.
+
+    Attributes:
+        x, y, bounds, batch_size, model: as given (x, y on the model's device).
+        budget, queries: LongTensor (N,), queries charged so far (never above budget).
+
+    Example::
+
+        oracle = HardLabelOracle(model.eval(), x, y, budget=1000)
+        ans = oracle.is_adversarial(points, idx)   # points (M, C, H, W), idx (M,) in [0, N)
+        ans.adversarial, ans.answered, oracle.queries
+    """
+
+    def __init__(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
+                 budget: int | torch.Tensor, batch_size: int = 256,
+                 bounds: Sequence[float] = (0.0, 1.0)):
+        if isinstance(model, nn.Module) and model.training:
+            raise ValueError("model is in training mode; call model.eval() before attacking "
+                             "it (BatchNorm/Dropout in train mode make labels depend on the batch)")
+        lo, hi = float(bounds[0]), float(bounds[1])
+        if not lo < hi:
+            raise ValueError(f"bounds must be (min, max) with min < max, got {tuple(bounds)}")
+        self.bounds = (lo, hi)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1 (rows per model call), "
+                             f"got {batch_size!r}")
+        check_images("x", x, self.bounds)
+        if x.dim() < 2 or len(x) == 0:
+            raise ValueError(f"x must be a non-empty batch (N, ...), got shape {tuple(x.shape)}")
+        y = torch.as_tensor(y)
+        if y.shape != (len(x),) or y.is_floating_point() or y.dtype == torch.bool:
+            raise ValueError(f"y must be integer labels of shape ({len(x)},) matching x, got "
+                             f"{y.dtype} {tuple(y.shape)}")
+        self._device_dtype = model_device_dtype(model, x)
+        device = self._device_dtype[0]
+        budget = torch.as_tensor(budget)
+        if budget.is_floating_point() or budget.dtype == torch.bool:
+            raise ValueError(f"budget must be an integer number of queries, got {budget.dtype}")
+        budget = budget.to(device=device, dtype=torch.long).expand(len(x)).clone()
+        if (budget < 1).any():
+            raise ValueError(f"budget must be >= 1 query per sample, got min "
+                             f"{budget.min().item()}; pass a positive query budget")
+        self.model = model
+        self.x = x.to(device)
+        self.y = y.to(device=device, dtype=torch.long)
+        self.batch_size = batch_size
+        self.budget = budget
+        self.queries = torch.zeros(len(x), dtype=torch.long, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.x)
+
+    @property
+    def remaining(self) -> torch.Tensor:
+        """Queries left per sample, LongTensor (N,)."""
+        return self.budget - self.queries
+
+    def is_adversarial(self, points: torch.Tensor, idx: torch.Tensor) -> OracleAnswer:
+        """Ask whether each row of ``points`` is adversarial for sample ``idx[row]``.
+
+        Rows are charged to their sample in order: if sample i has r queries left and appears
+        in k > r rows, its first r rows (in row order) are run and the rest come back
+        ``answered=False, adversarial=False``. Each run row costs its sample one query.
+
+        Args:
+            points: (M, *x.shape[1:]) images inside ``bounds`` (any floating dtype).
+            idx: (M,) integer sample index in [0, N) that each row is charged to.
+        """
+        idx = torch.as_tensor(idx, device=self.device)
+        if points.shape[1:] != self.x.shape[1:] or idx.shape != (len(points),):
+            raise ValueError(f"points must have shape (M, {', '.join(map(str, self.x.shape[1:]))})"
+                             f" and idx shape (M,); got {tuple(points.shape)} and "
+                             f"{tuple(idx.shape)}")
+        if len(points):
+            lo, hi = torch.aminmax(points)  # one pass; NaN propagates into lo and hi
+            if not (self.bounds[0] <= lo.item() and hi.item() <= self.bounds[1]):
+                check_images("points", points, self.bounds)
+        if len(idx):
+            first, last = torch.aminmax(idx)
+            if first.item() < 0 or last.item() >= self.n_samples:
+                raise ValueError(f"idx must index samples in [0, {self.n_samples}), got values "
+                                 f"in [{first.item()}, {last.item()}]")
+        need = torch.bincount(idx, minlength=self.n_samples)
+        if bool((need <= self.remaining).all()):  # the common case: every row is run
+            answered = torch.ones(len(idx), dtype=torch.bool, device=self.device)
+            run, rows, charged = idx, points, need
+        else:
+            # Rank of each row among the rows of its own sample (stable in row order): a row
+            # is answered iff its rank is below the sample's remaining budget.
+            order = torch.argsort(idx, stable=True)
+            sorted_idx = idx[order]
+            first_pos = torch.searchsorted(sorted_idx, sorted_idx)
+            rank = torch.empty_like(idx)
+            rank[order] = torch.arange(len(idx), device=self.device) - first_pos
+            answered = rank < self.remaining[idx]
+            keep = answered.nonzero().flatten()
+            run, rows = idx[keep], points[keep]
+            charged = torch.bincount(run, minlength=self.n_samples)
+        adversarial = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
+        if len(run):
+            labels = predict_labels(self.model, rows, self.batch_size, self._device_dtype)
+            adversarial[answered] = labels != self.y[run]
+            self.queries += charged
+        return OracleAnswer(adversarial, answered)

@@ -1,0 +1,100 @@
+"""`repspec-zoo eval MODEL`: accuracy and black-box robustness of any backbone.
+
+MODEL is a zoo or timm name (optionally ``name.tag``), ``hf-hub:org/name`` or
+``local-dir:PATH``; ``--checkpoint FILE`` loads your own weights (safetensors) into the
+architecture. Distances are L2 in [0,1] pixel space (normalization lives inside the model).
+
+Example:
+    repspec-zoo eval resnet_small_repspectral --checkpoint runs/x/model.safetensors \\
+        --dataset fashion_mnist --n 500 --budgets 1000,5000,10000 --attack ta --out eval.json
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from . import data
+from .attacks import ATTACKS, NormalizedModel
+
+
+def _budgets(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--budgets takes comma-separated integers like 1000,5000, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--budgets must be positive query counts, got {text!r}")
+    return values
+
+
+def load_model(spec: str, checkpoint: str | Path | None = None, num_classes: int | None = None) -> nn.Module:
+    """A timm model in eval mode, without regularizer hooks (evaluation does not need them).
+
+    Args:
+        spec: zoo/timm name (``arch`` or ``arch.tag``), ``hf-hub:org/name`` or ``local-dir:PATH``.
+        checkpoint: weights file (.safetensors or a torch state dict) loaded into ``spec``'s architecture.
+        num_classes: head size when building from a name with a checkpoint (the dataset's class count).
+    """
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist; pass the model.safetensors of a "
+                                    "training run (runs/<name>/model.safetensors)")
+        kwargs = {} if num_classes is None else dict(num_classes=num_classes)
+        model = timm.create_model(spec, pretrained=False, checkpoint_path=str(checkpoint), **kwargs)
+    else:
+        model = timm.create_model(spec, pretrained=True)
+    if hasattr(model, "spectral"):
+        model.spectral.remove()
+    return model.eval()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="repspec-zoo eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="zoo/timm name, hf-hub:org/name or local-dir:PATH")
+    p.add_argument("--checkpoint", help="weights file for MODEL's architecture (.safetensors)")
+    p.add_argument("--dataset", default="fashion_mnist",
+                   help="registry name (fashion_mnist, digits, cifar10, ...), a Hub dataset id or a local folder")
+    p.add_argument("--data-dir", help="read the dataset from this local folder (image folder or parquet)")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--limit", type=int, help="evaluate clean accuracy on a seeded subset of this many images")
+    p.add_argument("--n", type=int, default=100, help="correctly classified samples to attack")
+    p.add_argument("--budgets", type=_budgets, default=[1000, 5000, 10000], help="comma-separated query budgets")
+    p.add_argument("--attack", default="ta", choices=sorted(ATTACKS) + ["none"])
+    p.add_argument("--max-iter", type=int, help="attack iteration cap (the rep-spectral paper used 40)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256, help="rows per model call")
+    p.add_argument("--no-lemma1", action="store_true", help="skip the Lemma-1 local estimate")
+    p.add_argument("--out", type=Path, help="write the EvalResult JSON here")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    info = data.dataset_info(args.dataset, data_dir=args.data_dir)
+    model = load_model(args.model, args.checkpoint, num_classes=info.num_classes if args.checkpoint else None)
+    in_chans, height = model.pretrained_cfg["input_size"][:2]
+    dataset = data.load_split(args.dataset, args.split, data_dir=args.data_dir, image_size=height,
+                              channels=in_chans, limit=args.limit, seed=args.seed)
+
+    from accelerate import Accelerator
+    from .eval import evaluate
+
+    accelerator = Accelerator()
+    wrapped = NormalizedModel(model).to(accelerator.device)
+    result = evaluate(wrapped, dataset, model_name=args.model, dataset_name=args.dataset, split=args.split,
+                      n=args.n, budgets=args.budgets, attack=None if args.attack == "none" else args.attack,
+                      seed=args.seed, batch_size=args.batch_size, max_iter=args.max_iter,
+                      lemma1=not args.no_lemma1, accelerator=accelerator)
+    if accelerator.is_main_process:
+        result.settings.update(checkpoint=args.checkpoint, data_dir=args.data_dir, limit=args.limit)
+        print(result.summary_table())
+        if args.out:
+            result.save(args.out)
+            print(f"wrote {args.out}")
+    return result

@@ -1,0 +1,141 @@
+"""evaluate(): accuracy, per-budget statistics, Lemma-1 / certified bounds, multi-process, CLI."""
+import json
+import math
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import repspec_zoo  # noqa: F401
+from repspec_zoo.attacks import NormalizedModel
+from repspec_zoo.eval import GELU_MAX_SLOPE, certified_radius, evaluate, lemma1_estimate
+from repspec_zoo.jacobian import jacobian_top_singular
+from multiproc import ROOT, launch_two_processes
+
+
+def self_labelled(model, n=40, seed=0, shape=(1, 28, 28)):
+    """Random images labelled by the model itself: every one is classified correctly."""
+    x = torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return x, y
+
+
+def small_slp(act="gelu", hidden=32, seed=0):
+    torch.manual_seed(seed)
+    return NormalizedModel(timm.create_model("slp", num_classes=10, hidden_dim=hidden, act_layer=act)).eval()
+
+
+def test_gelu_max_slope_matches_numerical_maximum():
+    z = torch.linspace(-6, 6, 200001, dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.gelu(z).sum().backward()
+    assert float(z.grad.abs().max()) == pytest.approx(GELU_MAX_SLOPE, abs=1e-9)
+    assert GELU_MAX_SLOPE == pytest.approx(1.1289, abs=1e-4)
+
+
+def test_jacobian_power_iteration_matches_svd_of_jacrev():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4)).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    sigma, v, u = jacobian_top_singular(net, x, n_iter=500)
+    for i in range(3):
+        jac = torch.func.jacrev(net)(x[i])
+        s = torch.linalg.svdvals(jac)
+        assert float(sigma[i]) == pytest.approx(float(s[0]), rel=1e-8)
+        torch.testing.assert_close(jac @ v[i], sigma[i] * u[i])
+
+
+def test_linear_features_lemma1_equals_certified_radius():
+    model = small_slp(act="identity")
+    x, y = self_labelled(model, n=8)
+    local, cert = lemma1_estimate(model, x, y, n_iter=300), certified_radius(model, x, y)
+    torch.testing.assert_close(local, cert, rtol=1e-4, atol=0)
+
+
+def test_certified_radius_below_attack_distance_and_budget_monotone():
+    model = small_slp()
+    x, y = self_labelled(model, n=12)
+    res = evaluate(model, (x, y), n=6, budgets=[200, 600, 1500], attack="ta", seed=0, progress=False)
+    assert res.clean_acc == 1.0 and res.n_samples == 6
+    l2 = res.per_sample["l2"]
+    for j in range(6):
+        assert l2["200"][j] >= l2["600"][j] >= l2["1500"][j]
+        assert res.certified["per_sample"][j] <= l2["1500"][j] + 1e-6
+    means = [res.l2_mean[str(q)] for q in res.budgets]
+    assert means == sorted(means, reverse=True)
+    assert max(res.per_sample["queries"]) <= 1500
+    # JSON round trip keeps the numbers
+    back = json.loads(res.to_json())
+    assert back["l2_mean"]["1500"] == pytest.approx(res.l2_mean["1500"])
+    assert "Lemma-1" in res.summary_table()
+
+
+def test_samples_are_seeded_and_warn_when_pool_too_small():
+    model = small_slp()
+    x, y = self_labelled(model, n=10)
+    y[:4] = (y[:4] + 1) % 10  # 4 wrong labels: pool of 6
+    with pytest.warns(UserWarning, match="only 6"):
+        res = evaluate(model, (x, y), n=50, budgets=[100], progress=False)
+    assert res.n_samples == 6 and res.clean_acc == pytest.approx(0.6)
+    assert set(res.per_sample["index"]) == set(range(4, 10))
+    again = evaluate(model, (x, y), n=3, budgets=[100], seed=5, progress=False)
+    assert again.per_sample == evaluate(model, (x, y), n=3, budgets=[100], seed=5, progress=False).per_sample
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda x: x.masked_fill(x > 0.9, float("nan")), "NaN"),
+    (lambda x: x * 3 - 1, r"\[0, 1\]"),
+    (lambda x: x.repeat(1, 3, 1, 1), "1-channel"),
+    (lambda x: x[:, :, :20, :20], "cannot take images of shape"),
+])
+def test_bad_images_get_clear_errors(mutate, match):
+    model = small_slp()
+    x, y = self_labelled(model, n=4)
+    with pytest.raises(ValueError, match=match):
+        evaluate(model, (mutate(x), y), n=2, budgets=[10], progress=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(attack="fgsm"), "unknown attack 'fgsm'"),
+    (dict(budgets=[0]), "budgets must be positive"),
+    (dict(n=0), "n must be >= 1"),
+])
+def test_bad_settings_get_clear_errors(kwargs, match):
+    model = small_slp()
+    x, y = self_labelled(model, n=4)
+    with pytest.raises(ValueError, match=match):
+        evaluate(model, (x, y), **{"n": 2, "budgets": [10], "progress": False, **kwargs})
+
+
+EVAL_SETTINGS = dict(n=7, budgets=[150, 400], seed=3, progress=False)
+
+
+def test_two_processes_give_the_single_process_numbers(tmp_path):
+    launch_two_processes(ROOT / "tests" / "workers" / "eval_slp.py", str(tmp_path / "two.json"))
+    two = json.loads((tmp_path / "two.json").read_text())
+    model = small_slp()
+    x, y = self_labelled(model, n=12)
+    one = json.loads(evaluate(model, (x, y), **EVAL_SETTINGS).to_json())
+    assert two["per_sample"] == one["per_sample"]
+    assert two["l2_mean"] == one["l2_mean"] and two["n_samples"] == 7
+
+
+def test_cli_eval_on_digits_with_checkpoint(tmp_path, capsys):
+    from repspec_zoo.cli import main
+
+    net = timm.create_model("slp", num_classes=10)
+    save_file(net.state_dict(), str(tmp_path / "model.safetensors"))
+    main(["eval", "slp", "--checkpoint", str(tmp_path / "model.safetensors"), "--dataset", "digits",
+          "--n", "3", "--budgets", "50,100", "--attack", "ta", "--out", str(tmp_path / "eval.json")])
+    out = json.loads((tmp_path / "eval.json").read_text())
+    assert out["dataset"] == "digits" and out["n_test"] == 360 and out["budgets"] == [50, 100]
+    assert 0.0 <= out["clean_acc"] <= 1.0
+    assert "| 100 |" in capsys.readouterr().out
+
+
+def test_cli_eval_missing_checkpoint_is_named(tmp_path):
+    from repspec_zoo.cli_eval import main
+
+    with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
+        main(["slp", "--checkpoint", str(tmp_path / "nothing.safetensors"), "--dataset", "digits"])
