@@ -1,0 +1,52 @@
+"""`repspec-zoo` command line: one subcommand per job."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _list(argv) -> None:
+    """Print the zoo's registered architectures."""
+    import timm
+
+    from .models import ARCHS
+
+    for name, (base, mode) in ARCHS.items():
+        print(f"{name:28s} base={base:14s} regularizer={mode}-spectral  registered={name in timm.list_models()}")
+
+
+COMMANDS = {
+    "demo": ("train the small ResNet with and without rep-spectral on Fashion-MNIST", "repspec_zoo.demo"),
+    "list": ("list the zoo's architectures", None),
+    "eval": ("benchmark any backbone: clean accuracy and black-box attack distances", "repspec_zoo.cli_eval"),
+    "list-pretrained": ("list the zoo's pretrained models: dataset, gamma, accuracy, TA distance, source",
+                        "repspec_zoo.cli_hub.list_pretrained"),
+    "export": ("write the Hub-ready folder (weights, config, card, eval) of a training run",
+               "repspec_zoo.cli_hub.export"),
+    "publish": ("export a training run and upload it to a Hugging Face Hub repo", "repspec_zoo.cli_hub.publish"),
+}
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = "\n".join(f"  {name:8s} {help_}" for name, (help_, _) in COMMANDS.items())
+        msg = f"usage: repspec-zoo COMMAND [options]\n\ncommands:\n{lines}\n\n'repspec-zoo COMMAND --help' for options"
+        if argv and argv[0] not in ("-h", "--help"):
+            sys.exit(f"repspec-zoo: unknown command {argv[0]!r}\n\n{msg}")
+        print(msg)
+        return
+    command, rest = argv[0], argv[1:]
+    import repspec_zoo  # noqa: F401  (registers the zoo with timm)
+
+    if command == "list":
+        argparse.ArgumentParser(prog="repspec-zoo list", description=_list.__doc__).parse_args(rest)
+        _list(rest)
+        return
+    import importlib
+
+    importlib.import_module(COMMANDS[command][1]).main(rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""`repspec-zoo export | publish | list-pretrained`: one module with ``main(argv)`` per subcommand."""

@@ -1,0 +1,18 @@
+"""`repspec-zoo list-pretrained`: the zoo's pretrained models and what this machine has of them (no network)."""
+from __future__ import annotations
+
+import argparse
+
+from ..models.zoo import list_pretrained
+
+
+def _fmt(value, width: int, spec: str) -> str:
+    return ("-" if value is None else format(value, spec)).rjust(width)
+
+
+def main(argv: list[str]) -> None:
+    argparse.ArgumentParser(prog="repspec-zoo list-pretrained", description=__doc__).parse_args(argv)
+    print(f"{'name':36s} {'dataset':14s} {'gamma':>7s} {'clean_acc':>9s} {'TA l2 mean':>10s} {'@queries':>8s}  source")
+    for row in list_pretrained():
+        print(f"{row.name:36s} {row.dataset:14s} {_fmt(row.gamma, 7, '.0e')} {_fmt(row.clean_acc, 9, '.4f')} "
+              f"{_fmt(row.ta_l2_mean, 10, '.4f')} {_fmt(row.ta_queries, 8, 'd')}  {row.source}")

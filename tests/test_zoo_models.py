@@ -1,0 +1,181 @@
+"""Every registered zoo model: create, forward, backward, features, head reset, pretrained weights."""
+import json
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+import repspec_zoo
+from repspec_zoo import hub
+from repspec_zoo.models import ARCHS, PretrainedWeightsUnavailable
+from repspec_zoo.models.zoo import BASE_TAGS, TAGS, UnknownModelError
+
+TINY = ("slp", "resnet_small")
+MODELS = [*ARCHS, *TINY]
+
+
+def input_shape(model) -> tuple[int, ...]:
+    """(C, H, W) small enough to keep the test fast: ResNet-18/50 at 32x32, tiny archs at their size."""
+    c, h, w = model.pretrained_cfg["input_size"]
+    return (c, 32, 32) if h > 32 else (c, h, w)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Ops on these small inputs gain nothing from threads, and two threads on shared cores ran 30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def bundled(tmp_path, monkeypatch):
+    """An empty bundled-weights folder and an empty HF cache, offline."""
+    monkeypatch.setattr(hub, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(hub.hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hub.hf_constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "weights"
+
+
+def bundle(folder, name: str, model: torch.nn.Module) -> dict:
+    """Ship ``model``'s plain weights as bundled weights of ``name``; returns the state dict."""
+    state_dict = {k: v for k, v in model.state_dict().items() if not k.startswith("spectral.")}
+    payload = safetensors.torch.save(state_dict)
+    config = {"architecture": ARCHS[name.split(".")[0]][0], "num_classes": model.num_classes,
+              "pretrained_cfg": {"classifier": model.pretrained_cfg["classifier"]},
+              hub.SHA_KEY: hub.sha256_hex(payload)}
+    (folder / name).mkdir(parents=True)
+    (folder / name / hub.WEIGHTS_FILE).write_bytes(payload)
+    (folder / name / hub.CONFIG_FILE).write_text(json.dumps(config))
+    return state_dict
+
+
+def default_name(arch: str) -> str:
+    return f"{arch}.{BASE_TAGS[ARCHS[arch][0]][0]}"
+
+
+def forward_backward(model, x) -> None:
+    """Output shape right, and every parameter gets a finite gradient (penalty included)."""
+    out = model(x)
+    assert out.shape == (2, model.num_classes)
+    (out.square().mean() + (model.spectral.penalty() if hasattr(model, "spectral") else 0)).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.isfinite().all()] == []
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_zoo_model(arch, bundled):
+    """create, forward, backward; its weights bundled -> pretrained=True loads them; reset_classifier."""
+    name = default_name(arch)
+    model = timm.create_model(arch)
+    assert model.pretrained_cfg["architecture"] == arch and model.pretrained_cfg["tag"] == name.split(".")[1]
+    assert hasattr(model, "spectral") == (ARCHS[arch][1] is not None)
+    x = torch.rand(2, *input_shape(model))
+    forward_backward(model, x)
+    expected = bundle(bundled, name, model)
+    loaded = timm.create_model(arch, pretrained=True)
+    state = {k: v for k, v in loaded.state_dict().items() if not k.startswith("spectral.")}
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
+    loaded.reset_classifier(3)
+    assert loaded(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_model(name):
+    model = timm.create_model(name)
+    x = torch.rand(2, *input_shape(model))
+    forward_backward(model, x)
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", [n
+                                  for n in MODELS])
+def test_features_only(name):
+    model = timm.create_model(name, features_only=True)
+    features = model(torch.rand(2, *input_shape(model)))
+    assert [f.shape[1] for f in features] == model.feature_info.channels()
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_pretrained_without_weights_is_a_clear_error(arch, bundled):
+    with pytest.raises(PretrainedWeightsUnavailable) as err:
+        timm.create_model(arch, pretrained=True)
+    message = str(err.value)
+    for part in (default_name(arch), "HF_HUB_OFFLINE=1", "recipes/train.py", "checkpoint_path=", "pretrained=False"):
+        assert part in message
+
+
+def test_pretrained_features_only_loads_backbone(bundled):
+    name = "resnet18_baseline.cifar10"
+    expected = bundle(bundled, name, timm.create_model(name))
+    model = timm.create_model(name, pretrained=True, features_only=True, out_indices=(2, 3))
+    assert torch.equal(model.layer2[0].conv1.weight, expected["layer2.0.conv1.weight"])
+    assert len(model(torch.rand(2, 3, 32, 32))) == 2
+
+
+def test_other_num_classes_reinitializes_head_with_a_warning(bundled):
+    name = "resnet_small_repspectral.fmnist"
+    expected = bundle(bundled, name, timm.create_model(name))
+    with pytest.warns(UserWarning, match=r"has 10 classes and num_classes=4 was asked: its classifier 'fc'"):
+        model = timm.create_model(name, pretrained=True, num_classes=4)
+    assert model.fc.out_features == 4
+    assert torch.equal(model.conv1.weight, expected["conv1.weight"])
+
+
+def test_inconsistent_checkpoint_head_is_refused(bundled):
+    name = "slp_baseline.fmnist"
+    bundle(bundled, name, timm.create_model(name, num_classes=7))  # head of 7, config says 7 ...
+    config_path = bundled / name / hub.CONFIG_FILE
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "num_classes": 10}))  # ... now 10
+    with pytest.raises(hub.PretrainedWeightsError, match=r"'head' has 7 outputs but config.json says num_classes=10"):
+        timm.create_model(name, pretrained=True)
+
+
+def test_tampered_bundled_weights_are_refused(bundled):
+    name = "resnet_small_llspectral.digits"
+    bundle(bundled, name, timm.create_model(name))
+    weights = bundled / name / hub.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(hub.PretrainedWeightsError, match=r"sha256 .* does not match .* corrupted or was modified"):
+        timm.create_model(name, pretrained=True)
+
+
+def test_truncated_bundled_weights_are_refused(bundled):
+    name = "resnet_small_llspectral.digits"
+    bundle(bundled, name, timm.create_model(name))
+    weights, config_path = bundled / name / hub.WEIGHTS_FILE, bundled / name / hub.CONFIG_FILE
+    weights.write_bytes(weights.read_bytes()[:1000])
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
+                                       hub.SHA_KEY: hub.sha256_hex(weights.read_bytes())}))
+    with pytest.raises(hub.PretrainedWeightsError, match="not a valid safetensors file"):
+        timm.create_model(name, pretrained=True)
+
+
+def test_unknown_model_lists_close_matches():
+    with pytest.raises(UnknownModelError, match="did you mean resnet50_repspectral"):
+        repspec_zoo.create_model("resnet50_repspectrall")
+
+
+def test_unknown_tag_lists_the_tags():
+    with pytest.raises(UnknownModelError, match=r"unknown pretrained tag 'in22k'.*resnet_small_repspectral.fmnist, "
+                                                r"resnet_small_repspectral.digits"):
+        timm.create_model("resnet_small_repspectral.in22k")
+    with pytest.raises(UnknownModelError, match="unknown pretrained tag"):
+        repspec_zoo.create_model("resnet_small_repspectral.in22k")
+
+
+def test_every_zoo_model_has_pretrained_cfgs_under_one_namespace():
+    names = timm.list_pretrained("*_repspectral*") + timm.list_pretrained("*_llspectral*") + \
+        timm.list_pretrained("*_baseline*")
+    assert sorted(names) == sorted(f"{a}.{t}" for a, (b, _) in ARCHS.items() for t in BASE_TAGS[b])
+    for name in names:
+        cfg = timm.models.get_pretrained_cfg(name)
+        tag = TAGS[name.split(".")[1]]
+        assert cfg.hf_hub_id == f"repspec-zoo/{name}"
+        assert (cfg.num_classes, cfg.input_size, cfg.mean) == (tag.num_classes, tag.input_size, tag.mean)
+        assert "arXiv:2405.17181" in cfg.paper_ids and cfg.license == "apache-2.0"
+    assert {a for a, (_, mode) in ARCHS.items() if mode is None} == {a for a in ARCHS if a.endswith("_baseline")}
