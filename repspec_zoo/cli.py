@@ -19,6 +19,8 @@ COMMANDS = {
     "demo": ("train the small ResNet with and without rep-spectral on Fashion-MNIST", "repspec_zoo.demo"),
     "list": ("list the zoo's architectures", None),
     "eval": ("benchmark any backbone: clean accuracy and black-box attack distances", "repspec_zoo.cli_eval"),
+    "analyze": ("Jacobian spectra, PGD alignment, linearity and robust accuracy of any backbone",
+                "repspec_zoo.cli_analyze"),
     "list-pretrained": ("list the zoo's pretrained models: dataset, gamma, accuracy, TA distance, source",
                         "repspec_zoo.cli_hub.list_pretrained"),
     "export": ("write the Hub-ready folder (weights, config, card, eval) of a training run",

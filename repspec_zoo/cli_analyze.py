@@ -1,0 +1,186 @@
+"""`repspec-zoo analyze MODEL`: Jacobian analyses of any backbone (Roth et al. 2019, Sec. 5).
+
+MODEL is a zoo or timm name, ``hf-hub:org/name`` or ``local-dir:PATH`` (``--checkpoint FILE``
+loads your weights into the architecture). On N test points it writes to ``--out DIR``:
+``analysis.json`` and one PNG per analysis: ``spectrum.png`` (singular values of the logit
+Jacobian by rank), ``alignment.png`` (|cos| of PGD perturbations with the right singular
+vectors, vs a random baseline), ``linearity.png`` (deviation from linearity of the pre-logit
+features and sigma_max(J) vs ||z||) and ``robustness.png`` (PGD-L2 accuracy vs eps). Lengths are
+L2 in [0, 1] pixel units (normalization lives inside the model).
+
+Example:
+    repspec-zoo analyze resnet_small --checkpoint runs/x/model.safetensors --dataset fashion_mnist \\
+        --n 50 --attack-eps 1.0 --eps-list 0,0.5,1,2 --out analysis/resnet_small
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from . import analysis, data
+from .attacks import NormalizedModel
+from .cli_eval import load_model
+from .io import atomic_write_text
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0,0.5,1, got {text!r}") from None
+    if not values or any(not (math.isfinite(v) and v >= 0) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers >= 0 like 0,0.5,1, got {text!r}")
+    return values
+
+
+def _analyses(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in analysis.ANALYSES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown analysis {unknown or text!r}; choose from "
+                                         f"{','.join(analysis.ANALYSES)}")
+    return names
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="repspec-zoo analyze", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="zoo/timm name, hf-hub:org/name or local-dir:PATH")
+    p.add_argument("--checkpoint", help="weights file for MODEL's architecture (.safetensors)")
+    p.add_argument("--dataset", default="fashion_mnist", help="registry name, Hub dataset id or local folder")
+    p.add_argument("--data-dir", help="read the dataset from this local folder")
+    p.add_argument("--split", default="test", choices=data.SPLITS)
+    p.add_argument("--n", type=_positive, default=20, help="test points (seeded, class-stratified subset)")
+    p.add_argument("--analyses", type=_analyses, default=list(analysis.ANALYSES),
+                   help=f"comma-separated subset of {','.join(analysis.ANALYSES)}")
+    p.add_argument("--top-k", type=_positive, default=10, help="singular values/vectors kept per point")
+    p.add_argument("--method", default="auto", choices=("auto", "full", "topk"),
+                   help="full SVD of the extracted Jacobian, top-k subspace iteration, or auto by d*K")
+    p.add_argument("--attack-eps", type=float, default=1.0, help="PGD radius of the perturbations analysed")
+    p.add_argument("--eps-list", type=_floats, default=[0.0, 0.5, 1.0, 1.5, 2.0, 3.0],
+                   help="radii of the robust-accuracy curve")
+    p.add_argument("--norms", type=_floats, default=[0.0, 0.5, 1.0, 2.0, 3.0, 4.0], help="||z|| grid for linearity")
+    p.add_argument("--pgd-steps", type=_positive, default=10)
+    p.add_argument("--power-iters", type=_positive, default=30, help="power/subspace iteration steps")
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output folder for analysis.json and the PNGs")
+    return p
+
+
+def _band(ax, xs, stats: dict, label: str) -> None:
+    """Median line with an interquartile band."""
+    line, = ax.plot(xs, stats["median"], marker="o", ms=3, label=label)
+    ax.fill_between(xs, stats["q25"], stats["q75"], alpha=0.25, color=line.get_color())
+
+
+def plot_results(result: dict, out: Path) -> list[Path]:
+    """One PNG per analysis present in ``result``; returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(out / name)
+
+    if "spectrum" in result:
+        r = result["spectrum"]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        _band(ax, r["ranks"], r, "median (IQR)")
+        ax.set(yscale="log", xlabel="rank r", ylabel="sigma_r(J_f(x))", title="Jacobian singular values")
+        ax.legend()
+        save(fig, "spectrum.png")
+    if "alignment" in result:
+        r = result["alignment"]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        _band(ax, r["ranks"], r["adversarial"], f"PGD delta, eps={r['attack_eps']:g}")
+        _band(ax, r["ranks"], r["random"], "random delta")
+        ax.set(xlabel="rank r", ylabel="|cos(delta, v_r)|", title="Alignment with singular vectors")
+        ax.legend()
+        save(fig, "alignment.png")
+    if "linearity" in result:
+        r = result["linearity"]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for name in ("random", "adversarial"):
+            _band(axes[0], r["norms"], r[name]["deviation"], name)
+            _band(axes[1], r["norms"], r[name]["sigma_max"], name)
+        axes[0].set(xlabel="||z||", ylabel="||phi(x+z) - phi(x) - J z||", title="Deviation from linearity")
+        axes[1].set(xlabel="||z||", ylabel="sigma_max(J_f(x+z))", title="Top singular value")
+        for ax in axes:
+            ax.axvline(r["attack_eps"], ls="--", c="gray")
+            ax.legend()
+        save(fig, "linearity.png")
+    if "robustness" in result:
+        r = result["robustness"]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(r["eps"], r["accuracy"], marker="o")
+        ax.set(xlabel="eps (L2, [0,1] pixels)", ylabel="accuracy", ylim=(0, 1), title="PGD-L2 accuracy")
+        save(fig, "robustness.png")
+    return written
+
+
+def summary(result: dict) -> str:
+    """A few lines: top singular values, alignment at rank 1, linearity at the largest ||z||, accuracies."""
+    rows = []
+    if "spectrum" in result:
+        r = result["spectrum"]
+        rows.append(f"spectrum ({r['method']}): median sigma_1 {r['median'][0]:.4g}, "
+                    f"sigma_{len(r['median'])} {r['median'][-1]:.4g}")
+    if "alignment" in result:
+        a = result["alignment"]
+        rows.append(f"alignment |cos(delta, v_1)|: PGD {a['adversarial']['median'][0]:.3f}, "
+                    f"random {a['random']['median'][0]:.3f}")
+    if "linearity" in result:
+        r = result["linearity"]
+        for name in ("random", "adversarial"):
+            rows.append(f"linearity {name} at ||z||={r['norms'][-1]:g}: "
+                        f"deviation {r[name]['deviation']['median'][-1]:.4g}, "
+                        f"sigma_max {r[name]['sigma_max']['median'][-1]:.4g}")
+    if "robustness" in result:
+        r = result["robustness"]
+        rows.append("PGD accuracy: " + ", ".join(f"eps={e:g}: {a:.3f}" for e, a in zip(r["eps"], r["accuracy"])))
+    return "\n".join(rows)
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    torch.manual_seed(args.seed)
+    info = data.dataset_info(args.dataset, data_dir=args.data_dir)
+    model = load_model(args.model, args.checkpoint, num_classes=info.num_classes if args.checkpoint else None)
+    in_chans, height = model.pretrained_cfg["input_size"][:2]
+    dataset = data.load_split(args.dataset, args.split, data_dir=args.data_dir, image_size=height,
+                              channels=in_chans, limit=args.n, seed=args.seed)
+    x, y = data.as_tensors(dataset)
+    wrapped = NormalizedModel(model).eval()
+    result = analysis.analyze(wrapped, x, y, args.analyses, top_k=args.top_k, method=args.method,
+                              eps_list=args.eps_list, attack_eps=args.attack_eps, pgd_steps=args.pgd_steps,
+                              norms=args.norms, power_iters=args.power_iters, batch_size=args.batch_size,
+                              seed=args.seed)
+    result = {"model": args.model, "checkpoint": args.checkpoint, "dataset": args.dataset, "split": args.split,
+              "n": len(x), "seed": args.seed, **result}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "analysis.json", json.dumps(result, indent=1))
+    plots = plot_results(result, args.out)
+    print(summary(result))
+    print(f"wrote {args.out / 'analysis.json'} and {', '.join(p.name for p in plots)}")
+    return result
