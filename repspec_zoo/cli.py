@@ -12,7 +12,8 @@ def _list(argv) -> None:
     from .models import ARCHS
 
     for name, (base, mode) in ARCHS.items():
-        print(f"{name:28s} base={base:14s} regularizer={mode}-spectral  registered={name in timm.list_models()}")
+        regularizer = f"{mode}-spectral" if mode else "none (baseline)"
+        print(f"{name:28s} base={base:14s} regularizer={regularizer:16s} registered={name in timm.list_models()}")
 
 
 COMMANDS = {
@@ -32,7 +33,8 @@ COMMANDS = {
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = "\n".join(f"  {name:8s} {help_}" for name, (help_, _) in COMMANDS.items())
+        width = max(map(len, COMMANDS))
+        lines = "\n".join(f"  {name:{width}s}  {help_}" for name, (help_, _) in COMMANDS.items())
         msg = f"usage: repspec-zoo COMMAND [options]\n\ncommands:\n{lines}\n\n'repspec-zoo COMMAND --help' for options"
         if argv and argv[0] not in ("-h", "--help"):
             sys.exit(f"repspec-zoo: unknown command {argv[0]!r}\n\n{msg}")

@@ -10,8 +10,6 @@ from repspec_zoo import analysis, cli
 from repspec_zoo.attacks import NormalizedModel
 from repspec_zoo.models.tiny import SingleHiddenLayerNet
 
-torch.set_num_threads(1)
-
 
 def small_cnn() -> nn.Module:
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(32, 5))

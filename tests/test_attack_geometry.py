@@ -13,16 +13,6 @@ from repspec_zoo.attacks.primitives import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small: one torch thread beats two contending ones on a shared
-    2-core machine (3x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def frame(n, d, seed, below=True):
     """Random o, unit u and x with x - o = P p_hat + a u (P = ||p||, a = <x - o, u>)."""
     g = torch.Generator().manual_seed(seed)

@@ -13,16 +13,6 @@ from repspec_zoo.attacks import (
 F32 = torch.float32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small: one torch thread beats two contending ones on a shared
-    2-core machine (3x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # The analytic models use elementwise products and row sums, which (unlike a float32 matmul)
 # give every row the same bits whatever chunk it runs in: an attack can only be
 # chunk-invariant on a model that is.

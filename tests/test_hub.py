@@ -23,15 +23,6 @@ FILES = ["README.md", "config.json", "eval.json", "model.safetensors"]
 COMMAND = "accelerate launch recipes/train.py --config recipes/configs/fmnist_resnet_small_rep.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Ops on these small models gain nothing from threads, and two threads on shared cores ran 30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def hf_home(tmp_path, monkeypatch):
     """HF_HOME in tmp_path (cache, token), offline, no bundled weights: nothing outside tmp_path is touched."""

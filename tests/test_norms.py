@@ -22,15 +22,6 @@ except ImportError:  # pragma: no cover
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # thousands of ops on tiny tensors: extra threads only add start-up cost and contention on shared CPUs
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _conv(cls, c_in, c_out, k, seed=0, **kw):
     torch.manual_seed(seed)
     return cls(c_in, c_out, k, bias=False, **kw).to(F64)

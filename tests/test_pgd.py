@@ -9,16 +9,6 @@ from torch import nn
 from repspec_zoo.attacks import pgd_l2, robust_accuracy_curve
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small: one torch thread beats two contending ones on a shared
-    2-core machine (3x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_cnn():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),

@@ -7,8 +7,6 @@ from torch import nn
 from repspec_zoo.regularizers import DataDependentSpectralNorm, adversarial_batch
 from repspec_zoo.regularizers.data_dependent import power_iteration
 
-torch.set_num_threads(1)
-
 
 def small_net() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(12, 9), nn.Tanh(), nn.Linear(9, 5)).double()

@@ -21,15 +21,6 @@ def input_shape(model) -> tuple[int, ...]:
     return (c, 32, 32) if h > 32 else (c, h, w)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Ops on these small inputs gain nothing from threads, and two threads on shared cores ran 30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def bundled(tmp_path, monkeypatch):
     """An empty bundled-weights folder and an empty HF cache, offline."""
