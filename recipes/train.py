@@ -1,0 +1,103 @@
+"""Train or fine-tune a timm model with rep-/ll-spectral (or BSS) regularization; resumable, multi-process.
+
+    accelerate launch recipes/train.py --config recipes/configs/imagenet_resnet50_repspectral.yaml
+    accelerate launch recipes/train.py --config recipes/configs/finetune_cifar10.yaml \\
+        --init runs/imagenet_resnet50_repspectral --output runs/cifar10_from_rep
+    accelerate launch recipes/train.py --config recipes/configs/fmnist_resnet_small_repspectral.yaml \\
+        epochs=2 optim.lr=0.05          # overrides: KEY=VALUE or --set KEY=VALUE, dotted for sections
+
+Killed? Run the same command again: it resumes from the newest checkpoint, mid-epoch included.
+The run directory (default runs/<config file name>) holds config.yaml (the resolved config),
+checkpoints/, tensorboard/, metrics.jsonl (one line per epoch) and, at the end,
+model.safetensors (plain timm weights), eval.json and run.json.
+Several processes: `accelerate launch --multi_gpu --num_processes N recipes/train.py ...`
+(on CPUs add ACCELERATE_USE_CPU=1); batch_size is the global batch whatever N is.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from accelerate.utils import set_seed
+
+import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
+from repspec_zoo.data import DatasetUnavailableError
+from repspec_zoo.io import atomic_write_text
+from repspec_zoo.training import (Checkpoints, ConfigError, InitError, Trainer, TrainingModule, build_model,
+                                  build_optimizer, check_input, dataset_num_classes, load_config, load_split,
+                                  make_accelerator, make_loaders, quick_eval, run_summary, save_run_config,
+                                  save_weights, summary_table, unsynced_tensors)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="recipes/train.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True, help="recipe YAML, e.g. recipes/configs/xor_toy.yaml")
+    parser.add_argument("--output", type=Path, help="run directory (default: runs/<config file name>)")
+    parser.add_argument("--init", help="fine-tune from this run directory or timm model name (sets init)")
+    parser.add_argument("--data-dir", help="read the dataset from this local directory (sets dataset.data_dir)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=0.05 (repeatable)")
+    parser.add_argument("more_overrides", nargs="*", metavar="KEY=VALUE", help="overrides, as --set")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    """Run the recipe; returns run.json's content on the main process (None elsewhere)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    started = time.time()
+    overrides = [*args.overrides, *args.more_overrides]
+    overrides += [f"init={args.init}"] if args.init else []
+    overrides += [f"dataset.data_dir={args.data_dir}"] if args.data_dir else []
+    cfg = load_config(args.config, overrides)
+    run_dir = args.output or Path("runs") / args.config.stem
+
+    # 1. processes, seed, the resolved config in the run directory
+    accelerator = make_accelerator(cfg, run_dir)
+    set_seed(cfg.seed)
+    cfg.num_classes = cfg.num_classes or dataset_num_classes(cfg)
+    resuming = Checkpoints(run_dir / "checkpoints", cfg.checkpoint.keep).latest() is not None
+    save_run_config(cfg, run_dir, resuming, write=accelerator.is_main_process)
+
+    # 2. model (init weights + new head when fine-tuning, regularizer attached), data shaped for it
+    model = build_model(cfg)
+    train_set, test_set = load_split(cfg, model, "train"), load_split(cfg, model, "test")
+    check_input(model, train_set[0][0], cfg)
+    net = TrainingModule(model, return_features=cfg.regularizer.mode == "bss")
+    optimizer = build_optimizer(cfg, model)
+    train_loader, test_loader = make_loaders(cfg, train_set, test_set, accelerator.num_processes)
+    net, optimizer, train_loader, test_loader = accelerator.prepare(net, optimizer, train_loader, test_loader)
+
+    # 3. train, resuming from the newest checkpoint of the run directory
+    trainer = Trainer(accelerator, cfg, net, optimizer, train_loader, test_loader, run_dir)
+    resumed = trainer.resume()
+    if resumed is not None:
+        accelerator.print(f"resuming {run_dir} from {resumed.name}: epoch {trainer.state.epoch + 1}, "
+                          f"{trainer.state.batches_done} batches done")
+    records = trainer.fit()
+
+    # 4. final weights (plain timm state dict), quick evaluation, run summary
+    unsynced = unsynced_tensors(accelerator, trainer.model)
+    summary = None
+    if accelerator.is_main_process:
+        save_weights(trainer.model, run_dir / "model.safetensors")
+        evaluation = quick_eval(trainer.model, cfg, run_dir)
+        summary = run_summary(cfg, records, evaluation, ["recipes/train.py", *argv], time.time() - started,
+                              accelerator.num_processes, unsynced)
+        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2))
+        accelerator.print(summary_table(records, evaluation))
+        accelerator.print(f"run directory: {run_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, InitError, DatasetUnavailableError, FileNotFoundError) as err:
+        sys.exit(f"recipes/train.py: error: {err}")

@@ -1,0 +1,126 @@
+"""Datasets and loaders of a recipe: repspec_zoo.data splits with the model's timm transforms.
+
+Images stay in [0, 1]; the model's mean/std normalization happens inside
+:class:`~repspec_zoo.training.model.TrainingModule`. Besides the ``repspec_zoo.data`` sources, a
+recipe can train on ``xor``: the paper's 4-point toy problem (Yang et al. 2024, App. F.1).
+"""
+from __future__ import annotations
+
+import random
+import zlib
+
+import torch
+from timm.data import resolve_model_data_config
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .. import data
+from .config import ConfigError, TrainConfig
+
+__all__ = ["XorDataset", "EpochSeededDataset", "dataset_num_classes", "model_data_config", "load_split",
+           "make_loaders", "XOR"]
+
+XOR = "xor"
+
+
+class XorDataset(Dataset):
+    """The 4 XOR points x in {-1, +1}^2 as (1, 1, 2) tensors; label 1 where the signs differ.
+
+    Not [0, 1] images: the toy problem of the paper, with a 2-input network (``slp`` with
+    ``img_size: [1, 2]``); the test split is the same 4 points.
+    """
+
+    points = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = self.points[index]
+        return x.view(1, 1, 2), int(x[0] * x[1] < 0)
+
+
+class EpochSeededDataset(Dataset):
+    """Draws each item's random augmentation from a seed fixed by (seed, epoch, index).
+
+    Augmentation then does not depend on which process or worker loads an item, or on how
+    far the loader had prefetched when a checkpoint was taken: a resumed run and an
+    uninterrupted one see the same images, and one process sees what two processes see. The
+    global ``torch`` and ``random`` states are left untouched (forked around each item).
+    ``set_epoch`` is called by Accelerate's prepared loader.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item_seed = zlib.crc32(f"{self.seed}/{self.epoch}/{index}".encode())
+        python_state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(item_seed)  # CPU only: torch.manual_seed also queues
+                random.seed(item_seed)                          # lazy CUDA/XPU seeding, ~3 ms per call
+                return self.dataset[index]
+        finally:
+            random.setstate(python_state)
+
+
+def dataset_num_classes(cfg: TrainConfig) -> int:
+    """Number of classes of the configured dataset (no download for registry names)."""
+    if cfg.dataset.name == XOR:
+        return 2
+    return data.dataset_info(cfg.dataset.name, cfg.dataset.data_dir).num_classes
+
+
+def model_data_config(model: nn.Module, cfg: TrainConfig) -> dict:
+    """The model's timm data config with ``dataset.img_size`` (when set) as the input side."""
+    config = resolve_model_data_config(model)
+    if cfg.dataset.img_size is not None:
+        config["input_size"] = (config["input_size"][0], cfg.dataset.img_size, cfg.dataset.img_size)
+    return config
+
+
+def load_split(cfg: TrainConfig, model: nn.Module, split: str) -> Dataset:
+    """One split (``'train'`` or ``'test'``) of ``(image in [0, 1], label)`` shaped for ``model``.
+
+    Training images get the random augmentation when ``dataset.augment`` is on, seeded per
+    item by :class:`EpochSeededDataset`; test images the deterministic eval transform.
+    """
+    d = cfg.dataset
+    if d.name == XOR:
+        return XorDataset()
+    train = split == "train"
+    spec = data.DATASETS.get(d.name)
+    dataset = data.load_split(d.name, split, data_dir=d.data_dir, limit=d.train_limit if train else d.test_limit,
+                              seed=cfg.seed)
+    dataset.transform = data.make_transform(model_data_config(model, cfg), train=train and d.augment,
+                                            hflip=spec.hflip if spec else True)
+    return EpochSeededDataset(dataset, cfg.seed) if train and d.augment else dataset
+
+
+def make_loaders(cfg: TrainConfig, train: Dataset, test: Dataset, num_processes: int) -> tuple[DataLoader, DataLoader]:
+    """Unprepared loaders of global micro-batches; ``accelerator.prepare`` splits each across processes.
+
+    Training drops the last incomplete batch (every optimizer step sees ``batch_size`` images);
+    shuffling is re-seeded per epoch by Accelerate's seedable sampler. Workers are not
+    persistent, so each epoch's workers see the epoch of :class:`EpochSeededDataset`.
+    """
+    micro = cfg.micro_batch_size
+    if micro % num_processes:
+        raise ConfigError(f"batch_size / grad_accum_steps = {micro} images per forward pass cannot be split evenly over "
+                          f"{num_processes} processes; choose batch_size as a multiple of "
+                          f"{num_processes * cfg.grad_accum_steps}")
+    if len(train) < micro:
+        raise ConfigError(f"the training split has {len(train)} images but one forward pass needs "
+                          f"batch_size / grad_accum_steps = {micro}; lower batch_size or raise dataset.train_limit")
+    workers = cfg.dataset.num_workers
+    train_loader = DataLoader(train, batch_size=micro, shuffle=True, drop_last=True, num_workers=workers,
+                              generator=torch.Generator().manual_seed(cfg.seed))
+    test_loader = DataLoader(test, batch_size=micro, shuffle=False, num_workers=workers)
+    return train_loader, test_loader

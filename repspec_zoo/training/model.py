@@ -1,0 +1,206 @@
+"""The model side of a recipe: timm model + regularizer, fine-tuning init, optimizer and lr schedule.
+
+``build_model``: ``timm.create_model(cfg.model)`` (or the weights of ``cfg.init`` with a new
+head), then ``attach_spectral(model, mode='rep'|'ll', ...)`` so it works for any timm
+architecture. The optimizer has two parameter groups, ``backbone`` and ``head``: the head of a
+fine-tuned model is always trained (the authors' scripts once left it out of the optimizer).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import safetensors.torch
+import timm
+import torch
+import yaml
+from timm.data import resolve_model_data_config
+from timm.models import is_model
+from torch import nn
+
+from ..spectral import attach_spectral
+from .config import ConfigError, OptimConfig, TrainConfig
+
+__all__ = ["InitError", "build_model", "load_init", "TrainingModule", "build_optimizer", "lr_factor", "check_input",
+           "plain_state_dict", "head_parameters"]
+
+WEIGHTS_FILE, RUN_CONFIG_FILE = "model.safetensors", "config.yaml"
+_TIMM_PREFIXES = ("hf-hub:", "local-dir:")
+
+
+class InitError(ValueError):
+    """``init`` (--init) cannot be used: missing run, unfinished run, or another architecture."""
+
+
+# ----------------------------------------------------------------------------- building
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """The timm model to train, with init weights and a new head when fine-tuning, regularizer attached.
+
+    ``cfg.num_classes`` must be resolved. For 'rep'/'ll' the regularizer's power-update period
+    is ``regularizer.every`` optimizer steps, i.e. ``every * grad_accum_steps`` forward passes.
+    """
+    if cfg.init is None:
+        model = timm.create_model(cfg.model, num_classes=cfg.num_classes, **cfg.model_kwargs)
+    else:
+        model = load_init(cfg)
+        model.reset_classifier(cfg.num_classes)
+    r = cfg.regularizer
+    if r.mode in ("rep", "ll"):
+        attach_spectral(model, mode=r.mode, gamma=r.gamma, every=r.every * cfg.grad_accum_steps,
+                        estimator=r.estimator, bn_aware=r.bn_aware)
+    return model
+
+
+def _is_timm_name(name: str) -> bool:
+    return name.startswith(_TIMM_PREFIXES) or is_model(name)
+
+
+def load_init(cfg: TrainConfig) -> nn.Module:
+    """``cfg.model`` with the weights of ``cfg.init``: a run directory or a timm model name.
+
+    The returned model still has the source's head; never falls back to random weights.
+    """
+    init = cfg.init
+    if Path(init).is_dir():
+        return _from_run_dir(cfg, Path(init))
+    if _is_timm_name(init):
+        return _from_timm(cfg, init)
+    raise InitError(f"init (--init) {init!r}: no such run directory, and not a timm model name. Give the directory of "
+                    f"a finished recipe run (it holds {WEIGHTS_FILE}; train it first with "
+                    f"`accelerate launch recipes/train.py --config ... --output {init}`) or a timm name such as "
+                    "resnet50.a1_in1k or hf-hub:org/name. The recipe does not fall back to training from scratch.")
+
+
+def _arch_mismatch(init: str, source_arch: str, cfg: TrainConfig) -> InitError:
+    return InitError(f"init (--init) {init!r} holds a {source_arch!r} model but this config trains {cfg.model!r} "
+                     f"(model: {cfg.model}). Fine-tune with model={source_arch}, or point --init at a {cfg.model} run")
+
+
+def _from_run_dir(cfg: TrainConfig, run_dir: Path) -> nn.Module:
+    weights, run_config = run_dir / WEIGHTS_FILE, run_dir / RUN_CONFIG_FILE
+    if not run_config.is_file():
+        raise InitError(f"init (--init) {run_dir} is not a recipe run directory: it has no {RUN_CONFIG_FILE}. "
+                        "Give a directory written by recipes/train.py, or a timm model name")
+    if not weights.is_file():
+        raise InitError(f"init (--init) {run_dir} has no {WEIGHTS_FILE}: that run has not finished. Finish it by "
+                        "running its command again (it resumes from its last checkpoint), then fine-tune")
+    source = yaml.safe_load(run_config.read_text())
+    if source["model"] != cfg.model:
+        raise _arch_mismatch(str(run_dir), source["model"], cfg)
+    model = timm.create_model(cfg.model, num_classes=source["num_classes"], **cfg.model_kwargs)
+    state = safetensors.torch.load_file(weights)
+    try:
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("spectral.")})
+    except RuntimeError as err:
+        raise InitError(f"{weights} does not fit {cfg.model} with num_classes={source['num_classes']} and "
+                        f"model_kwargs={cfg.model_kwargs} (the run used model_kwargs={source.get('model_kwargs')}): "
+                        f"{str(err).splitlines()[0]}") from err
+    return model
+
+
+def _from_timm(cfg: TrainConfig, name: str) -> nn.Module:
+    from ..models.zoo import ARCHS
+
+    try:
+        model = timm.create_model(name, pretrained=True, **cfg.model_kwargs)
+    except (OSError, RuntimeError) as err:  # offline and not cached, unknown Hub repo, no published weights
+        raise InitError(f"init (--init) {name!r}: could not load its pretrained weights: {err}") from err
+    arch = model.pretrained_cfg.get("architecture") or name
+    if arch in ARCHS:  # a zoo model: its base architecture, without its training-time regularizer
+        arch = ARCHS[arch][0]
+        if hasattr(model, "spectral"):
+            model.spectral.remove()
+    if arch != cfg.model:
+        raise _arch_mismatch(name, arch, cfg)
+    return model
+
+
+def check_input(model: nn.Module, sample: torch.Tensor, cfg: TrainConfig) -> None:
+    """Run one eval-mode forward on one sample (C, H, W): fail early on a wrong input size.
+
+    Also records each conv's input size for the regularizer, so its buffers have their final
+    shapes before Accelerate/DDP first synchronizes them.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(sample.unsqueeze(0))
+    except RuntimeError as err:
+        raise ConfigError(f"model {cfg.model} (model_kwargs={cfg.model_kwargs}) cannot take inputs of shape "
+                          f"{tuple(sample.shape)}: {str(err).splitlines()[0]}. Set dataset.img_size, or the model's "
+                          "own input size in model_kwargs (e.g. img_size for slp)") from err
+    finally:
+        model.train(was_training)
+
+
+class TrainingModule(nn.Module):
+    """What the loop trains: ``model((x - mean) / std)`` for images x in [0, 1].
+
+    With ``return_features`` (BSS) the forward returns ``(logits, features)``, where features are
+    ``model.forward_head(model.forward_features(x), pre_logits=True)`` (B, num_features) and
+    logits are the classifier applied to them: one forward, so DDP sees every parameter.
+    """
+
+    def __init__(self, model: nn.Module, return_features: bool = False):
+        super().__init__()
+        config = resolve_model_data_config(model)
+        self.model, self.return_features = model, return_features
+        self.register_buffer("mean", torch.tensor(config["mean"], dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(config["std"], dtype=torch.float32).view(1, -1, 1, 1))
+        if return_features and not isinstance(model.get_classifier(), nn.Module):
+            raise ConfigError(f"{type(model).__name__}.get_classifier() is not a module; BSS needs one head applied "
+                              "to pre-logit features")
+
+    def forward(self, x: torch.Tensor):
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        if not self.return_features:
+            return self.model(x)
+        features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return self.model.get_classifier()(features), features
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights as a plain timm state dict (regularizer buffers ``spectral.*`` stripped), on CPU."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("spectral.")}
+
+
+# ----------------------------------------------------------------------------- optimization
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the classifier head (``get_classifier()``)."""
+    head = model.get_classifier()
+    heads = head if isinstance(head, (tuple, list)) else (head,)
+    return [p for h in heads if isinstance(h, nn.Module) for p in h.parameters()]
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.SGD:
+    """SGD with parameter groups 'backbone' (lr = backbone_lr or lr) and 'head' (lr), both linearly scaled.
+
+    With ``optim.lr_base_batch`` set, the configured lrs are per that many images and are
+    multiplied by batch_size / lr_base_batch. Each group keeps its scaled lr as ``base_lr``;
+    :func:`lr_factor` multiplies it per epoch.
+    """
+    o = cfg.optim
+    scale = cfg.batch_size / o.lr_base_batch if o.lr_base_batch else 1.0
+    head_ids = {id(p) for p in head_parameters(model)}
+    groups = [
+        dict(name="backbone", params=[p for p in model.parameters() if id(p) not in head_ids],
+             lr=(o.backbone_lr or o.lr) * scale),
+        dict(name="head", params=[p for p in model.parameters() if id(p) in head_ids], lr=o.lr * scale),
+    ]
+    for group in groups:
+        group["base_lr"] = group["lr"]
+    return torch.optim.SGD([g for g in groups if g["params"]], momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def lr_factor(optim: OptimConfig, epoch: int) -> float:
+    """Multiplier of the base lrs during ``epoch`` (0-based), constant within an epoch as in the paper's scripts.
+
+    'cosine' is torch's ``CosineAnnealingLR(T_max=t_max)`` stepped once per epoch: (1 + cos(pi * epoch / t_max)) / 2,
+    which rises again after ``t_max`` epochs (periodic, as in the 1000-epoch Oxford Flowers run with T_max 200).
+    """
+    if optim.schedule == "step":
+        return optim.decay ** (epoch // optim.step_epochs)
+    if optim.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / optim.t_max))
+    return 1.0

@@ -1,0 +1,127 @@
+"""What a finished run leaves behind: final weights, a quick evaluation, a summary.
+
+* ``model.safetensors``: plain timm state dict (regularizer buffers stripped), written atomically;
+  loads with ``timm.create_model(arch, num_classes=..., checkpoint_path=...)``.
+* ``eval.json``: :func:`quick_eval` (clean accuracy on the test split).
+* ``run.json``: model name, base arch, regularizer settings and their convention, dataset,
+  epochs, final metrics, command line, wall time, number of processes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from accelerate.utils import gather_object
+from torch import nn
+
+from ..attacks.normalize import NormalizedModel
+from ..io import atomic_write_bytes, atomic_write_text
+from .config import BSS_CONVENTION, GAMMA_CONVENTION, TrainConfig
+from .loaders import load_split
+from .model import plain_state_dict
+
+__all__ = ["save_weights", "quick_eval", "regularizer_summary", "run_summary", "unsynced_tensors", "summary_table"]
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the plain timm state dict of ``model`` (no ``spectral.*`` keys) as safetensors, atomically."""
+    payload = safetensors.torch.save(plain_state_dict(model), metadata={"format": "pt"})
+    return atomic_write_bytes(path, payload)
+
+
+@torch.no_grad()
+def quick_eval(model: nn.Module, cfg: TrainConfig, run_dir: str | os.PathLike) -> dict:
+    """Quick evaluation of the final model -> ``RUN_DIR/eval.json``; returns what it wrote.
+
+    Today: ``clean_acc`` (fraction 0..1) on the test split (``dataset.test_limit`` images) and
+    ``n_test``, with images in [0, 1] and the normalization inside ``NormalizedModel``. This is the
+    place to add a small Tangent-Attack sample (``l2_mean``, ``l2_median``, ``queries``,
+    ``n_samples``) once repspec_zoo.eval exists. Runs on the calling process only.
+    """
+    test_set = load_split(cfg, model, "test")
+    device = next(model.parameters()).device
+    classifier = NormalizedModel(model).to(device).eval()
+    loader = torch.utils.data.DataLoader(test_set, batch_size=cfg.micro_batch_size, shuffle=False,
+                                         num_workers=cfg.dataset.num_workers)
+    correct = seen = 0
+    for x, y in loader:
+        correct += int((classifier(x.to(device)).argmax(1).cpu() == y).sum())
+        seen += len(y)
+    result = {"clean_acc": correct / seen, "n_test": seen, "dataset": cfg.dataset.name, "split": "test"}
+    atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2))
+    return result
+
+
+def regularizer_summary(cfg: TrainConfig) -> dict:
+    """The regularizer settings of a run, with the strength convention spelled out."""
+    r = cfg.regularizer
+    if r.mode in ("rep", "ll"):
+        return {"mode": r.mode, "gamma": r.gamma, "convention": GAMMA_CONVENTION, "burn_in_epochs": r.burn_in_epochs,
+                "every": r.every, "estimator": r.estimator, "bn_aware": r.bn_aware}
+    if r.mode == "bss":
+        return {"mode": "bss", "bss_eta": r.bss_eta, "bss_k": r.bss_k, "convention": BSS_CONVENTION,
+                "burn_in_epochs": r.burn_in_epochs}
+    return {"mode": "none"}
+
+
+def _model_name(cfg: TrainConfig) -> str:
+    """The zoo name for (arch, regularizer, dataset) if the zoo has one, else a descriptive name."""
+    from ..models.zoo import zoo_model_name
+
+    try:
+        return zoo_model_name(cfg.model, cfg.regularizer.mode, cfg.dataset.name)
+    except ValueError:
+        return cfg.model if cfg.regularizer.mode == "none" else f"{cfg.model}+{cfg.regularizer.mode}"
+
+
+def run_summary(cfg: TrainConfig, records: list[dict], evaluation: dict, command: list[str], wall_time_s: float,
+                num_processes: int, unsynced: list[str]) -> dict:
+    """The content of ``run.json``."""
+    final = records[-1] if records else {}
+    return {
+        "model_name": _model_name(cfg), "arch": cfg.model, "num_classes": cfg.num_classes, "init": cfg.init,
+        "regularizer": regularizer_summary(cfg), "dataset": cfg.dataset.name, "epochs": cfg.epochs,
+        "steps": final.get("step", 0), "batch_size": cfg.batch_size, "final": final, "eval": evaluation,
+        "command": shlex.join(command), "num_processes": num_processes,
+        "mixed_precision": cfg.mixed_precision, "wall_time_s": wall_time_s,
+        "train_time_s": sum(r["time_s"] for r in records), "ranks_in_sync": not unsynced,
+        **({"unsynced_tensors": unsynced} if unsynced else {}),
+    }
+
+
+def unsynced_tensors(accelerator, model: nn.Module) -> list[str]:
+    """Names of state-dict tensors (weights and regularizer buffers) that differ between processes.
+
+    Every process hashes its tensors; BN running statistics count too (DDP broadcasts them from
+    rank 0 at every forward, and the last forward of a run is the test evaluation).
+    """
+    if accelerator.num_processes == 1:
+        return []
+    digests = {name: hashlib.sha256(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+               for name, t in model.state_dict().items()}
+    everyone = gather_object([digests])
+    return sorted(name for name in digests if any(d.get(name) != everyone[0][name] for d in everyone[1:]))
+
+
+def summary_table(records: list[dict], evaluation: dict, max_rows: int = 12) -> str:
+    """A short text table of the epochs (evenly thinned to ``max_rows``) and the final evaluation."""
+    if not records:
+        return f"no epochs trained; clean_acc {evaluation['clean_acc']:.4f} on {evaluation['n_test']} test images"
+    stride = -(-len(records) // max_rows)
+    shown = records[::stride] + ([records[-1]] if (len(records) - 1) % stride else [])
+    lines = [f"{'epoch':>6} {'step':>8} {'train_loss':>10} {'train_acc':>9} {'test_acc':>8} {'penalty':>9} "
+             f"{'lr(head)':>9} {'time_s':>7}"]
+    for r in shown:
+        lines.append(f"{r['epoch']:>6} {r['step']:>8} {r['train_loss']:>10.4f} {r['train_acc']:>9.4f} "
+                     f"{r['test_acc']:>8.4f} {r['penalty']:>9.2e} {r['lr'].get('head', 0.0):>9.2e} {r['time_s']:>7.1f}")
+    sigmas = records[-1]["sigma_max"]
+    if sigmas:
+        lines.append(f"sigma_max over {len(sigmas)} layers: max {max(sigmas.values()):.3f}, "
+                     f"sum of squares {sum(s * s for s in sigmas.values()):.2f}")
+    lines.append(f"final: clean_acc {evaluation['clean_acc']:.4f} on {evaluation['n_test']} test images")
+    return "\n".join(lines)

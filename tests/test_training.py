@@ -1,0 +1,337 @@
+"""Training recipes (recipes/train.py + repspec_zoo.training): shipped configs, resume, fine-tuning, errors.
+
+Everything runs on tiny generated data (IDX files) with overrides, on CPU, one thread.
+The multi-process test is in test_training_multiproc.py.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import timm
+import torch
+import yaml
+
+import repspec_zoo  # noqa: F401
+from repspec_zoo.data import DatasetUnavailableError
+from repspec_zoo.training import (Checkpoints, ConfigError, InitError, TrainConfig, apply_overrides, bss_penalty,
+                                  build_model, build_optimizer, load_config, lr_factor)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "recipes" / "configs"
+CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("recipe_train", ROOT / "recipes" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RECIPE = _load_recipe()
+
+
+def _reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def run_recipe(config: str | Path, output: Path, *overrides: str, init: str | None = None,
+               data_dir: Path | None = None) -> dict:
+    """recipes/train.py in this process (a fresh Accelerate state each time)."""
+    _reset_accelerate()
+    argv = ["--config", str(CONFIG_DIR / f"{config}.yaml" if isinstance(config, str) else config),
+            "--output", str(output), *overrides]
+    argv += ["--init", init] if init else []
+    argv += ["--data-dir", str(data_dir)] if data_dir else []
+    try:
+        return RECIPE.main(argv)
+    finally:
+        _reset_accelerate()
+
+
+# ----------------------------------------------------------------------------- generated data
+def write_idx(root: Path, n_train: int, n_test: int, classes: int = 10, side: int = 28, seed: int = 0) -> Path:
+    """MNIST-style IDX files with random uint8 images and labels cycling through ``classes``."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, side, side), dtype=np.uint8)
+        labels = (np.arange(n) % classes).astype(np.uint8)
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            header = b"\x00\x00\x08" + bytes([array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+            (root / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(header + array.tobytes()))
+    return root
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("training")
+
+
+@pytest.fixture(scope="module")
+def data_dirs(workdir):
+    """IDX image files made once: 28x28, 10 classes (Fashion-MNIST-like) and 3 classes (for the RGB configs;
+    repspec_zoo.data repeats gray to the 3 channels a ResNet-50 takes, and resizes to dataset.img_size)."""
+    return {"gray": write_idx(workdir / "idx", n_train=16, n_test=8),
+            "rgb": write_idx(workdir / "idx3", n_train=12, n_test=8, classes=3, seed=1)}
+
+
+# ----------------------------------------------------------------------------- shipped configs
+# Two optimizer steps: two epochs of one step, the penalty off in the first (burn-in) and on in the second.
+TWO_STEPS = ("epochs=2", "regularizer.burn_in_epochs=1", "dataset.num_workers=0", "dataset.test_limit=8",
+             "checkpoint.every_epochs=2", "checkpoint.every_steps=0")
+SHAPE = {  # per family: batch = the whole (limited) training split, small images
+    "fmnist": ("batch_size=16", "dataset.train_limit=16"),
+    "imagenet": ("batch_size=12", "dataset.train_limit=12", "dataset.img_size=16"),
+    "finetune": ("batch_size=12", "dataset.train_limit=12", "dataset.img_size=16"),
+    "xor": ("batch_size=4",),
+}
+
+
+@pytest.fixture(scope="module")
+def shipped_run(workdir, data_dirs):
+    """Run a shipped config for two steps (once per module); returns its run directory."""
+    @functools.cache
+    def run(name: str) -> Path:
+        family = name.split("_")[0]
+        output = workdir / "runs" / name
+        data_dir = {"fmnist": data_dirs["gray"], "xor": None}.get(family, data_dirs["rgb"])
+        init = str(run("imagenet_resnet50_repspectral")) if family == "finetune" else None
+        run_recipe(name, output, *TWO_STEPS, *SHAPE[family], init=init, data_dir=data_dir)
+        return output
+
+    return run
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_config_runs_two_steps(name, shipped_run):
+    run_dir = shipped_run(name)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    summary = json.loads((run_dir / "run.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    mode = cfg["regularizer"]["mode"]
+    assert summary["steps"] == 2 and [r["step"] for r in records] == [1, 2]
+    assert summary["arch"] == cfg["model"] and summary["regularizer"]["mode"] == mode
+    assert (mode == "none") or "gamma/2" in summary["regularizer"]["convention"]
+    assert [r["penalty_on"] for r in records] == [False, True]
+    assert records[0]["penalty"] == 0.0
+    assert (records[1]["penalty"] > 0) == (mode != "none")
+    assert all(np.isfinite(r["train_loss"]) for r in records)
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert 0.0 <= evaluation["clean_acc"] <= 1.0 and evaluation["n_test"] == (4 if name == "xor_toy" else 8)
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    # final weights: a plain timm state dict that strictly loads into the base architecture
+    weights = safetensors.torch.load_file(run_dir / "model.safetensors")
+    assert not any(k.startswith("spectral.") for k in weights)
+    plain = timm.create_model(cfg["model"], num_classes=cfg["num_classes"], **cfg["model_kwargs"])
+    plain.load_state_dict(weights)
+    # the checkpoint holds the regularizer state; burn-in steps advanced the power iteration too
+    checkpoint = safetensors.torch.load_file(run_dir / "checkpoints" / "step_0000002" / "model.safetensors")
+    if mode in ("rep", "ll"):
+        assert int(checkpoint["model.spectral.num_steps"]) == 2 * cfg["grad_accum_steps"]
+        assert len(records[1]["sigma_max"]) > 0
+    else:
+        assert not any(".spectral." in k for k in checkpoint)
+
+
+def test_finetune_loads_backbone_trains_new_head_with_its_own_lr(workdir, data_dirs, tmp_path):
+    pretrain = tmp_path / "pretrain"
+    run_recipe("fmnist_slp_baseline", pretrain, "epochs=1", "batch_size=16", "model_kwargs={hidden_dim: 16}",
+               data_dir=data_dirs["gray"])
+    three_classes = write_idx(tmp_path / "three", n_train=12, n_test=6, classes=3, seed=1)
+    overrides = ["model=slp", "model_kwargs={hidden_dim: 16, img_size: 28, in_chans: 1}", "dataset.img_size=28",
+                 "dataset.name=" + str(three_classes), "dataset.augment=false"]
+    cfg = load_config(CONFIG_DIR / "finetune_cifar10.yaml", overrides + [f"init={pretrain}", "num_classes=3"])
+    model = build_model(cfg)
+    source = safetensors.torch.load_file(pretrain / "model.safetensors")
+    assert torch.equal(model.fc1.weight, source["fc1.weight"])  # backbone loaded
+    assert model.head.weight.shape == (3, 16)  # new head
+    groups = {g["name"]: g for g in build_optimizer(cfg, model).param_groups}
+    assert [id(p) for p in groups["head"]["params"]] == [id(model.head.weight), id(model.head.bias)]
+    assert groups["head"]["lr"] == 0.01 and groups["backbone"]["lr"] == 0.002
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+    # end to end, with BSS on the batch features
+    run_dir = tmp_path / "finetuned"
+    run_recipe("finetune_cifar10", run_dir, *overrides, "epochs=2", "batch_size=6", "regularizer.mode=bss",
+               "regularizer.burn_in_epochs=1", "dataset.num_workers=0", init=str(pretrain))
+    final = safetensors.torch.load_file(run_dir / "model.safetensors")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[1]["penalty"] > 0 and json.loads((run_dir / "run.json").read_text())["regularizer"]["mode"] == "bss"
+    assert final["head.weight"].shape == (3, 16)
+    assert 0 < (final["fc1.weight"] - source["fc1.weight"]).abs().max() < 0.05  # trained from the init, not re-drawn
+
+
+def test_bss_penalty_is_eta_times_the_k_smallest_squared_singular_values():
+    features = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    expected = 0.5 * torch.linalg.svdvals(features.detach())[-2:].square().sum()
+    penalty = bss_penalty(features, k=2, eta=0.5)
+    assert torch.allclose(penalty, expected)
+    penalty.backward()
+    assert features.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="bss_k=5 exceeds"):
+        bss_penalty(features, k=5, eta=0.5)
+
+
+# ----------------------------------------------------------------------------- resume after SIGKILL
+def _resume_overrides(data_dir: Path) -> list[str]:
+    # 12 optimizer steps per epoch (96 images / 8), 2 micro-batches each; checkpoints every 5 steps
+    return ["--data-dir", str(data_dir), "epochs=2", "batch_size=8", "grad_accum_steps=2", "dataset.train_limit=96",
+            "dataset.test_limit=8", "regularizer.burn_in_epochs=1", "checkpoint.every_steps=5", "checkpoint.keep=5",
+            "log_every_steps=1"]
+
+
+def test_killed_run_resumes_mid_epoch_to_the_same_weights(tmp_path, capsys):
+    data_dir = write_idx(tmp_path / "idx", n_train=96, n_test=8)
+    config = CONFIG_DIR / "fmnist_resnet_small_repspectral.yaml"
+    killed = tmp_path / "killed"
+    argv = ["--config", str(config), "--output", str(killed), *_resume_overrides(data_dir)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    process = subprocess.Popen([sys.executable, str(ROOT / "recipes" / "train.py"), *argv], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = killed / "checkpoints" / "step_0000005"
+    deadline = time.monotonic() + 240
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate()
+    assert first.exists(), f"no checkpoint appeared before the kill; stderr: {stderr.decode()[-2000:]}"
+    assert not (killed / "model.safetensors").exists()  # it really died before the end
+    for later in Checkpoints(killed / "checkpoints", keep=5).all():  # whatever the kill latency was, resume
+        if later.name > first.name:                                  # from step 5 of 12, as if killed right after it
+            shutil.rmtree(later)
+
+    assert torch.get_num_threads() == 1  # conftest; as the killed process (OMP_NUM_THREADS=1): same float sums
+    _reset_accelerate()
+    try:
+        RECIPE.main(argv)  # the same command again
+    finally:
+        _reset_accelerate()
+    assert "from step_0000005: epoch 1, 10 batches done" in capsys.readouterr().out  # 5 steps x 2 micro-batches
+    reference = tmp_path / "reference"
+    run_recipe(config, reference, *_resume_overrides(data_dir))
+    a = safetensors.torch.load_file(killed / "model.safetensors")
+    b = safetensors.torch.load_file(reference / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
+    lines = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (killed, reference)]
+    assert [r["epoch"] for r in lines[0]] == [1, 2]
+    for got, want in zip(*lines):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-6)
+        assert got["train_acc"] == want["train_acc"] and got["step"] == want["step"]
+
+
+def test_checkpoint_writes_are_atomic_and_keep_the_newest(tmp_path):
+    class Dies(Exception):
+        pass
+
+    class FakeAccelerator:
+        is_main_process, fail = True, False
+
+        def wait_for_everyone(self):
+            pass
+
+        def save_state(self, path):
+            (Path(path) / "model.safetensors").write_bytes(b"partial")
+            if self.fail:
+                raise Dies()
+
+    checkpoints, accelerator = Checkpoints(tmp_path / "checkpoints", keep=2), FakeAccelerator()
+    for step in (10, 20, 30):
+        checkpoints.save(accelerator, step, {"global_step": step})
+    assert [p.name for p in checkpoints.all()] == ["step_0000020", "step_0000030"]
+    accelerator.fail = True
+    with pytest.raises(Dies):
+        checkpoints.save(accelerator, 40, {"global_step": 40})
+    assert checkpoints.latest().name == "step_0000030"  # the half-written one is invisible
+    assert json.loads((checkpoints.latest() / "train_state.json").read_text()) == {"global_step": 30}
+    checkpoints.discard_partial()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000020", "step_0000030"]
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_unknown_config_keys_list_the_valid_ones(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: slp\noptim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.learning_rate'.*Valid keys of section "
+                                          r"'optim': lr, backbone_lr"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"'epoch'.*Did you mean 'epochs'"):
+        load_config(CONFIG_DIR / "xor_toy.yaml", ["epoch=3"])
+    bad.write_text("mixed_precision: no\n")
+    with pytest.raises(ConfigError, match='write "no"'):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="regularizer.mode='lip'.*none, rep, ll, bss"):
+        load_config(CONFIG_DIR / "xor_toy.yaml", ["regularizer.mode=lip"])
+    with pytest.raises(ConfigError, match="zoo architecture.*model=slp regularizer.mode=rep"):
+        load_config(CONFIG_DIR / "xor_toy.yaml", ["model=slp_repspectral"])
+
+
+def test_overrides_are_typed_by_the_field():
+    cfg = apply_overrides(TrainConfig(), ["mixed_precision=no", "dataset.train_limit=null", "optim.lr=1e-2",
+                                          "model_kwargs={hidden_dim: 8}", "dataset.augment=false"])
+    assert cfg.mixed_precision == "no" and cfg.dataset.train_limit is None and cfg.optim.lr == 0.01
+    assert cfg.model_kwargs == {"hidden_dim": 8} and cfg.dataset.augment is False
+    with pytest.raises(ConfigError, match="epochs: expected int"):
+        apply_overrides(TrainConfig(), ["epochs=two"])
+    with pytest.raises(ConfigError, match="not key=value"):
+        apply_overrides(TrainConfig(), ["epochs"])
+
+
+def test_lr_schedules_and_linear_scaling():
+    cfg = load_config(CONFIG_DIR / "imagenet_resnet50_baseline.yaml", ["batch_size=256"])
+    assert [lr_factor(cfg.optim, e) for e in (0, 29, 30, 60, 119)] == pytest.approx([1, 1, 0.1, 0.01, 0.001])
+    model = timm.create_model("resnet_small", num_classes=10)
+    assert {g["name"]: g["lr"] for g in build_optimizer(cfg, model).param_groups} == {"backbone": 0.01, "head": 0.01}
+    tuned = load_config(CONFIG_DIR / "finetune_cifar10.yaml")
+    assert [lr_factor(tuned.optim, e) for e in (0, 100, 200, 400)] == pytest.approx([1, 0.5, 0, 1])
+
+
+def test_missing_dataset_and_data_dir_are_clear_errors(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DatasetUnavailableError, match="(?s)ILSVRC/imagenet-1k.*Fix: pass --data-dir"):
+        run_recipe("imagenet_resnet50_baseline", tmp_path / "imagenet", "dataset.img_size=16")
+    with pytest.raises(FileNotFoundError, match="nowhere.*does not exist"):
+        run_recipe("fmnist_slp_baseline", tmp_path / "slp", data_dir=tmp_path / "nowhere")
+
+
+def test_init_errors_never_fall_back_to_training_from_scratch(tmp_path, data_dirs):
+    with pytest.raises(InitError, match="no such run directory.*does not fall back to training from scratch"):
+        run_recipe("finetune_cifar10", tmp_path / "ft", init=str(tmp_path / "runs" / "never_trained"))
+    with pytest.raises(InitError, match="'resnet50.a1_in1k': could not load its pretrained weights"):
+        run_recipe("finetune_cifar10", tmp_path / "ft", init="resnet50.a1_in1k")  # offline, not cached
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text("model: resnet50\nnum_classes: 3\n")
+    with pytest.raises(InitError, match="has no model.safetensors: that run has not finished"):
+        run_recipe("finetune_cifar10", tmp_path / "ft", init=str(unfinished))
+    other = tmp_path / "slp_run"
+    run_recipe("fmnist_slp_baseline", other, "epochs=1", "batch_size=16", "model_kwargs={hidden_dim: 8}",
+               data_dir=data_dirs["gray"])
+    with pytest.raises(InitError, match="holds a 'slp' model but this config trains 'resnet50'"):
+        run_recipe("finetune_cifar10", tmp_path / "ft2", init=str(other))
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, data_dirs):
+    run_dir = tmp_path / "run"
+    common = ("epochs=1", "batch_size=16", "model_kwargs={hidden_dim: 8}")
+    run_recipe("fmnist_slp_baseline", run_dir, *common, data_dir=data_dirs["gray"])
+    with pytest.raises(ConfigError, match=r"checkpointed run started with other settings \(optim.lr: 0.1 -> 0.5\)"):
+        run_recipe("fmnist_slp_baseline", run_dir, *common, "optim.lr=0.5", data_dir=data_dirs["gray"])
