@@ -18,6 +18,8 @@ def _list(argv) -> None:
 
 COMMANDS = {
     "demo": ("train the small ResNet with and without rep-spectral on Fashion-MNIST", "repspec_zoo.demo"),
+    "leaderboard": ("benchmark the bundled zoo backbones: accuracy, TA distances, bounds, plot",
+                    "repspec_zoo.leaderboard"),
     "list": ("list the zoo's architectures", None),
     "eval": ("benchmark any backbone: clean accuracy and black-box attack distances", "repspec_zoo.cli_eval"),
     "analyze": ("Jacobian spectra, PGD alignment, linearity and robust accuracy of any backbone",

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from timm.layers.activations import GELU as TimmGELU
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from .attacks import ATTACKS, NormalizedModel, predict_labels, run_attack
@@ -195,13 +195,16 @@ def _stats(values: Tensor) -> dict:
                 per_sample=values.tolist())
 
 
-def check_images(x: Tensor, model: nn.Module) -> None:
-    """Clear errors for images the model cannot take: NaN, outside [0,1], wrong channels/size."""
+def check_images(x: Tensor, model: nn.Module | None = None, box: bool = True) -> None:
+    """Clear errors for images the model cannot take: NaN, outside [0,1] (``box``: the attacks
+    search that box) and, given the model, wrong channels/size (one trial forward)."""
     if torch.isnan(x).any():
         raise ValueError("images contain NaN; evaluate() needs finite images in [0, 1]")
-    if x.min() < 0 or x.max() > 1:
+    if box and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"images must lie in [0, 1] (got min {float(x.min()):.3g}, max {float(x.max()):.3g}); "
                          "load them with repspec_zoo.data (no normalization) and wrap the model in NormalizedModel")
+    if model is None:
+        return
     net, _, _ = _inner(model)
     cfg = getattr(net, "pretrained_cfg", None) or {}
     want = cfg.get("input_size")
@@ -214,6 +217,30 @@ def check_images(x: Tensor, model: nn.Module) -> None:
     except RuntimeError as err:
         raise ValueError(f"the model cannot take images of shape {tuple(x.shape[1:])} (expects {want}); "
                          f"resize them with image_size= / --image-size. Original error: {err}") from err
+
+
+def _predict_split(model: nn.Module, dataset, batch_size: int, device, box: bool) -> tuple[Tensor, Tensor]:
+    """(correct (N,) bool, labels (N,)) on CPU, streaming a Dataset batch by batch (ImageNet-size
+    splits never sit in memory at once); the first batch is checked by `check_images`."""
+    if isinstance(dataset, tuple):
+        batches = ((dataset[0][i:i + batch_size], dataset[1][i:i + batch_size])
+                   for i in range(0, len(dataset[1]), batch_size))
+    else:
+        batches = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    correct, labels = [], []
+    for x, y in batches:
+        x = x.to(device)
+        check_images(x, None if labels else model, box)
+        correct.append(predict_labels(model, x, batch_size).cpu() == y)
+        labels.append(y)
+    return torch.cat(correct), torch.cat(labels)
+
+
+def _rows(dataset, index: Tensor, device) -> Tensor:
+    """The images at ``index`` (ascending dataset positions) as one tensor on ``device``."""
+    if isinstance(dataset, tuple):
+        return dataset[0][index].to(device)
+    return torch.stack([dataset[int(i)][0] for i in index]).to(device)
 
 
 def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, model_name: str = "model",
@@ -241,18 +268,9 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
         raise ValueError(f"budgets must be positive query counts, got {budgets}")
     if n < 1:
         raise ValueError(f"n must be >= 1 sample, got {n}")
-    if isinstance(dataset, tuple):
-        x_all, y_all = dataset
-    else:
-        from .data import as_tensors
-        x_all, y_all = as_tensors(dataset)
     model.eval()
     device = next(model.parameters()).device
-    x_all, y_all = x_all.to(device), y_all.to(device)
-    check_images(x_all, model)
-
-    pred = predict_labels(model, x_all, batch_size)
-    correct = pred == y_all
+    correct, y_all = _predict_split(model, dataset, batch_size, device, box=attack is not None)
     result = EvalResult(model=model_name, dataset=dataset_name, split=split, n_test=len(y_all),
                         clean_acc=float(correct.float().mean()), attack=attack, budgets=budgets, n_requested=n,
                         settings=dict(seed=seed, batch_size=batch_size, max_iter=max_iter, version=__version__,
@@ -260,12 +278,15 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
     if attack is None:
         return result
 
-    pool = torch.nonzero(correct).flatten().cpu()
+    pool = torch.nonzero(correct).flatten()
+    if len(pool) == 0:
+        warnings.warn("no test image is classified correctly: nothing to attack")
+        return result
     if n > len(pool):
         warnings.warn(f"n={n} but only {len(pool)} test images are classified correctly; attacking all of them")
     chosen = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n]].sort().values
     mine = _shard(chosen, accelerator)
-    x, y = x_all[mine.to(device)], y_all[mine.to(device)]
+    x, y = _rows(dataset, mine, device), y_all[mine].to(device)
     main = accelerator is None or accelerator.is_local_main_process
     start = time.perf_counter()
     res = run_attack(attack, model, x, y, budget=budgets[-1], batch_size=batch_size, seed=seed, max_iter=max_iter,
@@ -290,7 +311,7 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
         result.success_rate[str(q)] = float(ok.float().mean())
         result.l2_mean[str(q)] = float(col[ok].mean()) if ok.any() else math.inf
         result.l2_median[str(q)] = float(col[ok].median()) if ok.any() else math.inf
-    result.per_sample = dict(index=index.tolist(), label=y_all.cpu()[index].tolist(),
+    result.per_sample = dict(index=index.tolist(), label=y_all[index].tolist(),
                              l2={str(q): l2_q[:, j].tolist() for j, q in enumerate(budgets)},
                              queries=queries.tolist())
     if local is not None:

@@ -56,7 +56,7 @@ def run_recipe(config: str | Path, output: Path, *overrides: str, init: str | No
     """recipes/train.py in this process (a fresh Accelerate state each time)."""
     _reset_accelerate()
     argv = ["--config", str(CONFIG_DIR / f"{config}.yaml" if isinstance(config, str) else config),
-            "--output", str(output), *overrides]
+            "--output", str(output), "--set", "eval.n=2", "--set", "eval.budget=40", *overrides]  # tiny end-of-run attack
     argv += ["--init", init] if init else []
     argv += ["--data-dir", str(data_dir)] if data_dir else []
     try:
@@ -135,6 +135,8 @@ def test_shipped_config_runs_two_steps(name, shipped_run):
     assert all(np.isfinite(r["train_loss"]) for r in records)
     evaluation = json.loads((run_dir / "eval.json").read_text())
     assert 0.0 <= evaluation["clean_acc"] <= 1.0 and evaluation["n_test"] == (4 if name == "xor_toy" else 8)
+    assert evaluation["attack"] == (None if name == "xor_toy" else "ta")
+    assert all(q <= 40 for q in evaluation["per_sample"].get("queries", []))
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     # final weights: a plain timm state dict that strictly loads into the base architecture
     weights = safetensors.torch.load_file(run_dir / "model.safetensors")

@@ -30,12 +30,13 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["ConfigError", "DataConfig", "OptimConfig", "RegularizerConfig", "CheckpointConfig", "TrainConfig",
+__all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "RegularizerConfig", "CheckpointConfig", "TrainConfig",
            "load_config", "apply_overrides", "config_to_dict", "REGULARIZERS", "GAMMA_CONVENTION", "BSS_CONVENTION"]
 
 REGULARIZERS = ("none", "rep", "ll", "bss")
 SCHEDULES = ("constant", "step", "cosine")
 ESTIMATORS = ("power", "fft")
+ATTACKS = ("ta", "gta", "hsja", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 GAMMA_CONVENTION = ("penalty = gamma/2 * sum_l sigma_max(W_l)^2 (Yang et al. 2024, eq. 3); "
                     "the authors' scripts' lam = gamma/2")
@@ -91,6 +92,13 @@ class CheckpointConfig:
 
 
 @dataclass
+class EvalConfig:
+    attack: str = "ta"  # end-of-run attack on a small sample: 'ta', 'gta', 'hsja' or 'none' (accuracy only)
+    n: int = 20  # correctly classified test images attacked (repspec-zoo eval does the full benchmark)
+    budget: int = 1000  # query budget per attacked image
+
+
+@dataclass
 class TrainConfig:
     model: str = "resnet_small"  # base timm architecture (timm.list_models()); the regularizer is attached to it
     model_kwargs: dict = field(default_factory=dict)  # extra timm.create_model kwargs, e.g. {hidden_dim: 8}
@@ -106,6 +114,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)  # SGD and its learning-rate schedule
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)  # penalty and its schedule
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # when and how many checkpoints
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the quick evaluation written to RUN_DIR/eval.json
 
     @property
     def micro_batch_size(self) -> int:
@@ -263,6 +272,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         *_at_least(r.bss_k, 1, "regularizer.bss_k"),
         *_at_least(c.every_epochs, 1, "checkpoint.every_epochs"), *_at_least(c.every_steps, 0, "checkpoint.every_steps"),
         *_at_least(c.keep, 1, "checkpoint.keep"),
+        *_choice(cfg.eval.attack, ATTACKS, "eval.attack"), *_at_least(cfg.eval.n, 0, "eval.n"),
+        *_at_least(cfg.eval.budget, 1, "eval.budget"),
     ]
     if not o.lr > 0 or (o.backbone_lr is not None and not o.backbone_lr > 0):
         problems.append(f"optim.lr={o.lr!r} and optim.backbone_lr={o.backbone_lr!r} must be > 0 (backbone_lr may be null)")

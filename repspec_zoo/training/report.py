@@ -22,7 +22,7 @@ from torch import nn
 from ..attacks.normalize import NormalizedModel
 from ..io import atomic_write_bytes, atomic_write_text
 from .config import BSS_CONVENTION, GAMMA_CONVENTION, TrainConfig
-from .loaders import load_split
+from .loaders import XOR, load_split
 from .model import plain_state_dict
 
 __all__ = ["save_weights", "quick_eval", "regularizer_summary", "run_summary", "unsynced_tensors", "summary_table"]
@@ -34,27 +34,27 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, payload)
 
 
-@torch.no_grad()
 def quick_eval(model: nn.Module, cfg: TrainConfig, run_dir: str | os.PathLike) -> dict:
     """Quick evaluation of the final model -> ``RUN_DIR/eval.json``; returns what it wrote.
 
-    Today: ``clean_acc`` (fraction 0..1) on the test split (``dataset.test_limit`` images) and
-    ``n_test``, with images in [0, 1] and the normalization inside ``NormalizedModel``. This is the
-    place to add a small Tangent-Attack sample (``l2_mean``, ``l2_median``, ``queries``,
-    ``n_samples``) once repspec_zoo.eval exists. Runs on the calling process only.
+    Clean accuracy (fraction 0..1) on the test split (``dataset.test_limit`` images) and, unless
+    ``eval.attack`` is 'none' or ``eval.n`` is 0, the attack on ``eval.n`` correctly classified
+    test images at budget ``eval.budget``: an ``EvalResult`` (L2 in [0,1] pixel space, the
+    normalization inside ``NormalizedModel``). ``repspec-zoo eval`` runs the full benchmark.
+    Runs on the calling process only.
     """
+    from ..eval import evaluate
+
     test_set = load_split(cfg, model, "test")
     device = next(model.parameters()).device
     classifier = NormalizedModel(model).to(device).eval()
-    loader = torch.utils.data.DataLoader(test_set, batch_size=cfg.micro_batch_size, shuffle=False,
-                                         num_workers=cfg.dataset.num_workers)
-    correct = seen = 0
-    for x, y in loader:
-        correct += int((classifier(x.to(device)).argmax(1).cpu() == y).sum())
-        seen += len(y)
-    result = {"clean_acc": correct / seen, "n_test": seen, "dataset": cfg.dataset.name, "split": "test"}
-    atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2))
-    return result
+    # the XOR toy's inputs are the points (+-1, +-1), not images in the [0,1] box the attacks search
+    attack = None if cfg.eval.attack == "none" or cfg.eval.n == 0 or cfg.dataset.name == XOR else cfg.eval.attack
+    result = evaluate(classifier, test_set, model_name=_model_name(cfg), dataset_name=cfg.dataset.name,
+                      n=max(cfg.eval.n, 1), budgets=[cfg.eval.budget], attack=attack, seed=cfg.seed,
+                      batch_size=cfg.micro_batch_size, lemma1=False, progress=False)
+    atomic_write_text(Path(run_dir) / "eval.json", result.to_json())
+    return json.loads(result.to_json())
 
 
 def regularizer_summary(cfg: TrainConfig) -> dict:
