@@ -337,3 +337,24 @@ def test_resuming_with_other_settings_is_refused(tmp_path, data_dirs):
     run_recipe("fmnist_slp_baseline", run_dir, *common, data_dir=data_dirs["gray"])
     with pytest.raises(ConfigError, match=r"checkpointed run started with other settings \(optim.lr: 0.1 -> 0.5\)"):
         run_recipe("fmnist_slp_baseline", run_dir, *common, "optim.lr=0.5", data_dir=data_dirs["gray"])
+
+
+@pytest.mark.parametrize("mode", ["ddsnr", "adv"])
+def test_roth_baselines_train_from_the_recipe(mode, workdir, data_dirs):
+    """Data-dependent spectral norm regularization adds its penalty after burn-in; adversarial
+    training adds none but trains on PGD examples, so its loss differs from plain training."""
+    def train(regularizer: str) -> list[dict]:
+        output = workdir / "roth" / regularizer
+        run_recipe("fmnist_slp_baseline", output, *TWO_STEPS, *SHAPE["fmnist"], "model_kwargs={hidden_dim: 16}",
+                   f"regularizer.mode={regularizer}", "regularizer.eps=1.0", "regularizer.iters=3",
+                   data_dir=data_dirs["gray"])
+        return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+    plain, roth = train("none"), train(mode)
+    summary = json.loads((workdir / "roth" / mode / "run.json").read_text())
+    assert summary["regularizer"]["mode"] == mode and summary["regularizer"]["eps"] == 1.0
+    assert roth[0]["train_loss"] == pytest.approx(plain[0]["train_loss"])  # burn-in epoch: identical
+    if mode == "ddsnr":
+        assert roth[0]["penalty"] == 0.0 and roth[1]["penalty"] > 0
+    else:
+        assert roth[1]["penalty"] == 0.0 and roth[1]["train_loss"] > plain[1]["train_loss"]

@@ -33,7 +33,7 @@ import yaml
 __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "RegularizerConfig", "CheckpointConfig", "TrainConfig",
            "load_config", "apply_overrides", "config_to_dict", "REGULARIZERS", "GAMMA_CONVENTION", "BSS_CONVENTION"]
 
-REGULARIZERS = ("none", "rep", "ll", "bss")
+REGULARIZERS = ("none", "rep", "ll", "bss", "ddsnr", "adv")
 SCHEDULES = ("constant", "step", "cosine")
 ESTIMATORS = ("power", "fft")
 ATTACKS = ("ta", "gta", "hsja", "none")
@@ -74,7 +74,7 @@ class OptimConfig:
 
 @dataclass
 class RegularizerConfig:
-    mode: str = "none"  # 'none', 'rep' (rep-spectral: every layer up to the features), 'll' (all layers incl. head), 'bss'
+    mode: str = "none"  # 'none', 'rep' (rep-spectral: layers up to the features), 'll' (all incl. head), 'bss', 'ddsnr', 'adv'
     gamma: float = 1e-3  # rep/ll strength, paper convention: penalty = gamma/2 * sum_l sigma_max(W_l)^2
     burn_in_epochs: int = 0  # penalty off for epochs < this (power iteration keeps running); 0 = on from the start
     every: int = 1  # rep/ll: one power-iteration update every this many optimizer steps (paper: 160 ImageNet, 1 MLP)
@@ -82,6 +82,9 @@ class RegularizerConfig:
     bn_aware: bool = False  # rep/ll: penalize the norm of BN∘conv instead of the conv alone
     bss_eta: float = 1e-3  # bss strength: penalty = bss_eta * sum of the bss_k smallest squared singular values
     bss_k: int = 1  # bss: how many of the smallest singular values of the (batch x features) matrix are penalized
+    ddsnr_lambda: float = 1e-2  # ddsnr (Roth et al. eq. 13): penalty = ddsnr_lambda * mean ||f(x + eps v) - f(x)||^2
+    eps: float = 0.5  # ddsnr probe length / adv PGD radius: L2 in [0,1] pixel units
+    iters: int = 10  # ddsnr: power-iteration steps on the input-output Jacobian; adv: PGD steps (step 2 eps / iters)
 
 
 @dataclass
@@ -269,12 +272,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         *_at_least(o.weight_decay, 0, "optim.weight_decay"),
         *_at_least(r.gamma, 0, "regularizer.gamma"), *_at_least(r.burn_in_epochs, 0, "regularizer.burn_in_epochs"),
         *_at_least(r.every, 1, "regularizer.every"), *_at_least(r.bss_eta, 0, "regularizer.bss_eta"),
-        *_at_least(r.bss_k, 1, "regularizer.bss_k"),
+        *_at_least(r.bss_k, 1, "regularizer.bss_k"), *_at_least(r.ddsnr_lambda, 0, "regularizer.ddsnr_lambda"),
+        *_at_least(r.iters, 1, "regularizer.iters"),
         *_at_least(c.every_epochs, 1, "checkpoint.every_epochs"), *_at_least(c.every_steps, 0, "checkpoint.every_steps"),
         *_at_least(c.keep, 1, "checkpoint.keep"),
         *_choice(cfg.eval.attack, ATTACKS, "eval.attack"), *_at_least(cfg.eval.n, 0, "eval.n"),
         *_at_least(cfg.eval.budget, 1, "eval.budget"),
     ]
+    if not r.eps > 0:
+        problems.append(f"regularizer.eps={r.eps!r}: must be > 0 (an L2 length in [0,1] pixel units)")
     if not o.lr > 0 or (o.backbone_lr is not None and not o.backbone_lr > 0):
         problems.append(f"optim.lr={o.lr!r} and optim.backbone_lr={o.backbone_lr!r} must be > 0 (backbone_lr may be null)")
     if cfg.batch_size % cfg.grad_accum_steps:

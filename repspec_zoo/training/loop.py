@@ -3,7 +3,9 @@
 Per optimizer step: ``loss = cross_entropy + penalty``, where the penalty is
 * rep/ll: ``model.spectral.penalty()`` = gamma/2 * sum sigma_max^2 from epoch
   ``burn_in_epochs`` on; before that ``model.spectral.step()`` keeps the power iteration warm;
-* bss: :func:`~repspec_zoo.training.bss.bss_penalty` of the batch features from that epoch on.
+* bss: :func:`~repspec_zoo.training.bss.bss_penalty` of the batch features from that epoch on;
+* ddsnr: Roth et al.'s data-dependent spectral norm penalty (repspec_zoo.regularizers);
+* adv: no penalty; the batch is replaced by its L2-PGD adversarial examples (adversarial training).
 
 The run directory gets ``checkpoints/`` (see :mod:`.checkpoint`), ``metrics.jsonl`` (one line per
 epoch) and ``tensorboard/``. A killed run restarted with the same command continues from its
@@ -26,6 +28,7 @@ from accelerate.utils import DataLoaderConfiguration
 from tqdm.auto import tqdm
 
 from ..io import atomic_write_text
+from ..regularizers import DataDependentSpectralNorm, adversarial_batch
 from .bss import bss_penalty
 from .checkpoint import Checkpoints
 from .config import TrainConfig, config_to_dict, flatten_config
@@ -130,6 +133,8 @@ class Trainer:
         self.train_loader, self.test_loader = train_loader, test_loader
         self.model = accelerator.unwrap_model(net).model  # the timm model
         self.spectral = getattr(self.model, "spectral", None)
+        r = cfg.regularizer
+        self.ddsnr = DataDependentSpectralNorm(r.ddsnr_lambda, r.eps, r.iters) if r.mode == "ddsnr" else None
         self.checkpoints = Checkpoints(Path(run_dir) / "checkpoints", cfg.checkpoint.keep)
         self.metrics = MetricsLog(Path(run_dir) / "metrics.jsonl")
         self.state = TrainState()
@@ -164,7 +169,8 @@ class Trainer:
         self.checkpoints.save(self.accelerator, self.state.global_step, dataclasses.asdict(self.state))
 
     # ------------------------------------------------------------------------- one step
-    def _penalty(self, features: torch.Tensor | None, active: bool) -> torch.Tensor | None:
+    def _penalty(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor | None,
+                 active: bool) -> torch.Tensor | None:
         r = self.cfg.regularizer
         if self.spectral is not None:
             if active:
@@ -173,15 +179,20 @@ class Trainer:
             return None
         if r.mode == "bss" and active:
             return bss_penalty(features, r.bss_k, r.bss_eta)
+        if self.ddsnr is not None and active:  # jvp/vjp need the plain module, not the DDP wrapper
+            return self.ddsnr.penalty(self.accelerator.unwrap_model(self.net), x, fx=logits)
         return None
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, penalty_on: bool) -> torch.Tensor:
         """One micro-batch; returns its (cross-entropy * images, correct, penalty * images), without a host sync."""
         with self.accelerator.accumulate(self.net):
+            r = self.cfg.regularizer
+            if r.mode == "adv" and penalty_on:  # adversarial training: train on L2-PGD examples of the batch
+                x = adversarial_batch(self.accelerator.unwrap_model(self.net), x, y, r.eps, steps=r.iters)
             out = self.net(x)
             logits, features = out if isinstance(out, tuple) else (out, None)
             ce = F.cross_entropy(logits, y)
-            penalty = self._penalty(features, penalty_on)
+            penalty = self._penalty(x, logits, features, penalty_on)
             self.accelerator.backward(ce if penalty is None else ce + penalty)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

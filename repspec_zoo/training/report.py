@@ -66,6 +66,14 @@ def regularizer_summary(cfg: TrainConfig) -> dict:
     if r.mode == "bss":
         return {"mode": "bss", "bss_eta": r.bss_eta, "bss_k": r.bss_k, "convention": BSS_CONVENTION,
                 "burn_in_epochs": r.burn_in_epochs}
+    if r.mode == "ddsnr":
+        return {"mode": "ddsnr", "ddsnr_lambda": r.ddsnr_lambda, "eps": r.eps, "iters": r.iters,
+                "convention": "penalty = ddsnr_lambda * mean_x ||f(x + eps v) - f(x)||^2, v the top right singular "
+                              "vector of the input-output Jacobian (Roth et al.); eps in [0,1] pixel L2",
+                "burn_in_epochs": r.burn_in_epochs}
+    if r.mode == "adv":
+        return {"mode": "adv", "eps": r.eps, "steps": r.iters, "step_size": 2 * r.eps / r.iters,
+                "convention": "L2-PGD adversarial training, eps in [0,1] pixel L2", "burn_in_epochs": r.burn_in_epochs}
     return {"mode": "none"}
 
 
