@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 export OMP_NUM_THREADS ?= 2
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup demo test test-slow bench
+.PHONY: setup demo test test-slow zoo
 
 setup: $(STAMP) $(FMNIST)
 
@@ -25,8 +25,13 @@ $(FMNIST):
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "note: cannot apt-get install dataset-fashion-mnist here; data will come from the Hub"; fi
 
+# The main job: benchmark the bundled zoo backbones (leaderboard table + distance-vs-queries plot).
 demo: setup
-	$(PY) -m repspec_zoo.cli demo
+	$(PY) -m repspec_zoo.cli leaderboard --out runs/leaderboard
+
+# Re-train, evaluate and re-bundle the zoo's CPU-scale models (recipes/build_zoo.py).
+zoo: setup
+	$(PY) recipes/build_zoo.py
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q

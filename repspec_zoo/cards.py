@@ -83,13 +83,21 @@ def _regularizer_text(regularizer: Mapping) -> str:
 
 
 def _commands(config: Mapping, repo_id: str) -> str:
+    """Training, evaluation (with the settings eval.json records) and export commands."""
     training = config.get("training") or {}
     command = training.get("command")
     if isinstance(command, (list, tuple)):
         command = " ".join(map(str, command))
     train = command or "accelerate launch recipes/train.py --config CONFIG.yaml  # CONFIG: config.json's `recipe`"
-    return "\n".join([train, f"repspec-zoo eval hf-hub:{repo_id}",
-                      f"repspec-zoo export RUN_DIR --to model_cards/{config['zoo_name']}"])
+    evaluation = config.get("eval") or {}
+    settings = ""
+    if evaluation.get("budgets") and evaluation.get("n_requested"):  # an EvalResult from repspec-zoo eval
+        settings = (f" --dataset {evaluation.get('dataset', config.get('dataset'))} --n {evaluation['n_requested']} "
+                    f"--budgets {','.join(map(str, evaluation['budgets']))} --attack {evaluation.get('attack', 'ta')} "
+                    f"--seed {evaluation.get('settings', {}).get('seed', 0)}")
+    return "\n".join([train, f"repspec-zoo eval hf-hub:{repo_id}{settings}",
+                      f"repspec-zoo export RUN_DIR --to model_cards/{config['zoo_name']}",
+                      "# all of the above for every bundled model: python recipes/build_zoo.py"])
 
 
 def _body(config: Mapping, repo_id: str) -> str:

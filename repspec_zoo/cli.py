@@ -17,7 +17,6 @@ def _list(argv) -> None:
 
 
 COMMANDS = {
-    "demo": ("train the small ResNet with and without rep-spectral on Fashion-MNIST", "repspec_zoo.demo"),
     "leaderboard": ("benchmark the bundled zoo backbones: accuracy, TA distances, bounds, plot",
                     "repspec_zoo.leaderboard"),
     "list": ("list the zoo's architectures", None),

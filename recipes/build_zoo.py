@@ -1,0 +1,60 @@
+"""Build the zoo's bundled CPU-scale models: train, evaluate, export. One command:
+
+    python recipes/build_zoo.py            # = make zoo
+
+For each Fashion-MNIST config (slp and resnet_small; baseline, ll-spectral, rep-spectral):
+1. train with recipes/train.py into runs/zoo/<config> (resumes / skips a finished run);
+2. benchmark it with `repspec-zoo eval` (clean accuracy on the whole test split, Tangent
+   Attack on N correctly classified test images) -> runs/zoo/<config>/eval.json;
+3. export the Hub-ready folder into repspec_zoo/weights/<arch>.<tag> (bundled: loads offline)
+   and the card, config and eval into model_cards/<arch>.<tag> (weights stay in the package).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = [f"fmnist_{arch}_{mode}" for arch in ("slp", "resnet_small") for mode in ("baseline", "llspectral",
+                                                                                    "repspectral")]
+
+
+def run(*command: str) -> None:
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="*", default=CONFIGS)
+    parser.add_argument("--n", type=int, default=50, help="test images attacked per model")
+    parser.add_argument("--budgets", default="250,500,1000")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT))
+    from repspec_zoo.hub import export, read_run
+    from repspec_zoo.models.zoo import zoo_model_name
+
+    for config in args.configs:
+        run_dir = ROOT / "runs" / "zoo" / config
+        if not (run_dir / "run.json").is_file():
+            run(sys.executable, "recipes/train.py", "--config", f"recipes/configs/{config}.yaml", "--output", str(run_dir))
+        trained = read_run(run_dir)
+        name = zoo_model_name(trained.config["model"], trained.mode, trained.dataset)
+        arch = name.split(".")[0]
+        run(sys.executable, "-m", "repspec_zoo.cli", "eval", arch, "--checkpoint", str(run_dir / "model.safetensors"),
+            "--dataset", trained.dataset, "--n", str(args.n), "--budgets", args.budgets,
+            "--out", str(run_dir / "eval.json"))
+        bundled = export(run_dir, ROOT / "repspec_zoo" / "weights" / name)
+        card_dir = ROOT / "model_cards" / name
+        card_dir.mkdir(parents=True, exist_ok=True)
+        for file in ("README.md", "config.json", "eval.json"):
+            shutil.copy2(bundled.folder / file, card_dir / file)
+        print(f"{name}: bundled in {bundled.folder.relative_to(ROOT)}, card in {card_dir.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""The zoo's bundled models load offline with pretrained=True and reproduce their cards."""
+import json
+
+import pytest
+import timm
+import torch
+
+import repspec_zoo  # noqa: F401
+from repspec_zoo import data, hub
+from repspec_zoo.attacks import NormalizedModel
+from repspec_zoo.eval import evaluate
+from repspec_zoo.models.zoo import ARCHS
+
+BUNDLED = sorted(p.name for p in hub.WEIGHTS_DIR.iterdir() if (p / hub.WEIGHTS_FILE).is_file())
+FAMILIES = {base for base, _ in ARCHS.values() if base in ("slp", "resnet_small")}
+
+
+def test_every_cpu_family_ships_baseline_ll_and_rep_weights():
+    shipped = {name.split(".")[0] for name in BUNDLED}
+    assert {f"{base}_{kind}" for base in FAMILIES for kind in ("baseline", "llspectral", "repspectral")} <= shipped
+
+
+@pytest.fixture(scope="module")
+def fmnist_test():
+    return data.as_tensors(data.load_split("fashion_mnist", "test"))
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_model_reproduces_its_card_clean_accuracy(name, fmnist_test):
+    card = json.loads((hub.WEIGHTS_DIR / name / "eval.json").read_text())
+    model = timm.create_model(name, pretrained=True)
+    if hasattr(model, "spectral"):
+        model.spectral.remove()
+    result = evaluate(NormalizedModel(model), fmnist_test, attack=None, batch_size=1000)
+    assert result.n_test == card["n_test"] == 10000
+    assert result.clean_acc == card["clean_acc"]
+    # the model card's metadata carries the same number
+    assert f"{card['clean_acc']:.4f}"[:5] in (hub.WEIGHTS_DIR / name / "README.md").read_text()
