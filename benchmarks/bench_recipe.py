@@ -31,6 +31,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 
 import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
+from repspec_zoo.io import atomic_write_text
 from repspec_zoo.training import (TrainingModule, build_model, build_optimizer, check_input, dataset_num_classes,
                                   load_config, load_split, loop, make_loaders)
 
@@ -119,6 +120,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is warm-up")
     parser.add_argument("--repeats", type=int, default=2, help="alternating recipe/plain runs")
     parser.add_argument("--data-dir", help="local dataset directory (as recipes/train.py --data-dir)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results_recipe.json")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for both")
     args = parser.parse_args(argv)
     if args.epochs < 2:
@@ -142,6 +144,7 @@ def main(argv=None) -> dict:
               "steps_per_cpu_s": {k: [r[1] for r in v] for k, v in rates.items()},
               "ratio_wall": median["recipe"][0] / median["plain"][0], "ratio_cpu": median["recipe"][1] / median["plain"][1]}
     print(json.dumps(result, indent=1))
+    atomic_write_text(args.out, json.dumps(result, indent=1))
     return result
 
 
