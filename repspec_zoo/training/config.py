@@ -331,6 +331,8 @@ def save_run_config(cfg: TrainConfig, run_dir: str | os.PathLike, resuming: bool
     new = config_to_dict(cfg)
     if resuming and path.is_file():
         old_flat, new_flat = flatten_config(yaml.safe_load(path.read_text()) or {}), flatten_config(new)
+        # a key the saved config lacks (added by a later version) counts as its default value
+        old_flat = {**flatten_config(config_to_dict(TrainConfig())), **old_flat}
         changed = sorted(k for k in old_flat.keys() | new_flat.keys()
                          if old_flat.get(k) != new_flat.get(k) and k not in RESUME_MAY_CHANGE)
         if changed:
