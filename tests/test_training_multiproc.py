@@ -6,14 +6,11 @@ ACCELERATE_USE_CPU=1 starts two (torchrun + gloo).
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import safetensors.torch
 
+from multiproc import launch_two_processes
 from test_training import CONFIG_DIR, ROOT, run_recipe, write_idx
 
 # slp with a small hidden layer, rep-spectral from epoch 2; augmentation on (seeded per image, so
@@ -22,23 +19,12 @@ OVERRIDES = ["epochs=3", "batch_size=8", "model_kwargs={hidden_dim: 32}", "datas
              "dataset.train_limit=32", "dataset.test_limit=8", "regularizer.burn_in_epochs=1", "optim.lr=0.05"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one_process_and_stay_in_sync(tmp_path):
     data_dir = write_idx(tmp_path / "idx", n_train=32, n_test=8)
     config = CONFIG_DIR / "fmnist_slp_repspectral.yaml"
     two = tmp_path / "two"
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), str(ROOT / "recipes" / "train.py"),
-               "--config", str(config), "--output", str(two), "--data-dir", str(data_dir), *OVERRIDES]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    launch_two_processes(ROOT / "recipes" / "train.py", "--config", str(config), "--output", str(two),
+                         "--data-dir", str(data_dir), *OVERRIDES)
     summary = json.loads((two / "run.json").read_text())
     assert summary["num_processes"] == 2
     assert summary["ranks_in_sync"], summary.get("unsynced_tensors")  # weights and spectral.* buffers, by hash
