@@ -15,7 +15,7 @@ COMMANDS = {
     "spectral": "PYTHONPATH=. python benchmarks/bench_spectral.py --steps 15",
     "attack": "PYTHONPATH=. python benchmarks/bench_attack.py",
     "recipe": ("OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_recipe.py --epochs 3 --repeats 4 "
-               "dataset.train_limit=2560 dataset.test_limit=256 regularizer.burn_in_epochs=1"),
+               "dataset.train_limit=2560 dataset.test_limit=256 regularizer.burn_in_epochs=1 eval.attack=none"),
 }
 
 
