@@ -13,8 +13,9 @@ from typing import Mapping
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .spectral.hooks import GAMMA_CONVENTION
+
 TASK = "image-classification"
-GAMMA_CONVENTION = "penalty = gamma/2 * sum_l sigma_max(W_l)^2 (Yang et al. 2024, eq. 3)"
 _REGULARIZER_TAGS = {"rep": "rep-spectral", "ll": "ll-spectral"}
 
 

@@ -41,9 +41,9 @@ from timm.models import get_arch_pretrained_cfgs, get_pretrained_cfg, split_mode
 from timm.models._hub import hf_split, save_config_for_hf
 
 from . import __version__
-from .cards import GAMMA_CONVENTION, render_card
+from .cards import render_card
 from .io import atomic_write_bytes, atomic_write_text
-from .spectral import select_layers
+from .spectral import GAMMA_CONVENTION, select_layers
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")  # bundled weights: WEIGHTS_DIR / "<arch>.<tag>" / FILES
 WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, EVAL_FILE = "model.safetensors", "config.json", "README.md", "eval.json"

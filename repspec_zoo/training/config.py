@@ -30,6 +30,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from ..spectral.hooks import GAMMA_CONVENTION as SPECTRAL_GAMMA_CONVENTION
+
 __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "RegularizerConfig", "CheckpointConfig", "TrainConfig",
            "load_config", "apply_overrides", "config_to_dict", "REGULARIZERS", "GAMMA_CONVENTION", "BSS_CONVENTION"]
 
@@ -38,8 +40,7 @@ SCHEDULES = ("constant", "step", "cosine")
 ESTIMATORS = ("power", "fft")
 ATTACKS = ("ta", "gta", "hsja", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-GAMMA_CONVENTION = ("penalty = gamma/2 * sum_l sigma_max(W_l)^2 (Yang et al. 2024, eq. 3); "
-                    "the authors' scripts' lam = gamma/2")
+GAMMA_CONVENTION = f"{SPECTRAL_GAMMA_CONVENTION}; the authors' scripts' lam = gamma/2"
 BSS_CONVENTION = "penalty = bss_eta * sum of the bss_k smallest squared singular values of the batch features"
 _NULLS = ("null", "none", "~", "")
 
