@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from .attacks import ATTACKS, NormalizedModel, predict_labels, run_attack
+from .attacks.oracle import check_images as check_values
 from .io import atomic_write_text
 from .jacobian import jacobian_top_singular
 from .models.tiny import SingleHiddenLayerNet
@@ -198,11 +199,7 @@ def _stats(values: Tensor) -> dict:
 def check_images(x: Tensor, model: nn.Module | None = None, box: bool = True) -> None:
     """Clear errors for images the model cannot take: NaN, outside [0,1] (``box``: the attacks
     search that box) and, given the model, wrong channels/size (one trial forward)."""
-    if torch.isnan(x).any():
-        raise ValueError("images contain NaN; evaluate() needs finite images in [0, 1]")
-    if box and (x.min() < 0 or x.max() > 1):
-        raise ValueError(f"images must lie in [0, 1] (got min {float(x.min()):.3g}, max {float(x.max()):.3g}); "
-                         "load them with repspec_zoo.data (no normalization) and wrap the model in NormalizedModel")
+    check_values("images", x, (0.0, 1.0) if box else (-math.inf, math.inf))
     if model is None:
         return
     net, _, _ = _inner(model)
@@ -210,7 +207,7 @@ def check_images(x: Tensor, model: nn.Module | None = None, box: bool = True) ->
     want = cfg.get("input_size")
     if want and x.shape[1] != want[0]:
         raise ValueError(f"the model takes {want[0]}-channel images, the data has {x.shape[1]} channels; load "
-                         f"the data with channels={want[0]} (repspec-zoo eval --channels {want[0]})")
+                         f"the data with repspec_zoo.data.load_split(..., channels={want[0]})")
     try:
         with torch.no_grad():
             model(x[:1])
