@@ -141,6 +141,7 @@ class SpectralRegularizer(nn.Module):
         self._pending_out: dict[int, tuple[str, Tensor]] = {}
         self._warned: set[str] = set()
         self._fft_ok: dict[str, bool] = {}
+        self._geoms: dict[str, tuple] = {}  # name -> (module, input shape, ConvGeometry): the per-step hot path
         self._hook_handles: dict[str, object] = {}
         for name, module in selected.items():
             self._bind(name, module)
@@ -251,8 +252,12 @@ class SpectralRegularizer(nn.Module):
         if state.shape is None:
             raise RuntimeError(f"layer {name!r} has not seen an input yet: run a forward pass of the model "
                                "before penalty()/step(), so that each conv's input size is recorded")
-        geom = ConvGeometry.from_module(module, state.shape)
-        return replace(geom, padding_mode="circular") if self.estimator == "fft" else geom
+        cached = self._geoms.get(name)
+        if cached is None or cached[0] is not module or cached[1] != state.shape:  # built once per module/shape
+            geom = ConvGeometry.from_module(module, state.shape)
+            geom = replace(geom, padding_mode="circular") if self.estimator == "fft" else geom
+            cached = self._geoms[name] = (module, state.shape, geom)
+        return cached[2]
 
     @torch.no_grad()
     def _power_update(self, name: str, n_iter: int) -> None:
