@@ -7,6 +7,9 @@
         epochs=2 optim.lr=0.05          # overrides: KEY=VALUE or --set KEY=VALUE, dotted for sections
 
 Killed? Run the same command again: it resumes from the newest checkpoint, mid-epoch included.
+Branch a run: `--branch-from runs/base/checkpoints/step_0000464 regularizer.mode=rep` starts a new
+run directory from another run's checkpoint (weights, optimizer, RNG, position in training), e.g.
+regularized runs that share the unregularized burn-in of one baseline run.
 The run directory (default runs/<config file name>) holds config.yaml (the resolved config),
 checkpoints/, tensorboard/, metrics.jsonl (one line per epoch) and, at the end,
 model.safetensors (plain timm weights), eval.json and run.json.
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,6 +31,7 @@ from accelerate.utils import set_seed
 import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
 from repspec_zoo.data import DatasetUnavailableError
 from repspec_zoo.io import atomic_write_text
+from repspec_zoo.training.checkpoint import STATE_FILE
 from repspec_zoo.training import (Checkpoints, ConfigError, InitError, Trainer, TrainingModule, build_model,
                                   build_optimizer, check_input, dataset_num_classes, load_config, load_split,
                                   make_accelerator, make_loaders, quick_eval, run_summary, save_run_config,
@@ -38,11 +44,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, required=True, help="recipe YAML, e.g. recipes/configs/xor_toy.yaml")
     parser.add_argument("--output", type=Path, help="run directory (default: runs/<config file name>)")
     parser.add_argument("--init", help="fine-tune from this run directory or timm model name (sets init)")
+    parser.add_argument("--branch-from", type=Path, metavar="CHECKPOINT",
+                        help="start from another run's checkpoint folder (RUN/checkpoints/step_N); ignored once this "
+                             "run has checkpoints of its own")
     parser.add_argument("--data-dir", help="read the dataset from this local directory (sets dataset.data_dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=0.05 (repeatable)")
     parser.add_argument("more_overrides", nargs="*", metavar="KEY=VALUE", help="overrides, as --set")
     return parser.parse_args(argv)
+
+
+def branch(checkpoint: Path, run_dir: Path, cfg, accelerator) -> None:
+    """Seed RUN_DIR with a copy of another run's ``checkpoint`` (and its metrics.jsonl) so that the
+    resume below continues from it; a run directory with checkpoints of its own is left alone."""
+    if not (checkpoint / STATE_FILE).is_file():
+        raise FileNotFoundError(f"--branch-from {checkpoint}: not a checkpoint folder (no {STATE_FILE}); "
+                                f"pass one of RUN_DIR/checkpoints/step_*")
+    own = Checkpoints(run_dir / "checkpoints", cfg.checkpoint.keep)
+    if own.latest() is None and accelerator.is_main_process:
+        staging = own.directory / f".{checkpoint.name}.tmp"  # a killed copy is discarded by resume()
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(checkpoint, staging)
+        source_metrics = checkpoint.parent.parent / "metrics.jsonl"
+        if source_metrics.is_file():  # epochs the checkpoint does not cover are dropped on resume
+            shutil.copy2(source_metrics, run_dir / "metrics.jsonl")
+        os.replace(staging, own.directory / checkpoint.name)
+        accelerator.print(f"branching {run_dir} from {checkpoint}")
+    accelerator.wait_for_everyone()
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -59,6 +87,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     # 1. processes, seed, the resolved config in the run directory
     accelerator = make_accelerator(cfg, run_dir)
     set_seed(cfg.seed)
+    if args.branch_from is not None:
+        branch(args.branch_from, run_dir, cfg, accelerator)
     cfg.num_classes = cfg.num_classes or dataset_num_classes(cfg)
     resuming = Checkpoints(run_dir / "checkpoints", cfg.checkpoint.keep).latest() is not None
     save_run_config(cfg, run_dir, resuming, write=accelerator.is_main_process)

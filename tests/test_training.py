@@ -101,6 +101,7 @@ SHAPE = {  # per family: batch = the whole (limited) training split, small image
     "imagenet": ("batch_size=12", "dataset.train_limit=12", "dataset.img_size=16"),
     "finetune": ("batch_size=12", "dataset.train_limit=12", "dataset.img_size=16"),
     "xor": ("batch_size=4",),
+    "digits": ("batch_size=16", "dataset.train_limit=16"),  # the real (sklearn) digits: fine-tunes a small ResNet
 }
 
 
@@ -111,8 +112,9 @@ def shipped_run(workdir, data_dirs):
     def run(name: str) -> Path:
         family = name.split("_")[0]
         output = workdir / "runs" / name
-        data_dir = {"fmnist": data_dirs["gray"], "xor": None}.get(family, data_dirs["rgb"])
-        init = str(run("imagenet_resnet50_repspectral")) if family == "finetune" else None
+        data_dir = {"fmnist": data_dirs["gray"], "xor": None, "digits": None}.get(family, data_dirs["rgb"])
+        init = {"finetune": "imagenet_resnet50_repspectral", "digits": "fmnist_resnet_small_repspectral"}.get(family)
+        init = str(run(init)) if init else None
         run_recipe(name, output, *TWO_STEPS, *SHAPE[family], init=init, data_dir=data_dir)
         return output
 
@@ -358,3 +360,29 @@ def test_roth_baselines_train_from_the_recipe(mode, workdir, data_dirs):
         assert roth[0]["penalty"] == 0.0 and roth[1]["penalty"] > 0
     else:
         assert roth[1]["penalty"] == 0.0 and roth[1]["train_loss"] > plain[1]["train_loss"]
+
+
+def test_branched_run_continues_its_source_checkpoint(tmp_path, data_dirs):
+    """--branch-from: a 'none' branch from epoch 1 of a 2-epoch run ends with the same weights;
+    a rep branch shares epoch 1's record and adds its penalty in epoch 2."""
+    common = ("epochs=2", "batch_size=8", "dataset.train_limit=16", "regularizer.burn_in_epochs=1",
+              "model_kwargs={hidden_dim: 16}", "checkpoint.keep=3")
+    source = tmp_path / "source"
+    run_recipe("fmnist_slp_baseline", source, *common, data_dir=data_dirs["gray"])
+    first = Checkpoints(source / "checkpoints", keep=3).all()[0]
+    assert json.loads((first / "train_state.json").read_text())["epoch"] == 1
+
+    plain = tmp_path / "plain"
+    run_recipe("fmnist_slp_baseline", plain, *common, "--branch-from", str(first), data_dir=data_dirs["gray"])
+    a = safetensors.torch.load_file(source / "model.safetensors")
+    b = safetensors.torch.load_file(plain / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+    rep = tmp_path / "rep"
+    run_recipe("fmnist_slp_baseline", rep, *common, "regularizer.mode=rep", "--branch-from", str(first),
+               data_dir=data_dirs["gray"])
+    source_lines, rep_lines = ([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+                               for d in (source, rep))
+    assert rep_lines[0] == source_lines[0] and rep_lines[1]["penalty"] > 0 and source_lines[1]["penalty"] == 0
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+        run_recipe("fmnist_slp_baseline", tmp_path / "bad", *common, "--branch-from", str(source))
