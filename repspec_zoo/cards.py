@@ -17,6 +17,7 @@ from .spectral.hooks import GAMMA_CONVENTION
 
 TASK = "image-classification"
 _REGULARIZER_TAGS = {"rep": "rep-spectral", "ll": "ll-spectral"}
+_BASELINE_TAGS = {"adv": "adversarial-training", "ddsnr": "data-dependent-spectral-norm"}  # Roth et al. baselines
 
 
 def attack_rows(evaluation: Mapping) -> list[tuple[int | None, float, float | None]]:
@@ -51,10 +52,15 @@ def _eval_results(config: Mapping, dataset_hub_id: str | None) -> list[EvalResul
     return results
 
 
+def _mode_tags(mode: str) -> list[str]:
+    """Hub tags of a regularizer mode: spectral, a Roth et al. baseline, or the unregularized baseline."""
+    if mode in _REGULARIZER_TAGS:
+        return [_REGULARIZER_TAGS[mode], "spectral-regularization"]
+    return [_BASELINE_TAGS[mode]] if mode in _BASELINE_TAGS else ["baseline"]
+
+
 def _card_data(config: Mapping, dataset_hub_id: str | None) -> ModelCardData:
-    mode = config["regularizer"]["mode"]
-    tags = [TASK, "timm", "repspec-zoo", "adversarial-robustness",
-            *([_REGULARIZER_TAGS[mode], "spectral-regularization"] if mode in _REGULARIZER_TAGS else ["baseline"])]
+    tags = [TASK, "timm", "repspec-zoo", "adversarial-robustness", *_mode_tags(config["regularizer"]["mode"])]
     return ModelCardData(
         model_name=config["zoo_name"], license=config["pretrained_cfg"].get("license"), library_name="timm",
         pipeline_tag=TASK, tags=tags, datasets=[dataset_hub_id] if dataset_hub_id else None,
@@ -75,7 +81,18 @@ def _evaluation_table(evaluation: Mapping) -> str:
 
 
 def _regularizer_text(regularizer: Mapping) -> str:
-    if regularizer["mode"] not in _REGULARIZER_TAGS:
+    mode, burn_in = regularizer["mode"], regularizer.get("burn_in_epochs")
+    after = f", after {burn_in} burn-in epochs of plain training" if burn_in else ""
+    if mode == "adv":
+        eps, steps = regularizer["eps"], regularizer["iters"]
+        return (f"L2-PGD adversarial training (Roth et al. 2020 baseline), eps={eps}, {steps} steps of "
+                f"`2*eps/steps` = {2 * eps / steps:.4g}, random start; lengths in [0,1] pixel units{after}.")
+    if mode == "ddsnr":
+        return (f"data-dependent spectral norm regularization (Roth et al. 2020, eq. 13), penalty "
+                f"`ddsnr_lambda * ||f(x + eps v) - f(x)||^2` with ddsnr_lambda={regularizer['ddsnr_lambda']}, "
+                f"eps={regularizer['eps']} ([0,1] pixel units) and v from {regularizer['iters']} power-iteration "
+                f"steps on the input-output Jacobian{after}.")
+    if mode not in _REGULARIZER_TAGS:
         return "none: the unregularized baseline, trained with the same recipe as the regularized models."
     settings = ", ".join(f"{k}={regularizer[k]}" for k in ("every", "estimator", "bn_aware", "burn_in_epochs")
                          if regularizer.get(k) is not None)

@@ -5,6 +5,11 @@ import argparse
 import sys
 
 
+#: how `repspec-zoo list` names each zoo regularizer mode
+_REGULARIZER_NAMES = {"rep": "rep-spectral", "ll": "ll-spectral", "adv": "adv (L2-PGD)", "ddsnr": "ddsnr",
+                      None: "none (baseline)"}
+
+
 def _list(argv) -> None:
     """Print the zoo's registered architectures."""
     import timm
@@ -12,7 +17,7 @@ def _list(argv) -> None:
     from .models import ARCHS
 
     for name, (base, mode) in ARCHS.items():
-        regularizer = f"{mode}-spectral" if mode else "none (baseline)"
+        regularizer = _REGULARIZER_NAMES[mode]
         print(f"{name:28s} base={base:14s} regularizer={regularizer:16s} registered={name in timm.list_models()}")
 
 

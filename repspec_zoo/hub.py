@@ -5,7 +5,8 @@ A zoo model's weights live in a folder laid out like its Hub repo::
     model.safetensors   plain timm state dict (no regularizer buffers)
     config.json         timm hub config (architecture = the base timm arch, pretrained_cfg, ...) plus
                         our metadata at the top level: zoo_name, dataset, regularizer (mode, gamma in
-                        the paper's convention, layers, ...), recipe, eval, training, weights_sha256
+                        the paper's convention and layers; adv/ddsnr: eps, iters, ddsnr_lambda), recipe,
+                        eval, training, weights_sha256
     README.md           model card (repspec_zoo.cards)
     eval.json           the run's evaluation summary
 
@@ -50,6 +51,8 @@ WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, EVAL_FILE = "model.safetensors", "config.j
 SHA_KEY = "weights_sha256"  # config.json key: sha256 hex digest of WEIGHTS_FILE
 RUN_FILES = ("config.yaml", "model.safetensors", "eval.json", "run.json")  # a training run directory
 REGULARIZER_KEYS = ("every", "estimator", "bn_aware", "burn_in_epochs")  # optional settings copied from a run
+#: the required settings of the Roth et al. baselines and their types (adv: PGD radius and steps; ddsnr: eq. 13)
+BASELINE_KEYS = {"adv": {"eps": float, "iters": int}, "ddsnr": {"ddsnr_lambda": float, "eps": float, "iters": int}}
 EVAL_DETAIL_KEYS = ("per_sample",)  # per-sample records stay in eval.json, out of config.json's summary
 
 
@@ -268,7 +271,7 @@ def read_run(run_dir: str | os.PathLike) -> Run:
     missing = [k for k in ("model", "num_classes", "dataset", "regularizer") if k not in config]
     if missing or "mode" not in (config.get("regularizer") or {}):
         raise ExportError(f"{run_dir / 'config.yaml'} lacks {missing or ['regularizer.mode']}: a run config needs "
-                          "model, num_classes, dataset and regularizer.mode (none|rep|ll)")
+                          "model, num_classes, dataset and regularizer.mode (none|rep|ll|adv|ddsnr)")
     weights_path = _run_file(run_dir, WEIGHTS_FILE)
     try:
         tensors = parse_safetensors(weights_path.read_bytes(), weights_path,
@@ -297,10 +300,21 @@ def _build_checked(run: Run, pretrained_cfg: dict) -> torch.nn.Module:
 
 
 def _regularizer(run: Run, model: torch.nn.Module) -> dict:
-    """The run's regularizer in the paper's convention, with the names of the regularized layers."""
+    """The run's regularizer in the paper's convention, with the names of the regularized layers.
+
+    adv/ddsnr (Roth et al.) regularize no layer: their settings (BASELINE_KEYS) are recorded instead of gamma.
+    """
     given = run.config["regularizer"]
     if run.mode is None:
         return {"mode": "none", "gamma": 0.0, "layers": []}
+    if run.mode in BASELINE_KEYS:
+        missing = [k for k in BASELINE_KEYS[run.mode] if given.get(k) is None]
+        if missing:
+            raise ExportError(f"{run.path / 'config.yaml'}: {', '.join('regularizer.' + k for k in missing)} "
+                              f"missing for mode={run.mode!r}")
+        settings = {k: kind(given[k]) for k, kind in BASELINE_KEYS[run.mode].items()}
+        burn_in = {"burn_in_epochs": given["burn_in_epochs"]} if "burn_in_epochs" in given else {}
+        return {"mode": run.mode, **settings, "layers": [], **burn_in}
     if given.get("gamma") is None:
         raise ExportError(f"{run.path / 'config.yaml'}: regularizer.gamma is missing for mode={run.mode!r}")
     layers = given.get("layers") or list(select_layers(model, run.mode))

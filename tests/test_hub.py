@@ -21,6 +21,9 @@ EVAL = {"clean_acc": 0.8125, "attack": "ta", "budgets": [300, 1000], "l2_mean": 
         "l2_median": {"300": 2.25, "1000": 1.125}, "n_samples": 64, "per_sample": {"index": [3, 5]}}
 FILES = ["README.md", "config.json", "eval.json", "model.safetensors"]
 COMMAND = "accelerate launch recipes/train.py --config recipes/configs/fmnist_resnet_small_rep.yaml"
+ARCH_OF_MODE = {"rep": "resnet_small_repspectral", "ll": "resnet_small_llspectral", "none": "resnet_small_baseline",
+                "adv": "resnet_small_advtrained", "ddsnr": "resnet_small_ddsnr"}
+ZOO_PATTERNS = ["*_repspectral*", "*_llspectral*", "*_baseline*", "*_advtrained*", "*_ddsnr*"]
 
 
 @pytest.fixture(autouse=True)
@@ -47,14 +50,14 @@ def go_online(monkeypatch, endpoint: str) -> None:
 
 def make_run(path, mode="rep", num_classes=10, evaluation=EVAL):
     """A training run directory as recipes/train.py writes it; returns (run_dir, plain weights)."""
-    arch = {"rep": "resnet_small_repspectral", "ll": "resnet_small_llspectral", "none": "resnet_small_baseline"}[mode]
-    model = timm.create_model(arch, num_classes=num_classes)
-    if mode != "none":  # fills the regularizer's buffers, which export must strip
+    model = timm.create_model(ARCH_OF_MODE[mode], num_classes=num_classes)
+    if hasattr(model, "spectral"):  # fills the regularizer's buffers, which export must strip
         model(torch.rand(2, 1, 28, 28))
         model.spectral.penalty()
     path.mkdir(parents=True)
     safetensors.torch.save_file(model.state_dict(), path / "model.safetensors")
-    regularizer = dict(mode=mode, gamma=1e-3, every=1, estimator="power", bn_aware=False, burn_in_epochs=2)
+    regularizer = dict(mode=mode, gamma=1e-3, every=1, estimator="power", bn_aware=False, burn_in_epochs=2,
+                       ddsnr_lambda=0.01, eps=0.5, iters=10)
     config = dict(model="resnet_small", num_classes=10, dataset="fashion_mnist", regularizer=regularizer, epochs=3)
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     (path / "eval.json").write_text(json.dumps(evaluation))
@@ -185,8 +188,7 @@ def test_list_pretrained_reads_bundled_weights(tmp_path, capsys):
     run, _ = make_run(tmp_path / "run", "none")
     hub.export(run, hub.WEIGHTS_DIR / "resnet_small_baseline.fmnist")
     rows = {r.name: r for r in repspec_zoo.list_pretrained()}
-    assert set(rows) == set(timm.list_pretrained("*_repspectral*") + timm.list_pretrained("*_llspectral*")
-                            + timm.list_pretrained("*_baseline*"))
+    assert set(rows) == set(timm.list_pretrained(ZOO_PATTERNS))
     row = rows["resnet_small_baseline.fmnist"]
     summary = (row.source, row.dataset, row.gamma, row.clean_acc, row.ta_l2_mean)
     assert summary == ("bundled", "fashion_mnist", 0.0, 0.8125, 1.25)
@@ -194,6 +196,37 @@ def test_list_pretrained_reads_bundled_weights(tmp_path, capsys):
     cli.main(["list-pretrained"])
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(row.name))
     assert line.split()[1:] == ["fashion_mnist", "0e+00", "0.8125", "1.2500", "1000", "bundled"]
+
+
+ROTH_EXPORTS = {  # mode: (zoo name, config.json's regularizer, what the card says, card tag)
+    "adv": ("resnet_small_advtrained.fmnist", {"mode": "adv", "eps": 0.5, "iters": 10},
+            "L2-PGD adversarial training", "adversarial-training"),
+    "ddsnr": ("resnet_small_ddsnr.fmnist", {"mode": "ddsnr", "ddsnr_lambda": 0.01, "eps": 0.5, "iters": 10},
+              "data-dependent spectral norm regularization", "data-dependent-spectral-norm"),
+}
+
+
+@pytest.mark.parametrize("mode", list(ROTH_EXPORTS))
+def test_export_of_a_roth_baseline_run(tmp_path, mode):
+    """adv/ddsnr runs export as plain models: their settings instead of gamma, a card that names the method."""
+    name, settings, text, tag = ROTH_EXPORTS[mode]
+    run, weights = make_run(tmp_path / "run", mode)
+    exported = hub.export(run, hub.WEIGHTS_DIR / name)
+    assert exported.name == name
+    config = json.loads((exported.folder / "config.json").read_text())
+    assert config["regularizer"] == {**settings, "layers": [], "burn_in_epochs": 2}
+    card = ModelCard.load(exported.folder / "README.md")
+    assert text in card.text and "Roth et al. 2020" in card.text and "gamma=" not in card.text
+    assert tag in card.data.tags and "baseline" not in card.data.tags
+    assert metrics(card)[("accuracy", None)] == 0.8125
+    model = timm.create_model(name, pretrained=True)
+    assert not hasattr(model, "spectral")
+    assert_same(model.state_dict(), weights)
+    row = next(r for r in repspec_zoo.list_pretrained() if r.name == name)
+    assert (row.source, row.gamma, row.clean_acc) == ("bundled", None, 0.8125)
+    edit_config(run, regularizer={"mode": mode, "gamma": 1e-3})
+    with pytest.raises(hub.ExportError, match=rf"regularizer.eps, regularizer.iters missing for mode='{mode}'"):
+        hub.export(run, tmp_path / "cards" / name)
 
 
 def edit_config(run, **changes) -> None:

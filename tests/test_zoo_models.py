@@ -7,12 +7,14 @@ import timm
 import torch
 
 import repspec_zoo
-from repspec_zoo import hub
+from repspec_zoo import cli, hub
 from repspec_zoo.models import ARCHS, PretrainedWeightsUnavailable
-from repspec_zoo.models.zoo import BASE_TAGS, TAGS, UnknownModelError
+from repspec_zoo.models.zoo import BASE_TAGS, SPECTRAL_MODES, TAGS, UnknownModelError, zoo_model_name
 
 TINY = ("slp", "resnet_small")
 MODELS = [*ARCHS, *TINY]
+ROTH_BASELINES = {"resnet_small_advtrained": "adv", "resnet_small_ddsnr": "ddsnr"}  # plain timm models
+ZOO_PATTERNS = ["*_repspectral*", "*_llspectral*", "*_baseline*", "*_advtrained*", "*_ddsnr*"]
 
 
 def input_shape(model) -> tuple[int, ...]:
@@ -61,7 +63,7 @@ def test_zoo_model(arch, bundled):
     name = default_name(arch)
     model = timm.create_model(arch)
     assert model.pretrained_cfg["architecture"] == arch and model.pretrained_cfg["tag"] == name.split(".")[1]
-    assert hasattr(model, "spectral") == (ARCHS[arch][1] is not None)
+    assert hasattr(model, "spectral") == (ARCHS[arch][1] in SPECTRAL_MODES)
     x = torch.rand(2, *input_shape(model))
     forward_backward(model, x)
     expected = bundle(bundled, name, model)
@@ -160,8 +162,7 @@ def test_unknown_tag_lists_the_tags():
 
 
 def test_every_zoo_model_has_pretrained_cfgs_under_one_namespace():
-    names = timm.list_pretrained("*_repspectral*") + timm.list_pretrained("*_llspectral*") + \
-        timm.list_pretrained("*_baseline*")
+    names = timm.list_pretrained(ZOO_PATTERNS)
     assert sorted(names) == sorted(f"{a}.{t}" for a, (b, _) in ARCHS.items() for t in BASE_TAGS[b])
     for name in names:
         cfg = timm.models.get_pretrained_cfg(name)
@@ -170,3 +171,31 @@ def test_every_zoo_model_has_pretrained_cfgs_under_one_namespace():
         assert (cfg.num_classes, cfg.input_size, cfg.mean) == (tag.num_classes, tag.input_size, tag.mean)
         assert "arXiv:2405.17181" in cfg.paper_ids and cfg.license == "apache-2.0"
     assert {a for a, (_, mode) in ARCHS.items() if mode is None} == {a for a in ARCHS if a.endswith("_baseline")}
+
+
+@pytest.mark.parametrize("arch", list(ROTH_BASELINES))
+def test_roth_baselines_are_plain_timm_models(arch):
+    """adv/ddsnr models carry no regularizer: the plain base model's weights load strictly."""
+    model = timm.create_model(arch, num_classes=10)
+    assert ARCHS[arch] == ("resnet_small", ROTH_BASELINES[arch]) and not hasattr(model, "spectral")
+    plain = timm.create_model("resnet_small", num_classes=10).state_dict()
+    model.load_state_dict(plain, strict=True)
+    assert model.state_dict().keys() == plain.keys()
+    assert "Roth et al. 2020" in model.pretrained_cfg["description"]
+
+
+@pytest.mark.parametrize("mode, arch", [("adv", "resnet_small_advtrained"), ("ddsnr", "resnet_small_ddsnr")])
+def test_zoo_model_name_of_roth_baselines(mode, arch):
+    assert zoo_model_name("resnet_small", mode, "fashion_mnist") == f"{arch}.fmnist"
+    with pytest.raises(ValueError, match=rf"no arch for model='slp' with regularizer mode='{mode}'"):
+        zoo_model_name("slp", mode, "fashion_mnist")
+
+
+def test_cli_list_names_every_regularizer(capsys):
+    cli.main(["list"])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(lines) == set(ARCHS)
+    assert "regularizer=adv (L2-PGD)" in lines["resnet_small_advtrained"]
+    assert "regularizer=ddsnr" in lines["resnet_small_ddsnr"]
+    assert "regularizer=rep-spectral" in lines["slp_repspectral"]
+    assert "regularizer=none (baseline)" in lines["slp_baseline"]

@@ -1,5 +1,5 @@
-"""The zoo: regularized architectures and their recipe-matched baselines, registered as timm
-models from one table, each with pretrained cfgs named ``arch.tag`` (the tag names data and recipe).
+"""The zoo: regularized architectures and their baselines, registered as timm models from one
+table, each with pretrained cfgs named ``arch.tag`` (the tag names data and recipe).
 
 A regularized entry is a base timm architecture plus a SpectralRegularizer attached as
 ``model.spectral``; the regularizer settings are ``create_model`` kwargs::
@@ -9,7 +9,10 @@ A regularized entry is a base timm architecture plus a SpectralRegularizer attac
 
 A baseline entry (``*_baseline``, mode None) is the base architecture with no regularizer, and
 ``features_only=True`` gives timm's plain feature extractor of the base architecture (its
-wrappers run every child module, so no regularizer is attached).
+wrappers run every child module, so no regularizer is attached). The Roth et al. (2020) baselines
+(``*_advtrained``, mode 'adv': L2-PGD adversarial training; ``*_ddsnr``, mode 'ddsnr':
+data-dependent spectral norm regularization) are plain base architectures too: their training
+method lives in the recipe, not in the model.
 
 ``pretrained=True`` loads the weights of ``arch.tag`` (the arch's first tag without one) from,
 first match wins:
@@ -44,8 +47,13 @@ HF_ORG = "repspec-zoo"  # the one Hub namespace of the zoo's weights: repo = f"{
 PAPER_IDS = ("arXiv:2405.17181", "arXiv:2111.07492")  # rep-spectral (Yang et al. 2024), Tangent Attack (Ma et al. 2021)
 PAPER_NAME = "Spectral regularization for adversarially-robust representation learning"
 
-#: zoo arch name -> (base timm arch, regularizer mode). 'rep': head excluded, 'll': head included,
-#: None: the unregularized baseline trained with the same recipe.
+SPECTRAL_MODES = ("rep", "ll")  # the modes whose models carry a SpectralRegularizer as model.spectral
+
+#: zoo arch name -> (base timm arch, regularizer mode), mode as the recipe's regularizer.mode.
+#: Spectral models (``model.spectral`` attached): 'rep' (head excluded), 'll' (head included).
+#: Plain timm models: None, the unregularized baseline trained with the same recipe, and the
+#: Roth et al. 2020 baselines 'adv' (L2-PGD adversarial training) and 'ddsnr' (data-dependent
+#: spectral norm regularization), whose training method lives in the recipe alone.
 ARCHS: dict[str, tuple[str, str | None]] = {
     "resnet18_repspectral": ("resnet18", "rep"),
     "resnet18_llspectral": ("resnet18", "ll"),
@@ -59,6 +67,8 @@ ARCHS: dict[str, tuple[str, str | None]] = {
     "resnet_small_repspectral": ("resnet_small", "rep"),
     "resnet_small_llspectral": ("resnet_small", "ll"),
     "resnet_small_baseline": ("resnet_small", None),
+    "resnet_small_advtrained": ("resnet_small", "adv"),
+    "resnet_small_ddsnr": ("resnet_small", "ddsnr"),
 }
 
 
@@ -94,6 +104,8 @@ _DESCRIPTIONS = {
     "rep": "{base} trained on {dataset} with rep-spectral regularization (layers up to the features; head excluded)",
     "ll": "{base} trained on {dataset} with ll-spectral regularization (every layer, head included)",
     None: "{base} trained on {dataset} with the same recipe and no spectral regularizer (baseline)",
+    "adv": "{base} trained on {dataset} with L2-PGD adversarial training (Roth et al. 2020 baseline)",
+    "ddsnr": "{base} trained on {dataset} with data-dependent spectral norm regularization (Roth et al. 2020, eq. 13)",
 }
 
 
@@ -101,6 +113,16 @@ _DOCS = {
     "rep": "timm ``{base}`` with rep-spectral regularization (head excluded) as ``model.spectral``.",
     "ll": "timm ``{base}`` with ll-spectral regularization (head included) as ``model.spectral``.",
     None: "timm ``{base}``, the unregularized baseline of the zoo's spectral models (same recipe).",
+    "adv": "timm ``{base}`` trained with L2-PGD adversarial training (Roth et al. 2020 baseline); no regularizer.",
+    "ddsnr": "timm ``{base}`` trained with data-dependent spectral norm regularization (Roth et al. 2020); "
+             "no regularizer.",
+}
+
+#: what the recipe's strength settings of the Roth et al. baselines mean (the spectral ones: gamma)
+_STRENGTH_NOTES = {
+    "adv": "eps: L2-PGD radius in [0, 1] pixel units; iters steps of 2*eps/iters from a random start",
+    "ddsnr": "penalty = ddsnr_lambda * ||f(x + eps v) - f(x)||^2, v from iters power-iteration steps on the "
+             "input-output Jacobian, eps in [0, 1] pixel units",
 }
 
 
@@ -118,7 +140,7 @@ def _cfg(arch: str, base: str, mode: str | None, tag: str) -> dict:
         first_conv=base_cfg.first_conv, classifier=base_cfg.classifier, license="apache-2.0",
         description=_DESCRIPTIONS[mode].format(base=base, dataset=data.dataset),
         paper_ids=PAPER_IDS, paper_name=PAPER_NAME,
-        notes=("gamma follows the paper: penalty = gamma/2 * sum_l sigma_max(W_l)^2",
+        notes=(_STRENGTH_NOTES.get(mode, "gamma follows the paper: penalty = gamma/2 * sum_l sigma_max(W_l)^2"),
                "inputs in [0, 1]; attack distances are L2 distances in [0, 1] pixel space"),
     )
 
@@ -131,7 +153,7 @@ default_cfgs = generate_default_cfgs({
 def zoo_model_name(base: str, mode: str | None, dataset: str) -> str:
     """The zoo name ``arch.tag`` of weights of ``base`` trained with ``mode`` on ``dataset``.
 
-    ``mode`` is 'rep', 'll' or None/'none' (baseline). Raises ValueError naming the tables to
+    ``mode`` is 'rep', 'll', 'adv', 'ddsnr' or None/'none' (baseline). Raises ValueError naming the tables to
     extend when the zoo has no such model.
     """
     mode = None if mode in (None, "none") else mode
@@ -186,7 +208,7 @@ class PretrainedRow:
 
     name: str                  # arch.tag
     dataset: str               # repspec_zoo.data.DATASETS name
-    gamma: float | None        # regularizer strength, paper convention (0 for baselines); None: unknown here
+    gamma: float | None        # spectral strength, paper convention (0 for baselines); None: unknown here or adv/ddsnr
     clean_acc: float | None    # test accuracy, fraction 0..1; None: weights not on this machine
     ta_l2_mean: float | None   # Tangent Attack mean L2 distance in [0, 1] pixel space, at ta_queries
     ta_queries: int | None     # the largest attack budget evaluated
@@ -200,7 +222,7 @@ def _row(name: str, mode: str | None, tag: str) -> PretrainedRow:
     gamma, acc, queries, ta = (0.0 if mode is None else None), None, None, None
     if config is not None:
         evaluation = config.get("eval", {})
-        gamma, acc = config["regularizer"]["gamma"], evaluation.get("clean_acc")
+        gamma, acc = config["regularizer"].get("gamma"), evaluation.get("clean_acc")  # adv/ddsnr: no gamma
         queries, ta = (attack_rows(evaluation) or [(None, None, None)])[-1][:2]
     return PretrainedRow(name, TAGS[tag].dataset, gamma, acc, ta, queries, source, hf_hub_id)
 
@@ -249,7 +271,7 @@ def _entrypoint(name: str, base: str, mode: str | None):
         features_only = kwargs.get("features_only", False)
         own_cfg = cfg.to_dict()
         model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(own_cfg) if features_only else own_cfg
-        if mode is not None and not features_only:  # timm's feature wrappers call every child module
+        if mode in SPECTRAL_MODES and not features_only:  # timm's feature wrappers call every child module
             attach_spectral(model, gamma=gamma, mode=mode, every=every, estimator=estimator, bn_aware=bn_aware)
         return model
 

@@ -12,6 +12,10 @@ Strength conventions (what a config's numbers mean):
   add ``lam * sum sigma^2``, i.e. their lam = gamma/2.
 * BSS: ``regularizer.bss_eta`` * sum of the ``bss_k`` smallest squared singular values of the
   batch feature matrix (Chen et al. 2019).
+* ddsnr: ``regularizer.ddsnr_lambda`` * mean ||f(x + eps v) - f(x)||^2 (Roth et al. eq. 13), v
+  from ``iters`` power-iteration steps on the input-output Jacobian.
+* adv: L2-PGD training examples within ``regularizer.eps``, ``iters`` steps of 2 * eps / iters.
+  For both, eps is an L2 length in [0, 1] pixel units.
 
 Example::
 
@@ -292,8 +296,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                         "would never be applied; lower burn_in_epochs or set regularizer.mode=none")
     if cfg.model in ARCHS:
         base, mode = ARCHS[cfg.model]
-        problems.append(f"model={cfg.model!r} is a zoo architecture that attaches its own regularizer; train the base "
-                        f"architecture instead: model={base} regularizer.mode={mode or 'none'}")
+        problems.append(f"model={cfg.model!r} is a zoo architecture (the name of {base} trained with regularizer.mode="
+                        f"{mode or 'none'}; spectral ones attach their own regularizer); train the base architecture "
+                        f"instead: model={base} regularizer.mode={mode or 'none'}")
     if problems:
         raise ConfigError("invalid recipe config:\n  " + "\n  ".join(problems))
     return cfg
