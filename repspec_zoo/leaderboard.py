@@ -26,7 +26,6 @@ from .eval import EvalResult, evaluate
 from .io import atomic_write_text
 from .models.zoo import list_pretrained
 
-README_START, README_END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 
 
 def bundled_models(dataset: str) -> list[str]:
@@ -75,14 +74,15 @@ def plot_curves(results: dict[str, EvalResult], path: Path) -> None:
     tmp.replace(path)
 
 
-def update_readme(readme: Path, block: str) -> None:
-    """Replace the text between the leaderboard markers of the README with ``block``."""
+def update_readme(readme: Path, block: str, section: str = "leaderboard") -> None:
+    """Replace the text between the README's ``<!-- {section}:start -->`` and ``:end`` markers with ``block``."""
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme} has no {README_START} ... {README_END} markers to fill")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    atomic_write_text(readme, f"{head}{README_START}\n{block}\n{README_END}{tail}")
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start} ... {end} markers to fill")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(readme, f"{head}{start}\n{block}\n{end}{tail}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,214 @@
+"""Pieces every experiment shares: recipe runs in parallel, models from run folders, tables, box plots.
+
+Training goes through ``recipes/train.py`` (one subprocess per run, ``OMP_NUM_THREADS=1`` each,
+``--workers`` at a time); a finished run (its ``run.json`` exists) is skipped and a killed one
+resumes from its checkpoint, so re-running an experiment's command continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "recipes" / "configs"
+RESULTS = ROOT / "results" / "experiments"
+RUNS = ROOT / "runs" / "experiments"
+
+__all__ = ["ROOT", "RESULTS", "RUNS", "Run", "run_all", "parallel_map", "attack_summary", "checkpoint_at_epoch", "load_trained", "sigma_max",
+           "mean_std", "table", "box_plot", "bundle", "write_json"]
+
+
+@dataclass
+class Run:
+    """One ``recipes/train.py`` run: its config, run folder and overrides."""
+
+    config: str  # recipes/configs/<config>.yaml
+    output: Path  # run directory
+    overrides: Sequence[str] = ()  # KEY=VALUE
+    init: Path | None = None  # fine-tune from this run directory
+    branch_from: tuple[Path, int] | None = None  # (run dir, epoch): continue its end-of-epoch checkpoint
+    after: list["Run"] = field(default_factory=list)  # runs that must finish first
+
+    @property
+    def done(self) -> bool:
+        return (self.output / "run.json").is_file()
+
+    def command(self) -> list[str]:
+        argv = [sys.executable, str(ROOT / "recipes" / "train.py"), "--config", str(CONFIGS / f"{self.config}.yaml"),
+                "--output", str(self.output), *self.overrides]
+        argv += ["--init", str(self.init)] if self.init else []
+        if self.branch_from:  # resolved now: the checkpoint exists once the source run has trained
+            argv += ["--branch-from", str(checkpoint_at_epoch(*self.branch_from))]
+        return argv
+
+
+def _execute(run: Run) -> float:
+    run.output.mkdir(parents=True, exist_ok=True)
+    log = run.output.with_suffix(".log")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        code = subprocess.run(run.command(), cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if code:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
+        raise RuntimeError(f"training run {run.output} failed (exit {code}); log {log}:\n{tail}")
+    return time.perf_counter() - start
+
+
+def run_all(runs: Iterable[Run], workers: int = 2) -> None:
+    """Train every unfinished run, ``workers`` at a time, each as soon as the runs it depends on are done.
+
+    """
+    from tqdm.auto import tqdm
+
+    pending = [r for r in runs if not r.done]
+    bar = tqdm(total=len(pending), desc="training runs", unit="run", dynamic_ncols=True)
+    running: dict = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while pending or running:
+            for run in [r for r in pending if all(d.done for d in r.after)][:workers - len(running)]:
+                pending.remove(run)
+                running[pool.submit(_execute, run)] = run
+            if not running:
+                raise RuntimeError(f"runs wait on runs that are not scheduled: {[str(r.output) for r in pending]}")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                run = running.pop(future)
+                seconds = future.result()  # re-raises a failed run's error
+                bar.update()
+                bar.write(f"trained {run.output} in {seconds:.0f} s")
+    bar.close()
+
+
+def parallel_map(fn, jobs: list, workers: int, desc: str) -> list:
+    """``[fn(job) for job in jobs]`` in ``workers`` spawned processes (one torch thread each), with a
+    progress bar; ``fn`` must be importable (a module-level function)."""
+    import multiprocessing
+
+    from tqdm.auto import tqdm
+
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        return list(tqdm(pool.imap(fn, jobs), total=len(jobs), desc=desc, unit="model", dynamic_ncols=True))
+
+
+def attack_summary(result) -> dict:
+    """The numbers of an :class:`~repspec_zoo.eval.EvalResult` an experiment keeps (per-sample included)."""
+    return dict(clean_acc=result.clean_acc, n_test=result.n_test, n_samples=result.n_samples,
+                l2_mean=result.l2_mean, l2_median=result.l2_median, success_rate=result.success_rate,
+                certified_mean=result.certified["mean"] if result.certified else None,
+                wall_time_s=result.wall_time_s, per_sample=result.per_sample)
+
+
+def checkpoint_at_epoch(run_dir: Path, epoch: int) -> Path:
+    """The checkpoint of ``run_dir`` saved at the end of ``epoch`` (1-based epochs completed)."""
+    from repspec_zoo.training import Checkpoints
+
+    for path in Checkpoints(run_dir / "checkpoints", keep=1).all():
+        state = json.loads((path / "train_state.json").read_text())
+        if state["epoch"] == epoch and state["batches_done"] == 0:
+            return path
+    raise FileNotFoundError(f"{run_dir} kept no checkpoint at the end of epoch {epoch}; "
+                            "raise checkpoint.keep so that it survives")
+
+
+def load_trained(run_dir: Path) -> nn.Module:
+    """The trained timm model of a run folder (its model.safetensors), eval mode, no regularizer hooks."""
+    import timm
+
+    from repspec_zoo.hub import read_run
+
+    run = read_run(run_dir)
+    config = run.config
+    model = timm.create_model(config["model"], num_classes=config["num_classes"], **(config.get("model_kwargs") or {}))
+    model.load_state_dict(run.state_dict)
+    return model.eval()
+
+
+@torch.no_grad()
+def sigma_max(weight: torch.Tensor) -> float:
+    """Largest singular value of a Linear weight (dense SVD; exact)."""
+    return float(torch.linalg.matrix_norm(weight.double(), ord=2))
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = [float(v) for v in values]
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table(rows: list[dict], group: Sequence[str], metrics: dict[str, str], digits: int = 4) -> str:
+    """Markdown table: one line per distinct ``group`` key, each metric as mean ± std over its rows.
+
+    Args:
+        rows: one dict per (run, seed) holding the group keys and the metric values.
+        metrics: {row key: column title}.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in group), []).append(row)
+    head = [*group, "seeds", *metrics.values()]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, members in groups.items():
+        cells = [str(k) for k in key] + [str(len(members))]
+        for metric in metrics:
+            m, s = mean_std([r[metric] for r in members])
+            cells.append(f"{m:.{digits}f} ± {s:.{digits}f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def box_plot(panels: dict[str, dict[str, Sequence[float]]], path: Path, title: str) -> Path:
+    """One box-plot panel per entry of ``panels`` ({panel title: {box label: values}}) into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (name, boxes) in zip(axes[0], panels.items()):
+        ax.boxplot(list(boxes.values()), showmeans=True)
+        ax.set_xticks(range(1, len(boxes) + 1), list(boxes), rotation=20, fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def bundle(run_dir: Path) -> str:
+    """Export a finished run as a bundled zoo model: weights in repspec_zoo/weights/<name> (loads offline
+    with ``pretrained=True``), card, config and eval.json copied to model_cards/<name>; returns <name>."""
+    import shutil
+
+    from repspec_zoo.hub import export
+
+    exported = export(run_dir, ROOT / "repspec_zoo" / "weights" / "_staging")
+    target = ROOT / "repspec_zoo" / "weights" / exported.name
+    shutil.rmtree(target, ignore_errors=True)
+    exported.folder.rename(target)
+    card_dir = ROOT / "model_cards" / exported.name
+    card_dir.mkdir(parents=True, exist_ok=True)
+    for file in ("README.md", "config.json", "eval.json"):
+        shutil.copy2(target / file, card_dir / file)
+    return exported.name
+
+
+def write_json(path: Path, data) -> Path:
+    from repspec_zoo.io import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps(data, indent=1))

@@ -1,0 +1,117 @@
+"""The experiment drivers (experiments/): shared helpers, the XOR toy end to end, the logistic head refit."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import repspec_zoo  # noqa: F401
+from experiments import common, slp_fmnist, xor_toy
+
+
+def test_table_reports_mean_and_sample_std_per_group():
+    rows = [dict(mode="a", x=1.0), dict(mode="a", x=2.0), dict(mode="a", x=4.0), dict(mode="b", x=3.0)]
+    lines = common.table(rows, ["mode"], {"x": "x"}, digits=3).splitlines()
+    assert lines[2] == f"| a | 3 | {statistics.fmean([1, 2, 4]):.3f} ± {statistics.stdev([1, 2, 4]):.3f} |"
+    assert lines[3] == "| b | 1 | 3.000 ± 0.000 |"
+
+
+def test_checkpoint_at_epoch_finds_the_end_of_that_epoch(tmp_path):
+    for step, epoch, done in ((10, 1, 0), (15, 1, 5), (20, 2, 0)):
+        folder = tmp_path / "checkpoints" / f"step_{step:07d}"
+        folder.mkdir(parents=True)
+        (folder / "train_state.json").write_text(json.dumps(dict(epoch=epoch, batches_done=done)))
+    assert common.checkpoint_at_epoch(tmp_path, 1).name == "step_0000010"
+    assert common.checkpoint_at_epoch(tmp_path, 2).name == "step_0000020"
+    with pytest.raises(FileNotFoundError, match="no checkpoint at the end of epoch 3"):
+        common.checkpoint_at_epoch(tmp_path, 3)
+
+
+def test_run_all_respects_dependencies_and_the_worker_limit(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    active, peak, order, lock = [0], [0], [], threading.Lock()
+
+    def fake_execute(run):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            assert all(dep.done for dep in run.after), f"{run.output.name} started before its dependencies"
+        time.sleep(0.05)
+        run.output.mkdir(parents=True)
+        (run.output / "run.json").write_text("{}")
+        with lock:
+            active[0] -= 1
+            order.append(run.output.name)
+        return 0.05
+
+    monkeypatch.setattr(common, "_execute", fake_execute)
+    roots = [common.Run("c", tmp_path / f"root{i}") for i in range(3)]
+    children = [common.Run("c", tmp_path / f"child{i}", after=[roots[i]]) for i in range(3)]
+    common.run_all([*children, *roots], workers=2)
+    assert peak[0] == 2 and sorted(order) == sorted(r.output.name for r in [*roots, *children])
+    for i in range(3):
+        assert order.index(f"root{i}") < order.index(f"child{i}")
+    common.run_all([*roots, *children], workers=2)  # everything done: nothing runs again
+    assert len(order) == 6
+
+
+def test_slp_plan_branches_ll_and_rep_from_the_configured_burn_in(tmp_path):
+    runs = slp_fmnist.plan([0, 3], tmp_path, ["regularizer.burn_in_epochs=2", "epochs=3"])
+    assert set(runs) == {(s, m) for s in (0, 3) for m in ("none", "ll", "rep")}
+    base = runs[3, "none"]
+    assert base.branch_from is None and "seed=3" in base.overrides
+    assert runs[3, "rep"].branch_from == (base.output, 2) and runs[3, "rep"].after == [base]
+    assert runs[3, "ll"].config == "fmnist_slp_llspectral"
+
+
+def test_logistic_head_is_sklearns_fit_on_the_frozen_features():
+    from sklearn.linear_model import LogisticRegression
+
+    torch.manual_seed(0)
+    model = timm.create_model("slp", hidden_dim=16, num_classes=3).eval()
+    x, y = torch.rand(90, 1, 28, 28), torch.arange(90) % 3
+    refit, info = slp_fmnist.logistic_head(model, x, y, seed=0)
+    features = model.forward_features(x).detach().numpy()
+    reference = LogisticRegression(C=1.0, max_iter=1000).fit(features, y.numpy())
+    with torch.no_grad():
+        logits = refit(x).numpy()
+    np.testing.assert_allclose(logits, reference.decision_function(features), rtol=1e-3, atol=1e-3)
+    assert torch.equal(refit.fc1.weight, model.fc1.weight)  # the features stay frozen
+    assert info["converged"] and info["train_acc"] == pytest.approx(reference.score(features, y.numpy()))
+
+
+def test_volume_element_of_a_linear_feature_map_is_the_product_of_its_singular_values():
+    torch.manual_seed(0)
+    model = timm.create_model("slp", img_size=(1, 2), in_chans=1, hidden_dim=5, num_classes=2,
+                              act_layer="identity").eval()
+    points = torch.randn(7, 2)
+    expected = torch.linalg.svdvals(model.fc1.weight.detach().double()).prod()
+    got = xor_toy.volume_element(model, points)
+    torch.testing.assert_close(got.double(), expected.expand(7), rtol=1e-5, atol=1e-6)
+
+
+def test_xor_toy_end_to_end(tmp_path):
+    """A short run writes every output; the Tangent Attack never beats the grid's exact boundary distance
+    and (a local search: it may settle on a farther stretch of the boundary) comes close to it on average."""
+    out = xor_toy.main(["--seeds", "0", "--steps", "600", "--burn-in", "400", "--budget", "2000",
+                        "--out", str(tmp_path)])
+    for name in ("results.json", "README.md", "sigma_max.png", "maps.png", "boxplots.png"):
+        assert (tmp_path / name).is_file(), name
+    rows = out["rows"]
+    assert [r["mode"] for r in rows] == ["none", "ll", "rep"]
+    spacing = (xor_toy.BOX[1] - xor_toy.BOX[0]) / 1200
+    for row in rows:
+        assert row["train_acc"] == 1.0
+        for ta, exact in zip(row["ta_l2"], row["grid_l2"]):
+            assert ta >= exact - spacing
+        assert row["ta_mean"] <= 1.2 * row["grid_mean"]
+    # sigma traces: exact sigma_max of the final weights
+    assert len(out["traces"]["rep"][0]) > 10
+    assert rows[2]["sigma_w1"] == pytest.approx(out["traces"]["rep"][0][-1][1])
