@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 export OMP_NUM_THREADS ?= 2
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup demo test test-slow zoo
+.PHONY: setup demo test test-slow zoo experiments
 
 setup: $(STAMP) $(FMNIST)
 
@@ -32,6 +32,15 @@ demo: setup
 # Re-train, evaluate and re-bundle the zoo's CPU-scale models (recipes/build_zoo.py).
 zoo: setup
 	$(PY) recipes/build_zoo.py
+
+# The paper's experiments at CPU scale (results/experiments/), then their tables into README.md.
+# About 3 hours on 2 cores; each is also one command of its own (python -m experiments.<name>).
+experiments: setup
+	$(PY) -m experiments.xor_toy
+	$(PY) -m experiments.slp_fmnist
+	$(PY) -m experiments.transfer_digits
+	$(PY) -m experiments.roth_fmnist
+	$(PY) -m experiments.render_readme
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q

@@ -21,6 +21,7 @@ Outputs in results/experiments/xor_toy/:
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -90,11 +91,16 @@ def boundary_distance(model, resolution: int = 1201) -> torch.Tensor:
 
 
 def volume_element(model, points: torch.Tensor) -> torch.Tensor:
-    """sqrt(det(J^T J)) at each point, J = d phi(x) / d x (hidden x 2) the feature map's Jacobian."""
+    """sqrt(det(J^T J)) at each point, J = d phi(x) / d x (hidden x 2) the feature map's Jacobian.
+
+    In float64: the trained features are nearly rank one, so det(J^T J) is a small difference of
+    large products that float32 turns into visible noise."""
+    model = copy.deepcopy(model).double()
+
     def phi(p):
         return model.forward_features(p.view(1, 1, 1, 2)).flatten()
 
-    jac = torch.func.vmap(torch.func.jacrev(phi))(points)  # (N, hidden, 2)
+    jac = torch.func.vmap(torch.func.jacrev(phi))(points.double())  # (N, hidden, 2)
     return torch.linalg.det(jac.transpose(1, 2) @ jac).clamp_min(0).sqrt()
 
 
