@@ -55,7 +55,7 @@ class Run:
 
 def _execute(run: Run) -> float:
     run.output.mkdir(parents=True, exist_ok=True)
-    log = run.output.with_suffix(".log")
+    log = run.output.parent / f"{run.output.name}.log"  # not with_suffix: "adv_0.5" has a dot
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     start = time.perf_counter()
     with open(log, "w") as f:
@@ -194,17 +194,17 @@ def bundle(run_dir: Path) -> str:
     with ``pretrained=True``), card, config and eval.json copied to model_cards/<name>; returns <name>."""
     import shutil
 
-    from repspec_zoo.hub import export
+    from repspec_zoo.hub import export, read_run
+    from repspec_zoo.models.zoo import zoo_model_name
 
-    exported = export(run_dir, ROOT / "repspec_zoo" / "weights" / "_staging")
-    target = ROOT / "repspec_zoo" / "weights" / exported.name
-    shutil.rmtree(target, ignore_errors=True)
-    exported.folder.rename(target)
-    card_dir = ROOT / "model_cards" / exported.name
+    trained = read_run(run_dir)
+    name = zoo_model_name(trained.config["model"], trained.mode, trained.dataset)
+    bundled = export(run_dir, ROOT / "repspec_zoo" / "weights" / name)  # atomic: old or new folder, never a mix
+    card_dir = ROOT / "model_cards" / name
     card_dir.mkdir(parents=True, exist_ok=True)
     for file in ("README.md", "config.json", "eval.json"):
-        shutil.copy2(target / file, card_dir / file)
-    return exported.name
+        shutil.copy2(bundled.folder / file, card_dir / file)
+    return name
 
 
 def write_json(path: Path, data) -> Path:

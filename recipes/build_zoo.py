@@ -12,7 +12,6 @@ For each Fashion-MNIST config (slp and resnet_small; baseline, ll-spectral, rep-
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +34,8 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from repspec_zoo.hub import export, read_run
+    from experiments.common import bundle
+    from repspec_zoo.hub import read_run
     from repspec_zoo.models.zoo import zoo_model_name
 
     for config in args.configs:
@@ -48,12 +48,8 @@ def main() -> None:
         run(sys.executable, "-m", "repspec_zoo.cli", "eval", arch, "--checkpoint", str(run_dir / "model.safetensors"),
             "--dataset", trained.dataset, "--n", str(args.n), "--budgets", args.budgets,
             "--out", str(run_dir / "eval.json"))
-        bundled = export(run_dir, ROOT / "repspec_zoo" / "weights" / name)
-        card_dir = ROOT / "model_cards" / name
-        card_dir.mkdir(parents=True, exist_ok=True)
-        for file in ("README.md", "config.json", "eval.json"):
-            shutil.copy2(bundled.folder / file, card_dir / file)
-        print(f"{name}: bundled in {bundled.folder.relative_to(ROOT)}, card in {card_dir.relative_to(ROOT)}")
+        bundle(run_dir)
+        print(f"{name}: bundled in repspec_zoo/weights/{name}, card in model_cards/{name}")
 
 
 if __name__ == "__main__":

@@ -115,3 +115,16 @@ def test_xor_toy_end_to_end(tmp_path):
     # sigma traces: exact sigma_max of the final weights
     assert len(out["traces"]["rep"][0]) > 10
     assert rows[2]["sigma_w1"] == pytest.approx(out["traces"]["rep"][0][-1][1])
+
+
+def test_bundle_writes_weights_and_card_under_the_zoo_name(tmp_path, monkeypatch):
+    from test_hub import make_run
+
+    run_dir, weights = make_run(tmp_path / "run", mode="adv")
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    assert common.bundle(run_dir) == "resnet_small_advtrained.fmnist"
+    folder = tmp_path / "repspec_zoo" / "weights" / "resnet_small_advtrained.fmnist"
+    card = tmp_path / "model_cards" / "resnet_small_advtrained.fmnist"
+    assert (folder / "model.safetensors").is_file()
+    assert sorted(p.name for p in card.iterdir()) == ["README.md", "config.json", "eval.json"]
+    assert json.loads((card / "config.json").read_text())["regularizer"]["mode"] == "adv"
