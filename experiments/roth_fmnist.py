@@ -14,7 +14,7 @@ CPU-scale compromise: it makes a sweep affordable (adversarial training costs ~6
 passes per step) and matches the rep-spectral paper's late switch-on.
 
 Matching clean accuracy (as Roth et al. did): per method, the swept strength whose clean accuracy
-(2000 test images, from the run's eval.json) is closest to the standard model's minus ``--acc-drop``.
+(2000 test images, from the run's run.json) is closest to the standard model's minus ``--acc-drop``.
 The picked models get: clean accuracy on all 10k test images; PGD-L2 robust accuracy (10 steps,
 random start) at ``--eps`` on the first ``--pgd-n`` test images; the Tangent Attack on ``--n``
 correctly classified test images; the Jacobian analyses of ``repspec-zoo analyze`` on
@@ -32,14 +32,14 @@ import json
 import sys
 from pathlib import Path
 
-from .common import RESULTS, ROOT, RUNS, Run, attack_summary, bundle, load_trained, parallel_map, run_all, write_json
+from .common import RESULTS, RUNS, Run, attack_summary, bundle, load_trained, parallel_map, run_all, write_json
 
 CONFIG = "fmnist_resnet_small_baseline"
 BRANCH_EPOCH = 3
 #: method -> (regularizer overrides shared by the sweep, swept key, swept values)
 SWEEP = {
-    "ll": ([], "regularizer.gamma", [1e-3, 1e-2, 1e-1]),
-    "rep": ([], "regularizer.gamma", [1e-3, 1e-2, 1e-1]),
+    "ll": ([], "regularizer.gamma", [1e-3, 1e-2, 3e-2, 5e-2, 1e-1]),
+    "rep": ([], "regularizer.gamma", [1e-3, 1e-2, 3e-2, 5e-2, 1e-1]),
     "ddsnr": (["regularizer.eps=0.5", "regularizer.iters=3"], "regularizer.ddsnr_lambda", [0.01, 0.1]),
     "adv": (["regularizer.iters=5"], "regularizer.eps", [0.5, 1.0]),
 }
@@ -60,7 +60,9 @@ def plan(runs_dir: Path, overrides: list[str]) -> tuple[Run, dict[tuple[str, flo
 
 
 def quick_acc(run: Run) -> float:
-    return json.loads((run.output / "eval.json").read_text())["clean_acc"]
+    """The run's end-of-training accuracy on its 2000 test images (run.json; evaluate_run later
+    replaces eval.json with the full evaluation of the picked runs)."""
+    return json.loads((run.output / "run.json").read_text())["eval"]["clean_acc"]
 
 
 def pick(standard: Run, sweep: dict, acc_drop: float) -> dict[str, tuple[float | None, Run]]:
@@ -74,8 +76,15 @@ def pick(standard: Run, sweep: dict, acc_drop: float) -> dict[str, tuple[float |
 
 
 def evaluate_run(job: tuple) -> dict:
-    """Clean accuracy, PGD robust accuracy, Tangent Attack and the Jacobian analyses of one model."""
+    """Clean accuracy, PGD robust accuracy, Tangent Attack and the Jacobian analyses of one model.
+
+    Kept in OUT/<method>/row.json: a re-run with the same pick and settings reuses it."""
     method, value, run_dir, out_dir, args = job
+    cached = Path(out_dir) / "row.json"
+    if cached.is_file():
+        row = json.loads(cached.read_text())
+        if row["run"] == str(run_dir) and row["settings"] == args:
+            return row
     from repspec_zoo import analysis
     from repspec_zoo.attacks import robust_accuracy_curve
     from repspec_zoo.cli_analyze import plot_results
@@ -93,8 +102,10 @@ def evaluate_run(job: tuple) -> dict:
                              progress=False)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     plot_results(found, Path(out_dir))
-    return dict(method=method, strength=value, run=str(run_dir), pgd_acc=dict(zip(map(str, args["eps"]), robust)),
-                analysis={k: v for k, v in found.items()}, **attack_summary(result))
+    row = dict(method=method, strength=value, run=str(run_dir), settings=args,
+               pgd_acc=dict(zip(map(str, args["eps"]), robust)), analysis=found, **attack_summary(result))
+    write_json(cached, row)
+    return row
 
 
 def plot_comparison(rows: list[dict], path: Path) -> None:
@@ -119,14 +130,17 @@ def plot_comparison(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def report(rows: list[dict], sweep_rows: list[dict], args, out: Path, command: str) -> str:
-    q, (e1, e2) = str(max(args.budgets)), map(str, args.eps)
-    matched = ["| method | strength | clean acc (10k) | PGD acc @%s | PGD acc @%s | mean TA L2 @%s | median TA L2 @%s | "
-               "sigma_1(J) median |" % (e1, e2, q, q), "|---|---|---|---|---|---|---|---|"]
+def report(saved: dict, out: Path) -> str:
+    """README.md and comparison.png from the content of results.json."""
+    rows, sweep_rows, settings, command = saved["rows"], saved["sweep"], saved["settings"], saved["command"]
+    plot_comparison(rows, out / "comparison.png")
+    q, (e1, e2) = str(max(settings["budgets"])), map(str, settings["eps"])
+    matched = ["| method | strength | clean acc (10k) | PGD acc @%s | PGD acc @%s | TA success @%s | mean TA L2 @%s | "
+               "median TA L2 @%s | sigma_1(J) median |" % (e1, e2, q, q, q), "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         strength = "-" if r["strength"] is None else f"{SWEEP[r['method']][1].split('.')[-1]}={r['strength']:g}"
         matched.append(f"| {r['method']} | {strength} | {r['clean_acc']:.4f} | {r['pgd_acc'][e1]:.3f} | "
-                       f"{r['pgd_acc'][e2]:.3f} | {r['l2_mean'][q]:.4f} | {r['l2_median'][q]:.4f} | "
+                       f"{r['pgd_acc'][e2]:.3f} | {r['success_rate'][q]:.2f} | {r['l2_mean'][q]:.4f} | {r['l2_median'][q]:.4f} | "
                        f"{r['analysis']['spectrum']['median'][0]:.2f} |")
     swept = ["| method | strength | clean acc (2000 test images) | picked |", "|---|---|---|---|"]
     for s in sweep_rows:
@@ -135,9 +149,9 @@ def report(rows: list[dict], sweep_rows: list[dict], args, out: Path, command: s
     links = ", ".join(f"[{r['method']}]({r['method']}/)" for r in rows)
     (out / "README.md").write_text(
         f"# Roth et al. baselines vs rep-spectral on Fashion-MNIST (small ResNet)\n\nWritten by `{command}`. "
-        f"Strengths picked for a clean accuracy closest to the standard model's minus {args.acc_drop}. PGD: "
-        f"10 steps on the first {args.pgd_n} test images; Tangent Attack: {rows[0]['n_samples']} correctly "
-        f"classified test images, budget {q}; Jacobian analyses on {args.analysis_n} test images. L2 in [0,1] "
+        f"Strengths picked for a clean accuracy closest to the standard model's minus {saved['acc_drop']}. PGD: "
+        f"10 steps on the first {settings['pgd_n']} test images; Tangent Attack: {rows[0]['n_samples']} correctly "
+        f"classified test images, budget {q}; Jacobian analyses on {settings['analysis_n']} test images. L2 in [0,1] "
         f"pixel units.\n\n## Matched models\n\n{text}\n\n![comparison](comparison.png)\n\nPer-method analysis plots "
         f"(spectrum, alignment, linearity, robustness): {links}."
         f"\n\n## Sweep\n\n" + "\n".join(swept) + "\n")
@@ -157,9 +171,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-bundle", action="store_true", help="do not bundle the adv/ddsnr models into the zoo")
     parser.add_argument("--runs", type=Path, default=RUNS / "roth_fmnist")
     parser.add_argument("--out", type=Path, default=RESULTS / "roth_fmnist")
+    parser.add_argument("--report-only", action="store_true", help="re-render README.md and the plots from results.json")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides for every run")
     args = parser.parse_args(argv)
     command = ("python -m experiments.roth_fmnist " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    if args.report_only:
+        print(report(json.loads((args.out / "results.json").read_text()), args.out))
+        return
 
     standard, sweep = plan(args.runs, args.overrides)
     run_all([standard, *sweep.values()], args.workers)
@@ -172,10 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     sweep_rows += [dict(method=m, strength=f"{SWEEP[m][1].split('.')[-1]}={v:g}", acc=quick_acc(run),
                         picked=picked[m][1] is run) for (m, v), run in sweep.items()]
     args.out.mkdir(parents=True, exist_ok=True)
-    plot_comparison(rows, args.out / "comparison.png")
-    write_json(args.out / "results.json", dict(command=command, settings=settings, acc_drop=args.acc_drop,
-                                               sweep=sweep_rows, rows=rows))
-    print(report(rows, sweep_rows, args, args.out, command))
+    saved = dict(command=command, settings=settings, acc_drop=args.acc_drop, sweep=sweep_rows, rows=rows)
+    write_json(args.out / "results.json", saved)
+    print(report(saved, args.out))
     if not args.no_bundle:
         for method in BUNDLED:
             print(f"bundled {bundle(picked[method][1].output)}")
