@@ -32,6 +32,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from .common import RESULTS, RUNS, Run, attack_summary, bundle, load_trained, parallel_map, run_all, write_json
 
 CONFIG = "fmnist_resnet_small_baseline"
@@ -78,9 +80,9 @@ def pick(standard: Run, sweep: dict, acc_drop: float) -> dict[str, tuple[float |
 def evaluate_run(job: tuple) -> dict:
     """Clean accuracy, PGD robust accuracy, Tangent Attack and the Jacobian analyses of one model.
 
-    Kept in OUT/<method>/row.json: a re-run with the same pick and settings reuses it."""
+    Kept in RUN_DIR/comparison_row.json: a re-run with the same settings reuses it."""
     method, value, run_dir, out_dir, args = job
-    cached = Path(out_dir) / "row.json"
+    cached = Path(run_dir) / "comparison_row.json"
     if cached.is_file():
         row = json.loads(cached.read_text())
         if row["run"] == str(run_dir) and row["settings"] == args:
@@ -96,7 +98,8 @@ def evaluate_run(job: tuple) -> dict:
     result = evaluate(model, (x, y), model_name=f"{method}", dataset_name="fashion_mnist", n=args["n"],
                       budgets=args["budgets"], attack="ta", seed=0, lemma1=False, progress=False)
     result.save(Path(run_dir) / "eval.json")  # the card's numbers when the run is bundled
-    robust = robust_accuracy_curve(model, x[:args["pgd_n"]], y[:args["pgd_n"]], args["eps"], steps=10)
+    robust = robust_accuracy_curve(model, x[:args["pgd_n"]], y[:args["pgd_n"]], args["eps"], steps=10,
+                                   generator=torch.Generator().manual_seed(0))  # seeded random starts
     found = analysis.analyze(model, x[:args["analysis_n"]], y[:args["analysis_n"]], top_k=10,
                              eps_list=[0.0, *args["eps"], 2 * max(args["eps"])], attack_eps=max(args["eps"]),
                              progress=False)
