@@ -5,8 +5,6 @@ into the project README between the ``<!-- experiments:start -->`` and ``:end`` 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from repspec_zoo.leaderboard import update_readme
 
 from .common import RESULTS, ROOT

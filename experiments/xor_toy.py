@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .common import RESULTS, box_plot, mean_std, sigma_max, table, write_json
+from .common import RESULTS, box_plot, sigma_max, table, write_json
 
 POINTS = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
 LABELS = (POINTS[:, 0] * POINTS[:, 1] < 0).long()
