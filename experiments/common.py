@@ -6,6 +6,7 @@ resumes from its checkpoint, so re-running an experiment's command continues whe
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -25,7 +26,7 @@ CONFIGS = ROOT / "recipes" / "configs"
 RESULTS = ROOT / "results" / "experiments"
 RUNS = ROOT / "runs" / "experiments"
 
-__all__ = ["ROOT", "RESULTS", "RUNS", "Run", "run_all", "parallel_map", "attack_summary", "checkpoint_at_epoch", "load_trained", "sigma_max",
+__all__ = ["ROOT", "RESULTS", "RUNS", "Run", "run_all", "parallel_map", "split_tensors", "burn_in_epochs", "load_results", "attack_summary", "checkpoint_at_epoch", "load_trained", "sigma_max",
            "mean_std", "table", "box_plot", "bundle", "write_json"]
 
 
@@ -108,6 +109,28 @@ def attack_summary(result) -> dict:
                 l2_mean=result.l2_mean, l2_median=result.l2_median, success_rate=result.success_rate,
                 certified_mean=result.certified["mean"] if result.certified else None,
                 wall_time_s=result.wall_time_s, per_sample=result.per_sample)
+
+
+@functools.cache
+def split_tensors(name: str, split: str, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``repspec_zoo.data.load_split(name, split, **kwargs)`` stacked to (X, Y), once per worker process
+    (every model a worker evaluates reads the same images)."""
+    from repspec_zoo.data import as_tensors, load_split
+
+    return as_tensors(load_split(name, split, **kwargs))
+
+
+def burn_in_epochs(config: str, overrides: Sequence[str]) -> int:
+    """``regularizer.burn_in_epochs`` of recipes/configs/<config>.yaml with ``overrides``: the epoch a
+    regularized run branches from its unregularized twin."""
+    from repspec_zoo.training import load_config
+
+    return load_config(CONFIGS / f"{config}.yaml", list(overrides)).regularizer.burn_in_epochs
+
+
+def load_results(out: Path) -> dict:
+    """An experiment's OUT/results.json (what ``--report-only`` re-renders)."""
+    return json.loads((out / "results.json").read_text())
 
 
 def checkpoint_at_epoch(run_dir: Path, epoch: int) -> Path:

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from .common import RESULTS, RUNS, Run, attack_summary, bundle, load_trained, parallel_map, run_all, write_json
+from .common import (RESULTS, RUNS, Run, attack_summary, bundle, load_results, load_trained, parallel_map, run_all,
+                     split_tensors, write_json)
 
 CONFIG = "fmnist_resnet_small_baseline"
 BRANCH_EPOCH = 3
@@ -90,11 +91,10 @@ def evaluate_run(job: tuple) -> dict:
     from repspec_zoo import analysis
     from repspec_zoo.attacks import robust_accuracy_curve
     from repspec_zoo.cli_analyze import plot_results
-    from repspec_zoo.data import as_tensors, load_split
     from repspec_zoo.eval import evaluate
 
     model = load_trained(Path(run_dir))
-    x, y = as_tensors(load_split("fashion_mnist", "test"))
+    x, y = split_tensors("fashion_mnist", "test")
     result = evaluate(model, (x, y), model_name=f"{method}", dataset_name="fashion_mnist", n=args["n"],
                       budgets=args["budgets"], attack="ta", seed=0, lemma1=False, progress=False)
     result.save(Path(run_dir) / "eval.json")  # the card's numbers when the run is bundled
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = ("python -m experiments.roth_fmnist " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     if args.report_only:
-        print(report(json.loads((args.out / "results.json").read_text()), args.out))
+        print(report(load_results(args.out), args.out))
         return
 
     standard, sweep = plan(args.runs, args.overrides)

@@ -23,7 +23,6 @@ README.md (mean ± std over seeds) and boxplots.png (per-sample distances by mod
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import copy
 import time
@@ -31,17 +30,15 @@ from pathlib import Path
 
 import torch
 
-from .common import (CONFIGS, RESULTS, RUNS, Run, attack_summary, box_plot, load_trained, parallel_map, run_all,
-                     sigma_max, table, write_json)
+from .common import (RESULTS, RUNS, Run, attack_summary, box_plot, burn_in_epochs, load_results, load_trained,
+                     parallel_map, run_all, sigma_max, split_tensors, table, write_json)
 
 MODES = {"none": "fmnist_slp_baseline", "ll": "fmnist_slp_llspectral", "rep": "fmnist_slp_repspectral"}
 
 
 def plan(seeds: list[int], runs_dir: Path, overrides: list[str]) -> dict[tuple[int, str], Run]:
     """The training runs: a baseline per seed, ll/rep branched from its end of burn-in."""
-    from repspec_zoo.training import load_config
-
-    burn_in = load_config(CONFIGS / f"{MODES['rep']}.yaml", overrides).regularizer.burn_in_epochs
+    burn_in = burn_in_epochs(MODES["rep"], overrides)
     runs = {}
     for seed in seeds:
         common = [f"seed={seed}", "eval.attack=none", "checkpoint.keep=3", *overrides]
@@ -78,17 +75,14 @@ def logistic_head(model, x_train: torch.Tensor, y_train: torch.Tensor, seed: int
 def evaluate_run(job: tuple) -> dict:
     """Every number of one trained model (runs in a worker process with one thread)."""
     run_dir, seed, mode, n, budgets = job
-    from repspec_zoo.data import as_tensors, load_split
     from repspec_zoo.eval import evaluate
 
     model = load_trained(run_dir)
-    x_test, y_test = as_tensors(load_split("fashion_mnist", "test"))
+    x_test, y_test = split_tensors("fashion_mnist", "test")
     row = dict(seed=seed, mode=mode, run=str(run_dir), sigma_w1=sigma_max(model.fc1.weight),
                sigma_head=sigma_max(model.head.weight))
     heads = {"trained": model}
-    x_train, y_train = as_tensors(load_split("fashion_mnist", "train"))
-    heads["logreg"], row["logreg_fit"] = logistic_head(model, x_train, y_train, seed)
-    del x_train, y_train
+    heads["logreg"], row["logreg_fit"] = logistic_head(model, *split_tensors("fashion_mnist", "train"), seed)
     for head, net in heads.items():
         result = evaluate(net, (x_test, y_test), model_name=f"{mode}/seed{seed}/{head}", dataset_name="fashion_mnist",
                           n=n, budgets=budgets, attack="ta", seed=0, lemma1=False, progress=False)
@@ -96,8 +90,9 @@ def evaluate_run(job: tuple) -> dict:
     return row
 
 
-def report(rows: list[dict], budget: int, out: Path, command: str) -> str:
-    """README.md table (mean ± std over seeds) and the box plots."""
+def report(saved: dict, out: Path) -> str:
+    """README.md table (mean ± std over seeds) and the box plots, from the content of results.json."""
+    rows, command, budget = saved["rows"], saved["command"], max(saved["budgets"])
     q = str(budget)
     flat = [dict(mode=r["mode"], head=head, acc=r[head]["clean_acc"], l2=r[head]["l2_mean"][q],
                  median=r[head]["l2_median"][q], success=r[head]["success_rate"][q], sigma_w1=r["sigma_w1"],
@@ -138,8 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.report_only:
-        saved = json.loads((args.out / "results.json").read_text())
-        print(report(saved["rows"], max(saved["budgets"]), args.out, saved["command"]))
+        print(report(load_results(args.out), args.out))
         return
     runs = plan(args.seeds, args.runs, args.overrides)
     run_all(runs.values(), args.workers)
@@ -148,8 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = parallel_map(evaluate_run, jobs, args.workers, "evaluating")
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python -m experiments.slp_fmnist " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-    write_json(args.out / "results.json", dict(command=command.strip(), budgets=sorted(args.budgets), rows=rows))
-    print(report(rows, max(args.budgets), args.out, command.strip()))
+    saved = dict(command=command.strip(), budgets=sorted(args.budgets), rows=rows)
+    write_json(args.out / "results.json", saved)
+    print(report(saved, args.out))
 
 
 if __name__ == "__main__":

@@ -19,13 +19,12 @@ boxplots.png (per-sample distances and accuracies per pretraining x fine-tuning 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
-from .common import (CONFIGS, RESULTS, RUNS, Run, attack_summary, box_plot, load_trained, parallel_map, run_all,
-                     table, write_json)
+from .common import (RESULTS, RUNS, Run, attack_summary, box_plot, burn_in_epochs, load_results, load_trained,
+                     parallel_map, run_all, split_tensors, table, write_json)
 
 PRETRAIN = {"none": "fmnist_resnet_small_baseline", "rep": "fmnist_resnet_small_repspectral"}
 FINETUNE = ("none", "ll", "bss")
@@ -34,9 +33,7 @@ FINETUNE_CONFIG = "digits_finetune_resnet_small"
 
 def plan(seeds: list[int], runs_dir: Path, pretrain_overrides: list[str], finetune_overrides: list[str]) -> dict:
     """Pretraining runs (rep branched from the baseline's burn-in) and the fine-tuning runs on each."""
-    from repspec_zoo.training import load_config
-
-    burn_in = load_config(CONFIGS / f"{PRETRAIN['rep']}.yaml", pretrain_overrides).regularizer.burn_in_epochs
+    burn_in = burn_in_epochs(PRETRAIN["rep"], pretrain_overrides)
     runs = {}
     for seed in seeds:
         common = [f"seed={seed}", "eval.attack=none", "checkpoint.keep=3", *pretrain_overrides]
@@ -55,18 +52,19 @@ def plan(seeds: list[int], runs_dir: Path, pretrain_overrides: list[str], finetu
 def evaluate_run(job: tuple) -> dict:
     """Accuracy and Tangent Attack distances of one fine-tuned model on the digits test split."""
     run_dir, seed, pre, fine, n, budgets = job
-    from repspec_zoo.data import as_tensors, load_split
     from repspec_zoo.eval import evaluate
 
     model = load_trained(run_dir)
     side = model.pretrained_cfg["input_size"][-1]
-    x, y = as_tensors(load_split("digits", "test", image_size=side, channels=1))
+    x, y = split_tensors("digits", "test", image_size=side, channels=1)
     result = evaluate(model, (x, y), model_name=f"{pre}->{fine}/seed{seed}", dataset_name="digits", n=n,
                       budgets=budgets, attack="ta", seed=0, lemma1=False, progress=False)
     return dict(seed=seed, pretrain=pre, finetune=fine, run=str(run_dir), **attack_summary(result))
 
 
-def report(rows: list[dict], budget: int, out: Path, command: str) -> str:
+def report(saved: dict, out: Path) -> str:
+    """README.md table (mean ± std over seeds) and the box plots, from the content of results.json."""
+    rows, command, budget = saved["rows"], saved["command"], max(saved["budgets"])
     q = str(budget)
     flat = [dict(pretrain=r["pretrain"], finetune=r["finetune"], acc=r["clean_acc"], l2=r["l2_mean"][q],
                  median=r["l2_median"][q], success=r["success_rate"][q]) for r in rows]
@@ -106,8 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     command = ("python -m experiments.transfer_digits " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
 
     if args.report_only:
-        saved = json.loads((args.out / "results.json").read_text())
-        print(report(saved["rows"], max(saved["budgets"]), args.out, saved["command"]))
+        print(report(load_results(args.out), args.out))
         return
     runs = plan(args.seeds, args.runs, args.pretrain, args.finetune)
     run_all(runs.values(), args.workers)
@@ -115,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
             for (seed, pre, fine), run in runs.items() if fine is not None]
     rows = parallel_map(evaluate_run, jobs, args.workers, "evaluating")
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "results.json", dict(command=command, budgets=sorted(args.budgets), rows=rows))
-    print(report(rows, max(args.budgets), args.out, command))
+    saved = dict(command=command, budgets=sorted(args.budgets), rows=rows)
+    write_json(args.out / "results.json", saved)
+    print(report(saved, args.out))
 
 
 if __name__ == "__main__":
