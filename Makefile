@@ -15,7 +15,7 @@ setup: $(STAMP) $(FMNIST)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --build-constraint build-constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
 # Real data the project evaluates on: Debian ships Fashion-MNIST. Without apt (or root) the
