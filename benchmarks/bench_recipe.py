@@ -139,7 +139,7 @@ def main(argv=None) -> dict:
             print(f"repeat {repeat + 1}: steps/s wall recipe {recipe.rates()[0]:.3f} plain {plain.rates()[0]:.3f}; "
                   f"per CPU second recipe {recipe.rates()[1]:.3f} plain {plain.rates()[1]:.3f}", flush=True)
     median = {name: [statistics.median(r[i] for r in runs) for i in (0, 1)] for name, runs in rates.items()}
-    result = {"config": str(args.config), "overrides": overrides, "device": str(device),
+    result = {"config": os.path.relpath(args.config.resolve(), ROOT), "overrides": overrides, "device": str(device),
               "torch_threads": torch.get_num_threads(), "steps_per_s_wall": {k: [r[0] for r in v] for k, v in rates.items()},
               "steps_per_cpu_s": {k: [r[1] for r in v] for k, v in rates.items()},
               "ratio_wall": median["recipe"][0] / median["plain"][0], "ratio_cpu": median["recipe"][1] / median["plain"][1]}

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .common import (RESULTS, RUNS, Run, attack_summary, bundle, load_results, load_trained, parallel_map, run_all,
+from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, bundle, load_results, load_trained, parallel_map, run_all,
                      split_tensors, write_json)
 
 CONFIG = "fmnist_resnet_small_baseline"
@@ -86,7 +86,7 @@ def evaluate_run(job: tuple) -> dict:
     cached = Path(run_dir) / "comparison_row.json"
     if cached.is_file():
         row = json.loads(cached.read_text())
-        if row["run"] == str(run_dir) and row["settings"] == args:
+        if row["run"] == Path(run_dir).relative_to(ROOT).as_posix() and row["settings"] == args:
             return row
     from repspec_zoo import analysis
     from repspec_zoo.attacks import robust_accuracy_curve
@@ -105,7 +105,7 @@ def evaluate_run(job: tuple) -> dict:
                              progress=False)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     plot_results(found, Path(out_dir))
-    row = dict(method=method, strength=value, run=str(run_dir), settings=args,
+    row = dict(method=method, strength=value, run=Path(run_dir).relative_to(ROOT).as_posix(), settings=args,
                pgd_acc=dict(zip(map(str, args["eps"]), robust)), analysis=found, **attack_summary(result))
     write_json(cached, row)
     return row

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .common import (RESULTS, RUNS, Run, attack_summary, box_plot, burn_in_epochs, load_results, load_trained,
+from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, box_plot, burn_in_epochs, load_results, load_trained,
                      parallel_map, run_all, sigma_max, split_tensors, table, write_json)
 
 MODES = {"none": "fmnist_slp_baseline", "ll": "fmnist_slp_llspectral", "rep": "fmnist_slp_repspectral"}
@@ -79,7 +79,7 @@ def evaluate_run(job: tuple) -> dict:
 
     model = load_trained(run_dir)
     x_test, y_test = split_tensors("fashion_mnist", "test")
-    row = dict(seed=seed, mode=mode, run=str(run_dir), sigma_w1=sigma_max(model.fc1.weight),
+    row = dict(seed=seed, mode=mode, run=run_dir.relative_to(ROOT).as_posix(), sigma_w1=sigma_max(model.fc1.weight),
                sigma_head=sigma_max(model.head.weight))
     heads = {"trained": model}
     heads["logreg"], row["logreg_fit"] = logistic_head(model, *split_tensors("fashion_mnist", "train"), seed)

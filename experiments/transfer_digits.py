@@ -23,7 +23,7 @@ import math
 import sys
 from pathlib import Path
 
-from .common import (RESULTS, RUNS, Run, attack_summary, box_plot, burn_in_epochs, load_results, load_trained,
+from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, box_plot, burn_in_epochs, load_results, load_trained,
                      parallel_map, run_all, split_tensors, table, write_json)
 
 PRETRAIN = {"none": "fmnist_resnet_small_baseline", "rep": "fmnist_resnet_small_repspectral"}
@@ -59,7 +59,7 @@ def evaluate_run(job: tuple) -> dict:
     x, y = split_tensors("digits", "test", image_size=side, channels=1)
     result = evaluate(model, (x, y), model_name=f"{pre}->{fine}/seed{seed}", dataset_name="digits", n=n,
                       budgets=budgets, attack="ta", seed=0, lemma1=False, progress=False)
-    return dict(seed=seed, pretrain=pre, finetune=fine, run=str(run_dir), **attack_summary(result))
+    return dict(seed=seed, pretrain=pre, finetune=fine, run=run_dir.relative_to(ROOT).as_posix(), **attack_summary(result))
 
 
 def report(saved: dict, out: Path) -> str:
