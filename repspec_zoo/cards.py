@@ -36,20 +36,81 @@ def attack_rows(evaluation: Mapping) -> list[tuple[int | None, float, float | No
     return sorted(rows, key=lambda row: row[0])
 
 
+def _attack_label(evaluation: Mapping) -> tuple[str, str]:
+    """(metric-type prefix, human name) of an evaluation's attack: one attack, or the per-sample best
+    of several ('ensemble')."""
+    attacks = evaluation.get("attacks") or [str(evaluation.get("attack", "ta"))]
+    if len(attacks) > 1:
+        return "ensemble", "best of " + "+".join(a.upper() for a in attacks)
+    return attacks[0], attacks[0].upper()
+
+
 def _eval_results(config: Mapping, dataset_hub_id: str | None) -> list[EvalResult]:
     evaluation, dataset = config["eval"], config["dataset"]
     common = dict(task_type=TASK, dataset_type=dataset_hub_id or dataset, dataset_name=dataset, dataset_split="test")
     results = [EvalResult(metric_type="accuracy", metric_value=float(evaluation["clean_acc"]), **common)]
-    attack = str(evaluation.get("attack", "ta"))
+    prefix, label = _attack_label(evaluation)
     for queries, mean, median in attack_rows(evaluation):
         metric_config = None if queries is None else f"queries={queries}"
         at = "" if queries is None else f", {queries} queries"
         for stat, value in (("mean", mean), ("median", median)):
             if value is not None and math.isfinite(value):  # no successful attack: no number for the Hub
-                results.append(EvalResult(metric_type=f"{attack}_l2_{stat}", metric_value=value, **common,
+                results.append(EvalResult(metric_type=f"{prefix}_l2_{stat}", metric_value=value, **common,
                                           metric_config=metric_config,
-                                          metric_name=f"{attack.upper()} {stat} L2 distance ([0,1] pixels{at})"))
+                                          metric_name=f"{label} {stat} L2 distance ([0,1] pixels{at})"))
+        rate = (evaluation.get("success_rate") or {}).get(str(queries))
+        if rate is not None:
+            results.append(EvalResult(metric_type=f"{prefix}_success_rate", metric_value=float(rate), **common,
+                                      metric_config=metric_config, metric_name=f"{label} success rate{at}"))
+    at_eps = (evaluation.get("robust_accuracy") or {}).get("at_eps")
+    if at_eps:
+        results.append(EvalResult(metric_type="robust_accuracy_upper_bound",
+                                  metric_value=float(at_eps["robust_accuracy_upper"]["estimate"]), **common,
+                                  metric_config=f"l2_eps={at_eps['eps']}",
+                                  metric_name=f"robust accuracy at L2 eps {at_eps['eps']} (upper bound, {label})"))
     return results
+
+
+def format_interval(part: Mapping | None, digits: int = 4) -> str:
+    """'0.7120 [0.6500, 0.7680]' from a JSON-able `repspec_zoo.stats.Interval` (inf arrives as the
+    string 'inf'); '-' when there is none."""
+    if not part or part.get("estimate") is None:
+        return "-"
+
+    def num(v):
+        return v if isinstance(v, str) else f"{v:.{digits}f}"
+    return f"{num(part['estimate'])} [{num(part['low'])}, {num(part['high'])}]"
+
+
+def _evaluation_table(evaluation: Mapping) -> str:
+    lines = ["| metric | value |", "|---|---|", f"| clean accuracy | {float(evaluation['clean_acc']):.4f} |"]
+    _, label = _attack_label(evaluation)
+    if "n_samples" in evaluation:
+        lines.append(f"| attacked samples (correctly classified) | {evaluation['n_samples']} |")
+    rates = evaluation.get("success_rate") or {}
+    for queries, mean, median in attack_rows(evaluation):
+        at = "" if queries is None else f" @ {queries} queries"
+        if rates.get(str(queries)) is not None:
+            lines.append(f"| {label} success rate{at} | {rates[str(queries)]:.3f} |")
+        lines += [f"| {label} {stat} L2{at} | {value:.4f} |" for stat, value in
+                  (("mean (broken samples)", mean), ("median (all samples)", median)) if value is not None]
+    distance = evaluation.get("distance")
+    if distance:
+        lines += [f"| {label} mean L2 (broken samples), 95% bootstrap CI | {format_interval(distance.get('l2_mean'))} |",
+                  f"| {label} median L2 (all samples), 95% bootstrap CI | {format_interval(distance.get('l2_median'))} |",
+                  f"| {label} success rate, 95% Clopper-Pearson CI | {format_interval(distance.get('success_rate'))} |"]
+    at_eps = (evaluation.get("robust_accuracy") or {}).get("at_eps")
+    if at_eps:
+        lines.append(f"| robust accuracy at L2 eps {at_eps['eps']} (upper bound), 95% CI | "
+                     f"{format_interval(at_eps['robust_accuracy_upper'])} |")
+    for key, name in (("certified", "certified radius (a lower bound), mean"),
+                      ("lemma1", "Lemma-1 local estimate (not a bound), mean")):
+        if evaluation.get(key):
+            lines.append(f"| {name} | {evaluation[key]['mean']:.4f} |")
+    ratio = (evaluation.get("bracket") or {}).get("upper_over_certified") or {}
+    if ratio.get("median") is not None:
+        lines.append(f"| best attack / certified radius, median over samples | {ratio['median']:.2f} |")
+    return "\n".join(lines)
 
 
 def _mode_tags(mode: str) -> list[str]:
@@ -66,18 +127,6 @@ def _card_data(config: Mapping, dataset_hub_id: str | None) -> ModelCardData:
         pipeline_tag=TASK, tags=tags, datasets=[dataset_hub_id] if dataset_hub_id else None,
         eval_results=_eval_results(config, dataset_hub_id),
     )
-
-
-def _evaluation_table(evaluation: Mapping) -> str:
-    lines = ["| metric | value |", "|---|---|", f"| clean accuracy | {float(evaluation['clean_acc']):.4f} |"]
-    attack = str(evaluation.get("attack", "ta")).upper()
-    for queries, mean, median in attack_rows(evaluation):
-        at = "" if queries is None else f" @ {queries} queries"
-        lines += [f"| {attack} {stat} L2{at} | {value:.4f} |" for stat, value in (("mean", mean), ("median", median))
-                  if value is not None]
-    if "n_samples" in evaluation:
-        lines.append(f"| attacked samples | {evaluation['n_samples']} |")
-    return "\n".join(lines)
 
 
 def _regularizer_text(regularizer: Mapping) -> str:
@@ -111,9 +160,12 @@ def _commands(config: Mapping, repo_id: str) -> str:
     settings = ""
     if evaluation.get("budgets") and evaluation.get("n_requested"):  # an EvalResult from repspec-zoo eval
         settings = (f" --dataset {evaluation.get('dataset', config.get('dataset'))} --n {evaluation['n_requested']} "
-                    f"--budgets {','.join(map(str, evaluation['budgets']))} --attack {evaluation.get('attack', 'ta')} "
+                    f"--budgets {','.join(map(str, evaluation['budgets']))} "
+                    f"--attack {','.join(evaluation.get('attacks') or [evaluation.get('attack', 'ta')])} "
                     f"--seed {evaluation.get('settings', {}).get('seed', 0)}")
-    return "\n".join([train, f"repspec-zoo eval hf-hub:{repo_id}{settings}",
+    produced_by = (evaluation.get("settings") or {}).get("command")  # e.g. the leaderboard that wrote it
+    evaluate = f"{produced_by}  # wrote this card's evaluation" if produced_by else f"repspec-zoo eval hf-hub:{repo_id}{settings}"
+    return "\n".join([train, evaluate,
                       f"repspec-zoo export RUN_DIR --to model_cards/{config['zoo_name']}",
                       "# all of the above for every bundled model: python recipes/build_zoo.py"])
 
@@ -125,8 +177,8 @@ def _body(config: Mapping, repo_id: str) -> str:
 # {name}
 
 {cfg.get("description", name)}. Part of [repspec_zoo](https://arxiv.org/abs/2405.17181): backbones
-trained with the rep-spectral regularizer and their recipe-matched baselines, evaluated for black-box
-robustness with the Tangent Attack.
+trained with the rep-spectral regularizer and their recipe-matched baselines, evaluated for robustness
+with hard-label (Tangent Attack, CGBA) and white-box minimal-norm attacks.
 
 ## Model details
 
@@ -142,7 +194,9 @@ robustness with the Tangent Attack.
 
 {_evaluation_table(config["eval"])}
 
-Distances are L2 distances in [0, 1] pixel space, over correctly classified test samples.
+Distances are L2 distances in [0, 1] pixel space over correctly classified test samples, each the
+best an attack found: an upper bound on the minimal adversarial distance. Means are over the samples
+an attack broke, medians over all of them (an unbroken sample counts as infinitely far).
 
 ## Usage
 

@@ -4,9 +4,15 @@ MODEL is a zoo or timm name (optionally ``name.tag``), ``hf-hub:org/name`` or
 ``local-dir:PATH``; ``--checkpoint FILE`` loads your own weights (safetensors) into the
 architecture. Distances are L2 in [0,1] pixel space (normalization lives inside the model).
 
-Example:
+Every attacked sample gets a start (noise, then correctly classified images of other classes
+from the rest of the split); a sample no attack breaks is kept as distance +inf and shows in
+the success rate. ``--attack`` takes one attack, a comma-separated list or ``ensemble``: with
+several, each sample's distance is the best over them (an upper bound on the minimal distance).
+
+Examples:
     repspec-zoo eval resnet_small_repspectral --checkpoint runs/x/model.safetensors \\
-        --dataset fashion_mnist --n 500 --budgets 1000,5000,10000 --attack ta --out eval.json
+        --dataset fashion_mnist --n 500 --budgets 1000,5000,10000 --attack ensemble --out eval.json
+    repspec-zoo eval slp_repspectral.fmnist --paper --n 1000   # the rep-spectral paper's TA (T = 40)
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ import torch
 from torch import nn
 
 from . import data
-from .attacks import ATTACKS, NormalizedModel
+from .attacks import NormalizedModel
+from .eval import PAPER, evaluate, resolve_attacks
 
 
 def _budgets(text: str) -> list[int]:
@@ -29,6 +36,13 @@ def _budgets(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"--budgets must be positive query counts, got {text!r}")
     return values
+
+
+def _attacks(text: str) -> list[str]:
+    try:
+        return resolve_attacks(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
 
 
 def load_model(spec: str, checkpoint: str | Path | None = None, num_classes: int | None = None) -> nn.Module:
@@ -64,9 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--limit", type=int, help="evaluate clean accuracy on a seeded subset of this many images")
     p.add_argument("--n", type=int, default=100, help="correctly classified samples to attack")
-    p.add_argument("--budgets", type=_budgets, default=[1000, 5000, 10000], help="comma-separated query budgets")
-    p.add_argument("--attack", default="ta", choices=sorted(ATTACKS) + ["none"])
-    p.add_argument("--max-iter", type=int, help="attack iteration cap (the rep-spectral paper used 40)")
+    p.add_argument("--budgets", type=_budgets, help="comma-separated query budgets (default 1000,5000,10000)")
+    p.add_argument("--attack", type=_attacks, help="ta, gta, hsja, cgba, fmn, alma, ddn, a comma-separated list, "
+                                                   "'ensemble' or 'none' (default ta)")
+    p.add_argument("--max-iter", type=int, help="hard-label attack iteration cap (the rep-spectral paper used 40)")
+    p.add_argument("--paper", action="store_true",
+                   help=f"the rep-spectral paper's evaluation: attack {PAPER['attack']}, --max-iter {PAPER['max_iter']}, "
+                        f"budgets {','.join(map(str, PAPER['budgets']))} (explicit flags still win)")
+    p.add_argument("--no-start-pool", action="store_true",
+                   help="noise starts only, as the reference attacks (samples noise cannot start on go unattacked)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256, help="rows per model call")
     p.add_argument("--no-lemma1", action="store_true", help="skip the Lemma-1 local estimate")
@@ -74,8 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill --attack / --budgets / --max-iter from --paper, else from the plain defaults."""
+    base = PAPER if args.paper else dict(attack="ta", max_iter=None, budgets=(1000, 5000, 10000))
+    if args.attack is None:
+        args.attack = resolve_attacks(base["attack"])
+    if args.budgets is None:
+        args.budgets = list(base["budgets"])
+    if args.max_iter is None:
+        args.max_iter = base["max_iter"]
+    return args
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = resolve_defaults(build_parser().parse_args(argv))
     info = data.dataset_info(args.dataset, data_dir=args.data_dir)
     model = load_model(args.model, args.checkpoint, num_classes=info.num_classes if args.checkpoint else None)
     in_chans, height = model.pretrained_cfg["input_size"][:2]
@@ -83,16 +115,15 @@ def main(argv=None):
                               channels=in_chans, limit=args.limit, seed=args.seed)
 
     from accelerate import Accelerator
-    from .eval import evaluate
 
     accelerator = Accelerator()
     wrapped = NormalizedModel(model).to(accelerator.device)
     result = evaluate(wrapped, dataset, model_name=args.model, dataset_name=args.dataset, split=args.split,
-                      n=args.n, budgets=args.budgets, attack=None if args.attack == "none" else args.attack,
-                      seed=args.seed, batch_size=args.batch_size, max_iter=args.max_iter,
-                      lemma1=not args.no_lemma1, accelerator=accelerator)
+                      n=args.n, budgets=args.budgets, attack=args.attack or None, seed=args.seed,
+                      batch_size=args.batch_size, max_iter=args.max_iter, lemma1=not args.no_lemma1,
+                      accelerator=accelerator, start_pool=None if args.no_start_pool else "rest")
     if accelerator.is_main_process:
-        result.settings.update(checkpoint=args.checkpoint, data_dir=args.data_dir, limit=args.limit)
+        result.settings.update(checkpoint=args.checkpoint, data_dir=args.data_dir, limit=args.limit, paper=args.paper)
         print(result.summary_table())
         if args.out:
             result.save(args.out)

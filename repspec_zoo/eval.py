@@ -1,19 +1,22 @@
-"""Benchmark a classifier: clean accuracy, black-box attack distances, Lemma-1 estimates.
+"""Benchmark a classifier: clean accuracy, attack distances with error bars, and their bracket.
 
 ``evaluate(model, dataset, ...)`` takes a classifier on images in [0,1] (wrap timm models in
 ``NormalizedModel`` so every distance is an L2 distance in [0,1] pixel space) and returns an
 ``EvalResult``:
 
 * clean accuracy (fraction 0..1) on the whole split;
-* a decision-based attack (Tangent Attack by default) on ``n`` correctly classified samples
-  drawn with a fixed seed; for every budget Q the TA paper's rule: the distance of the last
-  iterate that had spent <= Q queries; mean, median and success rate per budget;
-* the Lemma-1 local estimate (Yang et al. 2024): for a linear head W on features Phi,
-  ``min_k (f_c - f_k) / (||W_c - W_k|| * sigma_max(J_Phi(x)))`` — the feature-space margin
-  carried back through the local Lipschitz constant of Phi (not a certificate);
-* for networks where it holds (a single hidden layer, Phi = act(W1 x + b1)), the certified
-  radius ``min_k (f_c - f_k) / (||W_c - W_k|| * sigma_max(W1) * max|act'| / min(std))``; it
-  lower-bounds every true adversarial distance, so it must lie below the attack's.
+* one or several attacks (``attack="ta"``, ``"ta,cgba,fmn"`` or ``"ensemble"``) on ``n``
+  correctly classified samples drawn with a fixed seed (or the given ``indices``). Every
+  sample gets a start: uniform noise first, then correctly classified images of other
+  classes from a start pool that is not the attacked set (the rest of the split). For every
+  budget Q and attack, the TA paper's rule: the distance of the last iterate that had spent
+  <= Q queries (white-box attacks spend no hard-label queries: their distance counts at every
+  Q). The per-sample best over the attacks is the upper bound that is reported;
+* statistics that decide (`repspec_zoo.stats`): success rate with its CI, mean distance
+  over the broken samples and median over all (an unbroken sample counts as +inf) with
+  bootstrap CIs, and robust accuracy derived from the distances (an upper bound);
+* the bracket (`repspec_zoo.bounds`): the certified radius where the model admits one and
+  the Lemma-1 local estimate, against the best attack.
 
 Multi-process (Accelerate): the attacked samples are split across processes and gathered;
 every sample's random stream is seeded by its dataset index, so the numbers equal a
@@ -29,30 +32,44 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from timm.layers.activations import GELU as TimmGELU
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__
-from .attacks import ATTACKS, NormalizedModel, predict_labels, run_attack
+from . import __version__, stats
+from .attacks import ATTACKS, StartPool, predict_labels, run_attack
 from .attacks.oracle import check_images as check_values
+from .cards import format_interval
+from .bounds import bracket, certified_radius, lemma1_estimate, unwrap
 from .io import atomic_write_text
-from .jacobian import jacobian_top_singular
-from .models.tiny import SingleHiddenLayerNet
 
-#: exact max_z |phi'(z)| of common activations (GELU: at z = sqrt(2), Phi(sqrt2) + sqrt2 phi(sqrt2) = 1.1289).
-GELU_MAX_SLOPE = 0.5 * (1 + math.erf(1.0)) + math.sqrt(2) * math.exp(-1.0) / math.sqrt(2 * math.pi)
-ACTIVATION_MAX_SLOPE = {
-    nn.ReLU: 1.0, nn.LeakyReLU: 1.0, nn.Tanh: 1.0, nn.Identity: 1.0, nn.Sigmoid: 0.25,
-    nn.GELU: GELU_MAX_SLOPE, TimmGELU: GELU_MAX_SLOPE,
-}
+#: the attacks of ``attack="ensemble"``: the two strongest hard-label attacks and two white-box
+#: minimal-norm attacks; the reported distance is the per-sample minimum over them
+ENSEMBLE = ("ta", "cgba", "fmn", "alma")
+#: the rep-spectral paper's evaluation: TA with T = 40 iterations (B_t = 100 sqrt(t) probes,
+#: about 17k queries per sample); the budgets are where its distances are read off
+PAPER = dict(attack="ta", max_iter=40, budgets=(1000, 2000, 5000, 10000, 20000))
+#: start-pool size cap: at most this many images, and at most POOL_ELEMS numbers in memory
+POOL_IMAGES, POOL_ELEMS = 1000, 2 ** 26
 
 
-def activation_max_slope(act: nn.Module) -> float | None:
-    """max |act'(z)| over z for known activations, else None (no certificate)."""
-    return next((slope for cls, slope in ACTIVATION_MAX_SLOPE.items() if type(act) is cls), None)
+def resolve_attacks(attack: str | Sequence[str] | None) -> list[str]:
+    """Attack names from ``attack``: None / 'none' (accuracy only), one name, a comma-separated
+    list, a sequence of names, or 'ensemble' (`ENSEMBLE`)."""
+    if attack is None:
+        return []
+    names = attack.split(",") if isinstance(attack, str) else list(attack)
+    out: list[str] = []
+    for name in (n.strip().lower() for n in names):
+        expanded = list(ENSEMBLE) if name == "ensemble" else [] if name in ("", "none") else [name]
+        for one in expanded:
+            if one not in ATTACKS:
+                raise ValueError(f"unknown attack {one!r}; valid names: {', '.join(sorted(ATTACKS))}, "
+                                 f"'ensemble' ({'+'.join(ENSEMBLE)}), a comma-separated list, or None")
+            if one not in out:
+                out.append(one)
+    return out
 
 
 @dataclass
@@ -64,114 +81,80 @@ class EvalResult:
     split: str  # evaluated split
     n_test: int  # images in the split used for clean accuracy
     clean_acc: float  # fraction 0..1 of the split classified correctly
-    attack: str | None = None  # 'ta', 'gta', 'hsja' or None (accuracy only)
+    attack: str | None = None  # the attack, or 'a+b+...' for the per-sample best of several; None: accuracy only
+    attacks: list[str] = field(default_factory=list)  # the attacks run, in order
     budgets: list[int] = field(default_factory=list)  # query budgets Q reported
     n_requested: int = 0  # samples asked for
-    n_samples: int = 0  # correctly classified samples attacked
-    success_rate: dict[str, float] = field(default_factory=dict)  # per budget: fraction with an adversarial
-    l2_mean: dict[str, float] = field(default_factory=dict)  # per budget: mean L2 over successes
-    l2_median: dict[str, float] = field(default_factory=dict)  # per budget: median L2 over successes
-    queries_mean: float = 0.0  # mean queries spent per sample
-    wall_time_s: float = 0.0  # attack wall time in seconds
+    n_samples: int = 0  # correctly classified samples attacked (all kept, broken or not)
+    success_rate: dict[str, float] = field(default_factory=dict)  # per budget: fraction broken by any attack
+    l2_mean: dict[str, float] = field(default_factory=dict)  # per budget: mean best L2 over the broken samples
+    l2_median: dict[str, float] = field(default_factory=dict)  # per budget: median best L2, unbroken = +inf
+    queries_mean: float = 0.0  # mean hard-label queries per sample, summed over the attacks
+    wall_time_s: float = 0.0  # attack wall time in seconds, all attacks
+    by_attack: dict = field(default_factory=dict)  # per attack: success_rate, l2_mean, l2_median, queries, wall, params
+    distance: dict | None = None  # stats.distance_summary of the best L2 at the largest budget (CIs)
+    robust_accuracy: dict | None = None  # at the dataset's standard eps and a curve; upper bounds
+    convergence: dict | None = None  # relative change of the best mean / median between the last two budgets
     lemma1: dict | None = None  # Lemma-1 local estimate: mean, median, per_sample
     certified: dict | None = None  # certified radius (where it holds): mean, median, per_sample
-    per_sample: dict = field(default_factory=dict)  # index, label, l2 per budget, queries
-    settings: dict = field(default_factory=dict)  # seed, batch size, versions, attack params
+    bracket: dict | None = None  # certified <= true <= best attack: ratio statistics (bounds.bracket)
+    per_sample: dict = field(default_factory=dict)  # index, label, best l2 per budget, l2 / queries per attack
+    settings: dict = field(default_factory=dict)  # seed, batch size, start pool, versions, attack params
 
     def to_json(self) -> str:
-        def clean(v):
-            if isinstance(v, float) and not math.isfinite(v):
-                return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [clean(x) for x in v]
-            return v
-        return json.dumps(clean(asdict(self)), indent=2)
+        return json.dumps(json_clean(asdict(self)), indent=2)
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_text(path, self.to_json())
 
     def summary_table(self) -> str:
-        """Markdown table: one row per budget (or one row of accuracy when no attack ran)."""
+        """Markdown summary: per budget and attack, then the best distance with CIs, the bracket
+        and robust accuracy (or one line of accuracy when no attack ran)."""
         head = f"{self.model} on {self.dataset}/{self.split}: clean_acc {self.clean_acc:.4f} ({self.n_test} images)"
         if not self.attack:
             return head
-        rows = [head, f"attack {self.attack}, {self.n_samples} correctly classified samples, "
-                      f"mean queries {self.queries_mean:.0f}, wall {self.wall_time_s:.1f} s", "",
-                "| budget | success | mean L2 | median L2 |", "|---:|---:|---:|---:|"]
-        for q in self.budgets:
-            k = str(q)
-            rows.append(f"| {q} | {self.success_rate[k]:.3f} | {self.l2_mean[k]:.4f} | {self.l2_median[k]:.4f} |")
+        rows = [head, f"attacks {', '.join(self.attacks)} on {self.n_samples} correctly classified samples, "
+                      f"wall {self.wall_time_s:.1f} s", "",
+                "| attack | budget | success | mean L2 (broken) | median L2 (all) |", "|---|---:|---:|---:|---:|"]
+        table = dict(self.by_attack, **({"best": self.__dict__} if len(self.attacks) > 1 else {}))
+        for name, part in table.items():
+            for q in self.budgets:
+                k = str(q)
+                rows.append(f"| {name} | {q} | {part['success_rate'][k]:.3f} | {part['l2_mean'][k]:.4f} | "
+                            f"{part['l2_median'][k]:.4f} |")
+        if self.distance:
+            d, top = self.distance, self.budgets[-1]
+            rows += ["", f"best over {', '.join(self.attacks)} at {top} queries, 95% CIs: success rate "
+                         f"{format_interval(d['success_rate'])} ({d['n_success']}/{d['n_samples']}), mean L2 "
+                         f"(broken) {format_interval(d['l2_mean'])}, median L2 (all) "
+                         f"{format_interval(d['l2_median'])}"]
+        if self.convergence:
+            c = self.convergence
+            rows.append(f"mean changed by {100 * c['mean_change']:+.1f}% from {c['budgets'][0]} to "
+                        f"{c['budgets'][1]} queries")
+        if self.robust_accuracy and self.robust_accuracy.get("at_eps"):
+            r = self.robust_accuracy["at_eps"]
+            rows.append(f"robust accuracy at L2 eps {r['eps']}: {format_interval(r['robust_accuracy_upper'])} of "
+                        f"the test set (an upper bound: attacks only upper-bound distances)")
         for label, part in (("Lemma-1 local estimate", self.lemma1), ("certified radius", self.certified)):
             if part:
-                rows.append(f"\n{label}: mean {part['mean']:.4f}, median {part['median']:.4f}")
+                rows.append(f"{label}: mean {part['mean']:.4f}, median {part['median']:.4f}")
+        if self.bracket and self.bracket.get("upper_over_certified", {}).get("n"):
+            b = self.bracket["upper_over_certified"]
+            rows.append(f"bracket best attack / certified: median {b['median']:.2f}, max {b['max']:.2f} "
+                        f"({b['n']} samples, {self.bracket['violations']} below the certificate)")
         return "\n".join(rows)
 
 
-def _inner(model: nn.Module) -> tuple[nn.Module, Tensor | None, Tensor | None]:
-    """The timm network inside a NormalizedModel, and its mean/std (None if not wrapped)."""
-    if isinstance(model, NormalizedModel):
-        return model.model, model.mean, model.std
-    return model, None, None
-
-
-def _linear_head(net: nn.Module) -> nn.Linear | None:
-    head = net.get_classifier() if hasattr(net, "get_classifier") else None
-    return head if isinstance(head, nn.Linear) else None
-
-
-def _feature_margins(net: nn.Module, head: nn.Linear, logits: Tensor, y: Tensor) -> Tensor:
-    """min_k (f_y - f_k) / ||W_y - W_k||: the feature-space distance to the nearest other class."""
-    w = head.weight.detach().to(logits.dtype)
-    diff_norm = (w[y][:, None, :] - w[None, :, :]).norm(dim=-1)  # (N, K)
-    margin = logits.gather(1, y[:, None]) - logits
-    ratio = margin / diff_norm.clamp_min(1e-30)
-    ratio[torch.arange(len(y)), y] = math.inf
-    return ratio.min(1).values
-
-
-def lemma1_estimate(model: nn.Module, x: Tensor, y: Tensor, n_iter: int = 30, batch_size: int = 64) -> Tensor | None:
-    """Per-sample Lemma-1 local estimate (pixel L2 units); None if the head is not Linear."""
-    net, mean, std = _inner(model)
-    head = _linear_head(net)
-    if head is None or not hasattr(net, "forward_features"):
-        return None
-
-    def phi(z):  # [0,1] image -> pre-logit features
-        if mean is not None:
-            z = (z - mean.to(z.dtype)) / std.to(z.dtype)
-        return net.forward_head(net.forward_features(z), pre_logits=True)
-
-    out = []
-    gen = torch.Generator().manual_seed(0)
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        sigma, _, _ = jacobian_top_singular(phi, xb, n_iter=n_iter, generator=gen)
-        with torch.no_grad():
-            logits = model(xb)
-        out.append(_feature_margins(net, head, logits, yb) / sigma.clamp_min(1e-30))
-    return torch.cat(out)
-
-
-def certified_radius(model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
-    """Certified L2 radius from the layer norms, for single-hidden-layer nets; else None.
-
-    f_y - f_k = (W_y - W_k) act(W1 x + b1) + const is Lipschitz with constant
-    ||W_y - W_k|| * max|act'| * sigma_max(W1) / min(std), so no perturbation smaller than
-    (f_y - f_k) / that constant changes the label.
-    """
-    net, _, std = _inner(model)
-    slope = activation_max_slope(getattr(net, "act", None))
-    if not isinstance(net, SingleHiddenLayerNet) or slope is None:
-        return None
-    with torch.no_grad():
-        w1 = net.fc1.weight.detach().double()
-        lip_phi = float(torch.linalg.matrix_norm(w1, ord=2)) * slope
-        if std is not None:
-            lip_phi /= float(std.min())
-        logits = model(x)
-    return _feature_margins(net, net.get_classifier(), logits, y) / lip_phi
+def json_clean(v):
+    """JSON-able copy: inf as the string 'inf' ('-inf'), NaN as null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, dict):
+        return {k: json_clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_clean(x) for x in v]
+    return v
 
 
 def _shard(items: Tensor, accelerator) -> Tensor:
@@ -202,7 +185,7 @@ def check_images(x: Tensor, model: nn.Module | None = None, box: bool = True) ->
     check_values("images", x, (0.0, 1.0) if box else (-math.inf, math.inf))
     if model is None:
         return
-    net, _, _ = _inner(model)
+    net, _, _ = unwrap(model)
     cfg = getattr(net, "pretrained_cfg", None) or {}
     want = cfg.get("input_size")
     if want and x.shape[1] != want[0]:
@@ -216,16 +199,18 @@ def check_images(x: Tensor, model: nn.Module | None = None, box: bool = True) ->
                          f"resize them with image_size= / --image-size. Original error: {err}") from err
 
 
-def _predict_split(model: nn.Module, dataset, batch_size: int, device, box: bool) -> tuple[Tensor, Tensor]:
+def _batches(dataset, batch_size: int):
+    if isinstance(dataset, tuple):
+        return ((dataset[0][i:i + batch_size], dataset[1][i:i + batch_size])
+                for i in range(0, len(dataset[1]), batch_size))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def predict_split(model: nn.Module, dataset, batch_size: int, device, box: bool = True) -> tuple[Tensor, Tensor]:
     """(correct (N,) bool, labels (N,)) on CPU, streaming a Dataset batch by batch (ImageNet-size
     splits never sit in memory at once); the first batch is checked by `check_images`."""
-    if isinstance(dataset, tuple):
-        batches = ((dataset[0][i:i + batch_size], dataset[1][i:i + batch_size])
-                   for i in range(0, len(dataset[1]), batch_size))
-    else:
-        batches = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     correct, labels = [], []
-    for x, y in batches:
+    for x, y in _batches(dataset, batch_size):
         x = x.to(device)
         check_images(x, None if labels else model, box)
         correct.append(predict_labels(model, x, batch_size).cpu() == y)
@@ -240,79 +225,174 @@ def _rows(dataset, index: Tensor, device) -> Tensor:
     return torch.stack([dataset[int(i)][0] for i in index]).to(device)
 
 
+def _choose(correct: Tensor, n: int, seed: int, indices: Sequence[int] | Tensor | None) -> Tensor:
+    """Ascending dataset positions to attack: ``indices`` (all must be classified correctly) or
+    ``n`` correctly classified ones drawn with ``seed``."""
+    if indices is not None:
+        chosen = torch.as_tensor(indices, dtype=torch.long).flatten().unique()
+        if len(chosen) and (chosen.min() < 0 or chosen.max() >= len(correct)):
+            raise ValueError(f"indices must be positions in [0, {len(correct)}) of the split, got values in "
+                             f"[{int(chosen.min())}, {int(chosen.max())}]")
+        wrong = chosen[~correct[chosen]]
+        if len(wrong):
+            raise ValueError(f"indices {wrong[:8].tolist()} are misclassified by the model; attack only "
+                             f"correctly classified images (pass images every compared model gets right)")
+        return chosen
+    pool = torch.nonzero(correct).flatten()
+    if n > len(pool):
+        warnings.warn(f"n={n} but only {len(pool)} test images are classified correctly; attacking all of them")
+    return pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n]].sort().values
+
+
+def _start_pool(dataset, correct: Tensor, labels: Tensor, chosen: Tensor, seed: int, device,
+                source: str | StartPool | None) -> tuple[StartPool | None, dict]:
+    """The fallback starts for samples that uniform noise does not fool.
+
+    ``source`` 'rest': correctly classified images of the evaluated split that are not attacked
+    (at most POOL_IMAGES images and POOL_ELEMS numbers, drawn with ``seed``); a `StartPool`:
+    used as given (e.g. correctly classified training images); None: no pool, noise starts
+    only, as the reference attacks.
+    """
+    if source is None or isinstance(source, StartPool):
+        return source, dict(source=None if source is None else "given", size=0 if source is None else len(source))
+    if source != "rest":
+        raise ValueError(f"start_pool must be 'rest', None or a repspec_zoo.attacks.StartPool, got {source!r}")
+    keep = correct.clone()
+    keep[chosen] = False
+    cand = torch.nonzero(keep).flatten()
+    if not len(cand):
+        warnings.warn("no correctly classified image is left for the start pool: samples that uniform noise does "
+                      "not fool will go unattacked; evaluate on a larger split or pass start_pool=StartPool(...)")
+        return None, dict(source="rest of the split", size=0)
+    d = _rows(dataset, cand[:1], device)[0].numel()
+    size = min(POOL_IMAGES, max(1, POOL_ELEMS // d))
+    pick = cand[torch.randperm(len(cand), generator=torch.Generator().manual_seed(seed + 1))[:size]].sort().values
+    pool = StartPool(_rows(dataset, pick, device), labels[pick].to(device))
+    return pool, dict(source="rest of the split", size=len(pick))
+
+
+def _budget_stats(l2_q: Tensor, budgets: list[int]) -> dict:
+    """success_rate / l2_mean (broken samples) / l2_median (all, unbroken = inf) per budget."""
+    out = dict(success_rate={}, l2_mean={}, l2_median={})
+    for j, q in enumerate(budgets):
+        col = l2_q[:, j]
+        ok = torch.isfinite(col)
+        out["success_rate"][str(q)] = float(ok.float().mean())
+        out["l2_mean"][str(q)] = float(col[ok].mean()) if ok.any() else math.inf
+        out["l2_median"][str(q)] = float(np.median(col.double().numpy()))
+    return out
+
+
+def _convergence(part: dict, budgets: list[int]) -> dict | None:
+    """Relative change of the mean and the median between the two largest budgets."""
+    if len(budgets) < 2:
+        return None
+    a, b = str(budgets[-2]), str(budgets[-1])
+
+    def change(key):
+        before, after = part[key][a], part[key][b]
+        return (after - before) / before if math.isfinite(before) and math.isfinite(after) and before else None
+    return dict(budgets=[budgets[-2], budgets[-1]], mean_change=change("l2_mean"), median_change=change("l2_median"))
+
+
 def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, model_name: str = "model",
              dataset_name: str = "dataset", split: str = "test", n: int = 100, budgets: Sequence[int] = (1000,),
-             attack: str | None = "ta", seed: int = 0, batch_size: int = 256, max_iter: int | None = None,
-             lemma1: bool = True, progress: bool = True, accelerator=None, **attack_kw) -> EvalResult:
-    """Clean accuracy, attack distances per budget and bounds for ``model`` on ``dataset``.
+             attack: str | Sequence[str] | None = "ta", seed: int = 0, batch_size: int = 256,
+             max_iter: int | None = None, lemma1: bool = True, progress: bool = True, accelerator=None,
+             indices: Sequence[int] | Tensor | None = None, start_pool: str | StartPool | None = "rest",
+             **attack_kw) -> EvalResult:
+    """Clean accuracy, attack distances per budget, their statistics and bracket for ``model``.
 
     Args:
         model: classifier on [0,1] images (e.g. ``NormalizedModel(timm_model)``), put in eval mode here.
         dataset: a torch Dataset of (image in [0,1], label) or a tuple (X, Y) of tensors.
         n: number of correctly classified samples to attack (all of them, with a warning, if fewer).
-        budgets: query budgets Q; the attack runs with budget max(budgets).
-        attack: 'ta', 'gta', 'hsja', or None for accuracy only.
-        seed: picks the samples and seeds the attack.
+        budgets: query budgets Q; the hard-label attacks run with budget max(budgets).
+        attack: one name, a comma-separated list or sequence, 'ensemble' (`ENSEMBLE`), or None for
+            accuracy only. With several, each sample's reported distance is the best over them.
+        seed: picks the samples and the start pool and seeds the attacks.
         batch_size: rows per model call (does not change results).
-        max_iter: attack iteration cap (the rep-spectral paper used T = 40).
+        max_iter: iteration cap of the hard-label attacks (the rep-spectral paper used T = 40).
         lemma1: compute the Lemma-1 local estimate (needs a Linear head).
         accelerator: an ``accelerate.Accelerator`` to split the attack across processes.
+        indices: attack exactly these split positions (all correctly classified) instead of a
+            seeded draw of ``n``: paired comparisons attack every model on the same images.
+        start_pool: fallback starts: 'rest' (correctly classified images of the split that are
+            not attacked), a `StartPool`, or None (noise only).
+        attack_kw: further options given to every attack.
     """
-    if attack is not None and attack not in ATTACKS:
-        raise ValueError(f"unknown attack {attack!r}; valid names: {', '.join(sorted(ATTACKS))} (or None)")
+    names = resolve_attacks(attack)
     budgets = sorted(int(q) for q in budgets)
-    if attack is not None and (not budgets or budgets[0] < 1):
+    if names and (not budgets or budgets[0] < 1):
         raise ValueError(f"budgets must be positive query counts, got {budgets}")
     if n < 1:
         raise ValueError(f"n must be >= 1 sample, got {n}")
     model.eval()
     device = next(model.parameters()).device
-    correct, y_all = _predict_split(model, dataset, batch_size, device, box=attack is not None)
+    correct, y_all = predict_split(model, dataset, batch_size, device, box=bool(names))
     result = EvalResult(model=model_name, dataset=dataset_name, split=split, n_test=len(y_all),
-                        clean_acc=float(correct.float().mean()), attack=attack, budgets=budgets, n_requested=n,
+                        clean_acc=float(correct.float().mean()), attack="+".join(names) or None, attacks=names,
+                        budgets=budgets, n_requested=n if indices is None else len(indices),
                         settings=dict(seed=seed, batch_size=batch_size, max_iter=max_iter, version=__version__,
                                       torch=torch.__version__, **attack_kw))
-    if attack is None:
+    if not names:
         return result
-
-    pool = torch.nonzero(correct).flatten()
-    if len(pool) == 0:
+    chosen = _choose(correct, n, seed, indices)
+    if not len(chosen):
         warnings.warn("no test image is classified correctly: nothing to attack")
         return result
-    if n > len(pool):
-        warnings.warn(f"n={n} but only {len(pool)} test images are classified correctly; attacking all of them")
-    chosen = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n]].sort().values
+    pool, result.settings["start_pool"] = _start_pool(dataset, correct, y_all, chosen, seed, device, start_pool)
     mine = _shard(chosen, accelerator)
     x, y = _rows(dataset, mine, device), y_all[mine].to(device)
     main = accelerator is None or accelerator.is_local_main_process
-    start = time.perf_counter()
-    res = run_attack(attack, model, x, y, budget=budgets[-1], batch_size=batch_size, seed=seed, max_iter=max_iter,
-                     sample_ids=mine.tolist(), progress=progress and main, **attack_kw)
-    wall = time.perf_counter() - start
-    l2_q = res.l2_at_budgets(budgets).cpu()  # (n_mine, B)
+    runs = {}
+    for name in names:
+        start = time.perf_counter()
+        res = run_attack(name, model, x, y, budget=budgets[-1], batch_size=batch_size, seed=seed, max_iter=max_iter,
+                         starts=pool, sample_ids=mine.tolist(), progress=progress and main, **attack_kw)
+        runs[name] = (res.l2_at_budgets(budgets).cpu(), res.queries.cpu(), time.perf_counter() - start, res.params)
     local = lemma1_estimate(model, x, y) if lemma1 else None
     cert = certified_radius(model, x, y)
 
     index = _gather(mine, accelerator)
-    l2_q = _gather(l2_q, accelerator)
-    queries = _gather(res.queries.cpu(), accelerator)
     order = index.argsort()
-    index, l2_q, queries = index[order], l2_q[order], queries[order]
+    index = index[order]
+    by_attack, l2_all, queries_all = {}, [], {}
+    hard_queries = torch.zeros(len(index), dtype=torch.long)
+    for name, (l2_q, queries, wall, params) in runs.items():
+        l2_q, queries = _gather(l2_q, accelerator)[order], _gather(queries, accelerator)[order]
+        if params.get("kind") != "white-box":  # white-box counts are forwards + backwards, not queries
+            hard_queries += queries
+        queries_all[name] = queries.tolist()
+        by_attack[name] = dict(_budget_stats(l2_q, budgets), queries_mean=float(queries.float().mean()),
+                               wall_time_s=wall, params=params)
+        l2_all.append(l2_q)
+    best = torch.stack(l2_all).amin(0)  # (n, B): per sample, the best attack at each budget
+    final = best[:, -1]
     result.n_samples = len(index)
-    result.queries_mean = float(queries.float().mean())
-    result.wall_time_s = wall
-    result.settings.update(res.params)
-    for j, q in enumerate(budgets):
-        col = l2_q[:, j]
-        ok = torch.isfinite(col)
-        result.success_rate[str(q)] = float(ok.float().mean())
-        result.l2_mean[str(q)] = float(col[ok].mean()) if ok.any() else math.inf
-        result.l2_median[str(q)] = float(col[ok].median()) if ok.any() else math.inf
+    result.queries_mean = float(hard_queries.float().mean())
+    result.wall_time_s = sum(r[2] for r in runs.values())
+    result.by_attack = by_attack
+    for key, value in _budget_stats(best, budgets).items():
+        setattr(result, key, value)
+    result.convergence = _convergence(_budget_stats(best, budgets), budgets)
+    result.distance = stats.to_jsonable(stats.distance_summary(final.numpy(), seed=seed))
+    eps = stats.standard_eps(dataset_name)
+    finite = final[torch.isfinite(final)]
+    top = max(2 * (eps or 0.0), float(finite.quantile(0.95)) if len(finite) else 1.0)
+    grid = [round(float(e), 4) for e in np.linspace(0.0, top, 26)]
+    accuracy = dict(clean_acc=result.clean_acc, n_test=result.n_test)
+    result.robust_accuracy = stats.to_jsonable(dict(
+        eps=eps, at_eps=stats.robust_accuracy(final.numpy(), eps, **accuracy) if eps else None,
+        curve=stats.robust_accuracy_curve(final.numpy(), grid, **accuracy)))
     result.per_sample = dict(index=index.tolist(), label=y_all[index].tolist(),
-                             l2={str(q): l2_q[:, j].tolist() for j, q in enumerate(budgets)},
-                             queries=queries.tolist())
-    if local is not None:
-        result.lemma1 = _stats(_gather(local.cpu(), accelerator)[order])
-    if cert is not None:
-        result.certified = _stats(_gather(cert.cpu(), accelerator)[order])
+                             l2={str(q): best[:, j].tolist() for j, q in enumerate(budgets)},
+                             l2_by_attack={name: l2[:, -1].tolist() for name, l2 in zip(runs, l2_all)},
+                             queries=queries_all)
+    lower = {}
+    for key, values in (("lemma1", local), ("certified", cert)):
+        if values is not None:
+            lower[key] = _gather(values.detach().cpu(), accelerator)[order]
+            setattr(result, key, _stats(lower[key]))
+    result.bracket = bracket(final, lower.get("certified"), lower.get("lemma1"))
     return result

@@ -405,6 +405,32 @@ def export(run_dir: str | os.PathLike, to: str | os.PathLike, repo_id: str | Non
     return Export(Path(to), name, repo_id)
 
 
+def update_bundled_evaluation(name: str, evaluation: dict) -> list[Path]:
+    """Replace the evaluation of a bundled zoo model: ``eval.json``, config.json's ``eval`` summary
+    and the re-rendered card, in ``repspec_zoo/weights/<name>`` and, where it exists, the
+    repository's ``model_cards/<name>``. The weights and their sha256 are untouched.
+
+    Returns the folders written. Each file is replaced atomically.
+    """
+    from .data import DATASETS
+
+    folders = [bundled_dir(name)]
+    cards = WEIGHTS_DIR.parent.parent / "model_cards" / name  # a source checkout keeps copies of the cards
+    folders += [cards] if (cards / CONFIG_FILE).is_file() else []
+    if not (folders[0] / CONFIG_FILE).is_file():
+        raise ExportError(f"{name} has no bundled folder {folders[0]}; `repspec-zoo list-pretrained` shows the "
+                          "bundled models")
+    for folder in folders:
+        config = _load_json(folder / CONFIG_FILE)
+        config["eval"] = {k: v for k, v in evaluation.items() if k not in EVAL_DETAIL_KEYS}
+        spec = DATASETS.get(config["dataset"])
+        repo_id = get_pretrained_cfg(name).hf_hub_id
+        atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2))
+        atomic_write_text(folder / EVAL_FILE, json.dumps(evaluation, indent=2))
+        atomic_write_text(folder / CARD_FILE, str(render_card(config, repo_id, spec and spec.hub_id)))
+    return folders
+
+
 # ------------------------------------------------------------------------------ publish
 def publish(run_dir: str | os.PathLike, repo_id: str | None = None, endpoint: str | None = None,
             private: bool = False, token: str | None = None) -> str:

@@ -119,7 +119,7 @@ def test_card_without_finite_attack_stats_has_accuracy_only(tmp_path):
     exported = hub.export(run, tmp_path / "out", repo_id="me/x")
     card = ModelCard.load(exported.folder / "README.md")
     assert metrics(card) == {("accuracy", None): 0.5} and "hf-hub:me/x" in card.text
-    assert "| TA mean L2 @ 100 queries | inf |" in card.text
+    assert "| TA mean (broken samples) L2 @ 100 queries | inf |" in card.text
     assert "ll-spectral" in card.data.tags
 
 

@@ -19,11 +19,12 @@ from .normalize import NormalizedModel
 from .oracle import Classifier, HardLabelOracle, OracleAnswer, predict_labels
 from .pgd import pgd_l2, robust_accuracy_curve
 from .primitives import AttackResult, AttackVerificationError, verify
+from .starts import StartPool
 from .tangent import generalized_tangent_attack, tangent_attack, tangent_point
 
 __all__ = [
     "ATTACKS", "AttackResult", "AttackVerificationError", "HardLabelOracle", "NormalizedModel",
-    "OracleAnswer", "generalized_tangent_attack", "hop_skip_jump", "pgd_l2", "predict_labels",
+    "OracleAnswer", "StartPool", "generalized_tangent_attack", "hop_skip_jump", "pgd_l2", "predict_labels",
     "robust_accuracy_curve", "run_attack", "tangent_attack", "tangent_point", "verify",
 ]
 
@@ -37,8 +38,8 @@ ATTACKS: dict[str, Callable[..., AttackResult]] = {
 def run_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor,
                budget: int | torch.Tensor, batch_size: int = 256, seed: int = 0,
                **kw) -> AttackResult:
-    """Run the attack registered as ``name`` ('ta', 'gta', 'hsja'); ``kw`` go to it
-    (gamma, max_iter, starts, sample_ids, bounds, progress; 'gta' also ratio)."""
+    """Run the attack registered as ``name`` (see `ATTACKS`); ``kw`` go to it (gamma, max_iter,
+    starts (a `StartPool`), sample_ids, bounds, progress; 'gta' also ratio)."""
     try:
         attack = ATTACKS[name.lower()]
     except (KeyError, AttributeError):

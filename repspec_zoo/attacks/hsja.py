@@ -14,6 +14,7 @@ import torch
 
 from .oracle import Classifier
 from .primitives import AttackResult, run_boundary_attack
+from .starts import StartPool
 
 __all__ = ["hop_skip_jump"]
 
@@ -27,7 +28,7 @@ def _normal_step(x: torch.Tensor, o: torch.Tensor, u: torch.Tensor,
 def hop_skip_jump(model: Classifier, x: torch.Tensor, y: torch.Tensor,
                   budget: int | torch.Tensor, batch_size: int = 256, seed: int = 0, *,
                   gamma: float | None = None, max_iter: int | None = None,
-                  starts: torch.Tensor | None = None,
+                  starts: StartPool | torch.Tensor | None = None,
                   sample_ids: Sequence[int] | torch.Tensor | None = None,
                   bounds: Sequence[float] = (0.0, 1.0), progress: bool = False) -> AttackResult:
     """HopSkipJump attack; arguments and result as `repspec_zoo.attacks.tangent_attack`.

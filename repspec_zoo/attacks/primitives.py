@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from .oracle import Classifier, HardLabelOracle, check_images, predict_labels
+from .starts import StartPool
 
 __all__ = [
     "AttackResult", "AttackVerificationError", "SampleStreams", "verify", "default_gamma",
@@ -39,7 +40,11 @@ DRAW_ELEMS = 2 ** 24
 # faster there), large elsewhere to give the model big batches. Never changes results.
 WORK_ELEMS = {"cpu": 2 ** 22}
 WORK_ELEMS_DEFAULT = 2 ** 26
-INIT_DRAWS = 1000  # uniform-noise draws per sample before falling back to `starts`
+INIT_DRAWS = 1000  # uniform-noise draws per sample when there is no start pool (reference)
+# With a pool, noise stops after this many draws: a model that rejects 100 uniform draws almost
+# surely maps noise to the sample's own class, and every further draw is a query the attack
+# proper loses (at a 1000-query budget the reference's 1000 draws leave nothing).
+INIT_DRAWS_WITH_POOL = 100
 INIT_TOL = 1e-3  # tolerance of the blend search (1-l) x + l noise at initialization
 MAX_HALVINGS = 20  # cap on step halvings per iteration (the reference has no cap: an
 # estimate pointing into the benign side can otherwise loop forever)
@@ -181,12 +186,14 @@ def _first_adversarial(oracle: HardLabelOracle, ids: torch.Tensor, d: int,
 
 
 def initialize(oracle: HardLabelOracle, streams: SampleStreams, ids: torch.Tensor,
-               starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               starts: StartPool | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Adversarial starting points for samples ``ids``, close to x along a blend.
 
-    1. Uniform noise in the box until misclassified, up to INIT_DRAWS draws per sample.
-    2. Samples still without one try the rows of ``starts`` (images of other classes, e.g.
-       correctly classified test images), in the given order.
+    1. Uniform noise in the box until misclassified: up to INIT_DRAWS draws per sample, or
+       INIT_DRAWS_WITH_POOL when ``starts`` can take over.
+    2. Samples still without one try their candidates from ``starts`` (a `StartPool` of
+       correctly classified images, other classes nearest first; a bare tensor of images is
+       tried whole, nearest first).
     3. Binary search of the blend ``(1 - l) x + l start`` to tolerance INIT_TOL in l.
 
     Returns (points (n, d), found (n,) bool); points are adversarial where found.
@@ -194,19 +201,22 @@ def initialize(oracle: HardLabelOracle, streams: SampleStreams, ids: torch.Tenso
     x = oracle.x.flatten(1)[ids]
     d = x.shape[1]
     lo, hi = oracle.bounds
+    pool = StartPool.of(starts)
 
     def noise(pos, size, offset):
         return streams.draw("uniform", ids[pos], size, d, x.dtype) * (hi - lo) + lo
 
-    points, found = _first_adversarial(oracle, ids, d, noise, INIT_DRAWS)
-    if starts is not None and not found.all():
-        flat = starts.flatten(1).to(device=x.device, dtype=x.dtype)
+    draws = INIT_DRAWS if pool is None or not len(pool) else INIT_DRAWS_WITH_POOL
+    points, found = _first_adversarial(oracle, ids, d, noise, draws)
+    if pool is not None and len(pool) and not found.all():
+        flat = pool.images.flatten(1).to(device=x.device, dtype=x.dtype)
         rest = (~found).nonzero().flatten()
+        order = pool.order(x[rest], oracle.y[ids[rest]])  # (len(rest), k)
 
-        def from_starts(pos, size, offset):
-            return flat[offset:offset + size].unsqueeze(0).expand(len(pos), size, d)
+        def from_pool(pos, size, offset):
+            return flat[order[pos, offset:offset + size]]
 
-        extra, extra_found = _first_adversarial(oracle, ids[rest], d, from_starts, len(flat))
+        extra, extra_found = _first_adversarial(oracle, ids[rest], d, from_pool, order.shape[1])
         points[rest] = extra
         found[rest] = extra_found
     if found.any():
@@ -217,8 +227,8 @@ def initialize(oracle: HardLabelOracle, streams: SampleStreams, ids: torch.Tenso
 
 
 def estimate_normal(oracle: HardLabelOracle, streams: SampleStreams, o: torch.Tensor,
-                    ids: torch.Tensor, delta: torch.Tensor,
-                    n_probes: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    ids: torch.Tensor, delta: torch.Tensor, n_probes: int, *,
+                    subspace=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Monte-Carlo estimate of the boundary normal at boundary points ``o`` (n, d).
 
     Draws ``n_probes`` Gaussian directions per sample, normalized to unit length, and queries
@@ -235,11 +245,17 @@ def estimate_normal(oracle: HardLabelOracle, streams: SampleStreams, o: torch.Te
 
     Args:
         delta: (n,) probe radius in pixel units.
+        subspace: None (default): directions are Gaussian in the full space. Otherwise a linear
+            map to draw directions in a subspace (CGBA's low-frequency DCT probes): an object
+            with an int attribute ``dim`` (k) that maps (m, rows, k) standard normal draws to
+            (m, rows, d) directions, row by row; each sample's stream then supplies k numbers
+            per probe instead of d.
     Returns:
         (u (n, d) unit normals pointing to the adversarial side, ok (n,) bool: False where no
         probe was answered or g vanished).
     """
     n, d = o.shape
+    k = d if subspace is None else int(subspace.dim)
     dt = o.dtype
     lo, hi = oracle.bounds
     sums = torch.zeros(n, 2, d, dtype=dt, device=o.device)  # [sum phi_b v_b, sum v_b]
@@ -250,7 +266,9 @@ def estimate_normal(oracle: HardLabelOracle, streams: SampleStreams, o: torch.Te
         rows = min(block, n_probes - r0)
         for sl in _groups(n, rows, d, o.device):
             oo, step = o[sl, None], delta[sl, None, None]
-            v = streams.draw("normal", ids[sl], rows, d, dt)
+            v = streams.draw("normal", ids[sl], rows, k, dt)
+            if subspace is not None:
+                v = subspace(v)
             v.mul_(step / v.norm(dim=2, keepdim=True))
             # displacement clipped so that o + v stays in the box: delta * (effective v_b)
             v = torch.clamp(v, min=lo - oo, max=hi - oo, out=v)
@@ -399,7 +417,7 @@ class AttackResult:
 def run_boundary_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor,
                         budget: int | torch.Tensor, candidate: StepRule, *,
                         batch_size: int = 256, seed: int = 0, gamma: float | None = None,
-                        max_iter: int | None = None, starts: torch.Tensor | None = None,
+                        max_iter: int | None = None, starts: StartPool | torch.Tensor | None = None,
                         sample_ids: Sequence[int] | torch.Tensor | None = None,
                         bounds: Sequence[float] = (0.0, 1.0), progress: bool = False,
                         params: dict | None = None) -> AttackResult:
@@ -424,8 +442,8 @@ def run_boundary_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.
         name: registry name stored in the result.
         candidate: step rule, ``candidate(x, o, u, scale) -> point`` (unclipped).
         gamma: bisection threshold constant; None: `default_gamma` (d).
-        starts: fallback starting images (M, ...) for samples where noise never fools the
-            model (e.g. correctly classified images of other classes).
+        starts: fallback starts for samples where noise never fools the model: a `StartPool`
+            of correctly classified images with their labels, or a bare tensor of images (M, ...).
         sample_ids: ids seeding each sample's random stream (default 0..N-1); pass dataset
             indices to make a sample's result independent of how the data is batched.
         progress: show a tqdm bar of queries spent.
@@ -440,11 +458,9 @@ def run_boundary_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.
         raise ValueError(f"gamma must be > 0 (bisection threshold gamma / d^1.5), got {gamma}")
     if max_iter is not None and max_iter < 0:
         raise ValueError(f"max_iter must be >= 0 or None (no limit), got {max_iter}")
+    starts = StartPool.of(starts)
     if starts is not None:
-        check_images("starts", starts, oracle.bounds)
-        if starts.shape[1:] != x.shape[1:]:
-            raise ValueError(f"starts must be images shaped like x (M, "
-                             f"{', '.join(map(str, x.shape[1:]))}), got {tuple(starts.shape)}")
+        starts.check(x.shape[1:], oracle.bounds)
     ids_all = torch.arange(n, device=device)
     if sample_ids is None:
         sample_ids = ids_all.tolist()

@@ -17,6 +17,7 @@ import torch
 
 from .oracle import Classifier
 from .primitives import LARGE_INPUT_DIM, AttackResult, run_boundary_attack
+from .starts import StartPool
 
 __all__ = ["tangent_point", "tangent_attack", "generalized_tangent_attack", "default_ratio"]
 
@@ -90,7 +91,7 @@ def tangent_point(x: torch.Tensor, o: torch.Tensor, u: torch.Tensor, radius: tor
 def tangent_attack(model: Classifier, x: torch.Tensor, y: torch.Tensor,
                    budget: int | torch.Tensor, batch_size: int = 256, seed: int = 0, *,
                    gamma: float | None = None, max_iter: int | None = None,
-                   starts: torch.Tensor | None = None,
+                   starts: StartPool | torch.Tensor | None = None,
                    sample_ids: Sequence[int] | torch.Tensor | None = None,
                    bounds: Sequence[float] = (0.0, 1.0), progress: bool = False) -> AttackResult:
     """Tangent Attack with a hemisphere of radius R = ||o - x|| / sqrt(t) (halved on failure).
@@ -103,7 +104,7 @@ def tangent_attack(model: Classifier, x: torch.Tensor, y: torch.Tensor,
         seed: seeds each sample's random stream together with ``sample_ids``.
         gamma: bisection threshold gamma / d^{3/2}; None: 1 (d <= 3*64*64) or 1000.
         max_iter: stop after this many iterations (the rep-spectral paper uses 40).
-        starts: fallback starting images of other classes when noise never fools the model.
+        starts: fallback starts when noise never fools the model (`StartPool` or images).
         sample_ids: per-sample ids for the random streams (default 0..N-1).
         bounds: pixel range; progress: tqdm bar of queries.
 
@@ -125,7 +126,7 @@ def generalized_tangent_attack(model: Classifier, x: torch.Tensor, y: torch.Tens
                                budget: int | torch.Tensor, batch_size: int = 256,
                                seed: int = 0, *, ratio: float | None = None,
                                gamma: float | None = None, max_iter: int | None = None,
-                               starts: torch.Tensor | None = None,
+                               starts: StartPool | torch.Tensor | None = None,
                                sample_ids: Sequence[int] | torch.Tensor | None = None,
                                bounds: Sequence[float] = (0.0, 1.0),
                                progress: bool = False) -> AttackResult:
