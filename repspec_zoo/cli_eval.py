@@ -20,7 +20,6 @@ import argparse
 from pathlib import Path
 
 import timm
-import torch
 from torch import nn
 
 from . import data

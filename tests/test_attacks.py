@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from repspec_zoo.attacks import (
-    ATTACKS, AttackResult, AttackVerificationError, HardLabelOracle, NormalizedModel,
+    ATTACKS, HARD_LABEL_ATTACKS, AttackResult, AttackVerificationError, HardLabelOracle, NormalizedModel,
     run_attack, verify)
 
 F32 = torch.float32
@@ -82,7 +82,7 @@ PROBLEMS = {"affine": affine_problem, "sphere": sphere_problem}
 SCALES = {"affine": [1.0, 2.0], "sphere": [0.5, 1.5]}  # sphere: one inside, one outside
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("name", sorted(HARD_LABEL_ATTACKS))
 @pytest.mark.parametrize("problem", sorted(PROBLEMS))
 def test_converges_to_analytic_distance(name, problem):
     """d = 32, 20k queries: within 2% of the true distance, never below it."""
@@ -96,7 +96,7 @@ def test_converges_to_analytic_distance(name, problem):
     assert ratio.max() <= 1.02, ratio
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("name", sorted(HARD_LABEL_ATTACKS))
 @pytest.mark.parametrize("problem", sorted(PROBLEMS))
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)], ids=["d784", "d3072"])
 def test_analytic_distance_image_size(name, problem, shape):
@@ -147,7 +147,7 @@ def test_same_seed_identical_and_chunking_invariant(hsja_run):
     assert not torch.equal(other.x_adv, res.x_adv)
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("name", sorted(HARD_LABEL_ATTACKS))
 def test_batched_equals_one_at_a_time(name):
     model, x, y, _ = sphere_problem((1, 28, 28), [0.3, 0.6, 0.9])
     batched = run_attack(name, model, x, y, 600, seed=7)
@@ -258,7 +258,7 @@ def test_oracle_and_run_attack_errors():
         oracle.is_adversarial(x + 2, torch.tensor([0]))
     with pytest.raises(ValueError, match=r"idx must index samples in \[0, 1\)"):
         oracle.is_adversarial(x, torch.tensor([1]))
-    with pytest.raises(ValueError, match="unknown attack 'boundary'; valid names: 'gta', 'hsja'"):
+    with pytest.raises(ValueError, match="unknown attack 'boundary'; valid names: 'alma', 'cgba', 'ddn', 'fmn', 'gta', 'hsja'"):
         run_attack("boundary", model, x, y, 10)
     with pytest.raises(ValueError, match="ratio must be"):
         run_attack("gta", model, x, y, 10, ratio=-1.0)

@@ -1,5 +1,5 @@
-"""Decision-based (hard-label) L2 attacks in [0, 1] pixel space, batched over samples, plus
-white-box L2 PGD.
+"""L2 attacks in [0, 1] pixel space, batched over samples: decision-based (hard-label) TA, G-TA,
+HSJA and CGBA, white-box minimal-norm FMN, ALMA and DDN (adv-lib), and white-box L2 PGD.
 
 Attacks reach the model only through `HardLabelOracle` (hard per-sample query budget);
 `run_attack` is the single entry point::
@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from .cgba import cgba
 from .hsja import hop_skip_jump
 from .normalize import NormalizedModel
 from .oracle import Classifier, HardLabelOracle, OracleAnswer, predict_labels
@@ -21,18 +22,24 @@ from .pgd import pgd_l2, robust_accuracy_curve
 from .primitives import AttackResult, AttackVerificationError, verify
 from .starts import StartPool
 from .tangent import generalized_tangent_attack, tangent_attack, tangent_point
+from .whitebox import WHITE_BOX_ATTACKS
 
 __all__ = [
-    "ATTACKS", "AttackResult", "AttackVerificationError", "HardLabelOracle", "NormalizedModel",
+    "ATTACKS", "AttackResult", "HARD_LABEL_ATTACKS", "WHITE_BOX_ATTACKS", "AttackVerificationError", "HardLabelOracle", "NormalizedModel",
     "OracleAnswer", "StartPool", "generalized_tangent_attack", "hop_skip_jump", "pgd_l2", "predict_labels",
     "robust_accuracy_curve", "run_attack", "tangent_attack", "tangent_point", "verify",
 ]
 
-ATTACKS: dict[str, Callable[..., AttackResult]] = {
+#: decision-based: every query through HardLabelOracle, hard per-sample budget
+HARD_LABEL_ATTACKS: dict[str, Callable[..., AttackResult]] = {
     "ta": tangent_attack,  # Tangent Attack, hemisphere
     "gta": generalized_tangent_attack,  # Tangent Attack, semi-ellipsoid
     "hsja": hop_skip_jump,  # HopSkipJump
+    "cgba": cgba,  # Curvature-aware Geometric Black-box Attack
 }
+#: every attack; the white-box minimal-norm ones (adv-lib: fmn, alma, ddn) use gradients and their
+#: own step counts, and ignore the query budget
+ATTACKS: dict[str, Callable[..., AttackResult]] = {**HARD_LABEL_ATTACKS, **WHITE_BOX_ATTACKS}
 
 
 def run_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor,

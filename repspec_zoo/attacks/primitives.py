@@ -23,13 +23,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from .oracle import Classifier, HardLabelOracle, check_images, predict_labels
+from .oracle import Classifier, HardLabelOracle, predict_labels
 from .starts import StartPool
 
 __all__ = [
     "AttackResult", "AttackVerificationError", "SampleStreams", "verify", "default_gamma",
     "bisection_steps", "num_probes", "initialize", "bisect", "estimate_normal", "step_search",
-    "run_boundary_attack",
+    "BoundaryWalk", "run_boundary_attack",
 ]
 
 # One per-sample draw of probe directions holds at most DRAW_ELEMS numbers (DRAW_ELEMS // d
@@ -414,6 +414,106 @@ class AttackResult:
 
 # ----------------------------------------------------------------------------- main loop
 
+class BoundaryWalk:
+    """The state every boundary-walking attack (HSJA, TA, G-TA, CGBA) shares, and its common
+    beginning and end; the attacks differ only in how an iteration moves ``o``.
+
+    `BoundaryWalk.begin` validates the arguments, builds the oracle and the per-sample streams,
+    queries x once per sample (1 query; samples already misclassified are done with l2 = 0),
+    finds each sample a start (`initialize`) and bisects to the boundary. Then
+    ``walk.active()`` lists the samples still running (an adversarial point, budget left,
+    ``dist >= STOP_L2``), the attack moves ``walk.o`` / ``walk.dist`` for them, and
+    ``walk.record(active)`` stores (queries, ||o - x||). `finish` re-verifies every returned
+    point and packs the `AttackResult`.
+
+    Attributes: ``name``, ``oracle``, ``streams``, ``gamma``, ``steps`` (queries of one
+    bisection), ``x`` (N, d) flat originals, ``o`` (N, d) current points, ``found`` (N,) bool,
+    ``dist`` (N,) ||o - x||, ``start_dist`` (N,) distance of the start before its bisection,
+    ``records``.
+    """
+
+    def __init__(self, name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor,
+                 budget: int | torch.Tensor, *, batch_size: int, seed: int, gamma: float | None,
+                 max_iter: int | None, starts: StartPool | torch.Tensor | None,
+                 sample_ids: Sequence[int] | torch.Tensor | None, bounds: Sequence[float],
+                 progress: bool):
+        oracle = HardLabelOracle(model, x, y, budget, batch_size=batch_size, bounds=bounds)
+        n, device = oracle.n_samples, oracle.device
+        self.x = oracle.x.flatten(1)
+        d = self.x.shape[1]
+        gamma = default_gamma(d) if gamma is None else float(gamma)
+        if not (gamma > 0 and math.isfinite(gamma)):
+            raise ValueError(f"gamma must be a finite number > 0 (bisection threshold gamma / d^1.5), "
+                             f"got {gamma}")
+        if max_iter is not None and max_iter < 0:
+            raise ValueError(f"max_iter must be >= 0 or None (no limit), got {max_iter}")
+        starts = StartPool.of(starts)
+        if starts is not None:
+            starts.check(x.shape[1:], oracle.bounds)
+        sample_ids = list(range(n)) if sample_ids is None else torch.as_tensor(sample_ids).flatten().tolist()
+        if len(sample_ids) != n:
+            raise ValueError(f"sample_ids must give one id per sample ({n}), got {len(sample_ids)}")
+        self.name, self.oracle, self.gamma = name, oracle, gamma
+        self.streams = SampleStreams(seed, sample_ids, device)
+        self.steps = bisection_steps(gamma, d)
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=int(oracle.budget.sum()), desc=name, unit="query")
+
+        ids_all = torch.arange(n, device=device)
+        self.o = self.x.clone()
+        self.found = _ask(oracle, self.x, ids_all).adversarial  # already misclassified: l2 = 0
+        self.start_dist = torch.zeros(n, dtype=self.x.dtype, device=device)
+        todo = (~self.found).nonzero().flatten()
+        if len(todo):
+            start, ok = initialize(oracle, self.streams, todo, starts)
+            good = todo[ok]
+            self.o[good] = bisect(oracle, self.x[good], start[ok], good, self.steps)
+            self.start_dist[good] = (start[ok] - self.x[good]).norm(dim=1)
+            self.found[good] = True
+        self.dist = (self.o - self.x).norm(dim=1)
+        self.records = [(self.found.nonzero().flatten(), oracle.queries[self.found], self.dist[self.found])]
+
+    def active(self) -> torch.Tensor:
+        """Samples still running: an adversarial point, queries left, ||o - x|| >= STOP_L2."""
+        return (self.found & (self.oracle.remaining > 0) & (self.dist >= STOP_L2)).nonzero().flatten()
+
+    def record(self, active: torch.Tensor) -> None:
+        """Store (queries, ||o - x||) of ``active`` after an iteration; advance the bar."""
+        self.records.append((active, self.oracle.queries[active], self.dist[active]))
+        if self.bar is not None:
+            self.bar.update(int(self.oracle.queries.sum()) - self.bar.n)
+
+    def finish(self, params: dict) -> AttackResult:
+        """Re-verify every returned point (without queries) and pack the `AttackResult`.
+
+        Failures are flagged in ``verified`` with a RuntimeWarning rather than raised: a point
+        within theta of the boundary can legitimately change label when the model's outputs
+        depend on the batch composition.
+        """
+        if self.bar is not None:
+            self.bar.close()
+        oracle, n, device = self.oracle, self.oracle.n_samples, self.oracle.device
+        x_adv = self.o.view_as(oracle.x)
+        l2 = torch.where(self.found, (x_adv - oracle.x).flatten(1).norm(dim=1),
+                         torch.full_like(self.dist, math.inf))
+        tq = torch.zeros(n, len(self.records), dtype=torch.long, device=device)
+        tl = torch.full((n, len(self.records)), math.inf, dtype=self.dist.dtype, device=device)
+        tm = torch.zeros(n, len(self.records), dtype=torch.bool, device=device)
+        for j, (ids, q, dist) in enumerate(self.records):
+            tq[ids, j], tl[ids, j], tm[ids, j] = q, dist, True
+        verified = verify(oracle, oracle.x, x_adv, oracle.y, l2, raise_on_error=False)
+        if not verified.all():
+            bad = (~verified).nonzero().flatten()[:10].tolist()
+            warnings.warn(f"{self.name}: {int((~verified).sum())} returned point(s) failed re-verification "
+                          f"(samples {bad}); see AttackResult.verified. Points within theta of the "
+                          f"boundary can change label when the model's outputs depend on the batch "
+                          f"(BLAS/cuDNN kernels chosen by batch size)", RuntimeWarning)
+        return AttackResult(self.name, x_adv, l2, oracle.queries.clone(), self.found, verified, tq, tl, tm,
+                            params)
+
+
 def run_boundary_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor,
                         budget: int | torch.Tensor, candidate: StepRule, *,
                         batch_size: int = 256, seed: int = 0, gamma: float | None = None,
@@ -432,11 +532,8 @@ def run_boundary_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.
        o = `bisect` (x, k) with `bisection_steps` (gamma, d) queries; dist_prev = ||k - x||;
        record (queries, ||o - x||).
     A sample stops when its budget is spent (hard: the oracle refuses queries beyond it),
-    when ||o - x|| < STOP_L2, or after ``max_iter`` iterations. Every returned point is
-    re-checked by `verify` before returning; failures are flagged in
-    ``AttackResult.verified`` with a RuntimeWarning rather than raised, because a point
-    within theta of the boundary can legitimately change label when the model's outputs
-    depend on the batch composition.
+    when ||o - x|| < STOP_L2, or after ``max_iter`` iterations. Steps 0-1, the records and
+    the final re-verification are `BoundaryWalk`'s.
 
     Args:
         name: registry name stored in the result.
@@ -448,87 +545,30 @@ def run_boundary_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.
             indices to make a sample's result independent of how the data is batched.
         progress: show a tqdm bar of queries spent.
     """
-    oracle = HardLabelOracle(model, x, y, budget, batch_size=batch_size, bounds=bounds)
-    n = oracle.n_samples
-    device = oracle.device
-    x_flat = oracle.x.flatten(1)
-    d = x_flat.shape[1]
-    gamma = default_gamma(d) if gamma is None else float(gamma)
-    if gamma <= 0:
-        raise ValueError(f"gamma must be > 0 (bisection threshold gamma / d^1.5), got {gamma}")
-    if max_iter is not None and max_iter < 0:
-        raise ValueError(f"max_iter must be >= 0 or None (no limit), got {max_iter}")
-    starts = StartPool.of(starts)
-    if starts is not None:
-        starts.check(x.shape[1:], oracle.bounds)
-    ids_all = torch.arange(n, device=device)
-    if sample_ids is None:
-        sample_ids = ids_all.tolist()
-    sample_ids = torch.as_tensor(sample_ids).flatten().tolist()
-    if len(sample_ids) != n:
-        raise ValueError(f"sample_ids must give one id per sample ({n}), got {len(sample_ids)}")
-    streams = SampleStreams(seed, sample_ids, device)
-    steps = bisection_steps(gamma, d)
-    lo, hi = oracle.bounds
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=int(oracle.budget.sum()), desc=name, unit="query")
-
-    o = x_flat.clone()
-    found = _ask(oracle, x_flat, ids_all).adversarial  # already misclassified: l2 = 0
-    todo = (~found).nonzero().flatten()
-    if len(todo):
-        start, ok = initialize(oracle, streams, todo, starts)
-        good = todo[ok]
-        o[good] = bisect(oracle, x_flat[good], start[ok], good, steps)
-        found[good] = True
-    dist = (o - x_flat).norm(dim=1)
+    walk = BoundaryWalk(name, model, x, y, budget, batch_size=batch_size, seed=seed, gamma=gamma,
+                        max_iter=max_iter, starts=starts, sample_ids=sample_ids, bounds=bounds,
+                        progress=progress)
+    oracle, xf, o, dist = walk.oracle, walk.x, walk.o, walk.dist
+    d, (lo, hi) = xf.shape[1], oracle.bounds
     dist_prev = dist.clone()
-    records = [(found.nonzero().flatten(), oracle.queries[found], dist[found])]
-
     t = 0
     while max_iter is None or t < max_iter:
-        active = (found & (oracle.remaining > 0) & (dist >= STOP_L2)).nonzero().flatten()
+        active = walk.active()
         if not len(active):
             break
         t += 1
         if t == 1:
-            delta = torch.full((len(active),), 0.1 * (hi - lo), dtype=o.dtype, device=device)
+            delta = torch.full((len(active),), 0.1 * (hi - lo), dtype=o.dtype, device=o.device)
         else:
-            delta = gamma / d * dist_prev[active]
-        u, ok = estimate_normal(oracle, streams, o[active], active, delta, num_probes(t))
+            delta = walk.gamma / d * dist_prev[active]
+        u, ok = estimate_normal(oracle, walk.streams, o[active], active, delta, num_probes(t))
         s = active[ok]  # samples with a usable normal estimate
-        k, moved = step_search(oracle, x_flat[s], o[s], u[ok], dist[s] / math.sqrt(t), s,
-                               candidate)
+        k, moved = step_search(oracle, xf[s], o[s], u[ok], dist[s] / math.sqrt(t), s, candidate)
         m = s[moved]
         if len(m):
-            o[m] = bisect(oracle, x_flat[m], k[moved], m, steps)
-            dist_prev[m] = (k[moved] - x_flat[m]).norm(dim=1)
-            dist[m] = (o[m] - x_flat[m]).norm(dim=1)
-        records.append((active, oracle.queries[active], dist[active]))
-        if bar is not None:
-            bar.update(int(oracle.queries.sum()) - bar.n)
-    if bar is not None:
-        bar.close()
-
-    x_adv = o.view_as(oracle.x)
-    l2 = torch.where(found, (x_adv - oracle.x).flatten(1).norm(dim=1),
-                     torch.full_like(dist, math.inf))
-    tq = torch.zeros(n, len(records), dtype=torch.long, device=device)
-    tl = torch.full((n, len(records)), math.inf, dtype=dist.dtype, device=device)
-    tm = torch.zeros(n, len(records), dtype=torch.bool, device=device)
-    for j, (ids, q, l) in enumerate(records):
-        tq[ids, j], tl[ids, j], tm[ids, j] = q, l, True
-    verified = verify(oracle, oracle.x, x_adv, oracle.y, l2, raise_on_error=False)
-    if not verified.all():
-        bad = (~verified).nonzero().flatten()[:10].tolist()
-        warnings.warn(f"{name}: {int((~verified).sum())} returned point(s) failed re-verification "
-                      f"(samples {bad}); see AttackResult.verified. Points within theta of the "
-                      f"boundary can change label when the model's outputs depend on the batch "
-                      f"(BLAS/cuDNN kernels chosen by batch size)", RuntimeWarning)
-    params = dict(params or {}, budget=oracle.budget.max().item(), batch_size=batch_size,
-                  seed=seed, gamma=gamma, max_iter=max_iter, iterations=t)
-    return AttackResult(name, x_adv, l2, oracle.queries.clone(), found, verified, tq, tl, tm,
-                        params)
+            o[m] = bisect(oracle, xf[m], k[moved], m, walk.steps)
+            dist_prev[m] = (k[moved] - xf[m]).norm(dim=1)
+            dist[m] = (o[m] - xf[m]).norm(dim=1)
+        walk.record(active)
+    return walk.finish(dict(params or {}, budget=oracle.budget.max().item(), batch_size=batch_size,
+                            seed=seed, gamma=walk.gamma, max_iter=max_iter, iterations=t))
