@@ -1,14 +1,20 @@
 """`repspec-zoo leaderboard`: benchmark the zoo's bundled backbones side by side (the main job).
 
 For every zoo model whose weights ship with the package and were trained on ``--dataset``:
-clean accuracy on the whole test split, the Tangent Attack on ``--n`` correctly classified
-test images (the same seeded draw rule for every model), the mean / median L2 distance at each
-budget, the Lemma-1 local estimate and, where it holds, the certified radius. Writes, into
-``--out``: one EvalResult JSON per model, ``leaderboard.json``, ``leaderboard.md`` and
-``distance_vs_queries.png`` (mean L2 vs queries, one line per model).
+clean accuracy on the whole test split, then the attacks (``--attack``, default the ensemble of
+hard-label and white-box attacks) on the SAME ``--n`` test images for every model (drawn with
+``--seed`` among the images every listed model classifies correctly), so that two models are
+compared pairwise: the change of mean distance against the unregularized baseline of the same
+family with a paired-bootstrap 95% CI and a Wilcoxon signed-rank test. Each model's distance is
+the per-sample best over the attacks (an upper bound on the minimal distance), reported with its
+success rate and bootstrap CIs, next to the certified radius where the model admits one (the
+bracket) and the robust accuracy it implies.
 
-Distances are L2 in [0,1] pixel space (the image has 784 pixels for Fashion-MNIST, so a
-distance of 1 is e.g. 0.036 per pixel on average).
+Writes, into ``--out``: one EvalResult JSON per model, ``leaderboard.json``, ``leaderboard.md``,
+``distance_vs_queries.png`` and ``robust_accuracy.png``. Distances are L2 in [0,1] pixel space
+(Fashion-MNIST has 784 pixels: a distance of 1 is e.g. 0.036 per pixel on average).
+
+The demo (``make demo``) runs small n and budgets; ``make leaderboard`` the published settings.
 """
 from __future__ import annotations
 
@@ -20,12 +26,13 @@ from pathlib import Path
 import timm
 import torch
 
-from . import data
+from . import data, stats
 from .attacks import NormalizedModel
-from .eval import EvalResult, evaluate
+from .cards import format_interval
+from .eval import EvalResult, evaluate, json_clean, predict_split, resolve_attacks
 from .io import atomic_write_text
-from .models.zoo import list_pretrained
-
+from .models.zoo import ARCHS, list_pretrained, zoo_model_name
+from .plots import plot_distance_curves, plot_robust_accuracy
 
 
 def bundled_models(dataset: str) -> list[str]:
@@ -33,45 +40,115 @@ def bundled_models(dataset: str) -> list[str]:
     return [row.name for row in list_pretrained() if row.source == "bundled" and row.dataset == dataset]
 
 
-def curve_budgets(table_budgets: list[int], points: int = 12) -> list[int]:
-    """The table's budgets plus a log-spaced grid up to the largest, for the distance-vs-queries plot."""
-    top = max(table_budgets)
-    grid = torch.logspace(2, torch.log10(torch.tensor(float(top))), points).round().long().tolist()
-    return sorted(set(grid) | set(table_budgets))
+def family_baseline(name: str, dataset: str) -> str | None:
+    """The unregularized zoo model of the same base arch and dataset as ``name`` (None for a baseline
+    itself or a name outside the zoo)."""
+    base, mode = ARCHS.get(name.split(".")[0], (None, None))
+    if base is None or mode is None:
+        return None
+    try:
+        return zoo_model_name(base, None, dataset)
+    except ValueError:
+        return None
 
 
-def markdown_table(results: dict[str, EvalResult], budgets: list[int]) -> str:
-    cols = " | ".join(f"mean L2 @{q}" for q in budgets)
-    lines = [f"| model | clean_acc | {cols} | median L2 @{budgets[-1]} | Lemma-1 est. (mean) | certified (mean) |",
-             "|---" * (5 + len(budgets)) + "|"]
+def load_zoo_model(name: str) -> NormalizedModel:
+    """A bundled / cached zoo model in [0,1] input space, eval mode, without regularizer hooks."""
+    model = timm.create_model(name, pretrained=True)
+    if hasattr(model, "spectral"):
+        model.spectral.remove()
+    return NormalizedModel(model).eval()
+
+
+def common_indices(models: dict[str, NormalizedModel], x: torch.Tensor, y: torch.Tensor, n: int, seed: int,
+                   batch_size: int) -> torch.Tensor:
+    """``n`` test positions every model classifies correctly, drawn with ``seed`` (ascending)."""
+    correct = torch.ones(len(y), dtype=torch.bool)
+    for model in models.values():
+        correct &= predict_split(model, (x, y), batch_size, torch.device("cpu"))[0]
+    pool = correct.nonzero().flatten()
+    return pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n]].sort().values
+
+
+def _floats(values: list) -> list[float]:
+    """Per-sample distances as floats ('inf' strings of a JSON round trip included)."""
+    return [float(v) for v in values]
+
+
+def paired_deltas(results: dict[str, EvalResult], dataset: str, seed: int) -> dict[str, dict]:
+    """Per model with its family baseline in ``results``: `stats.paired_comparison` of the best
+    per-sample distance at the largest budget (baseline = a, model = b, same images)."""
+    out = {}
+    for name, result in results.items():
+        base = family_baseline(name, dataset)
+        if base not in results:
+            continue
+        a, b = results[base].per_sample, result.per_sample
+        if a["index"] != b["index"]:
+            raise ValueError(f"{name} and {base} were attacked on different images; a paired comparison needs the "
+                             "same ones (leaderboard attacks every model on common_indices)")
+        q = str(result.budgets[-1])
+        out[name] = dict(baseline=base, **stats.to_jsonable(stats.paired_comparison(
+            _floats(a["l2"][q]), _floats(b["l2"][q]), seed=seed)))
+    return out
+
+
+def best_attack_counts(l2_by_attack: dict[str, list[float]]) -> dict[str, int]:
+    """How many samples each attack found the smallest distance for (ties go to the first listed)."""
+    names = list(l2_by_attack)
+    winner = torch.tensor([l2_by_attack[a] for a in names]).argmin(0)
+    return {a: int((winner == i).sum()) for i, a in enumerate(names)}
+
+
+def _fmt(value, digits=3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _verdict(delta: dict) -> str:
+    return f"yes: {delta['direction']}" if delta["beyond_noise"] else "no"
+
+
+def markdown_tables(results: dict[str, EvalResult], budgets: list[int], deltas: dict[str, dict]) -> str:
+    """Three tables: the best distance with CIs, robust accuracy and the hard-label curve; the bracket
+    and the paired change against the family baseline; each attack alone."""
+    top = str(budgets[-1])
+    first = next(iter(results.values()))
+    hard = "+".join(first.black_box["attacks"]) if first.black_box else None
+    eps = first.robust_accuracy["eps"] if first.robust_accuracy else None
+    curve = " | ".join(f"{hard} mean L2 @{q}" for q in budgets) if hard else ""
+    lines = [f"| model | clean acc | success | mean L2 [95% CI] | median L2 [95% CI] | robust acc @{eps} (upper bound) | "
+             f"{curve}{' | ' if hard else ''}hard-label mean change {budgets[-2] if len(budgets) > 1 else ''}->{top} |",
+             "|---" * (7 + (len(budgets) if hard else 0)) + "|"]
     for name, r in results.items():
-        means = " | ".join(f"{r.l2_mean[str(q)]:.3f}" for q in budgets)
-        lemma = f"{r.lemma1['mean']:.3f}" if r.lemma1 else "-"
-        cert = f"{r.certified['mean']:.3f}" if r.certified else "-"
-        lines.append(f"| `{name}` | {r.clean_acc:.4f} | {means} | {r.l2_median[str(budgets[-1])]:.3f} | {lemma} | {cert} |")
+        d = r.distance
+        robust = format_interval(r.robust_accuracy["at_eps"]["robust_accuracy_upper"], 3) if eps else "-"
+        means = " | ".join(f"{r.black_box['l2_mean'][str(q)]:.3f}" for q in budgets) + " | " if hard else ""
+        change = r.convergence and r.convergence["mean_change"]
+        lines.append(f"| `{name}` | {r.clean_acc:.4f} | {format_interval(d['success_rate'], 3)} | "
+                     f"{format_interval(d['l2_mean'], 3)} | {format_interval(d['l2_median'], 3)} | {robust} | {means}"
+                     f"{'-' if change is None else f'{100 * change:+.1f}%'} |")
+    lines += ["", "| model | certified radius (mean) | best / certified (median) | Lemma-1 est. (mean) | "
+                  "vs family baseline: mean L2 change [95% CI] | Wilcoxon p | beyond noise |", "|---" * 7 + "|"]
+    for name, r in results.items():
+        ratio = (r.bracket or {}).get("upper_over_certified") or {}
+        delta = deltas.get(name)
+        change, p_value, verdict = "-", "-", "-"
+        if delta:
+            diff, p = delta["mean_difference"], delta["wilcoxon"]["p_value"]
+            change = f"{diff['estimate']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]" if diff else "-"
+            p_value, verdict = "-" if p is None else f"{p:.2g}", _verdict(delta)
+        lines.append(f"| `{name}` | {_fmt(r.certified and r.certified['mean'])} | {_fmt(ratio.get('median'), 2)} | "
+                     f"{_fmt(r.lemma1 and r.lemma1['mean'])} | {change} | {p_value} | {verdict} |")
+    names = first.attacks
+    if len(names) > 1:
+        lines += ["", "| model | " + " | ".join(f"{a}: mean L2 @{top} (success)" for a in names) +
+                  " | best attack per sample |", "|---" * (len(names) + 2) + "|"]
+        for name, r in results.items():
+            cells = " | ".join(f"{r.by_attack[a]['l2_mean'][top]:.3f} ({r.by_attack[a]['success_rate'][top]:.2f})"
+                               for a in names)
+            wins = best_attack_counts(r.per_sample["l2_by_attack"])
+            lines.append(f"| `{name}` | {cells} | {', '.join(f'{a} {c}' for a, c in wins.items())} |")
     return "\n".join(lines)
-
-
-def plot_curves(results: dict[str, EvalResult], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, r in results.items():
-        ax.plot(r.budgets, [r.l2_mean[str(q)] for q in r.budgets], marker=".", label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("queries per sample")
-    ax.set_ylabel("mean L2 distance ([0,1] pixels)")
-    ax.set_title(f"Tangent Attack, {next(iter(results.values())).n_samples} test images per model")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
 
 
 def update_readme(readme: Path, block: str, section: str = "leaderboard") -> None:
@@ -85,55 +162,93 @@ def update_readme(readme: Path, block: str, section: str = "leaderboard") -> Non
     atomic_write_text(readme, f"{head}{start}\n{block}\n{end}{tail}")
 
 
+def _budgets(text: str) -> list[int]:
+    values = sorted({int(b) for b in text.split(",") if b.strip()})
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"--budgets takes positive comma-separated query counts, got {text!r}")
+    return values
+
+
+def _attacks(text: str) -> list[str]:
+    try:
+        return resolve_attacks(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repspec-zoo leaderboard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", help="zoo names (default: every bundled model trained on --dataset)")
     p.add_argument("--dataset", default="fashion_mnist")
-    p.add_argument("--n", type=int, default=50, help="correctly classified test images attacked per model")
-    p.add_argument("--budgets", default="250,500,1000", help="comma-separated query budgets for the table")
+    p.add_argument("--n", type=int, default=50, help="test images attacked per model (the same for every model)")
+    p.add_argument("--budgets", type=_budgets, default=[250, 500, 1000], help="comma-separated query budgets")
+    p.add_argument("--attack", type=_attacks, default=resolve_attacks("ensemble"),
+                   help="attack name, comma-separated list or 'ensemble' (default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1000, help="rows per model call")
     p.add_argument("--out", type=Path, default=Path("results/leaderboard"))
-    p.add_argument("--update-readme", type=Path, help="fill this README's leaderboard markers with the table")
+    p.add_argument("--update-readme", type=Path, help="fill this README's leaderboard markers with the tables")
+    p.add_argument("--update-cards", action="store_true",
+                   help="write each model's evaluation into its bundled folder and model_cards/<name> (card re-rendered)")
     return p
 
 
 def main(argv=None) -> dict[str, EvalResult]:
     args = build_parser().parse_args(argv)
-    budgets = sorted(int(b) for b in args.budgets.split(","))
-    models = args.models or bundled_models(args.dataset)
-    if not models:
+    if not args.attack:
+        raise SystemExit("repspec-zoo leaderboard: error: --attack none leaves nothing to rank; name an attack")
+    names = args.models or bundled_models(args.dataset)
+    if not names:
         raise SystemExit(f"no bundled zoo weights for dataset {args.dataset!r}; `repspec-zoo list-pretrained` "
                          "shows what exists, or pass --models NAME ...")
-    test = data.load_split(args.dataset, "test")
-    x, y = data.as_tensors(test)
-    start, results = time.perf_counter(), {}
-    for i, name in enumerate(models, 1):
+    x, y = data.as_tensors(data.load_split(args.dataset, "test"))
+    start = time.perf_counter()
+    models = {name: load_zoo_model(name) for name in names}
+    index = common_indices(models, x, y, args.n, args.seed, args.batch_size)
+    print(f"attacking the same {len(index)} test images (classified correctly by all {len(models)} models) "
+          f"with {'+'.join(args.attack)}")
+    results = {}
+    for i, (name, model) in enumerate(models.items(), 1):
         print(f"[{i}/{len(models)}] {name}")
-        model = timm.create_model(name, pretrained=True)
-        if hasattr(model, "spectral"):
-            model.spectral.remove()
-        result = evaluate(NormalizedModel(model).eval(), (x, y), model_name=name, dataset_name=args.dataset,
-                          n=args.n, budgets=curve_budgets(budgets), attack="ta", seed=args.seed,
-                          batch_size=args.batch_size)
+        result = evaluate(model, (x, y), model_name=name, dataset_name=args.dataset, budgets=args.budgets,
+                          attack=args.attack, seed=args.seed, batch_size=args.batch_size, indices=index)
         result.save(args.out / f"{name}.json")
         results[name] = result
-    table = markdown_table(results, budgets)
+    deltas = paired_deltas(results, args.dataset, args.seed)
+    tables = markdown_tables(results, args.budgets, deltas)
     wall = time.perf_counter() - start
-    command = "repspec-zoo leaderboard " + " ".join(argv if argv is not None else [])
-    block = (f"{table}\n\nTangent Attack on {args.n} correctly classified {args.dataset} test images per model "
-             f"(seed {args.seed}); L2 in [0,1] pixel space; written by `{command.strip()}` "
-             f"in {wall:.0f} s.\n\n![mean L2 vs queries]({(args.out / 'distance_vs_queries.png').as_posix()})")
+    command = ("repspec-zoo leaderboard " + " ".join(argv if argv is not None else [])).strip()
+    eps = next(iter(results.values())).robust_accuracy["eps"]
+    block = (f"{tables}\n\nAttacks {'+'.join(args.attack)} on the same {len(index)} {args.dataset} test images for every "
+             f"model (seed {args.seed}; images all models classify correctly); hard-label attacks at budgets "
+             f"{','.join(map(str, args.budgets))} queries each, white-box attacks with their own step counts. Distance = "
+             f"per-sample best over all attacks at the largest budget, L2 in [0,1] pixel space, an upper bound on the "
+             f"minimal distance; success rate with a Clopper-Pearson CI; mean over the broken samples, median over all "
+             f"(unbroken = inf), 95% bootstrap CIs; robust accuracy at L2 eps {eps} = clean acc x fraction with "
+             f"distance > eps, an upper bound. 'beyond noise': the paired bootstrap CI of the mean change (same images) "
+             f"excludes 0 and Wilcoxon p < 0.05. Written by `{command}` in {wall:.0f} s.\n\n![best L2 vs queries]({(args.out / 'distance_vs_queries.png').as_posix()})"
+             f"\n\n![robust accuracy]({(args.out / 'robust_accuracy.png').as_posix()})")
     atomic_write_text(args.out / "leaderboard.md", block + "\n")
-    atomic_write_text(args.out / "leaderboard.json", json.dumps(
-        {"dataset": args.dataset, "n": args.n, "budgets": budgets, "seed": args.seed, "wall_time_s": wall,
-         "models": {name: {"clean_acc": r.clean_acc, "l2_mean": r.l2_mean, "l2_median": r.l2_median,
-                           "lemma1_mean": r.lemma1 and r.lemma1["mean"],
-                           "certified_mean": r.certified and r.certified["mean"]} for name, r in results.items()}},
-        indent=2))
-    plot_curves(results, args.out / "distance_vs_queries.png")
+    atomic_write_text(args.out / "leaderboard.json", json.dumps(json_clean(
+        {"dataset": args.dataset, "n": len(index), "index": index.tolist(), "budgets": args.budgets,
+         "attacks": args.attack, "seed": args.seed, "wall_time_s": wall, "paired_vs_baseline": deltas,
+         "models": {name: {k: getattr(r, k) for k in ("clean_acc", "n_samples", "success_rate", "l2_mean", "l2_median",
+                                                      "distance", "convergence", "bracket", "wall_time_s")}
+                    | {"robust_accuracy_at_eps": r.robust_accuracy["at_eps"],
+                       "by_attack": {a: {k: v for k, v in part.items() if k != "params"}
+                                     for a, part in r.by_attack.items()}}
+                    for name, r in results.items()}}), indent=2))
+    plot_distance_curves(results, args.out / "distance_vs_queries.png")
+    plot_robust_accuracy(results, args.out / "robust_accuracy.png")
     if args.update_readme:
         update_readme(args.update_readme, block)
-    print(f"\n{table}\n\n{len(models)} models in {wall:.0f} s; wrote {args.out}/")
+    if args.update_cards:
+        from .hub import update_bundled_evaluation
+
+        for name, result in results.items():
+            result.settings["command"] = command
+            for folder in update_bundled_evaluation(name, json.loads(result.to_json())):
+                print(f"updated {folder}")
+    print(f"\n{tables}\n\n{len(models)} models in {wall:.0f} s; wrote {args.out}/")
     return results

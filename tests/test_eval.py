@@ -140,3 +140,59 @@ def test_cli_eval_missing_checkpoint_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
         main(["slp", "--checkpoint", str(tmp_path / "nothing.safetensors"), "--dataset", "digits"])
+
+
+def test_ensemble_is_the_per_sample_best_and_brackets_the_true_distance():
+    from test_starts import NearestPrototype, dataset
+
+    model = NearestPrototype().eval()
+    x, y = dataset(per_class=6)
+    res = evaluate(model, (x, y), n=12, budgets=[300, 1000], attack="ensemble", seed=0, lemma1=False, progress=False)
+    assert res.attacks == ["ta", "cgba", "fmn", "alma"] and res.attack == "ta+cgba+fmn+alma"
+    best = torch.tensor(res.per_sample["l2"]["1000"], dtype=torch.float64)
+    each = torch.tensor([res.per_sample["l2_by_attack"][a] for a in res.attacks], dtype=torch.float64)
+    assert torch.equal(best, each.min(0).values)
+    index = torch.tensor(res.per_sample["index"])
+    true = model.distance(x[index], y[index])
+    # every attack returned verified adversarial points in the box (AttackResult.verified) within its
+    # budget; none is below the exact distance, and the white-box attacks nail these flat boundaries
+    assert (each >= true * (1 - 1e-4)).all()
+    assert (best <= 1.02 * true).all()
+    assert all(q <= 1000 for a in ("ta", "cgba") for q in res.per_sample["queries"][a])
+    # the hard-label curve is reported apart from the white-box distances, which ignore the budget
+    assert res.black_box["attacks"] == ["ta", "cgba"]
+    assert res.black_box["l2_mean"]["1000"] >= res.l2_mean["1000"]
+    assert res.distance["n_samples"] == 12 and res.distance["success_rate"]["estimate"] == 1.0
+    low, high = res.distance["l2_mean"]["low"], res.distance["l2_mean"]["high"]
+    assert low <= res.l2_mean["1000"] <= high
+    assert "best of all" in res.summary_table()
+
+
+def test_certified_bracket_and_robust_accuracy_follow_the_distances():
+    model = small_slp()
+    x, y = self_labelled(model, n=12)
+    res = evaluate(model, (x, y), n=8, budgets=[300], attack="ta", seed=0, progress=False,
+                   dataset_name="fashion_mnist")
+    best = torch.tensor(res.per_sample["l2"]["300"])
+    cert = torch.tensor(res.certified["per_sample"])
+    assert res.bracket["lower"] == "certified" and res.bracket["violations"] == 0
+    assert res.bracket["upper_over_certified"]["median"] == pytest.approx(float((best / cert).median()), rel=1e-6)
+    assert res.bracket["upper_over_certified"]["max"] == pytest.approx(float((best / cert).max()), rel=1e-6)
+    assert (best >= cert).all()
+    eps = res.robust_accuracy["eps"]
+    assert eps == 1.5
+    frac = float((best > eps).float().mean())
+    assert res.robust_accuracy["at_eps"]["robust_fraction"]["estimate"] == pytest.approx(frac)
+    assert res.robust_accuracy["at_eps"]["robust_accuracy_upper"]["estimate"] == pytest.approx(frac * res.clean_acc)
+    curve = [c["robust_fraction"]["estimate"] for c in res.robust_accuracy["curve"]]
+    assert curve[0] == 1.0 and curve == sorted(curve, reverse=True)
+
+
+def test_indices_pick_the_attacked_images_and_reject_misclassified_ones():
+    model = small_slp()
+    x, y = self_labelled(model, n=10)
+    res = evaluate(model, (x, y), indices=[7, 2, 5], budgets=[50], progress=False, lemma1=False)
+    assert res.per_sample["index"] == [2, 5, 7] and res.n_requested == 3
+    y[3] = (y[3] + 1) % 10
+    with pytest.raises(ValueError, match=r"indices \[3\] are misclassified"):
+        evaluate(model, (x, y), indices=[3, 4], budgets=[50], progress=False)

@@ -1,0 +1,92 @@
+"""The leaderboard: same images for every model, paired deltas to the family baseline, tables and
+plots from the results, README markers, and re-written bundled cards."""
+import json
+import shutil
+
+import pytest
+from huggingface_hub import ModelCard
+
+import repspec_zoo  # noqa: F401
+from repspec_zoo import hub, leaderboard
+
+SLPS = ["slp_baseline.fmnist", "slp_repspectral.fmnist"]
+
+
+def test_family_baseline():
+    assert leaderboard.family_baseline("slp_repspectral.fmnist", "fashion_mnist") == "slp_baseline.fmnist"
+    assert leaderboard.family_baseline("resnet_small_ddsnr.fmnist", "fashion_mnist") == "resnet_small_baseline.fmnist"
+    assert leaderboard.family_baseline("slp_baseline.fmnist", "fashion_mnist") is None
+    assert leaderboard.family_baseline("resnet50", "imagenet1k") is None
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    out = tmp_path_factory.mktemp("board")
+    readme = out / "README.md"
+    readme.write_text("intro\n<!-- leaderboard:start -->\nold\n<!-- leaderboard:end -->\nrest\n")
+    results = leaderboard.main(["--models", *SLPS, "--n", "6", "--budgets", "40,80", "--attack", "ta,fmn",
+                                "--out", str(out), "--update-readme", str(readme)])
+    return out, readme, results
+
+
+def test_every_model_is_attacked_on_the_same_images(board):
+    out, _, results = board
+    saved = {name: json.loads((out / f"{name}.json").read_text()) for name in SLPS}
+    index = saved[SLPS[0]]["per_sample"]["index"]
+    assert len(index) == 6 and all(s["per_sample"]["index"] == index for s in saved.values())
+    summary = json.loads((out / "leaderboard.json").read_text())
+    assert summary["index"] == index and summary["attacks"] == ["ta", "fmn"]
+    paired = summary["paired_vs_baseline"]["slp_repspectral.fmnist"]
+    assert paired["baseline"] == "slp_baseline.fmnist" and paired["n_pairs"] == 6
+    assert set(summary["paired_vs_baseline"]) == {"slp_repspectral.fmnist"}
+    for name, r in results.items():
+        assert r.distance["n_samples"] == 6 and r.success_rate["80"] == 1.0  # every sample got a start
+
+
+def test_tables_plots_and_readme_come_from_the_results(board):
+    out, readme, results = board
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- leaderboard:start -->\n") and text.endswith("<!-- leaderboard:end -->\nrest\n")
+    assert "old" not in text and (out / "leaderboard.md").read_text().strip() in text
+    r = results["slp_repspectral.fmnist"]
+    assert f"| `slp_repspectral.fmnist` | {r.clean_acc:.4f} | {r.distance['success_rate']['estimate']:.3f} [" in text
+    assert "| model | certified radius (mean) |" in text and "beyond noise" in text
+    assert "--attack ta,fmn" in text
+    for png in ("distance_vs_queries.png", "robust_accuracy.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_deltas_refuse_different_images(board):
+    _, _, results = board
+    other = dict(results)
+    moved = json.loads(other["slp_repspectral.fmnist"].to_json())
+    other["slp_repspectral.fmnist"] = type(results["slp_baseline.fmnist"])(**{
+        **moved, "per_sample": {**moved["per_sample"], "index": [i + 1 for i in moved["per_sample"]["index"]]}})
+    with pytest.raises(ValueError, match="different images"):
+        leaderboard.paired_deltas(other, "fashion_mnist", seed=0)
+
+
+def test_update_bundled_evaluation_rewrites_card_and_keeps_weights(board, tmp_path, monkeypatch):
+    _, _, results = board
+    name = "slp_repspectral.fmnist"
+    weights = tmp_path / "repspec_zoo" / "weights"
+    shutil.copytree(hub.WEIGHTS_DIR / name, weights / name)
+    cards = tmp_path / "model_cards" / name
+    cards.mkdir(parents=True)
+    for file in ("README.md", "config.json", "eval.json"):
+        shutil.copy2(hub.WEIGHTS_DIR / name / file, cards / file)
+    monkeypatch.setattr(hub, "WEIGHTS_DIR", weights)
+    sha = json.loads((weights / name / "config.json").read_text())["weights_sha256"]
+    evaluation = json.loads(results[name].to_json())
+    assert hub.update_bundled_evaluation(name, evaluation) == [weights / name, cards]
+    for folder in (weights / name, cards):
+        config = json.loads((folder / "config.json").read_text())
+        assert config["weights_sha256"] == sha and config["eval"]["attacks"] == ["ta", "fmn"]
+        assert "per_sample" not in config["eval"] and json.loads((folder / "eval.json").read_text()) == evaluation
+        card = ModelCard.load(folder / "README.md")
+        metrics = {(m.metric_type, m.metric_config) for m in card.data.eval_results}
+        assert {("ensemble_l2_mean", "queries=80"), ("ensemble_success_rate", "queries=80"),
+                ("robust_accuracy_upper_bound", "l2_eps=1.5")} <= metrics
+        assert "best of TA+FMN success rate, 95% Clopper-Pearson CI" in card.text
+    with pytest.raises(hub.ExportError, match="no bundled folder"):
+        hub.update_bundled_evaluation("slp_baseline.fmnist", evaluation)
