@@ -99,7 +99,7 @@ class EvalResult:
     lemma1: dict | None = None  # Lemma-1 local estimate: mean, median, per_sample
     certified: dict | None = None  # certified radius (where it holds): mean, median, per_sample
     bracket: dict | None = None  # certified <= true <= best attack: ratio statistics (bounds.bracket)
-    per_sample: dict = field(default_factory=dict)  # index, label, best l2 per budget, l2 / queries per attack
+    per_sample: dict = field(default_factory=dict)  # index, label, best l2 per budget, per attack l2 per budget, queries
     settings: dict = field(default_factory=dict)  # seed, batch size, start pool, versions, attack params
 
     def to_json(self) -> str:
@@ -397,7 +397,8 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
         curve=stats.robust_accuracy_curve(final.numpy(), grid, **accuracy)))
     result.per_sample = dict(index=index.tolist(), label=y_all[index].tolist(),
                              l2={str(q): best[:, j].tolist() for j, q in enumerate(budgets)},
-                             l2_by_attack={name: l2[:, -1].tolist() for name, l2 in zip(runs, l2_all)},
+                             l2_by_attack={name: {str(q): l2[:, j].tolist() for j, q in enumerate(budgets)}
+                                           for name, l2 in zip(runs, l2_all)},
                              queries=queries_all)
     lower = {}
     for key, values in (("lemma1", local), ("certified", cert)):

@@ -146,7 +146,7 @@ def markdown_tables(results: dict[str, EvalResult], budgets: list[int], deltas: 
         for name, r in results.items():
             cells = " | ".join(f"{r.by_attack[a]['l2_mean'][top]:.3f} ({r.by_attack[a]['success_rate'][top]:.2f})"
                                for a in names)
-            wins = best_attack_counts(r.per_sample["l2_by_attack"])
+            wins = best_attack_counts({a: r.per_sample["l2_by_attack"][a][top] for a in names})
             lines.append(f"| `{name}` | {cells} | {', '.join(f'{a} {c}' for a, c in wins.items())} |")
     return "\n".join(lines)
 

@@ -150,7 +150,7 @@ def test_ensemble_is_the_per_sample_best_and_brackets_the_true_distance():
     res = evaluate(model, (x, y), n=12, budgets=[300, 1000], attack="ensemble", seed=0, lemma1=False, progress=False)
     assert res.attacks == ["ta", "cgba", "fmn", "alma"] and res.attack == "ta+cgba+fmn+alma"
     best = torch.tensor(res.per_sample["l2"]["1000"], dtype=torch.float64)
-    each = torch.tensor([res.per_sample["l2_by_attack"][a] for a in res.attacks], dtype=torch.float64)
+    each = torch.tensor([res.per_sample["l2_by_attack"][a]["1000"] for a in res.attacks], dtype=torch.float64)
     assert torch.equal(best, each.min(0).values)
     index = torch.tensor(res.per_sample["index"])
     true = model.distance(x[index], y[index])

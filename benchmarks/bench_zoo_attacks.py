@@ -1,0 +1,96 @@
+"""Hard-label attacks on the zoo's bundled models: CGBA against TA, G-TA and HSJA at 1K / 2K / 5K
+queries, on the same correctly classified Fashion-MNIST test images for every model and attack.
+
+For every model: mean and median L2 per attack and budget (the TA paper's rule: last iterate
+within the budget), success rates, and a paired comparison of CGBA against TA on the same images
+(`repspec_zoo.stats.paired_comparison`: bootstrap CI of the mean difference, Wilcoxon). Writes
+benchmarks/results_zoo_attacks.json (rendered into benchmarks/README.md by render_readme.py).
+
+    PYTHONPATH=. python benchmarks/bench_zoo_attacks.py                 # 8 models, n=40, ~30 min on 2 cores
+    PYTHONPATH=. python benchmarks/bench_zoo_attacks.py --models slp_baseline.fmnist --n 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ATTACKS = ("ta", "gta", "hsja", "cgba")
+
+
+def attack_model(job: tuple) -> dict:
+    """All hard-label attacks on one model (a worker process, one torch thread)."""
+    name, index, budgets, seed = job
+    from repspec_zoo import data
+    from repspec_zoo.eval import evaluate
+    from repspec_zoo.leaderboard import load_zoo_model
+
+    torch.set_num_threads(1)
+    x, y = data.as_tensors(data.load_split("fashion_mnist", "test"))
+    result = evaluate(load_zoo_model(name), (x, y), model_name=name, dataset_name="fashion_mnist", budgets=budgets,
+                      attack=list(ATTACKS), seed=seed, batch_size=1000, indices=index, lemma1=False, progress=False)
+    return json.loads(result.to_json())
+
+
+def compare(result: dict, budgets: list[int], seed: int) -> dict:
+    """Per budget: each attack's mean / median / success, and CGBA vs TA paired on the same images."""
+    from repspec_zoo import stats
+
+    out = {}
+    for q in map(str, budgets):
+        per = result["per_sample"]["l2_by_attack"]
+        row = {a: {"l2_mean": result["by_attack"][a]["l2_mean"][q], "l2_median": result["by_attack"][a]["l2_median"][q],
+                   "success_rate": result["by_attack"][a]["success_rate"][q]} for a in ATTACKS}
+        ta, cg = [float(v) for v in per["ta"][q]], [float(v) for v in per["cgba"][q]]
+        row["cgba_vs_ta"] = stats.to_jsonable(stats.paired_comparison(ta, cg, seed=seed))
+        out[q] = row
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="*", help="zoo names (default: every bundled Fashion-MNIST model)")
+    ap.add_argument("--n", type=int, default=40, help="test images, the same for every model")
+    ap.add_argument("--budgets", default="1000,2000,5000")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2, help="models attacked in parallel, one thread each")
+    ap.add_argument("--out", type=Path, default=HERE / "results_zoo_attacks.json")
+    args = ap.parse_args(argv)
+
+    from repspec_zoo import data
+    from repspec_zoo.io import atomic_write_text
+    from repspec_zoo.leaderboard import bundled_models, common_indices, load_zoo_model
+
+    budgets = sorted(int(b) for b in args.budgets.split(","))
+    names = args.models or bundled_models("fashion_mnist")
+    x, y = data.as_tensors(data.load_split("fashion_mnist", "test"))
+    index = common_indices({n: load_zoo_model(n) for n in names}, x, y, args.n, args.seed, 1000).tolist()
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+        results = pool.map(attack_model, [(name, index, budgets, args.seed) for name in names], chunksize=1)
+    wall = time.perf_counter() - start
+    summary = {"setup": {"n": len(index), "index": index, "budgets": budgets, "seed": args.seed, "attacks": ATTACKS,
+                         "workers": args.workers, "threads_per_worker": 1, "torch": torch.__version__,
+                         "wall_s": wall},
+               "models": {r["model"]: {"clean_acc": r["clean_acc"], "by_budget": compare(r, budgets, args.seed),
+                                       "wall_s": {a: r["by_attack"][a]["wall_time_s"] for a in ATTACKS}}
+                          for r in results}}
+    atomic_write_text(args.out, json.dumps(summary, indent=1))
+    top = str(budgets[-1])
+    print("| model | " + " | ".join(f"{a} mean/median @{top}" for a in ATTACKS) + " | CGBA - TA mean [95% CI] |")
+    for name, m in summary["models"].items():
+        row = m["by_budget"][top]
+        d = row["cgba_vs_ta"]["mean_difference"]
+        print(f"| {name} | " + " | ".join(f"{row[a]['l2_mean']:.3f}/{row[a]['l2_median']:.3f}" for a in ATTACKS)
+              + f" | {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")
+    print(f"wrote {args.out} ({wall:.0f} s)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
