@@ -26,7 +26,7 @@ CONFIGS = ROOT / "recipes" / "configs"
 RESULTS = ROOT / "results" / "experiments"
 RUNS = ROOT / "runs" / "experiments"
 
-__all__ = ["ROOT", "RESULTS", "RUNS", "Run", "run_all", "parallel_map", "split_tensors", "burn_in_epochs", "load_results", "attack_summary", "checkpoint_at_epoch", "load_trained", "sigma_max",
+__all__ = ["ROOT", "RESULTS", "RUNS", "Run", "run_all", "parallel_map", "split_tensors", "burn_in_epochs", "load_results", "attack_summary", "distance_rule", "checkpoint_at_epoch", "load_trained", "sigma_max",
            "mean_std", "table", "box_plot", "bundle", "write_json"]
 
 
@@ -107,8 +107,20 @@ def attack_summary(result) -> dict:
     """The numbers of an :class:`~repspec_zoo.eval.EvalResult` an experiment keeps (per-sample included)."""
     return dict(clean_acc=result.clean_acc, n_test=result.n_test, n_samples=result.n_samples,
                 l2_mean=result.l2_mean, l2_median=result.l2_median, success_rate=result.success_rate,
+                distance=result.distance, start_pool=result.settings.get("start_pool"),
                 certified_mean=result.certified["mean"] if result.certified else None,
                 wall_time_s=result.wall_time_s, per_sample=result.per_sample)
+
+
+def distance_rule(summary: dict) -> str:
+    """How a saved attack summary's mean and median were taken. Summaries with a ``start_pool``
+    come from the evaluation where every sample gets a start (issue 11); older ones were made
+    with noise starts only, and both statistics skipped the samples the attack never broke."""
+    if summary.get("start_pool") is not None:
+        return ("every attacked image got a start (noise, then other-class test images); mean over the images the "
+                "attack broke, median over all of them (an unbroken one counts as +inf)")
+    return ("noise starts only (an evaluation from before the start pool): mean and median over the images the "
+            "attack broke, the others (1 - success) left out")
 
 
 @functools.cache

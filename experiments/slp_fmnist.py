@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, box_plot, burn_in_epochs, load_results, load_trained,
+from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, distance_rule, box_plot, burn_in_epochs, load_results, load_trained,
                      parallel_map, run_all, sigma_max, split_tensors, table, write_json)
 
 MODES = {"none": "fmnist_slp_baseline", "ll": "fmnist_slp_llspectral", "rep": "fmnist_slp_repspectral"}
@@ -112,8 +112,7 @@ def report(saved: dict, out: Path) -> str:
     n = rows[0]["trained"]["n_samples"]
     readme = (f"# Experiment 2: single-hidden-layer net on Fashion-MNIST\n\nWritten by `{command}`.\n"
               f"{len({r['seed'] for r in rows})} seeds; Tangent Attack on {n} correctly classified test images "
-              f"per model, budget {budget} queries; L2 in [0,1] pixel units, mean and median over the attacked images the "
-              f"attack found an adversarial for (the success column: the rest found none, mostly at the random start)."
+              f"per model, budget {budget} queries; L2 in [0,1] pixel units, {distance_rule(rows[0]['trained'])}."
               f"\n\n{text}\n\n![box plots](boxplots.png)\n")
     (out / "README.md").write_text(readme)
     return text

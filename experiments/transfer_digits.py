@@ -23,7 +23,7 @@ import math
 import sys
 from pathlib import Path
 
-from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, box_plot, burn_in_epochs, load_results, load_trained,
+from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, distance_rule, box_plot, burn_in_epochs, load_results, load_trained,
                      parallel_map, run_all, split_tensors, table, write_json)
 
 PRETRAIN = {"none": "fmnist_resnet_small_baseline", "rep": "fmnist_resnet_small_repspectral"}
@@ -82,8 +82,7 @@ def report(saved: dict, out: Path) -> str:
     (out / "README.md").write_text(
         f"# Experiment 3: transfer, Fashion-MNIST small ResNet -> sklearn digits\n\nWritten by `{command}`.\n"
         f"{len({r['seed'] for r in rows})} seeds; Tangent Attack on {n} correctly classified test digits per model, "
-        f"budget {budget} queries; L2 in [0,1] pixel units of the 28x28 input, mean and median over the attacked "
-        f"digits the attack found an adversarial for (the success column).\n\n{text}\n\n"
+        f"budget {budget} queries; L2 in [0,1] pixel units of the 28x28 input, {distance_rule(rows[0])}.\n\n{text}\n\n"
         f"![box plots](boxplots.png)\n")
     return text
 
