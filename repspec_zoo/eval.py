@@ -108,6 +108,11 @@ class EvalResult:
     def save(self, path: str | Path) -> Path:
         return atomic_write_text(path, self.to_json())
 
+    @classmethod
+    def load(cls, path: str | Path) -> "EvalResult":
+        """An EvalResult from its JSON (`save`), with 'inf' strings back as floats."""
+        return cls(**json_restore(json.loads(Path(path).read_text())))
+
     def summary_table(self) -> str:
         """Markdown summary: per budget and attack, then the best distance with CIs, the bracket
         and robust accuracy (or one line of accuracy when no attack ran)."""
@@ -160,6 +165,17 @@ def json_clean(v):
         return {k: json_clean(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [json_clean(x) for x in v]
+    return v
+
+
+def json_restore(v):
+    """Inverse of `json_clean` for numbers: the strings 'inf' / '-inf' back to floats."""
+    if isinstance(v, str) and v in ("inf", "-inf"):
+        return float(v)
+    if isinstance(v, dict):
+        return {k: json_restore(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [json_restore(x) for x in v]
     return v
 
 

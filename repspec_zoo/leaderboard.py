@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -189,13 +190,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1000, help="rows per model call")
     p.add_argument("--out", type=Path, default=Path("results/leaderboard"))
     p.add_argument("--update-readme", type=Path, help="fill this README's leaderboard markers with the tables")
+    p.add_argument("--report-only", action="store_true",
+                   help="re-render tables, plots, README block and cards from the JSON files in --out")
     p.add_argument("--update-cards", action="store_true",
                    help="write each model's evaluation into its bundled folder and model_cards/<name> (card re-rendered)")
     return p
 
 
+def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path | None = None,
+           update_cards: bool = False) -> str:
+    """Tables, JSON summary and plots of ``results`` into ``out``; optionally the README block and
+    the bundled cards. ``meta``: dataset, index, budgets, attacks, seed, wall_time_s, command."""
+    budgets, attacks = meta["budgets"], meta["attacks"]
+    deltas = paired_deltas(results, meta["dataset"], meta["seed"])
+    tables = markdown_tables(results, budgets, deltas)
+    eps = next(iter(results.values())).robust_accuracy["eps"]
+    block = (f"{tables}\n\nAttacks {'+'.join(attacks)} on the same {len(meta['index'])} {meta['dataset']} test images for "
+             f"every model (seed {meta['seed']}; images all models classify correctly); hard-label attacks at budgets "
+             f"{','.join(map(str, budgets))} queries each, white-box attacks with their own step counts. Distance = "
+             f"per-sample best over all attacks at the largest budget, L2 in [0,1] pixel space, an upper bound on the "
+             f"minimal distance; success rate with a Clopper-Pearson CI; mean over the broken samples, median over all "
+             f"(unbroken = inf), 95% bootstrap CIs; robust accuracy at L2 eps {eps} = clean acc x fraction with "
+             f"distance > eps, an upper bound. 'beyond noise': the paired bootstrap CI of the mean change (same images) "
+             f"excludes 0 and Wilcoxon p < 0.05. Written by `{meta['command']}` in {meta['wall_time_s']:.0f} s."
+             f"\n\n![best L2 vs queries]({(out / 'distance_vs_queries.png').as_posix()})"
+             f"\n\n![robust accuracy]({(out / 'robust_accuracy.png').as_posix()})")
+    atomic_write_text(out / "leaderboard.md", block + "\n")
+    models = {name: {k: getattr(r, k) for k in ("clean_acc", "n_samples", "success_rate", "l2_mean", "l2_median",
+                                                "distance", "black_box", "convergence", "bracket", "wall_time_s")}
+              | {"robust_accuracy_at_eps": r.robust_accuracy["at_eps"],
+                 "by_attack": {a: {k: v for k, v in part.items() if k != "params"} for a, part in r.by_attack.items()}}
+              for name, r in results.items()}
+    atomic_write_text(out / "leaderboard.json", json.dumps(json_clean(
+        dict(meta, paired_vs_baseline=deltas, models=models)), indent=2))
+    plot_distance_curves(results, out / "distance_vs_queries.png")
+    plot_robust_accuracy(results, out / "robust_accuracy.png")
+    if readme:
+        update_readme(readme, block)
+    if update_cards:
+        from .hub import update_bundled_evaluation
+
+        for name, result in results.items():
+            result.settings["command"] = meta["command"]
+            for folder in update_bundled_evaluation(name, json.loads(result.to_json())):
+                print(f"updated {folder}")
+    return tables
+
+
 def main(argv=None) -> dict[str, EvalResult]:
     args = build_parser().parse_args(argv)
+    if args.report_only:
+        meta = json.loads((args.out / "leaderboard.json").read_text())
+        results = {name: EvalResult.load(args.out / f"{name}.json") for name in meta.pop("models")}
+        meta.pop("paired_vs_baseline")
+        print(report(results, args.out, meta, args.update_readme, args.update_cards))
+        return results
     if not args.attack:
         raise SystemExit("repspec-zoo leaderboard: error: --attack none leaves nothing to rank; name an attack")
     names = args.models or bundled_models(args.dataset)
@@ -215,40 +264,9 @@ def main(argv=None) -> dict[str, EvalResult]:
                           attack=args.attack, seed=args.seed, batch_size=args.batch_size, indices=index)
         result.save(args.out / f"{name}.json")
         results[name] = result
-    deltas = paired_deltas(results, args.dataset, args.seed)
-    tables = markdown_tables(results, args.budgets, deltas)
-    wall = time.perf_counter() - start
-    command = ("repspec-zoo leaderboard " + " ".join(argv if argv is not None else [])).strip()
-    eps = next(iter(results.values())).robust_accuracy["eps"]
-    block = (f"{tables}\n\nAttacks {'+'.join(args.attack)} on the same {len(index)} {args.dataset} test images for every "
-             f"model (seed {args.seed}; images all models classify correctly); hard-label attacks at budgets "
-             f"{','.join(map(str, args.budgets))} queries each, white-box attacks with their own step counts. Distance = "
-             f"per-sample best over all attacks at the largest budget, L2 in [0,1] pixel space, an upper bound on the "
-             f"minimal distance; success rate with a Clopper-Pearson CI; mean over the broken samples, median over all "
-             f"(unbroken = inf), 95% bootstrap CIs; robust accuracy at L2 eps {eps} = clean acc x fraction with "
-             f"distance > eps, an upper bound. 'beyond noise': the paired bootstrap CI of the mean change (same images) "
-             f"excludes 0 and Wilcoxon p < 0.05. Written by `{command}` in {wall:.0f} s.\n\n![best L2 vs queries]({(args.out / 'distance_vs_queries.png').as_posix()})"
-             f"\n\n![robust accuracy]({(args.out / 'robust_accuracy.png').as_posix()})")
-    atomic_write_text(args.out / "leaderboard.md", block + "\n")
-    atomic_write_text(args.out / "leaderboard.json", json.dumps(json_clean(
-        {"dataset": args.dataset, "n": len(index), "index": index.tolist(), "budgets": args.budgets,
-         "attacks": args.attack, "seed": args.seed, "wall_time_s": wall, "paired_vs_baseline": deltas,
-         "models": {name: {k: getattr(r, k) for k in ("clean_acc", "n_samples", "success_rate", "l2_mean", "l2_median",
-                                                      "distance", "convergence", "bracket", "wall_time_s")}
-                    | {"robust_accuracy_at_eps": r.robust_accuracy["at_eps"],
-                       "by_attack": {a: {k: v for k, v in part.items() if k != "params"}
-                                     for a, part in r.by_attack.items()}}
-                    for name, r in results.items()}}), indent=2))
-    plot_distance_curves(results, args.out / "distance_vs_queries.png")
-    plot_robust_accuracy(results, args.out / "robust_accuracy.png")
-    if args.update_readme:
-        update_readme(args.update_readme, block)
-    if args.update_cards:
-        from .hub import update_bundled_evaluation
-
-        for name, result in results.items():
-            result.settings["command"] = command
-            for folder in update_bundled_evaluation(name, json.loads(result.to_json())):
-                print(f"updated {folder}")
-    print(f"\n{tables}\n\n{len(models)} models in {wall:.0f} s; wrote {args.out}/")
+    command = ("repspec-zoo leaderboard " + " ".join(argv if argv is not None else sys.argv[2:])).strip()
+    meta = dict(dataset=args.dataset, index=index.tolist(), budgets=args.budgets, attacks=args.attack,
+                seed=args.seed, wall_time_s=time.perf_counter() - start, command=command)
+    tables = report(results, args.out, meta, args.update_readme, args.update_cards)
+    print(f"\n{tables}\n\n{len(models)} models in {meta['wall_time_s']:.0f} s; wrote {args.out}/")
     return results

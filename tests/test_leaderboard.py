@@ -90,3 +90,13 @@ def test_update_bundled_evaluation_rewrites_card_and_keeps_weights(board, tmp_pa
         assert "best of TA+FMN success rate, 95% Clopper-Pearson CI" in card.text
     with pytest.raises(hub.ExportError, match="no bundled folder"):
         hub.update_bundled_evaluation("slp_baseline.fmnist", evaluation)
+
+
+def test_report_only_rerenders_the_same_tables(board):
+    out, _, results = board
+    before = (out / "leaderboard.md").read_text(), json.loads((out / "leaderboard.json").read_text())
+    again = leaderboard.main(["--out", str(out), "--report-only"])
+    assert (out / "leaderboard.md").read_text() == before[0]
+    assert json.loads((out / "leaderboard.json").read_text()) == before[1]
+    for name, r in results.items():  # EvalResult.load gives back the saved numbers, inf included
+        assert again[name].per_sample["l2"] == r.per_sample["l2"] and again[name].l2_median == r.l2_median
