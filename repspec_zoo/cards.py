@@ -36,7 +36,7 @@ def attack_rows(evaluation: Mapping) -> list[tuple[int | None, float, float | No
     return sorted(rows, key=lambda row: row[0])
 
 
-def _attack_label(evaluation: Mapping) -> tuple[str, str]:
+def attack_label(evaluation: Mapping) -> tuple[str, str]:
     """(metric-type prefix, human name) of an evaluation's attack: one attack, or the per-sample best
     of several ('ensemble')."""
     attacks = evaluation.get("attacks") or [str(evaluation.get("attack", "ta"))]
@@ -49,7 +49,7 @@ def _eval_results(config: Mapping, dataset_hub_id: str | None) -> list[EvalResul
     evaluation, dataset = config["eval"], config["dataset"]
     common = dict(task_type=TASK, dataset_type=dataset_hub_id or dataset, dataset_name=dataset, dataset_split="test")
     results = [EvalResult(metric_type="accuracy", metric_value=float(evaluation["clean_acc"]), **common)]
-    prefix, label = _attack_label(evaluation)
+    prefix, label = attack_label(evaluation)
     for queries, mean, median in attack_rows(evaluation):
         metric_config = None if queries is None else f"queries={queries}"
         at = "" if queries is None else f", {queries} queries"
@@ -84,7 +84,7 @@ def format_interval(part: Mapping | None, digits: int = 4) -> str:
 
 def _evaluation_table(evaluation: Mapping) -> str:
     lines = ["| metric | value |", "|---|---|", f"| clean accuracy | {float(evaluation['clean_acc']):.4f} |"]
-    _, label = _attack_label(evaluation)
+    _, label = attack_label(evaluation)
     if "n_samples" in evaluation:
         lines.append(f"| attacked samples (correctly classified) | {evaluation['n_samples']} |")
     rates = evaluation.get("success_rate") or {}

@@ -150,7 +150,7 @@ def test_publish_then_load_offline_from_cache(tmp_path, monkeypatch, capsys):
     fork = timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=f"fork/{NAME}"))
     assert_same(plain_state(fork), weights)
     row = next(r for r in repspec_zoo.list_pretrained() if r.name == NAME)
-    summary = (row.source, row.gamma, row.clean_acc, row.ta_l2_mean, row.ta_queries)
+    summary = (row.source, row.gamma, row.clean_acc, row.l2_mean, row.queries)
     assert summary == ("hf-cache", 1e-3, 0.8125, 1.25, 1000)
     assert len(server.requests) == served
 
@@ -190,12 +190,12 @@ def test_list_pretrained_reads_bundled_weights(tmp_path, capsys):
     rows = {r.name: r for r in repspec_zoo.list_pretrained()}
     assert set(rows) == set(timm.list_pretrained(ZOO_PATTERNS))
     row = rows["resnet_small_baseline.fmnist"]
-    summary = (row.source, row.dataset, row.gamma, row.clean_acc, row.ta_l2_mean)
+    summary = (row.source, row.dataset, row.gamma, row.clean_acc, row.l2_mean)
     assert summary == ("bundled", "fashion_mnist", 0.0, 0.8125, 1.25)
     assert (rows[NAME].source, rows[NAME].clean_acc, rows[NAME].hf_hub_id) == ("hub", None, f"{HF_ORG}/{NAME}")
     cli.main(["list-pretrained"])
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(row.name))
-    assert line.split()[1:] == ["fashion_mnist", "0e+00", "0.8125", "1.2500", "1000", "bundled"]
+    assert line.split()[1:] == ["fashion_mnist", "0e+00", "0.8125", "1.2500", "-", "1000", "bundled", "TA"]
 
 
 ROTH_EXPORTS = {  # mode: (zoo name, config.json's regularizer, what the card says, card tag)

@@ -12,7 +12,9 @@ def _fmt(value, width: int, spec: str) -> str:
 
 def main(argv: list[str]) -> None:
     argparse.ArgumentParser(prog="repspec-zoo list-pretrained", description=__doc__).parse_args(argv)
-    print(f"{'name':36s} {'dataset':14s} {'gamma':>7s} {'clean_acc':>9s} {'TA l2 mean':>10s} {'@queries':>8s}  source")
+    print(f"{'name':36s} {'dataset':14s} {'gamma':>7s} {'clean_acc':>9s} {'l2 mean':>8s} {'success':>7s} "
+          f"{'@queries':>8s}  {'source':8s} attack")
     for row in list_pretrained():
         print(f"{row.name:36s} {row.dataset:14s} {_fmt(row.gamma, 7, '.0e')} {_fmt(row.clean_acc, 9, '.4f')} "
-              f"{_fmt(row.ta_l2_mean, 10, '.4f')} {_fmt(row.ta_queries, 8, 'd')}  {row.source}")
+              f"{_fmt(row.l2_mean, 8, '.4f')} {_fmt(row.success_rate, 7, '.3f')} {_fmt(row.queries, 8, 'd')}  "
+              f"{row.source:8s} {row.attack or '-'}")

@@ -39,7 +39,7 @@ from timm.models import (PretrainedCfg, generate_default_cfgs, get_arch_pretrain
 from timm.models._builder import pretrained_cfg_for_features
 
 from .. import hub
-from ..cards import attack_rows
+from ..cards import attack_label, attack_rows
 from ..hub import PretrainedWeightsUnavailable  # noqa: F401  (re-exported: the error of pretrained=True)
 from ..spectral import attach_spectral
 
@@ -210,8 +210,10 @@ class PretrainedRow:
     dataset: str               # repspec_zoo.data.DATASETS name
     gamma: float | None        # spectral strength, paper convention (0 for baselines); None: unknown here or adv/ddsnr
     clean_acc: float | None    # test accuracy, fraction 0..1; None: weights not on this machine
-    ta_l2_mean: float | None   # Tangent Attack mean L2 distance in [0, 1] pixel space, at ta_queries
-    ta_queries: int | None     # the largest attack budget evaluated
+    attack: str | None         # the evaluation's attack, e.g. 'TA' or 'best of TA+CGBA+FMN+ALMA'
+    l2_mean: float | None      # its mean L2 distance in [0, 1] pixel space over the broken samples, at `queries`
+    success_rate: float | None  # fraction 0..1 of the attacked samples broken, at `queries`
+    queries: int | None        # the largest hard-label budget evaluated
     source: str                # 'bundled', 'hf-cache' or 'hub' (downloaded by the first pretrained=True)
     hf_hub_id: str
 
@@ -219,12 +221,15 @@ class PretrainedRow:
 def _row(name: str, mode: str | None, tag: str) -> PretrainedRow:
     hf_hub_id = get_pretrained_cfg(name).hf_hub_id
     source, config = hub.local_config(name, hf_hub_id)
-    gamma, acc, queries, ta = (0.0 if mode is None else None), None, None, None
+    gamma, acc, attack, queries, l2, success = (0.0 if mode is None else None), None, None, None, None, None
     if config is not None:
         evaluation = config.get("eval", {})
         gamma, acc = config["regularizer"].get("gamma"), evaluation.get("clean_acc")  # adv/ddsnr: no gamma
-        queries, ta = (attack_rows(evaluation) or [(None, None, None)])[-1][:2]
-    return PretrainedRow(name, TAGS[tag].dataset, gamma, acc, ta, queries, source, hf_hub_id)
+        queries, l2 = (attack_rows(evaluation) or [(None, None, None)])[-1][:2]
+        if l2 is not None:
+            attack = attack_label(evaluation)[1]
+            success = (evaluation.get("success_rate") or {}).get(str(queries))
+    return PretrainedRow(name, TAGS[tag].dataset, gamma, acc, attack, l2, success, queries, source, hf_hub_id)
 
 
 def list_pretrained() -> list[PretrainedRow]:
