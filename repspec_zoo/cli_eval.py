@@ -27,9 +27,10 @@ from .attacks import NormalizedModel
 from .eval import PAPER, evaluate, resolve_attacks
 
 
-def _budgets(text: str) -> list[int]:
+def parse_budgets(text: str) -> list[int]:
+    """argparse type of --budgets: comma-separated positive query counts, sorted, unique."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
     except ValueError:
         raise argparse.ArgumentTypeError(f"--budgets takes comma-separated integers like 1000,5000, got {text!r}")
     if not values or min(values) < 1:
@@ -37,7 +38,8 @@ def _budgets(text: str) -> list[int]:
     return values
 
 
-def _attacks(text: str) -> list[str]:
+def parse_attacks(text: str) -> list[str]:
+    """argparse type of --attack: `repspec_zoo.eval.resolve_attacks` with argparse's error."""
     try:
         return resolve_attacks(text)
     except ValueError as err:
@@ -77,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--limit", type=int, help="evaluate clean accuracy on a seeded subset of this many images")
     p.add_argument("--n", type=int, default=100, help="correctly classified samples to attack")
-    p.add_argument("--budgets", type=_budgets, help="comma-separated query budgets (default 1000,5000,10000)")
-    p.add_argument("--attack", type=_attacks, help="ta, gta, hsja, cgba, fmn, alma, ddn, a comma-separated list, "
+    p.add_argument("--budgets", type=parse_budgets, help="comma-separated query budgets (default 1000,5000,10000)")
+    p.add_argument("--attack", type=parse_attacks, help="ta, gta, hsja, cgba, fmn, alma, ddn, a comma-separated list, "
                                                    "'ensemble' or 'none' (default ta)")
     p.add_argument("--max-iter", type=int, help="hard-label attack iteration cap (the rep-spectral paper used 40)")
     p.add_argument("--paper", action="store_true",

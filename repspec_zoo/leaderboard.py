@@ -30,6 +30,7 @@ import torch
 from . import data, stats
 from .attacks import NormalizedModel
 from .cards import format_interval
+from .cli_eval import parse_attacks, parse_budgets
 from .eval import EvalResult, evaluate, json_clean, predict_split, resolve_attacks
 from .io import atomic_write_text
 from .models.zoo import ARCHS, list_pretrained, zoo_model_name
@@ -163,28 +164,14 @@ def update_readme(readme: Path, block: str, section: str = "leaderboard") -> Non
     atomic_write_text(readme, f"{head}{start}\n{block}\n{end}{tail}")
 
 
-def _budgets(text: str) -> list[int]:
-    values = sorted({int(b) for b in text.split(",") if b.strip()})
-    if not values or values[0] < 1:
-        raise argparse.ArgumentTypeError(f"--budgets takes positive comma-separated query counts, got {text!r}")
-    return values
-
-
-def _attacks(text: str) -> list[str]:
-    try:
-        return resolve_attacks(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err))
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repspec-zoo leaderboard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", help="zoo names (default: every bundled model trained on --dataset)")
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--n", type=int, default=50, help="test images attacked per model (the same for every model)")
-    p.add_argument("--budgets", type=_budgets, default=[250, 500, 1000], help="comma-separated query budgets")
-    p.add_argument("--attack", type=_attacks, default=resolve_attacks("ensemble"),
+    p.add_argument("--budgets", type=parse_budgets, default=[250, 500, 1000], help="comma-separated query budgets")
+    p.add_argument("--attack", type=parse_attacks, default=resolve_attacks("ensemble"),
                    help="attack name, comma-separated list or 'ensemble' (default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1000, help="rows per model call")

@@ -302,12 +302,7 @@ def cgba(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget: int | torc
     subspace = LowFrequencyDCT(shape, f, oracle.device, xf.dtype) if f > 1 else None
     tol = walk.gamma / d ** 1.5  # radians for the angle bisection, alpha-units for the line
     dist_prev = walk.start_dist.clone()  # the probe radius scales with the distance before the last move
-    t = 0
-    while max_iter is None or t < max_iter:
-        active = walk.active()
-        if not len(active):
-            break
-        t += 1
+    for t, active in walk.iterations(max_iter):
         delta = walk.gamma / d * dist_prev[active]
         u, ok = estimate_normal(oracle, walk.streams, o[active], active, delta,
                                 int(initial_probes * math.sqrt(t)), subspace=subspace)
@@ -322,8 +317,7 @@ def cgba(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget: int | torc
             dist_prev[m] = dist[m]
             o[m] = new[moved]
             dist[m] = (o[m] - xf[m]).norm(dim=1)
-        walk.record(active)
     return walk.finish(dict(budget=oracle.budget.max().item(), batch_size=batch_size, seed=seed,
-                            gamma=walk.gamma, max_iter=max_iter, iterations=t, variant=variant,
+                            gamma=walk.gamma, max_iter=max_iter, iterations=walk.t, variant=variant,
                             dim_reduc_factor=f, subspace_dim=d if subspace is None else subspace.dim,
                             initial_probes=initial_probes, max_arc_tries=MAX_ARC_TRIES))

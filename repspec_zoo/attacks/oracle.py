@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 __all__ = [
-    "HardLabelOracle", "OracleAnswer", "check_images", "model_device_dtype", "predict_labels",
+    "HardLabelOracle", "OracleAnswer", "check_attack_inputs", "check_images", "model_device_dtype", "predict_labels",
 ]
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
@@ -59,6 +59,29 @@ def check_images(name: str, t: torch.Tensor, bounds: tuple[float, float]) -> Non
             f"{name} has values in [{t.min().item():.4g}, {t.max().item():.4g}], outside bounds "
             f"{list(bounds)}; attacks work in [0, 1] pixel space: pass un-normalized images and "
             f"wrap the model in repspec_zoo.attacks.NormalizedModel (or change `bounds`)")
+
+
+def check_attack_inputs(model: Classifier, x: torch.Tensor, y, bounds: Sequence[float],
+                        batch_size: int) -> tuple[tuple[float, float], torch.Tensor]:
+    """Clear errors for what every attack is given: a model in eval mode, ``bounds`` (min < max),
+    ``batch_size`` an int >= 1, ``x`` a non-empty batch of finite images inside the bounds and ``y``
+    integer labels, one per image. Returns ((lo, hi), y as a tensor)."""
+    if isinstance(model, nn.Module) and model.training:
+        raise ValueError("model is in training mode; call model.eval() before attacking "
+                         "it (BatchNorm/Dropout in train mode make labels depend on the batch)")
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not lo < hi:
+        raise ValueError(f"bounds must be (min, max) with min < max, got {tuple(bounds)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1 (rows per model call), got {batch_size!r}")
+    check_images("x", x, (lo, hi))
+    if x.dim() < 2 or len(x) == 0:
+        raise ValueError(f"x must be a non-empty batch (N, ...), got shape {tuple(x.shape)}")
+    y = torch.as_tensor(y)
+    if y.shape != (len(x),) or y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"y must be integer labels of shape ({len(x)},) matching x, got "
+                         f"{y.dtype} {tuple(y.shape)}")
+    return (lo, hi), y
 
 
 @torch.no_grad()
@@ -103,23 +126,7 @@ class HardLabelOracle:
     def __init__(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
                  budget: int | torch.Tensor, batch_size: int = 256,
                  bounds: Sequence[float] = (0.0, 1.0)):
-        if isinstance(model, nn.Module) and model.training:
-            raise ValueError("model is in training mode; call model.eval() before attacking "
-                             "it (BatchNorm/Dropout in train mode make labels depend on the batch)")
-        lo, hi = float(bounds[0]), float(bounds[1])
-        if not lo < hi:
-            raise ValueError(f"bounds must be (min, max) with min < max, got {tuple(bounds)}")
-        self.bounds = (lo, hi)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1 (rows per model call), "
-                             f"got {batch_size!r}")
-        check_images("x", x, self.bounds)
-        if x.dim() < 2 or len(x) == 0:
-            raise ValueError(f"x must be a non-empty batch (N, ...), got shape {tuple(x.shape)}")
-        y = torch.as_tensor(y)
-        if y.shape != (len(x),) or y.is_floating_point() or y.dtype == torch.bool:
-            raise ValueError(f"y must be integer labels of shape ({len(x)},) matching x, got "
-                             f"{y.dtype} {tuple(y.shape)}")
+        self.bounds, y = check_attack_inputs(model, x, y, bounds, batch_size)
         self._device_dtype = model_device_dtype(model, x)
         device = self._device_dtype[0]
         budget = torch.as_tensor(budget)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -421,15 +421,14 @@ class BoundaryWalk:
     `BoundaryWalk.begin` validates the arguments, builds the oracle and the per-sample streams,
     queries x once per sample (1 query; samples already misclassified are done with l2 = 0),
     finds each sample a start (`initialize`) and bisects to the boundary. Then
-    ``walk.active()`` lists the samples still running (an adversarial point, budget left,
-    ``dist >= STOP_L2``), the attack moves ``walk.o`` / ``walk.dist`` for them, and
-    ``walk.record(active)`` stores (queries, ||o - x||). `finish` re-verifies every returned
-    point and packs the `AttackResult`.
+    ``for t, active in walk.iterations(max_iter)`` hands the attack the samples still running;
+    it moves ``walk.o`` / ``walk.dist`` for them and the walk records (queries, ||o - x||).
+    `finish` re-verifies every returned point and packs the `AttackResult`.
 
     Attributes: ``name``, ``oracle``, ``streams``, ``gamma``, ``steps`` (queries of one
     bisection), ``x`` (N, d) flat originals, ``o`` (N, d) current points, ``found`` (N,) bool,
     ``dist`` (N,) ||o - x||, ``start_dist`` (N,) distance of the start before its bisection,
-    ``records``.
+    ``records``, ``t`` (iterations run).
     """
 
     def __init__(self, name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor,
@@ -453,7 +452,7 @@ class BoundaryWalk:
         sample_ids = list(range(n)) if sample_ids is None else torch.as_tensor(sample_ids).flatten().tolist()
         if len(sample_ids) != n:
             raise ValueError(f"sample_ids must give one id per sample ({n}), got {len(sample_ids)}")
-        self.name, self.oracle, self.gamma = name, oracle, gamma
+        self.name, self.oracle, self.gamma, self.t = name, oracle, gamma, 0
         self.streams = SampleStreams(seed, sample_ids, device)
         self.steps = bisection_steps(gamma, d)
         self.bar = None
@@ -475,15 +474,20 @@ class BoundaryWalk:
         self.dist = (self.o - self.x).norm(dim=1)
         self.records = [(self.found.nonzero().flatten(), oracle.queries[self.found], self.dist[self.found])]
 
-    def active(self) -> torch.Tensor:
-        """Samples still running: an adversarial point, queries left, ||o - x|| >= STOP_L2."""
-        return (self.found & (self.oracle.remaining > 0) & (self.dist >= STOP_L2)).nonzero().flatten()
-
-    def record(self, active: torch.Tensor) -> None:
-        """Store (queries, ||o - x||) of ``active`` after an iteration; advance the bar."""
-        self.records.append((active, self.oracle.queries[active], self.dist[active]))
-        if self.bar is not None:
-            self.bar.update(int(self.oracle.queries.sum()) - self.bar.n)
+    def iterations(self, max_iter: int | None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield (t, active) for t = 1, 2, ... while some sample is still running (an adversarial
+        point, queries left, ||o - x|| >= STOP_L2) and t <= ``max_iter``; after each iteration
+        store (queries, ||o - x||) of ``active`` and advance the bar. ``self.t``: iterations run."""
+        self.t = 0
+        while max_iter is None or self.t < max_iter:
+            active = (self.found & (self.oracle.remaining > 0) & (self.dist >= STOP_L2)).nonzero().flatten()
+            if not len(active):
+                return
+            self.t += 1
+            yield self.t, active
+            self.records.append((active, self.oracle.queries[active], self.dist[active]))
+            if self.bar is not None:
+                self.bar.update(int(self.oracle.queries.sum()) - self.bar.n)
 
     def finish(self, params: dict) -> AttackResult:
         """Re-verify every returned point (without queries) and pack the `AttackResult`.
@@ -551,12 +555,7 @@ def run_boundary_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.
     oracle, xf, o, dist = walk.oracle, walk.x, walk.o, walk.dist
     d, (lo, hi) = xf.shape[1], oracle.bounds
     dist_prev = dist.clone()
-    t = 0
-    while max_iter is None or t < max_iter:
-        active = walk.active()
-        if not len(active):
-            break
-        t += 1
+    for t, active in walk.iterations(max_iter):
         if t == 1:
             delta = torch.full((len(active),), 0.1 * (hi - lo), dtype=o.dtype, device=o.device)
         else:
@@ -569,6 +568,5 @@ def run_boundary_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.
             o[m] = bisect(oracle, xf[m], k[moved], m, walk.steps)
             dist_prev[m] = (k[moved] - xf[m]).norm(dim=1)
             dist[m] = (o[m] - xf[m]).norm(dim=1)
-        walk.record(active)
     return walk.finish(dict(params or {}, budget=oracle.budget.max().item(), batch_size=batch_size,
-                            seed=seed, gamma=walk.gamma, max_iter=max_iter, iterations=t))
+                            seed=seed, gamma=walk.gamma, max_iter=max_iter, iterations=walk.t))

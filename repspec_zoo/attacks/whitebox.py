@@ -55,7 +55,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .oracle import Classifier, check_images, model_device_dtype, predict_labels
+from .oracle import Classifier, check_attack_inputs, model_device_dtype, predict_labels
 from .primitives import AttackResult, verify
 from .starts import StartPool
 
@@ -111,21 +111,8 @@ def _run_white_box(name: str, attack: Callable, steps_kw: str, model: Classifier
                    attack_kw: dict, min_classes: int = 2, warm_start: bool = False,
                    starts: StartPool | torch.Tensor | None = None) -> AttackResult:
     """Chunked, counted, seeded call of adv-lib's ``attack`` (see the module docstring)."""
-    if isinstance(model, nn.Module) and model.training:
-        raise ValueError("model is in training mode; call model.eval() before attacking it "
-                         "(BatchNorm/Dropout in train mode make outputs depend on the batch)")
-    lo, hi = float(bounds[0]), float(bounds[1])
-    if not lo < hi:
-        raise ValueError(f"bounds must be (min, max) with min < max, got {tuple(bounds)}")
-    _check_int("batch_size", batch_size, 1)
+    (lo, hi), y = check_attack_inputs(model, x, y, bounds, batch_size)
     _check_int("steps", steps, 1)
-    check_images("x", x, (lo, hi))
-    if x.dim() < 2 or len(x) == 0:
-        raise ValueError(f"x must be a non-empty batch (N, ...), got shape {tuple(x.shape)}")
-    y = torch.as_tensor(y)
-    if y.shape != (len(x),) or y.is_floating_point() or y.dtype == torch.bool:
-        raise ValueError(f"y must be integer labels of shape ({len(x)},) matching x, got "
-                         f"{y.dtype} {tuple(y.shape)}")
     device, dtype = model_device_dtype(model, x)
     x = x.to(device=device, dtype=dtype)
     y = y.to(device=device, dtype=torch.long)
