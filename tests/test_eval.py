@@ -196,3 +196,17 @@ def test_indices_pick_the_attacked_images_and_reject_misclassified_ones():
     y[3] = (y[3] + 1) % 10
     with pytest.raises(ValueError, match=r"indices \[3\] are misclassified"):
         evaluate(model, (x, y), indices=[3, 4], budgets=[50], progress=False)
+
+
+def test_paper_mode_sets_the_papers_attack_and_explicit_flags_win():
+    from repspec_zoo.cli_eval import build_parser, resolve_defaults
+    from repspec_zoo.eval import PAPER
+
+    paper = resolve_defaults(build_parser().parse_args(["slp", "--paper"]))
+    assert (paper.attack, paper.max_iter, paper.budgets) == (["ta"], 40, list(PAPER["budgets"]))
+    mixed = resolve_defaults(build_parser().parse_args(["slp", "--paper", "--budgets", "500,100", "--attack", "ensemble"]))
+    assert (mixed.attack, mixed.max_iter, mixed.budgets) == (["ta", "cgba", "fmn", "alma"], 40, [100, 500])
+    plain = resolve_defaults(build_parser().parse_args(["slp"]))
+    assert (plain.attack, plain.max_iter, plain.budgets) == (["ta"], None, [1000, 5000, 10000])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["slp", "--attack", "ta,boundary"])
