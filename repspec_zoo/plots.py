@@ -27,21 +27,26 @@ def _save(plt, fig, path: Path) -> Path:
 
 
 def plot_distance_curves(results: Mapping, path: Path) -> Path:
-    """Mean best L2 (broken samples) against the query budget, one line per model, and the
-    95% bootstrap CI of the mean at the largest budget as an error bar."""
-    plt, fig, ax = _figure()
+    """Per model: the mean best hard-label L2 (broken samples) against the query budget (solid),
+    and the mean best over all attacks with its 95% bootstrap CI (dashed, with the error bar at the
+    largest budget; white-box attacks do not spend queries, so it is flat once they dominate)."""
+    plt, fig, ax = _figure(7.2, 4.6)
     for name, r in results.items():
-        line, = ax.plot(r.budgets, [r.l2_mean[str(q)] for q in r.budgets], marker=".", label=name)
+        part = r.black_box or r.__dict__
+        line, = ax.plot(r.budgets, [part["l2_mean"][str(q)] for q in r.budgets], marker=".", label=name)
         ci = r.distance["l2_mean"]
-        if ci is None:
-            continue
-        ax.errorbar([r.budgets[-1]], [ci["estimate"]], yerr=[[ci["estimate"] - ci["low"]], [ci["high"] - ci["estimate"]]],
-                    color=line.get_color(), capsize=3)
+        if r.black_box and ci is not None:
+            ax.plot(r.budgets, [r.l2_mean[str(q)] for q in r.budgets], color=line.get_color(), linestyle="--")
+            ax.errorbar([r.budgets[-1]], [ci["estimate"]],
+                        yerr=[[ci["estimate"] - ci["low"]], [ci["high"] - ci["estimate"]]],
+                        color=line.get_color(), capsize=3)
     first = next(iter(results.values()))
+    hard = "+".join(first.black_box["attacks"]) if first.black_box else first.attack
     ax.set_xscale("log")
     ax.set_xlabel("hard-label queries per sample and attack")
-    ax.set_ylabel("mean best L2 distance ([0,1] pixels)")
-    ax.set_title(f"{first.attack}, {first.n_samples} test images per model", fontsize=10)
+    ax.set_ylabel("mean L2 distance, broken samples ([0,1] pixels)")
+    ax.set_title(f"solid: best of {hard}; dashed: best of {first.attack} (95% CI); "
+                 f"{first.n_samples} test images", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     return _save(plt, fig, path)
@@ -52,7 +57,8 @@ def plot_robust_accuracy(results: Mapping, path: Path) -> Path:
     plt, fig, ax = _figure()
     for name, r in results.items():
         curve = r.robust_accuracy["curve"]
-        ax.plot([c["eps"] for c in curve], [c["robust_accuracy_upper"]["estimate"] for c in curve], label=name)
+        ax.plot([c["eps"] for c in curve], [c["robust_accuracy_upper"]["estimate"] for c in curve], label=name,
+                drawstyle="steps-post")
     eps = next(iter(results.values())).robust_accuracy["eps"]
     if eps:
         ax.axvline(eps, color="0.5", linestyle=":", label=f"eps = {eps}")
