@@ -23,17 +23,28 @@ HERE = Path(__file__).resolve().parent
 ATTACKS = ("ta", "gta", "hsja", "cgba")
 
 
+CACHE = HERE.parent / "runs" / "bench_zoo_attacks"  # one EvalResult per model: a killed run resumes
+
+
 def attack_model(job: tuple) -> dict:
-    """All hard-label attacks on one model (a worker process, one torch thread)."""
+    """All hard-label attacks on one model (a worker process, one torch thread); cached by settings."""
     name, index, budgets, seed = job
     from repspec_zoo import data
     from repspec_zoo.eval import evaluate
+    from repspec_zoo.io import atomic_write_text
     from repspec_zoo.leaderboard import load_zoo_model
 
+    cache = CACHE / f"{name}.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved["per_sample"]["index"] == index and saved["budgets"] == budgets and saved["settings"]["seed"] == seed:
+            return saved
     torch.set_num_threads(1)
     x, y = data.as_tensors(data.load_split("fashion_mnist", "test"))
     result = evaluate(load_zoo_model(name), (x, y), model_name=name, dataset_name="fashion_mnist", budgets=budgets,
                       attack=list(ATTACKS), seed=seed, batch_size=1000, indices=index, lemma1=False, progress=False)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cache, result.to_json())
     return json.loads(result.to_json())
 
 
@@ -72,7 +83,10 @@ def main(argv=None) -> dict:
     index = common_indices({n: load_zoo_model(n) for n in names}, x, y, args.n, args.seed, 1000).tolist()
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        results = pool.map(attack_model, [(name, index, budgets, args.seed) for name in names], chunksize=1)
+        results = []
+        for result in pool.imap(attack_model, [(name, index, budgets, args.seed) for name in names]):
+            print(f"done: {result['model']}", flush=True)
+            results.append(result)
     wall = time.perf_counter() - start
     summary = {"setup": {"n": len(index), "index": index, "budgets": budgets, "seed": args.seed, "attacks": ATTACKS,
                          "workers": args.workers, "threads_per_worker": 1, "torch": torch.__version__,
