@@ -8,6 +8,8 @@ benchmarks/results_zoo_attacks.json (rendered into benchmarks/README.md by rende
 
     PYTHONPATH=. python benchmarks/bench_zoo_attacks.py                 # 8 models, n=40, ~30 min on 2 cores
     PYTHONPATH=. python benchmarks/bench_zoo_attacks.py --models slp_baseline.fmnist --n 20
+    PYTHONPATH=. python benchmarks/bench_zoo_attacks.py --from results/leaderboard   # no attack run: the
+        # published leaderboard's own TA and CGBA distances (its images and budgets)
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def attack_model(job: tuple) -> dict:
     return json.loads(result.to_json())
 
 
-def compare(result: dict, budgets: list[int], seed: int) -> dict:
+def compare(result: dict, budgets: list[int], seed: int, attacks=ATTACKS) -> dict:
     """Per budget: each attack's mean / median / success, and CGBA vs TA paired on the same images."""
     from repspec_zoo import stats
 
@@ -56,7 +58,7 @@ def compare(result: dict, budgets: list[int], seed: int) -> dict:
     for q in map(str, budgets):
         per = result["per_sample"]["l2_by_attack"]
         row = {a: {"l2_mean": result["by_attack"][a]["l2_mean"][q], "l2_median": result["by_attack"][a]["l2_median"][q],
-                   "success_rate": result["by_attack"][a]["success_rate"][q]} for a in ATTACKS}
+                   "success_rate": result["by_attack"][a]["success_rate"][q]} for a in attacks}
         ta, cg = [float(v) for v in per["ta"][q]], [float(v) for v in per["cgba"][q]]
         row["cgba_vs_ta"] = stats.to_jsonable(stats.paired_comparison(ta, cg, seed=seed))
         out[q] = row
@@ -70,8 +72,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--budgets", default="1000,2000,5000")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2, help="models attacked in parallel, one thread each")
-    ap.add_argument("--out", type=Path, default=HERE / "results_zoo_attacks.json")
+    ap.add_argument("--from", dest="source", type=Path,
+                    help="read the TA and CGBA distances of a leaderboard run (its --out folder) instead of attacking")
+    ap.add_argument("--out", type=Path, help="default benchmarks/results_zoo_attacks[_leaderboard].json")
     args = ap.parse_args(argv)
+    if args.source:
+        return from_leaderboard(args.source, args.out or HERE / "results_zoo_attacks_leaderboard.json")
+    args.out = args.out or HERE / "results_zoo_attacks.json"
 
     from repspec_zoo import data
     from repspec_zoo.io import atomic_write_text
@@ -103,6 +110,24 @@ def main(argv=None) -> dict:
         print(f"| {name} | " + " | ".join(f"{row[a]['l2_mean']:.3f}/{row[a]['l2_median']:.3f}" for a in ATTACKS)
               + f" | {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")
     print(f"wrote {args.out} ({wall:.0f} s)")
+    return summary
+
+
+def from_leaderboard(folder: Path, out: Path) -> dict:
+    """The CGBA vs TA comparison from a leaderboard's per-model EvalResult files (no attack runs)."""
+    from repspec_zoo.io import atomic_write_text
+
+    meta = json.loads((folder / "leaderboard.json").read_text())
+    attacks = [a for a in ("ta", "gta", "hsja", "cgba") if a in meta["attacks"]]
+    results = [json.loads((folder / f"{name}.json").read_text()) for name in meta["models"]]
+    summary = {"setup": {"n": len(meta["index"]), "budgets": meta["budgets"], "seed": meta["seed"], "attacks": attacks,
+                         "source": f"{folder.as_posix()} (written by `{meta['command']}`)"},
+               "models": {r["model"]: {"clean_acc": r["clean_acc"],
+                                       "by_budget": compare(r, meta["budgets"], meta["seed"], attacks),
+                                       "wall_s": {a: r["by_attack"][a]["wall_time_s"] for a in attacks}}
+                          for r in results}}
+    atomic_write_text(out, json.dumps(summary, indent=1))
+    print(f"wrote {out}")
     return summary
 
 
