@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attack name, comma-separated list or 'ensemble' (default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1000, help="rows per model call")
+    p.add_argument("--workers", type=int, default=1,
+                   help="models evaluated in parallel processes, one torch thread each (default 1: one process)")
     p.add_argument("--out", type=Path, default=Path("results/leaderboard"))
     p.add_argument("--update-readme", type=Path, help="fill this README's leaderboard markers with the tables")
     p.add_argument("--report-only", action="store_true",
@@ -224,6 +226,32 @@ def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path |
     return tables
 
 
+def finished(path: Path, settings: dict) -> EvalResult | None:
+    """The saved EvalResult at ``path`` if it was made with the same images, budgets, attacks and seed
+    (a killed leaderboard continues where it stopped), else None."""
+    if not path.is_file():
+        return None
+    result = EvalResult.load(path)
+    same = (result.per_sample.get("index") == settings["index"] and result.budgets == settings["budgets"]
+            and result.attacks == settings["attacks"] and result.settings.get("seed") == settings["seed"])
+    return result if same else None
+
+
+def evaluate_job(job: dict, model: NormalizedModel | None = None, test=None) -> str:
+    """Evaluate one model on the leaderboard's images and save its EvalResult JSON; in a worker
+    process (model and test split not given) with one torch thread and no progress bars."""
+    worker = model is None
+    if worker:
+        torch.set_num_threads(1)
+        model = load_zoo_model(job["name"])
+        test = data.as_tensors(data.load_split(job["dataset"], "test"))
+    result = evaluate(model, test, model_name=job["name"], dataset_name=job["dataset"], budgets=job["budgets"],
+                      attack=job["attacks"], seed=job["seed"], batch_size=job["batch_size"], indices=job["index"],
+                      progress=not worker)
+    result.save(job["out"] / f"{job['name']}.json")
+    return job["name"]
+
+
 def main(argv=None) -> dict[str, EvalResult]:
     args = build_parser().parse_args(argv)
     if args.report_only:
@@ -241,19 +269,30 @@ def main(argv=None) -> dict[str, EvalResult]:
     x, y = data.as_tensors(data.load_split(args.dataset, "test"))
     start = time.perf_counter()
     models = {name: load_zoo_model(name) for name in names}
-    index = common_indices(models, x, y, args.n, args.seed, args.batch_size)
+    index = common_indices(models, x, y, args.n, args.seed, args.batch_size).tolist()
     print(f"attacking the same {len(index)} test images (classified correctly by all {len(models)} models) "
           f"with {'+'.join(args.attack)}")
-    results = {}
-    for i, (name, model) in enumerate(models.items(), 1):
-        print(f"[{i}/{len(models)}] {name}")
-        result = evaluate(model, (x, y), model_name=name, dataset_name=args.dataset, budgets=args.budgets,
-                          attack=args.attack, seed=args.seed, batch_size=args.batch_size, indices=index)
-        result.save(args.out / f"{name}.json")
-        results[name] = result
+    settings = dict(dataset=args.dataset, index=index, budgets=args.budgets, attacks=args.attack, seed=args.seed,
+                    batch_size=args.batch_size, out=args.out)
+    done = {name: kept for name in names if (kept := finished(args.out / f"{name}.json", settings))}
+    for name in done:
+        print(f"{name}: kept {args.out / f'{name}.json'} (same images, budgets, attacks and seed)")
+    todo = [name for name in names if name not in done]
+    if args.workers > 1 and len(todo) > 1:
+        from multiprocessing import get_context
+
+        with get_context("spawn").Pool(min(args.workers, len(todo))) as pool:
+            for name in pool.imap_unordered(evaluate_job, [dict(settings, name=n) for n in todo]):
+                print(f"done: {name}", flush=True)
+    else:
+        for i, name in enumerate(todo, 1):
+            print(f"[{i}/{len(todo)}] {name}")
+            evaluate_job(dict(settings, name=name), models[name], (x, y))
+    results = {name: done.get(name) or EvalResult.load(args.out / f"{name}.json") for name in names}
     command = ("repspec-zoo leaderboard " + " ".join(argv if argv is not None else sys.argv[2:])).strip()
-    meta = dict(dataset=args.dataset, index=index.tolist(), budgets=args.budgets, attacks=args.attack,
-                seed=args.seed, wall_time_s=time.perf_counter() - start, command=command)
+    meta = dict(dataset=args.dataset, index=index, budgets=args.budgets, attacks=args.attack, seed=args.seed,
+                wall_time_s=time.perf_counter() - start, command=command)
     tables = report(results, args.out, meta, args.update_readme, args.update_cards)
-    print(f"\n{tables}\n\n{len(models)} models in {meta['wall_time_s']:.0f} s; wrote {args.out}/")
+    print(f"\n{tables}\n\n{len(models)} models ({len(todo)} attacked now) in {meta['wall_time_s']:.0f} s; "
+          f"wrote {args.out}/")
     return results

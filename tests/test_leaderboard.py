@@ -100,3 +100,21 @@ def test_report_only_rerenders_the_same_tables(board):
     assert json.loads((out / "leaderboard.json").read_text()) == before[1]
     for name, r in results.items():  # EvalResult.load gives back the saved numbers, inf included
         assert again[name].per_sample["l2"] == r.per_sample["l2"] and again[name].l2_median == r.l2_median
+
+
+def test_rerun_keeps_finished_models_and_workers_give_the_same_numbers(board, tmp_path, monkeypatch, capsys):
+    out, _, results = board
+    argv = ["--models", *SLPS, "--n", "6", "--budgets", "40,80", "--attack", "ta,fmn", "--out", str(out)]
+
+    def no_attack(*args, **kwargs):
+        raise AssertionError("a finished model was attacked again")
+
+    monkeypatch.setattr(leaderboard, "evaluate", no_attack)
+    again = leaderboard.main(argv)
+    assert capsys.readouterr().out.count("kept") == 2
+    assert all(again[n].per_sample["l2_by_attack"] == results[n].per_sample["l2_by_attack"] for n in SLPS)
+    monkeypatch.undo()
+    # two worker processes (one thread each) give the single process's numbers
+    parallel = leaderboard.main([*argv[:-1], str(tmp_path), "--workers", "2"])
+    for name in SLPS:
+        assert parallel[name].per_sample["l2_by_attack"] == results[name].per_sample["l2_by_attack"]
