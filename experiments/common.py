@@ -46,11 +46,16 @@ class Run:
         return (self.output / "run.json").is_file()
 
     def command(self) -> list[str]:
-        argv = [sys.executable, str(ROOT / "recipes" / "train.py"), "--config", str(CONFIGS / f"{self.config}.yaml"),
-                "--output", str(self.output), *self.overrides]
-        argv += ["--init", str(self.init)] if self.init else []
+        """The recipe's command line, with paths relative to ROOT (its working directory): the run
+        records it, and published cards must not carry this machine's paths."""
+        def rel(path: Path) -> str:
+            return os.path.relpath(path, ROOT)
+
+        argv = [sys.executable, "recipes/train.py", "--config", rel(CONFIGS / f"{self.config}.yaml"),
+                "--output", rel(self.output), *self.overrides]
+        argv += ["--init", rel(self.init)] if self.init else []
         if self.branch_from:  # resolved now: the checkpoint exists once the source run has trained
-            argv += ["--branch-from", str(checkpoint_at_epoch(*self.branch_from))]
+            argv += ["--branch-from", rel(checkpoint_at_epoch(*self.branch_from))]
         return argv
 
 
