@@ -14,7 +14,8 @@ HERE = Path(__file__).resolve().parent
 COMMANDS = {
     "spectral": "PYTHONPATH=. python benchmarks/bench_spectral.py --steps 15",
     "attack": "PYTHONPATH=. python benchmarks/bench_attack.py",
-    "zoo_attacks": "PYTHONPATH=. python benchmarks/bench_zoo_attacks.py",
+    "zoo_attacks": ("PYTHONPATH=. python benchmarks/bench_zoo_attacks.py --models slp_baseline.fmnist "
+                    "resnet_small_baseline.fmnist --n 20 --workers 1"),
     "zoo_attacks_leaderboard": "PYTHONPATH=. python benchmarks/bench_zoo_attacks.py --from results/leaderboard",
     "recipe": ("OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_recipe.py --epochs 3 --repeats 4 "
                "dataset.train_limit=2560 dataset.test_limit=256 regularizer.burn_in_epochs=1 eval.attack=none"),
