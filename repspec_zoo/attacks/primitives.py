@@ -29,7 +29,7 @@ from .starts import StartPool
 __all__ = [
     "AttackResult", "AttackVerificationError", "SampleStreams", "verify", "default_gamma",
     "bisection_steps", "num_probes", "initialize", "bisect", "estimate_normal", "step_search",
-    "BoundaryWalk", "run_boundary_attack",
+    "BoundaryWalk", "run_boundary_attack", "warn_unverified",
 ]
 
 # One per-sample draw of probe directions holds at most DRAW_ELEMS numbers (DRAW_ELEMS // d
@@ -412,6 +412,18 @@ class AttackResult:
                 f"mean_queries={self.queries.float().mean().item():.1f})")
 
 
+def warn_unverified(name: str, verified: torch.Tensor, consequence: str) -> None:
+    """RuntimeWarning naming the samples whose returned point failed `verify` (``consequence``:
+    what the attack did with them), rather than an error: a point at the boundary can change
+    label when the model's outputs depend on the batch (BLAS/cuDNN kernels chosen by batch size)."""
+    if not verified.all():
+        bad = (~verified).nonzero().flatten()[:10].tolist()
+        warnings.warn(f"{name}: {int((~verified).sum())} returned point(s) failed re-verification (samples {bad})"
+                      f"{consequence}; see AttackResult.verified. Points at the boundary can change label when "
+                      f"the model's outputs depend on the batch (BLAS/cuDNN kernels chosen by batch size)",
+                      RuntimeWarning)
+
+
 # ----------------------------------------------------------------------------- main loop
 
 class BoundaryWalk:
@@ -508,12 +520,7 @@ class BoundaryWalk:
         for j, (ids, q, dist) in enumerate(self.records):
             tq[ids, j], tl[ids, j], tm[ids, j] = q, dist, True
         verified = verify(oracle, oracle.x, x_adv, oracle.y, l2, raise_on_error=False)
-        if not verified.all():
-            bad = (~verified).nonzero().flatten()[:10].tolist()
-            warnings.warn(f"{self.name}: {int((~verified).sum())} returned point(s) failed re-verification "
-                          f"(samples {bad}); see AttackResult.verified. Points within theta of the "
-                          f"boundary can change label when the model's outputs depend on the batch "
-                          f"(BLAS/cuDNN kernels chosen by batch size)", RuntimeWarning)
+        warn_unverified(self.name, verified, "")
         return AttackResult(self.name, x_adv, l2, oracle.queries.clone(), self.found, verified, tq, tl, tm,
                             params)
 

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from .oracle import Classifier, check_attack_inputs, model_device_dtype, predict_labels
-from .primitives import AttackResult, verify
+from .primitives import AttackResult, verify, warn_unverified
 from .starts import StartPool
 
 __all__ = ["alma", "ddn", "fmn", "WHITE_BOX_ATTACKS"]
@@ -228,12 +228,7 @@ def _run_white_box(name: str, attack: Callable, steps_kw: str, model: Classifier
     x_adv[~success] = x[~success]
     l2 = torch.where(success, (x_adv - x).flatten(1).norm(dim=1),
                      torch.full((n,), math.inf, dtype=x.dtype, device=device))
-    if not verified.all():
-        bad = (~verified).nonzero().flatten()[:10].tolist()
-        warnings.warn(f"{name}: {int((~verified).sum())} point(s) returned by adv-lib failed "
-                      f"re-verification (samples {bad}) and count as failures; see "
-                      f"AttackResult.verified. Points at the boundary can change label when the "
-                      f"model's outputs depend on the batch", RuntimeWarning)
+    warn_unverified(name, verified, " and count as failures")
     queries = forwards + backwards
     trace_q = torch.zeros(n, 1, dtype=torch.long, device=device)
     trace_l2 = l2[:, None].clone()
