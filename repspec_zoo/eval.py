@@ -396,12 +396,13 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
     result.queries_mean = float(hard_queries.float().mean())
     result.wall_time_s = sum(r[2] for r in runs.values())
     result.by_attack = by_attack
-    for key, value in _budget_stats(best, budgets).items():
+    overall = _budget_stats(best, budgets)
+    for key, value in overall.items():
         setattr(result, key, value)
     if l2_hard:  # the white-box distances do not move with the budget: converge on the hard-label ones
         result.black_box = dict(attacks=[a for a in names if runs[a][3].get("kind") != "white-box"],
                                 **_budget_stats(torch.stack(l2_hard).amin(0), budgets))
-    result.convergence = _convergence(result.black_box or _budget_stats(best, budgets), budgets)
+    result.convergence = _convergence(result.black_box or overall, budgets)
     result.distance = stats.to_jsonable(stats.distance_summary(final.numpy(), seed=seed))
     eps = stats.standard_eps(dataset_name)
     finite = final[torch.isfinite(final)]

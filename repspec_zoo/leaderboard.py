@@ -24,13 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-import timm
 import torch
 
 from . import data, stats
 from .attacks import NormalizedModel
 from .cards import format_interval
-from .cli_eval import parse_attacks, parse_budgets
+from .cli_eval import load_model, parse_attacks, parse_budgets
 from .eval import EvalResult, evaluate, json_clean, predict_split, resolve_attacks
 from .io import atomic_write_text
 from .models.zoo import ARCHS, list_pretrained, zoo_model_name
@@ -56,10 +55,7 @@ def family_baseline(name: str, dataset: str) -> str | None:
 
 def load_zoo_model(name: str) -> NormalizedModel:
     """A bundled / cached zoo model in [0,1] input space, eval mode, without regularizer hooks."""
-    model = timm.create_model(name, pretrained=True)
-    if hasattr(model, "spectral"):
-        model.spectral.remove()
-    return NormalizedModel(model).eval()
+    return NormalizedModel(load_model(name)).eval()
 
 
 def common_indices(models: dict[str, NormalizedModel], x: torch.Tensor, y: torch.Tensor, n: int, seed: int,
