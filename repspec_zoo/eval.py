@@ -275,8 +275,10 @@ def _start_pool(dataset, correct: Tensor, labels: Tensor, chosen: Tensor, seed: 
     used as given (e.g. correctly classified training images); None: no pool, noise starts
     only, as the reference attacks.
     """
-    if source is None or isinstance(source, StartPool):
-        return source, dict(source=None if source is None else "given", size=0 if source is None else len(source))
+    if source is None:
+        return None, dict(source=None, size=0)
+    if isinstance(source, StartPool):
+        return source, dict(source="given", size=len(source))
     if source != "rest":
         raise ValueError(f"start_pool must be 'rest', None or a repspec_zoo.attacks.StartPool, got {source!r}")
     keep = correct.clone()
