@@ -27,7 +27,8 @@ RESULTS = ROOT / "results" / "experiments"
 RUNS = ROOT / "runs" / "experiments"
 
 __all__ = ["ROOT", "RESULTS", "RUNS", "Run", "run_all", "parallel_map", "split_tensors", "burn_in_epochs", "load_results", "attack_summary", "distance_rule", "checkpoint_at_epoch", "load_trained", "sigma_max",
-           "mean_std", "table", "box_plot", "bundle", "write_json"]
+           "mean_std", "table", "box_plot", "bundle", "write_json", "paired_rows",
+           "paired_table"]
 
 
 @dataclass
@@ -252,3 +253,56 @@ def write_json(path: Path, data) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, json.dumps(data, indent=1))
+
+
+def paired_rows(results: dict[tuple, list[float]], baseline: str, position: int) -> list[dict]:
+    """Paired comparisons of per-image distances against the baseline arm.
+
+    Args:
+        results: {key tuple: per-image distances}, all on the same images for equal keys but the arm.
+        baseline: the arm every other arm is compared with.
+        position: where the arm sits in the key tuple.
+
+    Returns one row per (other arm, rest of the key) with ``stats.paired_comparison``'s numbers
+    (b = the arm, a = the baseline; positive = the arm is more robust), plus a pooled row per arm
+    over every other key component (pairs concatenated: the same images in each group).
+    """
+    from repspec_zoo import stats
+
+    def rest(key):
+        return key[:position] + key[position + 1:]
+
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for key, distances in results.items():
+        groups.setdefault(rest(key), {})[key[position]] = distances
+    rows, pooled = [], {}
+    for group, arms in groups.items():
+        for arm, distances in arms.items():
+            if arm == baseline or baseline not in arms:
+                continue
+            rows.append(dict(arm=arm, group=list(group), **stats.to_jsonable(
+                stats.paired_comparison(arms[baseline], distances))))
+            a, b = pooled.setdefault(arm, ([], []))
+            a.extend(arms[baseline])
+            b.extend(distances)
+    for arm, (a, b) in pooled.items():
+        rows.append(dict(arm=arm, group=["pooled"], **stats.to_jsonable(stats.paired_comparison(a, b))))
+    return rows
+
+
+def paired_table(rows: list[dict], group_names: Sequence[str]) -> str:
+    """Markdown table of `paired_rows`: mean difference with its CI, Wilcoxon p and the verdict."""
+    from repspec_zoo.cards import format_interval
+
+    head = ["arm vs baseline", *group_names, "pairs", "mean a", "mean b", "mean b - a [95% CI]", "Wilcoxon p",
+            "beyond noise"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        group = r["group"] if len(r["group"]) == len(group_names) else [*r["group"], *[""] * (len(group_names) - 1)]
+        p = r["wilcoxon"]["p_value"]
+        lines.append("| " + " | ".join([r["arm"], *map(str, group), str(r["n_pairs"]),
+                                        "-" if r["mean_a"] is None else f"{r['mean_a']:.3f}",
+                                        "-" if r["mean_b"] is None else f"{r['mean_b']:.3f}",
+                                        format_interval(r["mean_difference"], 3), "-" if p is None else f"{p:.2g}",
+                                        (r["direction"] if r["beyond_noise"] else "no")]) + " |")
+    return "\n".join(lines)

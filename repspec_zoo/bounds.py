@@ -54,8 +54,10 @@ def _linear_head(net: nn.Module) -> nn.Linear | None:
 
 
 def _feature_margins(net: nn.Module, head: nn.Linear, logits: Tensor, y: Tensor) -> Tensor:
-    """min_k (f_y - f_k) / ||W_y - W_k||: the feature-space distance to the nearest other class."""
-    w = head.weight.detach().to(logits.dtype)
+    """min_k (f_y - f_k) / ||W_y - W_k||: the feature-space distance to the nearest other class.
+
+    W is the effective head, ``logit_scale * head.weight`` for a net that scales its logits."""
+    w = head.weight.detach().to(logits.dtype) * getattr(net, "logit_scale", 1.0)
     diff_norm = (w[y][:, None, :] - w[None, :, :]).norm(dim=-1)  # (N, K)
     margin = logits.gather(1, y[:, None]) - logits
     ratio = margin / diff_norm.clamp_min(1e-30)

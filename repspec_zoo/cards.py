@@ -73,12 +73,12 @@ def _eval_results(config: Mapping, dataset_hub_id: str | None) -> list[EvalResul
 
 def format_interval(part: Mapping | None, digits: int = 4) -> str:
     """'0.7120 [0.6500, 0.7680]' from a JSON-able `repspec_zoo.stats.Interval` (inf arrives as the
-    string 'inf'); '-' when there is none."""
+    string 'inf'); '-' when there is none, 'n/a' for a bound too few samples could give."""
     if not part or part.get("estimate") is None:
         return "-"
 
     def num(v):
-        return v if isinstance(v, str) else f"{v:.{digits}f}"
+        return "n/a" if v is None else v if isinstance(v, str) else f"{v:.{digits}f}"
     return f"{num(part['estimate'])} [{num(part['low'])}, {num(part['high'])}]"
 
 
@@ -147,7 +147,7 @@ def _regularizer_text(regularizer: Mapping) -> str:
                 f"steps on the input-output Jacobian{after}.")
     if mode not in _REGULARIZER_TAGS:
         return "none: the unregularized baseline, trained with the same recipe as the regularized models."
-    settings = ", ".join(f"{k}={regularizer[k]}" for k in ("every", "estimator", "bn_aware", "burn_in_epochs")
+    settings = ", ".join(f"{k}={regularizer[k]}" for k in ("apply", "every", "estimator", "bn_aware", "activation_term", "burn_in_epochs")
                          if regularizer.get(k) is not None)
     return (f"{_REGULARIZER_TAGS[regularizer['mode']]}, gamma={regularizer['gamma']} "
             f"({GAMMA_CONVENTION}) on {len(regularizer['layers'])} layers; {settings}.")

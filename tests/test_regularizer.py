@@ -297,3 +297,79 @@ def test_rep_mode_needs_a_head():
     model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
     with pytest.raises(ValueError, match="get_classifier"):
         SpectralRegularizer(model, mode="rep")
+
+
+# ----------------------------------------------------------------------------- the authors' variants
+def test_direct_step_is_w_minus_2_lam_sigma_u_vT():
+    """The authors' ResNet update W <- W - lam * grad sigma^2 equals the hand-computed W - 2 lam sigma u v^T."""
+    torch.manual_seed(0)
+    model = timm.create_model("slp", img_size=(1, 6), in_chans=1, hidden_dim=5, num_classes=3)
+    reg = attach_spectral(model, mode="rep", gamma=0.2)  # lam = gamma / 2 = 0.1
+    w = model.fc1.weight.detach().double().clone()
+    u, s, vh = torch.linalg.svd(w)
+    before = reg.direct_step(n_iter=300)
+    expected = w - 2 * 0.1 * s[0] * torch.outer(u[:, 0], vh[0])
+    assert before["fc1"] == pytest.approx(float(s[0]), rel=1e-6)
+    torch.testing.assert_close(model.fc1.weight.double(), expected, atol=1e-6, rtol=0)
+    assert model.head.weight.grad is None and model.fc1.weight.grad is None  # no optimizer state touched
+    new = torch.linalg.svdvals(model.fc1.weight.detach().double())
+    assert float(new.max()) == pytest.approx(max((1 - 0.2) * float(s[0]), float(s[1])), rel=1e-5)
+
+
+def test_direct_step_on_a_conv_follows_the_gradient_of_the_dense_sigma_squared():
+    """On a conv the step is -lam * d sigma_max^2 / dW of the dense (zero-padded) operator matrix."""
+    torch.manual_seed(1)
+
+    class ConvNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.Linear(3 * 25, 2)
+
+        def get_classifier(self):
+            return self.fc
+
+        def forward(self, x):
+            return self.fc(self.conv(x).relu().flatten(1))
+
+    model = ConvNet().double()
+    conv = model.conv
+    reg = attach_spectral(model, mode="rep", gamma=0.1)
+    model(torch.randn(1, 2, 5, 5, dtype=torch.float64))
+    kernel = conv.weight.detach().clone().requires_grad_()
+    basis = torch.eye(2 * 25, dtype=torch.float64).view(-1, 2, 5, 5)
+    dense = F.conv2d(basis, kernel, padding=1).flatten(1).T  # (out, in): column k = conv(e_k)
+    sigma = torch.linalg.matrix_norm(dense, 2)
+    grad, = torch.autograd.grad(sigma ** 2, kernel)
+    before = reg.direct_step(n_iter=500)["conv"]
+    assert before == pytest.approx(float(sigma.detach()), rel=1e-6)
+    step = 0.05 * grad  # lam = gamma / 2; the power iteration leaves u, v converged to ~1e-6
+    torch.testing.assert_close(conv.weight.detach(), kernel.detach() - step, atol=1e-3 * float(step.abs().max()), rtol=0)
+
+
+def test_activation_term_adds_mean_max_squared_slope():
+    """eig-ub: penalty = gamma/2 * (sigma^2 + mean_x max_j gelu'(z_j)^2), z = W1 x + b1, with a gradient in b1."""
+    torch.manual_seed(2)
+    model = timm.create_model("slp", img_size=(1, 2), in_chans=1, hidden_dim=8, num_classes=2).train()
+    reg = attach_spectral(model, mode="rep", gamma=1.0, activation_term=True, warmup_iters=500)
+    x = torch.randn(6, 1, 1, 2)
+    model(x)
+    penalty = reg.penalty()
+    z = model.fc1(x.flatten(1)).detach().requires_grad_()
+    slope = torch.autograd.grad(F.gelu(z).sum(), z)[0]  # gelu' written out independently of the hook
+    sigma = torch.linalg.matrix_norm(model.fc1.weight.detach().double(), 2)
+    assert float(penalty) == pytest.approx(0.5 * float(sigma ** 2 + slope.square().amax(1).mean()), rel=1e-5)
+    penalty.backward()
+    assert model.fc1.bias.grad.abs().sum() > 0  # only the data term depends on b1
+    with pytest.raises(ValueError, match="no smooth activation"):
+        attach_spectral(timm.create_model("resnet_small"), mode="rep", activation_term=True)
+
+
+def test_small_init_and_logit_scaling_are_the_authors_mlp():
+    torch.manual_seed(3)
+    model = timm.create_model("slp", hidden_dim=2000, init_std=0.01, scale_logits=True)
+    for p in (model.fc1.weight, model.fc1.bias, model.head.weight):  # head.bias: 10 draws, too few for a std
+        assert float(p.std()) == pytest.approx(0.01, rel=0.1) and abs(float(p.mean())) < 2e-3
+    assert float(model.head.bias.abs().max()) < 0.05
+    x = torch.rand(3, 1, 28, 28)
+    raw = model.head(model.forward_features(x))
+    torch.testing.assert_close(model(x), raw / 2000 ** 0.5)

@@ -94,7 +94,7 @@ def data_dirs(workdir):
 
 # ----------------------------------------------------------------------------- shipped configs
 # Two optimizer steps: two epochs of one step, the penalty off in the first (burn-in) and on in the second.
-TWO_STEPS = ("epochs=2", "regularizer.burn_in_epochs=1", "dataset.num_workers=0", "dataset.test_limit=8",
+TWO_STEPS = ("epochs=2", "regularizer.burn_in_epochs=1", "regularizer.every=1", "dataset.num_workers=0", "dataset.test_limit=8",
              "checkpoint.every_epochs=2", "checkpoint.every_steps=0")
 SHAPE = {  # per family: batch = the whole (limited) training split, small images
     "fmnist": ("batch_size=16", "dataset.train_limit=16"),
@@ -128,12 +128,13 @@ def test_shipped_config_runs_two_steps(name, shipped_run):
     summary = json.loads((run_dir / "run.json").read_text())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     mode = cfg["regularizer"]["mode"]
+    direct = mode in ("rep", "ll") and cfg["regularizer"]["apply"] == "direct"  # a step outside the loss
     assert summary["steps"] == 2 and [r["step"] for r in records] == [1, 2]
     assert summary["arch"] == cfg["model"] and summary["regularizer"]["mode"] == mode
     assert (mode == "none") or "gamma/2" in summary["regularizer"]["convention"]
     assert [r["penalty_on"] for r in records] == [False, True]
     assert records[0]["penalty"] == 0.0
-    assert (records[1]["penalty"] > 0) == (mode != "none")
+    assert (records[1]["penalty"] > 0) == (mode != "none" and not direct)
     assert all(np.isfinite(r["train_loss"]) for r in records)
     evaluation = json.loads((run_dir / "eval.json").read_text())
     assert 0.0 <= evaluation["clean_acc"] <= 1.0 and evaluation["n_test"] == (4 if name == "xor_toy" else 8)
@@ -148,7 +149,8 @@ def test_shipped_config_runs_two_steps(name, shipped_run):
     # the checkpoint holds the regularizer state; burn-in steps advanced the power iteration too
     checkpoint = safetensors.torch.load_file(run_dir / "checkpoints" / "step_0000002" / "model.safetensors")
     if mode in ("rep", "ll"):
-        assert int(checkpoint["model.spectral.num_steps"]) == 2 * cfg["grad_accum_steps"]
+        # loss: a power step per forward, burn-in included; direct: one direct step, after step 2
+        assert int(checkpoint["model.spectral.num_steps"]) == (1 if direct else 2 * cfg["grad_accum_steps"])
         assert len(records[1]["sigma_max"]) > 0
     else:
         assert not any(".spectral." in k for k in checkpoint)
@@ -386,3 +388,26 @@ def test_branched_run_continues_its_source_checkpoint(tmp_path, data_dirs):
     assert rep_lines[0] == source_lines[0] and rep_lines[1]["penalty"] > 0 and source_lines[1]["penalty"] == 0
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
         run_recipe("fmnist_slp_baseline", tmp_path / "bad", *common, "--branch-from", str(source))
+
+
+def test_direct_apply_shrinks_sigma_at_the_rate_of_the_formula(tmp_path, data_dirs):
+    """regularizer.apply=direct: each direct step is W - 2 lam sigma u v^T (lam = gamma/2), which for a
+    rank-one hidden layer multiplies sigma_max by exactly (1 - gamma). The SGD step is made negligible
+    (lr 1e-12, no momentum or decay), so 2 penalized epochs of one step leave (1 - gamma)^2 of epoch 1's sigma;
+    the loss never carries the penalty."""
+    run_dir = tmp_path / "direct"
+    run_recipe("fmnist_slp_repspectral", run_dir, "epochs=3", "regularizer.burn_in_epochs=1", "regularizer.apply=direct",
+               "regularizer.gamma=0.1", "regularizer.every=1", "batch_size=16", "dataset.train_limit=16",
+               "optim.lr=1e-12", "optim.momentum=0", "optim.weight_decay=0", "checkpoint.keep=3",
+               "model_kwargs={hidden_dim: 1}", data_dir=data_dirs["gray"])
+    first = Checkpoints(run_dir / "checkpoints", keep=3).all()[0]
+    assert json.loads((first / "train_state.json").read_text())["epoch"] == 1
+    start = safetensors.torch.load_file(first / "model.safetensors")["model.fc1.weight"]  # the TrainingModule
+    end = safetensors.torch.load_file(run_dir / "model.safetensors")["fc1.weight"]
+    assert float(end.norm()) == pytest.approx(0.9 ** 2 * float(start.norm()), rel=1e-5)
+    torch.testing.assert_close(end, 0.81 * start, atol=1e-6, rtol=1e-5)  # only the top direction shrinks
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["penalty"] for r in records] == [0, 0, 0]
+    with pytest.raises(ConfigError, match="has no data term"):
+        load_config(CONFIG_DIR / "fmnist_slp_repspectral.yaml", ["regularizer.apply=direct",
+                                                                 "regularizer.activation_term=true"])

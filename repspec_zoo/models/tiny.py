@@ -4,6 +4,9 @@ Fixed order as in timm model files: blocks, models, builder, cfgs, entrypoints.
 
 * ``slp``: the paper's single-hidden-layer network (784-2000-10, GELU, Yang et al. App. F.2).
   Its representation Phi(x) is the hidden activation; the head is the readout Linear.
+  ``init_std`` and ``scale_logits`` give the authors' code's MLP (rep-spectral repo,
+  ``src/model/architectures/MLP.py``): N(0, init_std^2) on every weight and bias, and logits
+  multiplied by 1/sqrt(hidden_dim) after the head (their ``ScaleLayer``).
 * ``resnet_small``: a 3-stage ResNet (timm BasicBlocks, widths 16/32/64) for 28x28 inputs,
   stem stride 1 and no max-pool so the small images keep their resolution. Trains on a CPU
   in minutes.
@@ -25,10 +28,19 @@ __all__ = ["SingleHiddenLayerNet", "ResNetSmall"]
 
 
 class SingleHiddenLayerNet(nn.Module):
-    """x -> head(act(W1 flatten(x) + b1)); features Phi(x) = act(W1 x + b1), (B, hidden_dim)."""
+    """x -> s * head(act(W1 flatten(x) + b1)); features Phi(x) = act(W1 x + b1), (B, hidden_dim).
+
+    Args:
+        init_std: draw every weight and bias from N(0, init_std^2) (the authors' 0.01: "small
+            initialization is more effective"); None = PyTorch's default Linear init.
+        scale_logits: s = 1/sqrt(hidden_dim) (the authors' mean-field head scaling); False: s = 1.
+            The head's weight stays the raw parameter, so sigma_max(head) is that of W2, as in
+            their code's penalty.
+    """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: int | Sequence[int] = 28,
-                 hidden_dim: int = 2000, act_layer: str = "gelu", global_pool: str = "", drop_rate: float = 0.0):
+                 hidden_dim: int = 2000, act_layer: str = "gelu", global_pool: str = "", drop_rate: float = 0.0,
+                 init_std: float | None = None, scale_logits: bool = False):
         super().__init__()
         h, w = to_2tuple(img_size)
         self.num_classes = num_classes
@@ -39,6 +51,17 @@ class SingleHiddenLayerNet(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [dict(num_chs=hidden_dim, reduction=1, module="act")]
+        self.logit_scale = hidden_dim ** -0.5 if scale_logits else 1.0
+        self.init_std = init_std
+        if init_std is not None:
+            self._small_init(self.modules())
+
+    def _small_init(self, modules) -> None:
+        with torch.no_grad():
+            for module in modules:
+                if isinstance(module, nn.Linear):
+                    module.weight.normal_(0.0, self.init_std)
+                    module.bias.normal_(0.0, self.init_std)
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -46,13 +69,18 @@ class SingleHiddenLayerNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if self.init_std is not None:
+            self._small_init([self.head])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.fc1(self.flatten(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
+        if pre_logits:
+            return x
+        x = self.head(x)
+        return x * self.logit_scale if self.logit_scale != 1.0 else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

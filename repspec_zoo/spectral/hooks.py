@@ -11,6 +11,17 @@ amortization). With u, v fixed, ``sigma = u^T W v`` (for a conv ``<u, conv(v)>``
 differentiable in the weight with ``d sigma / dW = u v^T``, which is the gradient of the
 true sigma_max at convergence.
 
+Two variants of the authors' code (Pehlevan-Group/rep-spectral) are options:
+
+* ``direct_step()``: instead of adding the penalty to the loss, take the step
+  ``W <- W - lam * grad_W sigma_max(W)^2 = W - 2 lam sigma u v^T`` on every layer, lam = gamma/2,
+  outside the optimizer (no learning rate, no momentum): their ResNet pretraining and fine-tuning
+  (``top_eig_ub_transfer_update``, every ``reg_freq_update`` optimizer steps).
+* ``activation_term=True``: their ``eig-ub`` regularizer adds, for every smooth activation phi up
+  to the features, the data-dependent term ``mean_x max_j phi'(z_j)^2`` (z the activation's input
+  in the latest forward pass) to sum sigma^2: penalty = gamma/2 * (sum_l sigma_l^2 + sum_phi term).
+  Their ``eig-ub-pure`` (MNIST) is sigma^2 alone, the default here.
+
 Why hand-written: torch's ``parametrizations.spectral_norm`` *normalizes* weights (and
 treats a conv kernel as a reshaped matrix, which is not the conv's operator norm); here we
 add a penalty on the true operator norms and must leave the weights untouched.
@@ -30,6 +41,10 @@ from .norms import (ConvGeometry, bn_scale, bn_scaled_weight, conv_fft_sigma, co
 from .select import select_layers
 
 ESTIMATORS = ("power", "fft")
+#: activations whose derivative the activation term reads (by class name, as the authors' code does);
+#: ReLU is left out: phi' is 0 or 1, so max_j phi'^2 is a constant with no gradient
+SMOOTH_ACTIVATIONS = ("gelu", "sigmoid", "elu", "tanh", "silu", "softplus")
+DIRECT_POWER_ITERS = 10  # power steps before each direct step (the authors': up to 10, tolerance 1e-6)
 GAMMA_CONVENTION = "penalty = gamma/2 * sum_l sigma_max(W_l)^2 (Yang et al. 2024, eq. 3)"
 _CONVS = (nn.Conv1d, nn.Conv2d)
 
@@ -105,6 +120,8 @@ class SpectralRegularizer(nn.Module):
             which is what bounds the feature Jacobian of a BatchNorm network.
         n_power_iter: power-iteration steps per update.
         warmup_iters: steps run the first time fresh vectors are used.
+        activation_term: add the authors' ``eig-ub`` term mean_x max_j phi'(z_j)^2 of every
+            smooth activation outside the classifier to sum sigma^2 (module docstring).
 
     A training step counts as one call of ``penalty()`` (or ``step()``) in training mode.
 
@@ -115,7 +132,8 @@ class SpectralRegularizer(nn.Module):
 
     def __init__(self, model: nn.Module, gamma: float = 1e-3, mode: str = "rep",
                  layers: list[str] | None = None, every: int = 1, estimator: str = "power",
-                 bn_aware: bool = False, n_power_iter: int = 1, warmup_iters: int = 10):
+                 bn_aware: bool = False, n_power_iter: int = 1, warmup_iters: int = 10,
+                 activation_term: bool = False):
         super().__init__()
         if not gamma >= 0:
             raise ValueError(f"gamma={gamma!r} must be >= 0 (penalty = gamma/2 * sum sigma^2)")
@@ -147,6 +165,10 @@ class SpectralRegularizer(nn.Module):
             self._bind(name, module)
         if bn_aware:
             self._attach_bn_pairing(model)
+        self.activation_term = activation_term
+        self._activation_terms: dict[int, Tensor] = {}  # per activation module, latest training forward
+        if activation_term:
+            self._attach_activation_hooks(model)
 
     # ----------------------------------------------------------------------------- hooks
     def _bind(self, name: str, module: nn.Module) -> None:
@@ -228,6 +250,28 @@ class SpectralRegularizer(nn.Module):
                 self._pairing_handles.append(module.register_forward_pre_hook(bn_in))
         self._pairing_handles.append(model.register_forward_hook(done))
 
+    def _attach_activation_hooks(self, model: nn.Module) -> None:
+        """Record mean_x max_j phi'(z_j)^2 of each smooth activation outside the classifier in
+        every training forward (phi' by autograd: the activations are elementwise)."""
+        classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+        skip = {id(m) for m in classifier.modules()} if isinstance(classifier, nn.Module) else set()
+        found = [m for m in model.modules()
+                 if type(m).__name__.lower() in SMOOTH_ACTIVATIONS and id(m) not in skip]
+        if not found:
+            raise ValueError(f"activation_term=True, but {type(model).__name__} has no smooth activation "
+                             f"({', '.join(SMOOTH_ACTIVATIONS)}) outside its classifier; its derivative term "
+                             "would be a constant")
+
+        def record(module, args, out):
+            z = args[0]
+            if not (module.training and torch.is_grad_enabled() and z.requires_grad):
+                return
+            slope = torch.autograd.grad(out.sum(), z, create_graph=True)[0]  # phi'(z), elementwise
+            self._activation_terms[id(module)] = slope.square().flatten(1).amax(1).mean()
+
+        for module in found:
+            self._hook_handles[f"activation:{id(module)}"] = module.register_forward_hook(record)
+
     # ------------------------------------------------------------------------- internals
     def _weight(self, name: str) -> Tensor:
         """The layer's weight as the operator we take the norm of, in >= float32."""
@@ -307,7 +351,10 @@ class SpectralRegularizer(nn.Module):
         return self.sigmas()
 
     def penalty(self) -> Tensor:
-        """gamma/2 * sum_l sigma_l^2, differentiable, in float32 (float64 for a float64 model) under autocast."""
+        """gamma/2 * sum_l sigma_l^2, differentiable, in float32 (float64 for a float64 model) under autocast.
+
+        With ``activation_term`` the activation terms of the latest training forward are added
+        inside the sum (and consumed: call once per forward)."""
         if self.training and torch.is_grad_enabled():
             self.step()
         sigmas = []
@@ -321,7 +368,44 @@ class SpectralRegularizer(nn.Module):
                 sigma = sigma_from_vectors(weight, state.u, state.v, self._geometry(name))
                 state.sigma.copy_(sigma.detach())
                 sigmas.append(sigma)
-        return 0.5 * self.gamma * torch.stack(sigmas).square().sum()
+        total = torch.stack(sigmas).square().sum()
+        if self._activation_terms:
+            total = total + torch.stack(list(self._activation_terms.values())).to(total.dtype).sum()
+            self._activation_terms.clear()
+        return 0.5 * self.gamma * total
+
+    def direct_step(self, lam: float | None = None, n_iter: int = DIRECT_POWER_ITERS) -> dict[str, float]:
+        """The authors' direct update: ``W <- W - lam * grad_W sigma_max(W)^2`` on every layer.
+
+        ``grad_W sigma^2 = 2 sigma u v^T`` at the converged singular vectors, so a Linear layer
+        moves by ``-2 lam sigma u v^T`` and its sigma_max drops to ``(1 - 2 lam) sigma`` (the top
+        singular direction only shrinks). Outside the optimizer: no learning rate, no momentum,
+        no weight decay. ``n_iter`` power steps refresh (u, v) first; the gradient of a conv's
+        sigma comes from autograd through ``sigma = <u, conv(v)>``.
+
+        Args:
+            lam: step size in the authors' convention (their ``lam``); None = gamma / 2.
+
+        Returns:
+            {layer: sigma before the step}.
+        """
+        lam = 0.5 * self.gamma if lam is None else float(lam)
+        before = {}
+        for name, module in list(self._active_layers()):
+            self._power_update(name, max(n_iter, self.warmup_iters) if self.states[_state_key(name)].needs_warmup
+                               else n_iter)
+            state = self.states[_state_key(name)]
+            with torch.enable_grad(), torch.autocast(device_type=self.num_steps.device.type, enabled=False):
+                weight = module.weight
+                sigma = sigma_from_vectors(self._weight(name).to(state.u.dtype), state.u, state.v,
+                                           self._geometry(name))
+                grad, = torch.autograd.grad(sigma.square(), weight)
+            with torch.no_grad():
+                weight.sub_(lam * grad.to(weight.dtype))
+            before[name] = float(sigma.detach())
+        self._step += 1
+        self.num_steps.add_(1)
+        return before
 
     def sigmas(self) -> dict[str, float]:
         """Latest sigma_max estimate per layer name (for logging)."""
@@ -348,7 +432,7 @@ class SpectralRegularizer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"gamma={self.gamma}, mode={self.mode!r}, layers={len(self.layer_names)}, every={self.every}, "
-                f"estimator={self.estimator!r}, bn_aware={self.bn_aware}")
+                f"estimator={self.estimator!r}, bn_aware={self.bn_aware}, activation_term={self.activation_term}")
 
 
 def attach_spectral(model: nn.Module, **kwargs) -> SpectralRegularizer:

@@ -9,7 +9,9 @@ Strength conventions (what a config's numbers mean):
 
 * rep/ll-spectral: ``regularizer.gamma`` in the paper's convention,
   penalty = gamma/2 * sum_l sigma_max(W_l)^2 (Yang et al. 2024, eq. 3); the authors' scripts
-  add ``lam * sum sigma^2``, i.e. their lam = gamma/2.
+  add ``lam * sum sigma^2``, i.e. their lam = gamma/2. ``regularizer.apply: direct`` takes their
+  ResNet scripts' separate step W <- W - lam * grad_W sigma^2 every ``every`` optimizer steps
+  instead of adding the penalty to the loss.
 * BSS: ``regularizer.bss_eta`` * sum of the ``bss_k`` smallest squared singular values of the
   batch feature matrix (Chen et al. 2019).
 * ddsnr: ``regularizer.ddsnr_lambda`` * mean ||f(x + eps v) - f(x)||^2 (Roth et al. eq. 13), v
@@ -41,6 +43,7 @@ __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "Regularize
 
 REGULARIZERS = ("none", "rep", "ll", "bss", "ddsnr", "adv")
 SCHEDULES = ("constant", "step", "cosine")
+APPLY = ("loss", "direct")
 ESTIMATORS = ("power", "fft")
 ATTACKS = ("ta", "gta", "hsja", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -82,7 +85,9 @@ class RegularizerConfig:
     mode: str = "none"  # 'none', 'rep' (rep-spectral: layers up to the features), 'll' (all incl. head), 'bss', 'ddsnr', 'adv'
     gamma: float = 1e-3  # rep/ll strength, paper convention: penalty = gamma/2 * sum_l sigma_max(W_l)^2
     burn_in_epochs: int = 0  # penalty off for epochs < this (power iteration keeps running); 0 = on from the start
-    every: int = 1  # rep/ll: one power-iteration update every this many optimizer steps (paper: 160 ImageNet, 1 MLP)
+    apply: str = "loss"  # rep/ll (other modes ignore it): 'loss' (eq. 3 in the loss) or 'direct' (the authors' ResNet step)
+    every: int = 1  # rep/ll: 'loss': a power-iteration update every this many optimizer steps; 'direct': a direct step
+    activation_term: bool = False  # rep/ll, apply=loss: add the authors' eig-ub term mean_x max_j act'(z_j)^2
     estimator: str = "power"  # rep/ll: 'power' (the zero-padded conv operator timm computes) or 'fft' (circular padding)
     bn_aware: bool = False  # rep/ll: penalize the norm of BN∘conv instead of the conv alone
     bss_eta: float = 1e-3  # bss strength: penalty = bss_eta * sum of the bss_k smallest squared singular values
@@ -267,6 +272,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         *_choice(o.schedule, SCHEDULES, "optim.schedule"),
         *_choice(r.mode, REGULARIZERS, "regularizer.mode"),
         *_choice(r.estimator, ESTIMATORS, "regularizer.estimator"),
+        *_choice(r.apply, APPLY, "regularizer.apply"),
         *_at_least(cfg.epochs, 1, "epochs"), *_at_least(cfg.batch_size, 1, "batch_size"),
         *_at_least(cfg.grad_accum_steps, 1, "grad_accum_steps"), *_at_least(cfg.num_classes, 1, "num_classes"),
         *_at_least(cfg.log_every_steps, 1, "log_every_steps"),
@@ -299,6 +305,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         problems.append(f"model={cfg.model!r} is a zoo architecture (the name of {base} trained with regularizer.mode="
                         f"{mode or 'none'}; spectral ones attach their own regularizer); train the base architecture "
                         f"instead: model={base} regularizer.mode={mode or 'none'}")
+    if r.apply == "direct" and r.activation_term:
+        problems.append("regularizer.apply=direct with activation_term=true: the direct step updates the weights from "
+                        "their singular vectors alone and has no data term; use apply=loss for the eig-ub term")
+    if r.activation_term and r.mode not in ("rep", "ll"):
+        problems.append(f"regularizer.activation_term=true needs mode rep or ll, not {r.mode!r}")
     if problems:
         raise ConfigError("invalid recipe config:\n  " + "\n  ".join(problems))
     return cfg

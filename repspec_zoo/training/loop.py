@@ -2,7 +2,10 @@
 
 Per optimizer step: ``loss = cross_entropy + penalty``, where the penalty is
 * rep/ll: ``model.spectral.penalty()`` = gamma/2 * sum sigma_max^2 from epoch
-  ``burn_in_epochs`` on; before that ``model.spectral.step()`` keeps the power iteration warm;
+  ``burn_in_epochs`` on; before that ``model.spectral.step()`` keeps the power iteration warm.
+  With ``regularizer.apply: direct`` nothing is added to the loss: from that epoch on, every
+  ``every``-th optimizer step is followed by ``model.spectral.direct_step()`` (the authors' ResNet
+  scripts: W <- W - gamma/2 * grad_W sigma^2, outside the optimizer);
 * bss: :func:`~repspec_zoo.training.bss.bss_penalty` of the batch features from that epoch on;
 * ddsnr: Roth et al.'s data-dependent spectral norm penalty (repspec_zoo.regularizers);
 * adv: no penalty; the batch is replaced by its L2-PGD adversarial examples (adversarial training).
@@ -173,6 +176,8 @@ class Trainer:
                  active: bool) -> torch.Tensor | None:
         r = self.cfg.regularizer
         if self.spectral is not None:
+            if self.cfg.regularizer.apply == "direct":
+                return None  # the direct step follows the optimizer step (_train_epoch)
             if active:
                 return self.spectral.penalty()  # also advances the power iteration
             self.spectral.step()  # burn-in: no penalty, but keep u, v warm
@@ -229,6 +234,9 @@ class Trainer:
             if not self.accelerator.sync_gradients:
                 continue
             self.state.global_step += 1
+            if self.cfg.regularizer.apply == "direct" and self.spectral is not None and penalty_on \
+                    and self.state.global_step % self.cfg.regularizer.every == 0:
+                self.spectral.direct_step()  # same weights and vectors on every process: no sync needed
             bar.update()
             if self.state.global_step % log_every == 0:
                 loss, penalty = (step_sums[[0, 2]] / len(y)).tolist()

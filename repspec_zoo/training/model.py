@@ -47,7 +47,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     r = cfg.regularizer
     if r.mode in ("rep", "ll"):
         attach_spectral(model, mode=r.mode, gamma=r.gamma, every=r.every * cfg.grad_accum_steps,
-                        estimator=r.estimator, bn_aware=r.bn_aware)
+                        estimator=r.estimator, bn_aware=r.bn_aware, activation_term=r.activation_term)
     return model
 
 
@@ -157,7 +157,8 @@ class TrainingModule(nn.Module):
         if not self.return_features:
             return self.model(x)
         features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        return self.model.get_classifier()(features), features
+        logits = self.model.get_classifier()(features) * getattr(self.model, "logit_scale", 1.0)  # slp's scale_logits
+        return logits, features
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
