@@ -290,7 +290,10 @@ def read_run(run_dir: str | os.PathLike) -> Run:
 def _build_checked(run: Run, pretrained_cfg: dict) -> torch.nn.Module:
     """The plain base timm model with the run's weights loaded strictly."""
     base = run.config["model"]
-    model = timm.create_model(base, pretrained_cfg=pretrained_cfg, num_classes=int(run.config["num_classes"]))
+    # the run's architecture kwargs (e.g. slp's scale_logits) go into config.json's model_args (timm
+    # records them), so that hf-hub: and zoo-name loading rebuild the same function
+    model = timm.create_model(base, pretrained_cfg=pretrained_cfg, num_classes=int(run.config["num_classes"]),
+                              **(run.config.get("model_kwargs") or {}))
     try:
         model.load_state_dict(run.state_dict)
     except RuntimeError as err:

@@ -273,3 +273,26 @@ def test_export_replaces_an_export_but_never_another_folder(tmp_path):
     with pytest.raises(hub.ExportError, match="exists and is not an exported zoo model"):
         hub.export(run, tmp_path / "cards")
     assert (out / "config.json").is_file()
+
+
+def test_architecture_kwargs_travel_with_the_export(tmp_path):
+    """A run trained with model_kwargs (the authors' slp: logits / sqrt(width)) exports them as config.json
+    model_args; the zoo name and plain timm's local-dir: route rebuild the same function, not the default."""
+    torch.manual_seed(0)
+    kwargs = dict(hidden_dim=16, init_std=0.01, scale_logits=True)
+    model = timm.create_model("slp", num_classes=10, **kwargs)
+    run = tmp_path / "run"
+    run.mkdir()
+    safetensors.torch.save_file(model.state_dict(), run / "model.safetensors")
+    config = dict(model="slp", model_kwargs=kwargs, num_classes=10, dataset="fashion_mnist", epochs=1,
+                  regularizer=dict(mode="rep", gamma=2e-3, every=1, burn_in_epochs=0))
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "eval.json").write_text(json.dumps(EVAL))
+    name = "slp_repspectral.fmnist"
+    hub.export(run, hub.WEIGHTS_DIR / name)
+    assert json.loads((hub.WEIGHTS_DIR / name / "config.json").read_text())["model_args"]["scale_logits"] is True
+    x = torch.rand(4, 1, 28, 28)
+    expected = model.eval()(x)
+    for loaded in (timm.create_model(name, pretrained=True), timm.create_model(f"local-dir:{hub.WEIGHTS_DIR / name}",
+                                                                                  pretrained=True)):
+        torch.testing.assert_close(loaded.eval()(x), expected)

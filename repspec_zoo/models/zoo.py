@@ -253,7 +253,9 @@ def base_pretrained_cfg(cfg: PretrainedCfg, base: str, **changes) -> dict:
 
 
 def _pretrained_base_cfg(name: str, cfg: PretrainedCfg, base: str, cache_dir, kwargs) -> dict:
-    """The base cfg carrying the verified zoo weights as its state_dict, for timm's own loader."""
+    """The base cfg carrying the verified zoo weights as its state_dict, for timm's own loader.
+
+    The weights' architecture kwargs (config.json ``model_args``) are added to ``kwargs`` in place."""
     if cfg.file or cfg.state_dict:  # the caller pointed at weights (timm semantics): timm loads them
         return base_pretrained_cfg(cfg, base)
     weights = hub.load_weights(name, cfg.hf_hub_id, cache_dir=cache_dir)
@@ -262,6 +264,9 @@ def _pretrained_base_cfg(name: str, cfg: PretrainedCfg, base: str, cache_dir, kw
         warnings.warn(f"{name}: the checkpoint ({weights.source}) has {weights.num_classes} classes and "
                       f"num_classes={asked} was asked: its classifier {cfg.classifier!r} is newly initialized "
                       "(random), every other layer is loaded", UserWarning, stacklevel=3)
+    for key, value in (weights.config.get("model_args") or {}).items():  # as timm's hf-hub: route applies them
+        if key != "num_classes":
+            kwargs.setdefault(key, value)
     return base_pretrained_cfg(cfg, base, state_dict=weights.state_dict, num_classes=weights.num_classes)
 
 
