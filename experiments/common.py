@@ -255,7 +255,7 @@ def write_json(path: Path, data) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=1))
 
 
-def paired_rows(results: dict[tuple, list[float]], baseline: str, position: int) -> list[dict]:
+def paired_rows(results: dict[tuple, list[float]], baseline: str, position: int, pooled: bool = True) -> list[dict]:
     """Paired comparisons of per-image distances against the baseline arm.
 
     Args:
@@ -265,7 +265,8 @@ def paired_rows(results: dict[tuple, list[float]], baseline: str, position: int)
 
     Returns one row per (other arm, rest of the key) with ``stats.paired_comparison``'s numbers
     (b = the arm, a = the baseline; positive = the arm is more robust), plus a pooled row per arm
-    over every other key component (pairs concatenated: the same images in each group).
+    over every other key component (pairs concatenated: the same images in each group) unless
+    ``pooled`` is False.
     """
     from repspec_zoo import stats
 
@@ -275,17 +276,17 @@ def paired_rows(results: dict[tuple, list[float]], baseline: str, position: int)
     groups: dict[tuple, dict[str, list[float]]] = {}
     for key, distances in results.items():
         groups.setdefault(rest(key), {})[key[position]] = distances
-    rows, pooled = [], {}
+    rows, pools = [], {}
     for group, arms in groups.items():
         for arm, distances in arms.items():
             if arm == baseline or baseline not in arms:
                 continue
             rows.append(dict(arm=arm, group=list(group), **stats.to_jsonable(
                 stats.paired_comparison(arms[baseline], distances))))
-            a, b = pooled.setdefault(arm, ([], []))
+            a, b = pools.setdefault(arm, ([], []))
             a.extend(arms[baseline])
             b.extend(distances)
-    for arm, (a, b) in pooled.items():
+    for arm, (a, b) in (pools.items() if pooled else ()):
         rows.append(dict(arm=arm, group=["pooled"], **stats.to_jsonable(stats.paired_comparison(a, b))))
     return rows
 
