@@ -11,7 +11,8 @@ loads the base model's epoch-160 weights.
 
 Evaluation, per model and head (the trained head, and a logistic regression refit on the frozen
 features of the 60k training images: sklearn's default C=1, the paper's Fig. 6 protocol):
-* test accuracy; sigma_max of the hidden layer W1 and of the head (dense SVD);
+* test accuracy; sigma_max of the hidden layer W1 and of the head (dense SVD; the head's also times
+  the logit scale 1/sqrt(2000), the readout the logits see);
 * every model and head attacked on the SAME ``--n`` test images (correctly classified by all), so
   that the comparisons are paired: the ensemble (TA, CGBA, FMN, ALMA; every image gets a start) at
   ``--budgets``, and the paper's Tangent Attack (40 iterations, ~17k queries) on the first
@@ -129,6 +130,7 @@ def evaluate_head(job: tuple) -> dict:
                      attack=PAPER["attack"], max_iter=PAPER["max_iter"], **common)
     return dict(seed=seed, mode=mode, head=head, run=Path(os.path.relpath(run_dir, ROOT)).as_posix(),
                 sigma_w1=sigma_max(model.fc1.weight), sigma_head=sigma_max(model.head.weight),
+                logit_scale=getattr(model, "logit_scale", 1.0),
                 ensemble=_summary(ensemble), paper_ta=_summary(paper))
 
 
@@ -154,19 +156,20 @@ def report(saved: dict, out: Path) -> str:
     """README.md (tables, paired comparisons) and the box plots, from the content of results.json."""
     rows, command = saved["rows"], saved["command"]
     top = str(max(saved["budgets"]))
-    lines = ["| head | mode | seed | test acc | sigma_max(W1) | sigma_max(head) | ensemble success @" + top +
+    lines = ["| head | mode | seed | test acc | sigma_max(W1) | sigma_max(head) [x logit scale] | ensemble success @" + top +
              " | ensemble median L2 [95% CI] | ensemble mean L2 (broken) [95% CI] | paper TA median L2 @5k / @20k |",
              "|" + "---|" * 10]
     for r in sorted(rows, key=lambda r: (r["head"], list(MODES).index(r["mode"]), r["seed"])):
         e, p = r["ensemble"], r["paper_ta"]
         d = e["distance"]
         lines.append(f"| {r['head']} | {r['mode']} | {r['seed']} | {e['clean_acc']:.4f} | {r['sigma_w1']:.3f} | "
-                     f"{r['sigma_head']:.3f} | {format_interval(d['success_rate'], 3)} ({d['n_success']}/{d['n_samples']}) | "
+                     f"{r['sigma_head']:.2f} [{r['sigma_head'] * r['logit_scale']:.3f}] | {format_interval(d['success_rate'], 3)} ({d['n_success']}/{d['n_samples']}) | "
                      f"{format_interval(d['l2_median'], 3)} | {format_interval(d['l2_mean'], 3)} | "
                      f"{float(p['l2_median']['5000']):.3f} / {float(p['l2_median']['20000']):.3f} |")
     best = {(r["mode"], r["head"], r["seed"]): _floats(r["ensemble"]["l2"][top]) for r in rows}
     paper = {(r["mode"], r["head"], r["seed"]): _floats(r["paper_ta"]["l2"]["20000"]) for r in rows}
-    comparisons = {"ensemble": paired_rows(best, "none", 0), "paper_ta": paired_rows(paper, "none", 0)}
+    comparisons = {"ensemble": paired_rows(best, "none", 0), "paper_ta": paired_rows(paper, "none", 0),
+                   "rep_vs_ll": [r for r in paired_rows(best, "ll", 0) if r["arm"] == "rep"]}
     saved["paired"] = comparisons
     box_plot({f"{head} head: ensemble L2 @{top}": {
                   mode: [d for (m, h, _), v in best.items() if (m, h) == (mode, head) for d in v if math.isfinite(d)]
@@ -187,7 +190,9 @@ def report(saved: dict, out: Path) -> str:
               f"the arm needs larger perturbations. Beyond noise = the CI excludes 0 and Wilcoxon p < 0.05.\n\n"
               f"Ensemble, best L2 at {top} queries:\n\n{paired_table(comparisons['ensemble'], ['head', 'seed'])}\n\n"
               f"Paper-mode Tangent Attack at 20k queries:\n\n"
-              f"{paired_table(comparisons['paper_ta'], ['head', 'seed'])}\n\n![box plots](boxplots.png)\n")
+              f"{paired_table(comparisons['paper_ta'], ['head', 'seed'])}\n\n"
+              f"rep against ll (a = ll), ensemble at {top} queries:\n\n"
+              f"{paired_table(comparisons['rep_vs_ll'], ['head', 'seed'])}\n\n![box plots](boxplots.png)\n")
     (out / "README.md").write_text(readme)
     return readme
 
