@@ -1,6 +1,6 @@
 """Experiment 2 (the paper's MNIST MLP, Figs. 5-6) at the authors' settings, on Fashion-MNIST.
 
-    python -m experiments.slp_fmnist                  # 2 seeds x none/ll/rep, about 100 minutes on 2 cores
+    python -m experiments.slp_fmnist     # 2 seeds x none/ll/rep: 87 min on 2 cores shared with other jobs
 
 Training: ``recipes/configs/fmnist_slp_{baseline,llspectral,repspectral}.yaml``, the authors' MNIST
 recipe (784-2000-10 GELU, their N(0, 0.01^2) init and 1/sqrt(2000) logit scaling, SGD batch 1024,

@@ -1,6 +1,6 @@
 """Experiment 1 (the paper's App. F.1, Figs. 3-4): the XOR toy problem at the authors' settings.
 
-    python -m experiments.xor_toy                 # widths 3, 8 x gammas 1e-4, 2e-3 x 10 seeds, ~15 min on 2 cores
+    python -m experiments.xor_toy     # widths 3, 8 x gammas 1e-4, 2e-3 x 10 seeds: 23 min on 2 shared cores
 
 The 4 points x in {-1, +1}^2 (label: the signs differ) and the authors' network and training
 (Pehlevan-Group/rep-spectral: src/train_reg.py, src/model/architectures/MLP.py, commands/train_xor.sh):
