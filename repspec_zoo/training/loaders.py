@@ -92,8 +92,9 @@ def load_split(cfg: TrainConfig, model: nn.Module, split: str) -> Dataset:
     Training images get the random augmentation when ``dataset.augment`` is on, seeded per
     item by :class:`EpochSeededDataset`; test images the deterministic eval transform. A split
     held in memory as an array (the embedded datasets) and not augmented is transformed once
-    into a TensorDataset: the per-item transform otherwise costs several times the training
-    step of a small MLP (about 20 s of a 24 s Fashion-MNIST slp epoch), and the items are the same.
+    into a TensorDataset: the items are the same, and loading a Fashion-MNIST epoch at batch 1024
+    takes 0.4 s instead of 4.2 s (one thread; the per-item transform is about as slow as the slp's
+    training step itself).
     """
     d = cfg.dataset
     if d.name == XOR:
