@@ -411,3 +411,15 @@ def test_direct_apply_shrinks_sigma_at_the_rate_of_the_formula(tmp_path, data_di
     with pytest.raises(ConfigError, match="has no data term"):
         load_config(CONFIG_DIR / "fmnist_slp_repspectral.yaml", ["regularizer.apply=direct",
                                                                  "regularizer.activation_term=true"])
+
+
+def test_regularizer_layers_picks_exactly_the_named_layers():
+    """regularizer.layers=[head] with mode ll is the authors' MLP "ll" (their walk reached the head only)."""
+    cfg = load_config(CONFIG_DIR / "fmnist_slp_llspectral.yaml", ["regularizer.layers=[head]", "num_classes=10",
+                                                                  "model_kwargs={hidden_dim: 8}"])
+    model = build_model(cfg)
+    assert model.spectral.layer_names == ["head"]
+    assert build_model(load_config(CONFIG_DIR / "fmnist_slp_llspectral.yaml", ["num_classes=10"])).spectral.layer_names \
+        == ["fc1", "head"]
+    with pytest.raises(ConfigError, match="non-empty list of layer names"):
+        load_config(CONFIG_DIR / "fmnist_slp_llspectral.yaml", ["regularizer.layers=[]"])

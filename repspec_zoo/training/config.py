@@ -88,6 +88,7 @@ class RegularizerConfig:
     apply: str = "loss"  # rep/ll (other modes ignore it): 'loss' (eq. 3 in the loss) or 'direct' (the authors' ResNet step)
     every: int = 1  # rep/ll: 'loss': a power-iteration update every this many optimizer steps; 'direct': a direct step
     activation_term: bool = False  # rep/ll, apply=loss: add the authors' eig-ub term mean_x max_j act'(z_j)^2
+    layers: list | None = None  # rep/ll: penalize exactly these layer names, e.g. [head] (the authors' MLP "ll" walk)
     estimator: str = "power"  # rep/ll: 'power' (the zero-padded conv operator timm computes) or 'fft' (circular padding)
     bn_aware: bool = False  # rep/ll: penalize the norm of BN∘conv instead of the conv alone
     bss_eta: float = 1e-3  # bss strength: penalty = bss_eta * sum of the bss_k smallest squared singular values
@@ -308,6 +309,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if r.apply == "direct" and r.activation_term:
         problems.append("regularizer.apply=direct with activation_term=true: the direct step updates the weights from "
                         "their singular vectors alone and has no data term; use apply=loss for the eig-ub term")
+    if r.layers is not None and (not r.layers or not all(isinstance(name, str) for name in r.layers)):
+        problems.append(f"regularizer.layers={r.layers!r}: a non-empty list of layer names, e.g. [head] or [fc1, head]")
     if r.activation_term and r.mode not in ("rep", "ll"):
         problems.append(f"regularizer.activation_term=true needs mode rep or ll, not {r.mode!r}")
     if problems:

@@ -47,7 +47,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     r = cfg.regularizer
     if r.mode in ("rep", "ll"):
         attach_spectral(model, mode=r.mode, gamma=r.gamma, every=r.every * cfg.grad_accum_steps,
-                        estimator=r.estimator, bn_aware=r.bn_aware, activation_term=r.activation_term)
+                        estimator=r.estimator, bn_aware=r.bn_aware, activation_term=r.activation_term,
+                        layers=r.layers)
     return model
 
 

@@ -63,7 +63,7 @@ def regularizer_summary(cfg: TrainConfig) -> dict:
     if r.mode in ("rep", "ll"):
         return {"mode": r.mode, "gamma": r.gamma, "convention": GAMMA_CONVENTION, "burn_in_epochs": r.burn_in_epochs,
                 "apply": r.apply, "every": r.every, "estimator": r.estimator, "bn_aware": r.bn_aware,
-                "activation_term": r.activation_term}
+                "activation_term": r.activation_term, **({"layers": r.layers} if r.layers else {})}
     if r.mode == "bss":
         return {"mode": "bss", "bss_eta": r.bss_eta, "bss_k": r.bss_k, "convention": BSS_CONVENTION,
                 "burn_in_epochs": r.burn_in_epochs}
