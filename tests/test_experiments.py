@@ -63,11 +63,12 @@ def test_run_all_respects_dependencies_and_the_worker_limit(tmp_path, monkeypatc
 
 def test_slp_plan_branches_ll_and_rep_from_the_configured_burn_in(tmp_path):
     runs = slp_fmnist.plan([0, 3], tmp_path, ["regularizer.burn_in_epochs=2", "epochs=3"])
-    assert set(runs) == {(s, m) for s in (0, 3) for m in ("none", "ll", "rep")}
+    assert set(runs) == {(s, m) for s in (0, 3) for m in ("none", "ll", "ll_head", "rep")}
     base = runs[3, "none"]
     assert base.branch_from is None and "seed=3" in base.overrides
     assert runs[3, "rep"].branch_from == (base.output, 2) and runs[3, "rep"].after == [base]
-    assert runs[3, "ll"].config == "fmnist_slp_llspectral"
+    assert runs[3, "ll"].config == runs[3, "ll_head"].config == "fmnist_slp_llspectral"
+    assert "regularizer.layers=[head]" in runs[3, "ll_head"].overrides and runs[3, "ll_head"].after == [base]
 
 
 def test_logistic_head_is_sklearns_fit_on_the_frozen_features():
