@@ -15,3 +15,4 @@ result = evaluate(model, (x, y), accelerator=accelerator, **EVAL_SETTINGS)
 if accelerator.is_main_process:
     with open(sys.argv[1], "w") as f:
         f.write(result.to_json())
+accelerator.end_training()  # leave the process group before exit (gloo threads at exit abort)

@@ -24,3 +24,4 @@ for _ in range(4):
     opt.step()
 state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
 torch.save(state, Path(sys.argv[1]) / f"rank{accelerator.process_index}.pt")
+accelerator.end_training()  # leave the process group before exit (gloo threads at exit abort)
