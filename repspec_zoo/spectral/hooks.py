@@ -374,8 +374,8 @@ class SpectralRegularizer(nn.Module):
             self._activation_terms.clear()
         return 0.5 * self.gamma * total
 
-    def direct_step(self, lam: float | None = None, n_iter: int = DIRECT_POWER_ITERS) -> dict[str, float]:
-        """The authors' direct update: ``W <- W - lam * grad_W sigma_max(W)^2`` on every layer.
+    def direct_step(self, n_iter: int = DIRECT_POWER_ITERS) -> dict[str, float]:
+        """The authors' direct update: ``W <- W - lam * grad_W sigma_max(W)^2`` on every layer, lam = gamma/2.
 
         ``grad_W sigma^2 = 2 sigma u v^T`` at the converged singular vectors, so a Linear layer
         moves by ``-2 lam sigma u v^T`` and its sigma_max drops to ``(1 - 2 lam) sigma`` (the top
@@ -383,13 +383,10 @@ class SpectralRegularizer(nn.Module):
         no weight decay. ``n_iter`` power steps refresh (u, v) first; the gradient of a conv's
         sigma comes from autograd through ``sigma = <u, conv(v)>``.
 
-        Args:
-            lam: step size in the authors' convention (their ``lam``); None = gamma / 2.
-
         Returns:
             {layer: sigma before the step}.
         """
-        lam = 0.5 * self.gamma if lam is None else float(lam)
+        lam = 0.5 * self.gamma
         before = {}
         for name, module in list(self._active_layers()):
             self._power_update(name, max(n_iter, self.warmup_iters) if self.states[_state_key(name)].needs_warmup

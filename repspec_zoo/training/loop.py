@@ -136,6 +136,8 @@ class Trainer:
         self.train_loader, self.test_loader = train_loader, test_loader
         self.model = accelerator.unwrap_model(net).model  # the timm model
         self.spectral = getattr(self.model, "spectral", None)
+        # the authors' separate step after the optimizer's instead of a penalty in the loss
+        self.direct = self.spectral is not None and cfg.regularizer.apply == "direct"
         r = cfg.regularizer
         self.ddsnr = DataDependentSpectralNorm(r.ddsnr_lambda, r.eps, r.iters) if r.mode == "ddsnr" else None
         self.checkpoints = Checkpoints(Path(run_dir) / "checkpoints", cfg.checkpoint.keep)
@@ -176,7 +178,7 @@ class Trainer:
                  active: bool) -> torch.Tensor | None:
         r = self.cfg.regularizer
         if self.spectral is not None:
-            if self.cfg.regularizer.apply == "direct":
+            if self.direct:
                 return None  # the direct step follows the optimizer step (_train_epoch)
             if active:
                 return self.spectral.penalty()  # also advances the power iteration
@@ -234,8 +236,7 @@ class Trainer:
             if not self.accelerator.sync_gradients:
                 continue
             self.state.global_step += 1
-            if self.cfg.regularizer.apply == "direct" and self.spectral is not None and penalty_on \
-                    and self.state.global_step % self.cfg.regularizer.every == 0:
+            if self.direct and penalty_on and self.state.global_step % self.cfg.regularizer.every == 0:
                 self.spectral.direct_step()  # same weights and vectors on every process: no sync needed
             bar.update()
             if self.state.global_step % log_every == 0:
