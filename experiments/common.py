@@ -21,13 +21,15 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from repspec_zoo.runs import SUMMARY_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes" / "configs"
 RESULTS = ROOT / "results" / "experiments"
 RUNS = ROOT / "runs" / "experiments"
 
 __all__ = ["ROOT", "RESULTS", "RUNS", "Run", "run_all", "parallel_map", "split_tensors", "burn_in_epochs", "load_results", "attack_summary", "distance_rule", "checkpoint_at_epoch", "load_trained", "sigma_max",
-           "mean_std", "table", "box_plot", "bundle", "write_json", "paired_rows",
+           "mean_std", "table", "box_plot", "write_json", "paired_rows",
            "paired_table"]
 
 
@@ -44,7 +46,7 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return (self.output / "run.json").is_file()
+        return (self.output / SUMMARY_FILE).is_file()
 
     def command(self) -> list[str]:
         """The recipe's command line, with paths relative to ROOT (its working directory): the run
@@ -167,7 +169,7 @@ def load_trained(run_dir: Path) -> nn.Module:
     """The trained timm model of a run folder (its model.safetensors), eval mode, no regularizer hooks."""
     import timm
 
-    from repspec_zoo.hub import read_run
+    from repspec_zoo.runs import read_run
 
     run = read_run(run_dir)
     config = run.config
@@ -230,24 +232,6 @@ def box_plot(panels: dict[str, dict[str, Sequence[float]]], path: Path, title: s
     return path
 
 
-def bundle(run_dir: Path) -> str:
-    """Export a finished run as a bundled zoo model: weights in repspec_zoo/weights/<name> (loads offline
-    with ``pretrained=True``), card, config and eval.json copied to model_cards/<name>; returns <name>."""
-    import shutil
-
-    from repspec_zoo.hub import export, read_run
-    from repspec_zoo.models.zoo import zoo_model_name
-
-    trained = read_run(run_dir)
-    name = zoo_model_name(trained.config["model"], trained.mode, trained.dataset)
-    bundled = export(run_dir, ROOT / "repspec_zoo" / "weights" / name)  # atomic: old or new folder, never a mix
-    card_dir = ROOT / "model_cards" / name
-    card_dir.mkdir(parents=True, exist_ok=True)
-    for file in ("README.md", "config.json", "eval.json"):
-        shutil.copy2(bundled.folder / file, card_dir / file)
-    return name
-
-
 def write_json(path: Path, data) -> Path:
     from repspec_zoo.io import atomic_write_text
 
@@ -293,7 +277,7 @@ def paired_rows(results: dict[tuple, list[float]], baseline: str, position: int,
 
 def paired_table(rows: list[dict], group_names: Sequence[str]) -> str:
     """Markdown table of `paired_rows`: mean difference with its CI, Wilcoxon p and the verdict."""
-    from repspec_zoo.cards import format_interval
+    from repspec_zoo.stats import format_interval
 
     head = ["arm vs baseline", *group_names, "pairs", "mean a", "mean b", "mean b - a [95% CI]", "Wilcoxon p",
             "beyond noise"]

@@ -34,7 +34,9 @@ from pathlib import Path
 
 import torch
 
-from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, bundle, load_results, load_trained, parallel_map, run_all,
+from repspec_zoo.runs import EVAL_FILE, SUMMARY_FILE
+
+from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, load_results, load_trained, parallel_map, run_all,
                      split_tensors, write_json)
 
 CONFIG = "fmnist_resnet_small_baseline"
@@ -43,8 +45,8 @@ BRANCH_EPOCH = 3
 SWEEP = {
     "ll": ([], "regularizer.gamma", [1e-3, 1e-2, 3e-2, 5e-2, 1e-1]),
     "rep": ([], "regularizer.gamma", [1e-3, 1e-2, 3e-2, 5e-2, 1e-1]),
-    "ddsnr": (["regularizer.eps=0.5", "regularizer.iters=3"], "regularizer.ddsnr_lambda", [0.01, 0.1]),
-    "adv": (["regularizer.iters=5"], "regularizer.eps", [0.5, 1.0]),
+    "ddsnr": (["regularizer.ddsnr_eps=0.5", "regularizer.ddsnr_iters=3"], "regularizer.ddsnr_lambda", [0.01, 0.1]),
+    "adv": (["regularizer.pgd_steps=5"], "regularizer.pgd_eps", [0.5, 1.0]),
 }
 BUNDLED = ("adv", "ddsnr")  # the zoo's bundled baseline/ll/rep models come from experiment 2's recipe instead
 
@@ -65,7 +67,7 @@ def plan(runs_dir: Path, overrides: list[str]) -> tuple[Run, dict[tuple[str, flo
 def quick_acc(run: Run) -> float:
     """The run's end-of-training accuracy on its 2000 test images (run.json; evaluate_run later
     replaces eval.json with the full evaluation of the picked runs)."""
-    return json.loads((run.output / "run.json").read_text())["eval"]["clean_acc"]
+    return json.loads((run.output / SUMMARY_FILE).read_text())["eval"]["clean_acc"]
 
 
 def pick(standard: Run, sweep: dict, acc_drop: float) -> dict[str, tuple[float | None, Run]]:
@@ -97,7 +99,7 @@ def evaluate_run(job: tuple) -> dict:
     x, y = split_tensors("fashion_mnist", "test")
     result = evaluate(model, (x, y), model_name=f"{method}", dataset_name="fashion_mnist", n=args["n"],
                       budgets=args["budgets"], attack="ta", seed=0, lemma1=False, progress=False)
-    result.save(Path(run_dir) / "eval.json")  # the card's numbers when the run is bundled
+    result.save(Path(run_dir) / EVAL_FILE)  # the card's numbers when the run is bundled
     robust = robust_accuracy_curve(model, x[:args["pgd_n"]], y[:args["pgd_n"]], args["eps"], steps=10,
                                    generator=torch.Generator().manual_seed(0))  # seeded random starts
     found = analysis.analyze(model, x[:args["analysis_n"]], y[:args["analysis_n"]], top_k=10,
@@ -140,8 +142,9 @@ def report(saved: dict, out: Path) -> str:
     q, (e1, e2) = str(max(settings["budgets"])), map(str, settings["eps"])
     matched = ["| method | strength | clean acc (10k) | PGD acc @%s | PGD acc @%s | TA success @%s | mean TA L2 @%s | "
                "median TA L2 @%s | sigma_1(J) median |" % (e1, e2, q, q, q), "|---|---|---|---|---|---|---|---|---|"]
+    picked = {s["method"]: s["strength"] for s in sweep_rows if s["picked"]}  # "key=value" as the sweep ran it
     for r in rows:
-        strength = "-" if r["strength"] is None else f"{SWEEP[r['method']][1].split('.')[-1]}={r['strength']:g}"
+        strength = "-" if r["strength"] is None else picked[r["method"]]
         matched.append(f"| {r['method']} | {strength} | {r['clean_acc']:.4f} | {r['pgd_acc'][e1]:.3f} | "
                        f"{r['pgd_acc'][e2]:.3f} | {r['success_rate'][q]:.2f} | {r['l2_mean'][q]:.4f} | {r['l2_median'][q]:.4f} | "
                        f"{r['analysis']['spectrum']['median'][0]:.2f} |")
@@ -197,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.out / "results.json", saved)
     print(report(saved, args.out))
     if not args.no_bundle:
+        from repspec_zoo.hub.exporting import bundle
+
         for method in BUNDLED:
             print(f"bundled {bundle(picked[method][1].output)}")
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from repspec_zoo.cards import format_interval
+from repspec_zoo.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results, load_trained,
                      paired_rows, paired_table, parallel_map, run_all, sigma_max,

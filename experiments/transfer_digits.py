@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from repspec_zoo.cards import format_interval
+from repspec_zoo.runs import WEIGHTS_FILE
+from repspec_zoo.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, checkpoint_at_epoch, load_results,
                      load_trained, paired_rows, paired_table, parallel_map, run_all, split_tensors, table, write_json)
@@ -85,7 +86,7 @@ def pretrain_sigmas(job: tuple) -> dict:
     import timm
 
     branch = timm.create_model("resnet_small", num_classes=10)
-    state = safetensors.torch.load_file(checkpoint_at_epoch(base_dir, burn_in) / "model.safetensors")
+    state = safetensors.torch.load_file(checkpoint_at_epoch(base_dir, burn_in) / WEIGHTS_FILE)
     branch.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
                             if k.startswith("model.") and ".spectral." not in k})
     out = dict(seed=seed, branch=conv_sigmas(branch))

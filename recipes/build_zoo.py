@@ -33,19 +33,18 @@ def main() -> None:
     parser.add_argument("--budgets", default="250,500,1000")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(ROOT))
-    from experiments.common import bundle
-    from repspec_zoo.hub import read_run
-    from repspec_zoo.models.zoo import zoo_model_name
+    from repspec_zoo.hub.exporting import bundle
+    from repspec_zoo.models.registry import zoo_model_name
+    from repspec_zoo.runs import SUMMARY_FILE, WEIGHTS_FILE, read_run
 
     for config in args.configs:
         run_dir = ROOT / "runs" / "zoo" / config
-        if not (run_dir / "run.json").is_file():
+        if not (run_dir / SUMMARY_FILE).is_file():
             run(sys.executable, "recipes/train.py", "--config", f"recipes/configs/{config}.yaml", "--output", str(run_dir))
         trained = read_run(run_dir)
         name = zoo_model_name(trained.config["model"], trained.mode, trained.dataset)
         arch = name.split(".")[0]
-        run(sys.executable, "-m", "repspec_zoo.cli", "eval", arch, "--checkpoint", str(run_dir / "model.safetensors"),
+        run(sys.executable, "-m", "repspec_zoo.cli", "eval", arch, "--checkpoint", str(run_dir / WEIGHTS_FILE),
             "--dataset", trained.dataset, "--n", str(args.n), "--budgets", args.budgets,
             "--out", str(run_dir / "eval.json"))
         bundle(run_dir)

@@ -31,7 +31,8 @@ from accelerate.utils import set_seed
 import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
 from repspec_zoo.data import DatasetUnavailableError
 from repspec_zoo.io import atomic_write_text
-from repspec_zoo.training.checkpoint import STATE_FILE
+from repspec_zoo.regularizers.registry import get_spec
+from repspec_zoo.runs import CHECKPOINTS_DIR, METRICS_FILE, STATE_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from repspec_zoo.training import (Checkpoints, ConfigError, InitError, Trainer, TrainingModule, build_model,
                                   build_optimizer, check_input, dataset_num_classes, load_config, load_split,
                                   make_accelerator, make_loaders, quick_eval, run_summary, save_run_config,
@@ -60,14 +61,14 @@ def branch(checkpoint: Path, run_dir: Path, cfg, accelerator) -> None:
     if not (checkpoint / STATE_FILE).is_file():
         raise FileNotFoundError(f"--branch-from {checkpoint}: not a checkpoint folder (no {STATE_FILE}); "
                                 f"pass one of RUN_DIR/checkpoints/step_*")
-    own = Checkpoints(run_dir / "checkpoints", cfg.checkpoint.keep)
+    own = Checkpoints(run_dir / CHECKPOINTS_DIR, cfg.checkpoint.keep)
     if own.latest() is None and accelerator.is_main_process:
         staging = own.directory / f".{checkpoint.name}.tmp"  # a killed copy is discarded by resume()
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(checkpoint, staging)
-        source_metrics = checkpoint.parent.parent / "metrics.jsonl"
+        source_metrics = checkpoint.parent.parent / METRICS_FILE
         if source_metrics.is_file():  # epochs the checkpoint does not cover are dropped on resume
-            shutil.copy2(source_metrics, run_dir / "metrics.jsonl")
+            shutil.copy2(source_metrics, run_dir / METRICS_FILE)
         os.replace(staging, own.directory / checkpoint.name)
         accelerator.print(f"branching {run_dir} from {checkpoint}")
     accelerator.wait_for_everyone()
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     model = build_model(cfg)
     train_set, test_set = load_split(cfg, model, "train"), load_split(cfg, model, "test")
     check_input(model, train_set[0][0], cfg)
-    net = TrainingModule(model, return_features=cfg.regularizer.mode == "bss")
+    net = TrainingModule(model, return_features=get_spec(cfg.regularizer.mode).needs_features)
     optimizer = build_optimizer(cfg, model)
     train_loader, test_loader = make_loaders(cfg, train_set, test_set, accelerator.num_processes)
     net, optimizer, train_loader, test_loader = accelerator.prepare(net, optimizer, train_loader, test_loader)
@@ -114,11 +115,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     unsynced = unsynced_tensors(accelerator, trainer.model)
     summary = None
     if accelerator.is_main_process:
-        save_weights(trainer.model, run_dir / "model.safetensors")
+        save_weights(trainer.model, run_dir / WEIGHTS_FILE)
         evaluation = quick_eval(trainer.model, cfg, run_dir)
         summary = run_summary(cfg, records, evaluation, ["recipes/train.py", *argv], time.time() - started,
                               accelerator.num_processes, unsynced)
-        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2))
+        atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
         accelerator.print(summary_table(records, evaluation))
         accelerator.print(f"run directory: {run_dir}")
     accelerator.wait_for_everyone()

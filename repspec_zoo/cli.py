@@ -5,19 +5,15 @@ import argparse
 import sys
 
 
-#: how `repspec-zoo list` names each zoo regularizer mode
-_REGULARIZER_NAMES = {"rep": "rep-spectral", "ll": "ll-spectral", "adv": "adv (L2-PGD)", "ddsnr": "ddsnr",
-                      None: "none (baseline)"}
-
-
 def _list(argv) -> None:
     """Print the zoo's registered architectures."""
     import timm
 
-    from .models import ARCHS
+    from .models.registry import ARCHS
+    from .regularizers.registry import REGULARIZERS
 
     for name, (base, mode) in ARCHS.items():
-        regularizer = _REGULARIZER_NAMES[mode]
+        regularizer = REGULARIZERS[mode].label
         print(f"{name:28s} base={base:14s} regularizer={regularizer:16s} registered={name in timm.list_models()}")
 
 

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import __version__, stats
 from .attacks import ATTACKS, StartPool, predict_labels, run_attack
 from .attacks.oracle import check_images as check_values
-from .cards import format_interval
+from .stats import format_interval
 from .bounds import bracket, certified_radius, lemma1_estimate, unwrap
 from .io import atomic_write_text
 

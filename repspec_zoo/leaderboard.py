@@ -28,11 +28,12 @@ import torch
 
 from . import data, stats
 from .attacks import NormalizedModel
-from .cards import format_interval
+from .stats import format_interval
 from .cli_eval import load_model, parse_attacks, parse_budgets
 from .eval import EvalResult, evaluate, json_clean, predict_split, resolve_attacks
 from .io import atomic_write_text
-from .models.zoo import ARCHS, list_pretrained, zoo_model_name
+from .models.registry import ARCHS, zoo_model_name
+from .models.zoo import list_pretrained
 from .plots import plot_distance_curves, plot_robust_accuracy
 
 
@@ -44,11 +45,11 @@ def bundled_models(dataset: str) -> list[str]:
 def family_baseline(name: str, dataset: str) -> str | None:
     """The unregularized zoo model of the same base arch and dataset as ``name`` (None for a baseline
     itself or a name outside the zoo)."""
-    base, mode = ARCHS.get(name.split(".")[0], (None, None))
-    if base is None or mode is None:
+    base, mode = ARCHS.get(name.split(".")[0], (None, "none"))
+    if base is None or mode == "none":
         return None
     try:
-        return zoo_model_name(base, None, dataset)
+        return zoo_model_name(base, "none", dataset)
     except ValueError:
         return None
 
@@ -213,7 +214,7 @@ def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path |
     if readme:
         update_readme(readme, block)
     if update_cards:
-        from .hub import update_bundled_evaluation
+        from .hub.exporting import update_bundled_evaluation
 
         for name, result in results.items():
             result.settings["command"] = meta["command"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as _st
@@ -366,3 +366,14 @@ def robust_accuracy_curve(l2: Any, eps_grid: Sequence[float], clean_acc: float |
     see :func:`repspec_zoo.attacks.pgd.robust_accuracy_curve`."""
     x = _distances(l2, "l2")
     return [robust_accuracy(x, eps, clean_acc, n_test, confidence) for eps in eps_grid]
+
+
+def format_interval(part: Mapping | None, digits: int = 4) -> str:
+    """'0.7120 [0.6500, 0.7680]' from a JSON-able `repspec_zoo.stats.Interval` (inf arrives as the
+    string 'inf'); '-' when there is none, 'n/a' for a bound too few samples could give."""
+    if not part or part.get("estimate") is None:
+        return "-"
+
+    def num(v):
+        return "n/a" if v is None else v if isinstance(v, str) else f"{v:.{digits}f}"
+    return f"{num(part['estimate'])} [{num(part['low'])}, {num(part['high'])}]"

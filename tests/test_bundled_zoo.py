@@ -3,15 +3,15 @@ import json
 
 import pytest
 import timm
-import torch
 
 import repspec_zoo  # noqa: F401
-from repspec_zoo import data, hub
+from repspec_zoo import data
+from repspec_zoo.hub import weights as hub_weights
 from repspec_zoo.attacks import NormalizedModel
 from repspec_zoo.eval import evaluate
-from repspec_zoo.models.zoo import ARCHS
+from repspec_zoo.models.registry import ARCHS
 
-BUNDLED = sorted(p.name for p in hub.WEIGHTS_DIR.iterdir() if (p / hub.WEIGHTS_FILE).is_file())
+BUNDLED = sorted(p.name for p in hub_weights.WEIGHTS_DIR.iterdir() if (p / hub_weights.WEIGHTS_FILE).is_file())
 FAMILIES = {base for base, _ in ARCHS.values() if base in ("slp", "resnet_small")}
 
 
@@ -27,7 +27,7 @@ def fmnist_test():
 
 @pytest.mark.parametrize("name", BUNDLED)
 def test_bundled_model_reproduces_its_card_clean_accuracy(name, fmnist_test):
-    card = json.loads((hub.WEIGHTS_DIR / name / "eval.json").read_text())
+    card = json.loads((hub_weights.WEIGHTS_DIR / name / "eval.json").read_text())
     model = timm.create_model(name, pretrained=True)
     if hasattr(model, "spectral"):
         model.spectral.remove()
@@ -35,4 +35,4 @@ def test_bundled_model_reproduces_its_card_clean_accuracy(name, fmnist_test):
     assert result.n_test == card["n_test"] == 10000
     assert result.clean_acc == card["clean_acc"]
     # the model card's metadata carries the same number
-    assert f"{card['clean_acc']:.4f}"[:5] in (hub.WEIGHTS_DIR / name / "README.md").read_text()
+    assert f"{card['clean_acc']:.4f}"[:5] in (hub_weights.WEIGHTS_DIR / name / "README.md").read_text()

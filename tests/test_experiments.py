@@ -126,16 +126,3 @@ def test_xor_reproduces_the_authors_unregularized_seed_400_run():
     model = xor_toy.make_model(400, 8)
     xor_toy.train_steps(model, xor_toy._optimizer(model), 15000, record_every=15000)
     assert xor_toy.sigma_max(model.fc1.weight) == pytest.approx(6.3896, abs=5e-4)
-
-
-def test_bundle_writes_weights_and_card_under_the_zoo_name(tmp_path, monkeypatch):
-    from test_hub import make_run
-
-    run_dir, weights = make_run(tmp_path / "run", mode="adv")
-    monkeypatch.setattr(common, "ROOT", tmp_path)
-    assert common.bundle(run_dir) == "resnet_small_advtrained.fmnist"
-    folder = tmp_path / "repspec_zoo" / "weights" / "resnet_small_advtrained.fmnist"
-    card = tmp_path / "model_cards" / "resnet_small_advtrained.fmnist"
-    assert (folder / "model.safetensors").is_file()
-    assert sorted(p.name for p in card.iterdir()) == ["README.md", "config.json", "eval.json"]
-    assert json.loads((card / "config.json").read_text())["regularizer"]["mode"] == "adv"

@@ -10,8 +10,9 @@ import yaml
 from huggingface_hub import HfApi, ModelCard
 
 import repspec_zoo
-from repspec_zoo import cli, hub
-from repspec_zoo.models.zoo import HF_ORG
+from repspec_zoo import cli
+from repspec_zoo.hub import exporting, weights as hub_weights
+from repspec_zoo.models.registry import HF_ORG
 from repspec_zoo.spectral import select_layers
 
 from hub_server import HubServer
@@ -34,18 +35,18 @@ def hf_home(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     for key, value in {"HF_HOME": home, "HF_HUB_CACHE": home / "hub", "HF_TOKEN_PATH": home / "token",
                        "HF_STORED_TOKENS_PATH": home / "stored_tokens"}.items():
-        monkeypatch.setattr(hub.hf_constants, key, str(value))
-    monkeypatch.setattr(hub.hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hub, "WEIGHTS_DIR", tmp_path / "weights")
+        monkeypatch.setattr(hub_weights.hf_constants, key, str(value))
+    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", tmp_path / "weights")
     return home
 
 
 def go_online(monkeypatch, endpoint: str) -> None:
     """As HF_HUB_OFFLINE=0 HF_ENDPOINT=endpoint would at import time."""
-    monkeypatch.setattr(hub.hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub.hf_constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_weights.hf_constants, "ENDPOINT", endpoint)
     template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    monkeypatch.setattr(hub.hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(hub_weights.hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
 
 
 def make_run(path, mode="rep", num_classes=10, evaluation=EVAL):
@@ -57,7 +58,7 @@ def make_run(path, mode="rep", num_classes=10, evaluation=EVAL):
     path.mkdir(parents=True)
     safetensors.torch.save_file(model.state_dict(), path / "model.safetensors")
     regularizer = dict(mode=mode, gamma=1e-3, every=1, estimator="power", bn_aware=False, burn_in_epochs=2,
-                       ddsnr_lambda=0.01, eps=0.5, iters=10)
+                       ddsnr_lambda=0.01, ddsnr_eps=0.5, ddsnr_iters=10, pgd_eps=0.5, pgd_steps=10)
     config = dict(model="resnet_small", num_classes=10, dataset="fashion_mnist", regularizer=regularizer, epochs=3)
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     (path / "eval.json").write_text(json.dumps(evaluation))
@@ -91,7 +92,7 @@ def test_export_writes_a_hub_folder_with_card(tmp_path, capsys, mode, name):
     assert (config["architecture"], config["num_classes"], config["num_features"]) == ("resnet_small", 10, 64)
     assert config["pretrained_cfg"]["input_size"] == [1, 28, 28] and "hf_hub_id" not in config["pretrained_cfg"]
     assert config["zoo_name"] == name and config["dataset"] == "fashion_mnist"
-    assert config["weights_sha256"] == hub.sha256_hex((out / "model.safetensors").read_bytes())
+    assert config["weights_sha256"] == hub_weights.sha256_hex((out / "model.safetensors").read_bytes())
     assert config["eval"] == {k: v for k, v in EVAL.items() if k != "per_sample"}
     assert json.loads((out / "eval.json").read_text()) == EVAL
     assert config["recipe"]["epochs"] == 3 and config["training"]["command"] == COMMAND
@@ -116,7 +117,7 @@ def test_export_writes_a_hub_folder_with_card(tmp_path, capsys, mode, name):
 
 def test_card_without_finite_attack_stats_has_accuracy_only(tmp_path):
     run, _ = make_run(tmp_path / "run", "ll", evaluation={"clean_acc": 0.5, "l2_mean": {"100": float("inf")}})
-    exported = hub.export(run, tmp_path / "out", repo_id="me/x")
+    exported = exporting.export(run, tmp_path / "out", repo_id="me/x")
     card = ModelCard.load(exported.folder / "README.md")
     assert metrics(card) == {("accuracy", None): 0.5} and "hf-hub:me/x" in card.text
     assert "| TA mean (broken samples) L2 @ 100 queries | inf |" in card.text
@@ -135,9 +136,9 @@ def test_publish_then_load_offline_from_cache(tmp_path, monkeypatch, capsys):
         assert sorted(s.rfilename for s in info.siblings) == FILES
         assert_same(plain_state(timm.create_model(NAME, pretrained=True)), weights)  # downloads to the cache
         assert_same(timm.create_model(f"hf-hub:{repo}", pretrained=True).state_dict(), weights)
-        hub.publish(run, repo_id=f"fork/{NAME}", endpoint=server.url)
+        exporting.publish(run, repo_id=f"fork/{NAME}", endpoint=server.url)
         timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=f"fork/{NAME}"))
-    monkeypatch.setattr(hub.hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_OFFLINE", True)
     served = len(server.requests)
 
     model = timm.create_model(NAME, pretrained=True)
@@ -163,22 +164,22 @@ def test_refused_upload_is_a_clear_error_and_leaves_nothing_locally(tmp_path, mo
     monkeypatch.setattr("tempfile.tempdir", str(scratch))
     with HubServer(refuse_uploads=True) as server:
         go_online(monkeypatch, server.url)
-        with pytest.raises(hub.PublishError, match=rf"{server.url} refused to publish {NAME} to me/{NAME}.*403"):
-            hub.publish(run, repo_id=f"me/{NAME}", endpoint=server.url)
+        with pytest.raises(exporting.PublishError, match=rf"{server.url} refused to publish {NAME} to me/{NAME}.*403"):
+            exporting.publish(run, repo_id=f"me/{NAME}", endpoint=server.url)
     assert server.repos == {}
     assert list(scratch.iterdir()) == [] and sorted(p.name for p in run.iterdir()) == before
 
 
 def test_publish_offline_is_refused_before_any_work(tmp_path):
-    with pytest.raises(hub.PublishError, match="HF_HUB_OFFLINE=1 is set"):
-        hub.publish(tmp_path / "no-such-run", endpoint="http://127.0.0.1:9")
+    with pytest.raises(exporting.PublishError, match="HF_HUB_OFFLINE=1 is set"):
+        exporting.publish(tmp_path / "no-such-run", endpoint="http://127.0.0.1:9")
 
 
 def test_offline_without_cache_fails_at_once(monkeypatch):
     with HubServer() as server:
-        monkeypatch.setattr(hub.hf_constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(hub_weights.hf_constants, "ENDPOINT", server.url)
         start = time.monotonic()
-        with pytest.raises(hub.PretrainedWeightsUnavailable, match=r"offline \(HF_HUB_OFFLINE=1\) and not in"):
+        with pytest.raises(hub_weights.PretrainedWeightsUnavailable, match=r"offline \(HF_HUB_OFFLINE=1\) and not in"):
             timm.create_model(NAME, pretrained=True)
         assert time.monotonic() - start < 2.0
     assert server.requests == []
@@ -186,7 +187,7 @@ def test_offline_without_cache_fails_at_once(monkeypatch):
 
 def test_list_pretrained_reads_bundled_weights(tmp_path, capsys):
     run, _ = make_run(tmp_path / "run", "none")
-    hub.export(run, hub.WEIGHTS_DIR / "resnet_small_baseline.fmnist")
+    exporting.export(run, hub_weights.WEIGHTS_DIR / "resnet_small_baseline.fmnist")
     rows = {r.name: r for r in repspec_zoo.list_pretrained()}
     assert set(rows) == set(timm.list_pretrained(ZOO_PATTERNS))
     row = rows["resnet_small_baseline.fmnist"]
@@ -199,9 +200,9 @@ def test_list_pretrained_reads_bundled_weights(tmp_path, capsys):
 
 
 ROTH_EXPORTS = {  # mode: (zoo name, config.json's regularizer, what the card says, card tag)
-    "adv": ("resnet_small_advtrained.fmnist", {"mode": "adv", "eps": 0.5, "iters": 10},
+    "adv": ("resnet_small_advtrained.fmnist", {"mode": "adv", "pgd_eps": 0.5, "pgd_steps": 10},
             "L2-PGD adversarial training", "adversarial-training"),
-    "ddsnr": ("resnet_small_ddsnr.fmnist", {"mode": "ddsnr", "ddsnr_lambda": 0.01, "eps": 0.5, "iters": 10},
+    "ddsnr": ("resnet_small_ddsnr.fmnist", {"mode": "ddsnr", "ddsnr_lambda": 0.01, "ddsnr_eps": 0.5, "ddsnr_iters": 10},
               "data-dependent spectral norm regularization", "data-dependent-spectral-norm"),
 }
 
@@ -211,7 +212,7 @@ def test_export_of_a_roth_baseline_run(tmp_path, mode):
     """adv/ddsnr runs export as plain models: their settings instead of gamma, a card that names the method."""
     name, settings, text, tag = ROTH_EXPORTS[mode]
     run, weights = make_run(tmp_path / "run", mode)
-    exported = hub.export(run, hub.WEIGHTS_DIR / name)
+    exported = exporting.export(run, hub_weights.WEIGHTS_DIR / name)
     assert exported.name == name
     config = json.loads((exported.folder / "config.json").read_text())
     assert config["regularizer"] == {**settings, "layers": [], "burn_in_epochs": 2}
@@ -225,8 +226,9 @@ def test_export_of_a_roth_baseline_run(tmp_path, mode):
     row = next(r for r in repspec_zoo.list_pretrained() if r.name == name)
     assert (row.source, row.gamma, row.clean_acc) == ("bundled", None, 0.8125)
     edit_config(run, regularizer={"mode": mode, "gamma": 1e-3})
-    with pytest.raises(hub.ExportError, match=rf"regularizer.eps, regularizer.iters missing for mode='{mode}'"):
-        hub.export(run, tmp_path / "cards" / name)
+    missing = ", ".join(f"regularizer.{key}" for key in settings if key != "mode")
+    with pytest.raises(exporting.ExportError, match=rf"{missing} missing for mode='{mode}'"):
+        exporting.export(run, tmp_path / "cards" / name)
 
 
 def edit_config(run, **changes) -> None:
@@ -258,20 +260,20 @@ def test_bad_runs_are_clear_errors_and_write_nothing(tmp_path, case):
     run, _ = make_run(tmp_path / "run")
     damage, message = BAD_RUNS[case]
     damage(run)
-    with pytest.raises(hub.ExportError, match=message):
-        hub.export(run, tmp_path / "cards" / NAME)
+    with pytest.raises(exporting.ExportError, match=message):
+        exporting.export(run, tmp_path / "cards" / NAME)
     assert not (tmp_path / "cards").exists() or list((tmp_path / "cards").iterdir()) == []
 
 
 def test_export_replaces_an_export_but_never_another_folder(tmp_path):
     run, _ = make_run(tmp_path / "run")
     out = tmp_path / "cards" / NAME
-    hub.export(run, out)
+    exporting.export(run, out)
     (out / "stale.txt").write_text("from an older export")
-    hub.export(run, out)
+    exporting.export(run, out)
     assert not (out / "stale.txt").exists() and sorted(p.name for p in (tmp_path / "cards").iterdir()) == [NAME]
-    with pytest.raises(hub.ExportError, match="exists and is not an exported zoo model"):
-        hub.export(run, tmp_path / "cards")
+    with pytest.raises(exporting.ExportError, match="exists and is not an exported zoo model"):
+        exporting.export(run, tmp_path / "cards")
     assert (out / "config.json").is_file()
 
 
@@ -289,10 +291,23 @@ def test_architecture_kwargs_travel_with_the_export(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     (run / "eval.json").write_text(json.dumps(EVAL))
     name = "slp_repspectral.fmnist"
-    hub.export(run, hub.WEIGHTS_DIR / name)
-    assert json.loads((hub.WEIGHTS_DIR / name / "config.json").read_text())["model_args"]["scale_logits"] is True
+    exporting.export(run, hub_weights.WEIGHTS_DIR / name)
+    assert json.loads((hub_weights.WEIGHTS_DIR / name / "config.json").read_text())["model_args"]["scale_logits"] is True
     x = torch.rand(4, 1, 28, 28)
     expected = model.eval()(x)
-    for loaded in (timm.create_model(name, pretrained=True), timm.create_model(f"local-dir:{hub.WEIGHTS_DIR / name}",
+    for loaded in (timm.create_model(name, pretrained=True), timm.create_model(f"local-dir:{hub_weights.WEIGHTS_DIR / name}",
                                                                                   pretrained=True)):
         torch.testing.assert_close(loaded.eval()(x), expected)
+
+
+def test_bundle_writes_weights_and_card_under_the_zoo_name(tmp_path, monkeypatch):
+    """bundle(): the export into the package's weights and a copy of card, config and eval in model_cards/."""
+    run_dir, weights = make_run(tmp_path / "run", mode="adv")
+    monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", tmp_path / "repspec_zoo" / "weights")
+    assert exporting.bundle(run_dir) == "resnet_small_advtrained.fmnist"
+    folder = tmp_path / "repspec_zoo" / "weights" / "resnet_small_advtrained.fmnist"
+    card = tmp_path / "model_cards" / "resnet_small_advtrained.fmnist"
+    assert_same(safetensors.torch.load_file(folder / "model.safetensors"), weights)
+    assert sorted(p.name for p in card.iterdir()) == ["README.md", "config.json", "eval.json"]
+    assert (card / "config.json").read_bytes() == (folder / "config.json").read_bytes()
+    assert json.loads((card / "config.json").read_text())["regularizer"]["mode"] == "adv"

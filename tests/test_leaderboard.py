@@ -7,7 +7,8 @@ import pytest
 from huggingface_hub import ModelCard
 
 import repspec_zoo  # noqa: F401
-from repspec_zoo import hub, leaderboard
+from repspec_zoo import leaderboard
+from repspec_zoo.hub import exporting, weights as hub_weights
 
 SLPS = ["slp_baseline.fmnist", "slp_repspectral.fmnist"]
 
@@ -70,15 +71,15 @@ def test_update_bundled_evaluation_rewrites_card_and_keeps_weights(board, tmp_pa
     _, _, results = board
     name = "slp_repspectral.fmnist"
     weights = tmp_path / "repspec_zoo" / "weights"
-    shutil.copytree(hub.WEIGHTS_DIR / name, weights / name)
+    shutil.copytree(hub_weights.WEIGHTS_DIR / name, weights / name)
     cards = tmp_path / "model_cards" / name
     cards.mkdir(parents=True)
     for file in ("README.md", "config.json", "eval.json"):
-        shutil.copy2(hub.WEIGHTS_DIR / name / file, cards / file)
-    monkeypatch.setattr(hub, "WEIGHTS_DIR", weights)
+        shutil.copy2(hub_weights.WEIGHTS_DIR / name / file, cards / file)
+    monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", weights)
     sha = json.loads((weights / name / "config.json").read_text())["weights_sha256"]
     evaluation = json.loads(results[name].to_json())
-    assert hub.update_bundled_evaluation(name, evaluation) == [weights / name, cards]
+    assert exporting.update_bundled_evaluation(name, evaluation) == [weights / name, cards]
     for folder in (weights / name, cards):
         config = json.loads((folder / "config.json").read_text())
         assert config["weights_sha256"] == sha and config["eval"]["attacks"] == ["ta", "fmn"]
@@ -88,8 +89,8 @@ def test_update_bundled_evaluation_rewrites_card_and_keeps_weights(board, tmp_pa
         assert {("ensemble_l2_mean", "queries=80"), ("ensemble_success_rate", "queries=80"),
                 ("robust_accuracy_upper_bound", "l2_eps=1.5")} <= metrics
         assert "best of TA+FMN success rate, 95% Clopper-Pearson CI" in card.text
-    with pytest.raises(hub.ExportError, match="no bundled folder"):
-        hub.update_bundled_evaluation("slp_baseline.fmnist", evaluation)
+    with pytest.raises(exporting.ExportError, match="no bundled folder"):
+        exporting.update_bundled_evaluation("slp_baseline.fmnist", evaluation)
 
 
 def test_report_only_rerenders_the_same_tables(board):

@@ -26,7 +26,8 @@ import yaml
 
 import repspec_zoo  # noqa: F401
 from repspec_zoo.data import DatasetUnavailableError
-from repspec_zoo.training import (Checkpoints, ConfigError, InitError, TrainConfig, apply_overrides, bss_penalty,
+from repspec_zoo.regularizers import bss_penalty
+from repspec_zoo.training import (Checkpoints, ConfigError, InitError, TrainConfig, apply_overrides,
                                   build_model, build_optimizer, load_config, lr_factor)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,13 +351,14 @@ def test_roth_baselines_train_from_the_recipe(mode, workdir, data_dirs):
     def train(regularizer: str) -> list[dict]:
         output = workdir / "roth" / regularizer
         run_recipe("fmnist_slp_baseline", output, *TWO_STEPS, *SHAPE["fmnist"], "model_kwargs={hidden_dim: 16}",
-                   f"regularizer.mode={regularizer}", "regularizer.eps=1.0", "regularizer.iters=3",
+                   f"regularizer.mode={regularizer}", "regularizer.ddsnr_eps=1.0", "regularizer.ddsnr_iters=3",
+                   "regularizer.pgd_eps=1.0", "regularizer.pgd_steps=3",
                    data_dir=data_dirs["gray"])
         return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
 
     plain, roth = train("none"), train(mode)
     summary = json.loads((workdir / "roth" / mode / "run.json").read_text())
-    assert summary["regularizer"]["mode"] == mode and summary["regularizer"]["eps"] == 1.0
+    assert summary["regularizer"]["mode"] == mode and summary["regularizer"][f"{'pgd' if mode == 'adv' else mode}_eps"] == 1.0
     assert roth[0]["train_loss"] == pytest.approx(plain[0]["train_loss"])  # burn-in epoch: identical
     if mode == "ddsnr":
         assert roth[0]["penalty"] == 0.0 and roth[1]["penalty"] > 0

@@ -7,9 +7,12 @@ import timm
 import torch
 
 import repspec_zoo
-from repspec_zoo import cli, hub
+from repspec_zoo import cli
+from repspec_zoo.hub import weights as hub_weights
 from repspec_zoo.models import ARCHS, PretrainedWeightsUnavailable
-from repspec_zoo.models.zoo import BASE_TAGS, SPECTRAL_MODES, TAGS, UnknownModelError, zoo_model_name
+from repspec_zoo.models.registry import BASE_TAGS, TAGS, zoo_model_name
+from repspec_zoo.models.zoo import UnknownModelError
+from repspec_zoo.regularizers.registry import SPECTRAL_MODES
 
 TINY = ("slp", "resnet_small")
 MODELS = [*ARCHS, *TINY]
@@ -26,9 +29,9 @@ def input_shape(model) -> tuple[int, ...]:
 @pytest.fixture
 def bundled(tmp_path, monkeypatch):
     """An empty bundled-weights folder and an empty HF cache, offline."""
-    monkeypatch.setattr(hub, "WEIGHTS_DIR", tmp_path / "weights")
-    monkeypatch.setattr(hub.hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(hub.hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_OFFLINE", True)
     return tmp_path / "weights"
 
 
@@ -38,10 +41,10 @@ def bundle(folder, name: str, model: torch.nn.Module) -> dict:
     payload = safetensors.torch.save(state_dict)
     config = {"architecture": ARCHS[name.split(".")[0]][0], "num_classes": model.num_classes,
               "pretrained_cfg": {"classifier": model.pretrained_cfg["classifier"]},
-              hub.SHA_KEY: hub.sha256_hex(payload)}
+              hub_weights.SHA_KEY: hub_weights.sha256_hex(payload)}
     (folder / name).mkdir(parents=True)
-    (folder / name / hub.WEIGHTS_FILE).write_bytes(payload)
-    (folder / name / hub.CONFIG_FILE).write_text(json.dumps(config))
+    (folder / name / hub_weights.WEIGHTS_FILE).write_bytes(payload)
+    (folder / name / hub_weights.CONFIG_FILE).write_text(json.dumps(config))
     return state_dict
 
 
@@ -120,31 +123,31 @@ def test_other_num_classes_reinitializes_head_with_a_warning(bundled):
 def test_inconsistent_checkpoint_head_is_refused(bundled):
     name = "slp_baseline.fmnist"
     bundle(bundled, name, timm.create_model(name, num_classes=7))  # head of 7, config says 7 ...
-    config_path = bundled / name / hub.CONFIG_FILE
+    config_path = bundled / name / hub_weights.CONFIG_FILE
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "num_classes": 10}))  # ... now 10
-    with pytest.raises(hub.PretrainedWeightsError, match=r"'head' has 7 outputs but config.json says num_classes=10"):
+    with pytest.raises(hub_weights.PretrainedWeightsError, match=r"'head' has 7 outputs but config.json says num_classes=10"):
         timm.create_model(name, pretrained=True)
 
 
 def test_tampered_bundled_weights_are_refused(bundled):
     name = "resnet_small_llspectral.digits"
     bundle(bundled, name, timm.create_model(name))
-    weights = bundled / name / hub.WEIGHTS_FILE
+    weights = bundled / name / hub_weights.WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(hub.PretrainedWeightsError, match=r"sha256 .* does not match .* corrupted or was modified"):
+    with pytest.raises(hub_weights.PretrainedWeightsError, match=r"sha256 .* does not match .* corrupted or was modified"):
         timm.create_model(name, pretrained=True)
 
 
 def test_truncated_bundled_weights_are_refused(bundled):
     name = "resnet_small_llspectral.digits"
     bundle(bundled, name, timm.create_model(name))
-    weights, config_path = bundled / name / hub.WEIGHTS_FILE, bundled / name / hub.CONFIG_FILE
+    weights, config_path = bundled / name / hub_weights.WEIGHTS_FILE, bundled / name / hub_weights.CONFIG_FILE
     weights.write_bytes(weights.read_bytes()[:1000])
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
-                                       hub.SHA_KEY: hub.sha256_hex(weights.read_bytes())}))
-    with pytest.raises(hub.PretrainedWeightsError, match="not a valid safetensors file"):
+                                       hub_weights.SHA_KEY: hub_weights.sha256_hex(weights.read_bytes())}))
+    with pytest.raises(hub_weights.PretrainedWeightsError, match="not a valid safetensors file"):
         timm.create_model(name, pretrained=True)
 
 
@@ -170,7 +173,7 @@ def test_every_zoo_model_has_pretrained_cfgs_under_one_namespace():
         assert cfg.hf_hub_id == f"repspec-zoo/{name}"
         assert (cfg.num_classes, cfg.input_size, cfg.mean) == (tag.num_classes, tag.input_size, tag.mean)
         assert "arXiv:2405.17181" in cfg.paper_ids and cfg.license == "apache-2.0"
-    assert {a for a, (_, mode) in ARCHS.items() if mode is None} == {a for a in ARCHS if a.endswith("_baseline")}
+    assert {a for a, (_, mode) in ARCHS.items() if mode == "none"} == {a for a in ARCHS if a.endswith("_baseline")}
 
 
 @pytest.mark.parametrize("arch", list(ROTH_BASELINES))

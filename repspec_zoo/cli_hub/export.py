@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..hub import ExportError, export
+from ..hub.exporting import ExportError, export
 
 
 def main(argv: list[str]) -> None:

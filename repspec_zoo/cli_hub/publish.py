@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..hub import ExportError, PublishError, publish
+from ..hub.exporting import ExportError, PublishError, publish
 
 
 def main(argv: list[str]) -> None:

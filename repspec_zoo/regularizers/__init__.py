@@ -12,7 +12,10 @@ operator norm regularization", next to the zoo's rep-spectral:
 * Global (data-independent) spectral norm regularization (Yoshida & Miyato 2017), every layer
   including the head: ``repspec_zoo.attach_spectral(model, mode='ll', gamma=...)``, then
   ``model.spectral.penalty()``; rep-spectral is ``mode='rep'`` (head excluded).
-* Batch Spectral Shrinkage (Chen et al. 2019): :func:`repspec_zoo.training.bss.bss_penalty`.
+* Batch Spectral Shrinkage (Chen et al. 2019): :func:`repspec_zoo.regularizers.bss.bss_penalty`.
+
+Each mode of the recipes (``regularizer.mode``) is a spec in :mod:`.registry`; how it acts on a
+training step is in :mod:`.steps`.
 
 All inputs are images in [0, 1] and all eps are L2 radii in [0, 1] pixel units (normalization
 lives inside the model, e.g. :class:`repspec_zoo.attacks.NormalizedModel`).
@@ -27,6 +30,8 @@ Recipe step, one of::
     loss = F.cross_entropy(logits, y) + reg.penalty(model, x, fx=logits)
 """
 from .adversarial import adversarial_batch
+from .bss import bss_penalty
 from .data_dependent import DataDependentSpectralNorm
+from .registry import REGULARIZERS, RegularizerSpec, get_spec
 
-__all__ = ["DataDependentSpectralNorm", "adversarial_batch"]
+__all__ = ["DataDependentSpectralNorm", "REGULARIZERS", "RegularizerSpec", "adversarial_batch", "bss_penalty", "get_spec"]

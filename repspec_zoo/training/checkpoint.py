@@ -16,10 +16,10 @@ import shutil
 from pathlib import Path
 
 from ..io import atomic_write_text
+from ..runs import STATE_FILE
 
-__all__ = ["Checkpoints", "STATE_FILE"]
+__all__ = ["Checkpoints"]
 
-STATE_FILE = "train_state.json"
 _NAME = re.compile(r"^step_(\d{7,})$")
 
 

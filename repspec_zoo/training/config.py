@@ -5,19 +5,9 @@ A recipe YAML mirrors :class:`TrainConfig`: top-level keys plus the sections ``d
 sections (``optim.lr=0.05``, ``dataset.train_limit=512``); values are read as YAML, except for
 text fields, which take the value verbatim (so ``mixed_precision=no`` means the string ``'no'``).
 
-Strength conventions (what a config's numbers mean):
-
-* rep/ll-spectral: ``regularizer.gamma`` in the paper's convention,
-  penalty = gamma/2 * sum_l sigma_max(W_l)^2 (Yang et al. 2024, eq. 3); the authors' scripts
-  add ``lam * sum sigma^2``, i.e. their lam = gamma/2. ``regularizer.apply: direct`` takes their
-  ResNet scripts' separate step W <- W - lam * grad_W sigma^2 every ``every`` optimizer steps
-  instead of adding the penalty to the loss.
-* BSS: ``regularizer.bss_eta`` * sum of the ``bss_k`` smallest squared singular values of the
-  batch feature matrix (Chen et al. 2019).
-* ddsnr: ``regularizer.ddsnr_lambda`` * mean ||f(x + eps v) - f(x)||^2 (Roth et al. eq. 13), v
-  from ``iters`` power-iteration steps on the input-output Jacobian.
-* adv: L2-PGD training examples within ``regularizer.eps``, ``iters`` steps of 2 * eps / iters.
-  For both, eps is an L2 length in [0, 1] pixel units.
+The ``regularizer.mode`` values and what each strength setting means are in
+:mod:`repspec_zoo.regularizers.registry` (rep/ll: the paper's gamma, penalty = gamma/2 * sum_l
+sigma_max(W_l)^2; the authors' scripts' lam = gamma/2).
 
 Example::
 
@@ -36,19 +26,18 @@ from typing import Any, Iterable
 
 import yaml
 
-from ..spectral.hooks import GAMMA_CONVENTION as SPECTRAL_GAMMA_CONVENTION
+from ..models.registry import ARCHS
+from ..regularizers.registry import REGULARIZERS
+from ..runs import CONFIG_FILE
 
 __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "RegularizerConfig", "CheckpointConfig", "TrainConfig",
-           "load_config", "apply_overrides", "config_to_dict", "REGULARIZERS", "GAMMA_CONVENTION", "BSS_CONVENTION"]
+           "load_config", "apply_overrides", "config_to_dict"]
 
-REGULARIZERS = ("none", "rep", "ll", "bss", "ddsnr", "adv")
 SCHEDULES = ("constant", "step", "cosine")
 APPLY = ("loss", "direct")
 ESTIMATORS = ("power", "fft")
 ATTACKS = ("ta", "gta", "hsja", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-GAMMA_CONVENTION = f"{SPECTRAL_GAMMA_CONVENTION}; the authors' scripts' lam = gamma/2"
-BSS_CONVENTION = "penalty = bss_eta * sum of the bss_k smallest squared singular values of the batch features"
 _NULLS = ("null", "none", "~", "")
 
 
@@ -82,7 +71,7 @@ class OptimConfig:
 
 @dataclass
 class RegularizerConfig:
-    mode: str = "none"  # 'none', 'rep' (rep-spectral: layers up to the features), 'll' (all incl. head), 'bss', 'ddsnr', 'adv'
+    mode: str = "none"  # a repspec_zoo.regularizers.registry mode: 'none', 'rep', 'll', 'adv', 'ddsnr', 'bss'
     gamma: float = 1e-3  # rep/ll strength, paper convention: penalty = gamma/2 * sum_l sigma_max(W_l)^2
     burn_in_epochs: int = 0  # penalty off for epochs < this (power iteration keeps running); 0 = on from the start
     apply: str = "loss"  # rep/ll (other modes ignore it): 'loss' (eq. 3 in the loss) or 'direct' (the authors' ResNet step)
@@ -93,9 +82,11 @@ class RegularizerConfig:
     bn_aware: bool = False  # rep/ll: penalize the norm of BN∘conv instead of the conv alone
     bss_eta: float = 1e-3  # bss strength: penalty = bss_eta * sum of the bss_k smallest squared singular values
     bss_k: int = 1  # bss: how many of the smallest singular values of the (batch x features) matrix are penalized
-    ddsnr_lambda: float = 1e-2  # ddsnr (Roth et al. eq. 13): penalty = ddsnr_lambda * mean ||f(x + eps v) - f(x)||^2
-    eps: float = 0.5  # ddsnr probe length / adv PGD radius: L2 in [0,1] pixel units
-    iters: int = 10  # ddsnr: power-iteration steps on the input-output Jacobian; adv: PGD steps (step 2 eps / iters)
+    ddsnr_lambda: float = 1e-2  # ddsnr (Roth et al. eq. 13): penalty = ddsnr_lambda * mean ||f(x + ddsnr_eps v) - f(x)||^2
+    ddsnr_eps: float = 0.5  # ddsnr probe length v: L2 in [0,1] pixel units
+    ddsnr_iters: int = 10  # ddsnr: power-iteration steps on the input-output Jacobian for v
+    pgd_eps: float = 0.5  # adv: L2-PGD radius in [0,1] pixel units
+    pgd_steps: int = 10  # adv: PGD steps of 2 * pgd_eps / pgd_steps
 
 
 @dataclass
@@ -265,13 +256,11 @@ def _at_least(value: int | float | None, low: int | float, key: str) -> list[str
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check value ranges and combinations; raises one ConfigError listing every problem."""
-    from ..models.zoo import ARCHS
-
     d, o, r, c = cfg.dataset, cfg.optim, cfg.regularizer, cfg.checkpoint
     problems = [
         *_choice(cfg.mixed_precision, MIXED_PRECISION, "mixed_precision"),
         *_choice(o.schedule, SCHEDULES, "optim.schedule"),
-        *_choice(r.mode, REGULARIZERS, "regularizer.mode"),
+        *_choice(r.mode, tuple(REGULARIZERS), "regularizer.mode"),
         *_choice(r.estimator, ESTIMATORS, "regularizer.estimator"),
         *_choice(r.apply, APPLY, "regularizer.apply"),
         *_at_least(cfg.epochs, 1, "epochs"), *_at_least(cfg.batch_size, 1, "batch_size"),
@@ -285,14 +274,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         *_at_least(r.gamma, 0, "regularizer.gamma"), *_at_least(r.burn_in_epochs, 0, "regularizer.burn_in_epochs"),
         *_at_least(r.every, 1, "regularizer.every"), *_at_least(r.bss_eta, 0, "regularizer.bss_eta"),
         *_at_least(r.bss_k, 1, "regularizer.bss_k"), *_at_least(r.ddsnr_lambda, 0, "regularizer.ddsnr_lambda"),
-        *_at_least(r.iters, 1, "regularizer.iters"),
+        *_at_least(r.ddsnr_iters, 1, "regularizer.ddsnr_iters"), *_at_least(r.pgd_steps, 1, "regularizer.pgd_steps"),
         *_at_least(c.every_epochs, 1, "checkpoint.every_epochs"), *_at_least(c.every_steps, 0, "checkpoint.every_steps"),
         *_at_least(c.keep, 1, "checkpoint.keep"),
         *_choice(cfg.eval.attack, ATTACKS, "eval.attack"), *_at_least(cfg.eval.n, 0, "eval.n"),
         *_at_least(cfg.eval.budget, 1, "eval.budget"),
     ]
-    if not r.eps > 0:
-        problems.append(f"regularizer.eps={r.eps!r}: must be > 0 (an L2 length in [0,1] pixel units)")
+    problems += [f"regularizer.{key}={getattr(r, key)!r}: must be > 0 (an L2 length in [0,1] pixel units)"
+                 for key in ("ddsnr_eps", "pgd_eps") if not getattr(r, key) > 0]
     if not o.lr > 0 or (o.backbone_lr is not None and not o.backbone_lr > 0):
         problems.append(f"optim.lr={o.lr!r} and optim.backbone_lr={o.backbone_lr!r} must be > 0 (backbone_lr may be null)")
     if cfg.batch_size % cfg.grad_accum_steps:
@@ -304,14 +293,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.model in ARCHS:
         base, mode = ARCHS[cfg.model]
         problems.append(f"model={cfg.model!r} is a zoo architecture (the name of {base} trained with regularizer.mode="
-                        f"{mode or 'none'}; spectral ones attach their own regularizer); train the base architecture "
-                        f"instead: model={base} regularizer.mode={mode or 'none'}")
+                        f"{mode}; spectral ones attach their own regularizer); train the base architecture "
+                        f"instead: model={base} regularizer.mode={mode}")
     if r.apply == "direct" and r.activation_term:
         problems.append("regularizer.apply=direct with activation_term=true: the direct step updates the weights from "
                         "their singular vectors alone and has no data term; use apply=loss for the eig-ub term")
     if r.layers is not None and (not r.layers or not all(isinstance(name, str) for name in r.layers)):
         problems.append(f"regularizer.layers={r.layers!r}: a non-empty list of layer names, e.g. [head] or [fc1, head]")
-    if r.activation_term and r.mode not in ("rep", "ll"):
+    if r.activation_term and r.mode in REGULARIZERS and not REGULARIZERS[r.mode].spectral:
         problems.append(f"regularizer.activation_term=true needs mode rep or ll, not {r.mode!r}")
     if problems:
         raise ConfigError("invalid recipe config:\n  " + "\n  ".join(problems))
@@ -347,7 +336,7 @@ def save_run_config(cfg: TrainConfig, run_dir: str | os.PathLike, resuming: bool
     """
     from ..io import atomic_write_text
 
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG_FILE
     new = config_to_dict(cfg)
     if resuming and path.is_file():
         old_flat, new_flat = flatten_config(yaml.safe_load(path.read_text()) or {}), flatten_config(new)

@@ -1,14 +1,9 @@
 """The Accelerate training loop: epochs of accumulated SGD steps with the regularizer's schedule.
 
-Per optimizer step: ``loss = cross_entropy + penalty``, where the penalty is
-* rep/ll: ``model.spectral.penalty()`` = gamma/2 * sum sigma_max^2 from epoch
-  ``burn_in_epochs`` on; before that ``model.spectral.step()`` keeps the power iteration warm.
-  With ``regularizer.apply: direct`` nothing is added to the loss: from that epoch on, every
-  ``every``-th optimizer step is followed by ``model.spectral.direct_step()`` (the authors' ResNet
-  scripts: W <- W - gamma/2 * grad_W sigma^2, outside the optimizer);
-* bss: :func:`~repspec_zoo.training.bss.bss_penalty` of the batch features from that epoch on;
-* ddsnr: Roth et al.'s data-dependent spectral norm penalty (repspec_zoo.regularizers);
-* adv: no penalty; the batch is replaced by its L2-PGD adversarial examples (adversarial training).
+Per optimizer step: ``loss = cross_entropy + penalty``. What the regularizer does on a step (the
+batch it trains on, the penalty, a step outside the optimizer) is asked of its
+:class:`~repspec_zoo.regularizers.steps.RegularizerStep` from the registry
+(:mod:`repspec_zoo.regularizers.registry`); it is active from epoch ``burn_in_epochs`` on.
 
 The run directory gets ``checkpoints/`` (see :mod:`.checkpoint`), ``metrics.jsonl`` (one line per
 epoch) and ``tensorboard/``. A killed run restarted with the same command continues from its
@@ -31,8 +26,8 @@ from accelerate.utils import DataLoaderConfiguration
 from tqdm.auto import tqdm
 
 from ..io import atomic_write_text
-from ..regularizers import DataDependentSpectralNorm, adversarial_batch
-from .bss import bss_penalty
+from ..regularizers.registry import get_spec
+from ..runs import CHECKPOINTS_DIR, METRICS_FILE
 from .checkpoint import Checkpoints
 from .config import TrainConfig, config_to_dict, flatten_config
 from .model import lr_factor
@@ -136,12 +131,9 @@ class Trainer:
         self.train_loader, self.test_loader = train_loader, test_loader
         self.model = accelerator.unwrap_model(net).model  # the timm model
         self.spectral = getattr(self.model, "spectral", None)
-        # the authors' separate step after the optimizer's instead of a penalty in the loss
-        self.direct = self.spectral is not None and cfg.regularizer.apply == "direct"
-        r = cfg.regularizer
-        self.ddsnr = DataDependentSpectralNorm(r.ddsnr_lambda, r.eps, r.iters) if r.mode == "ddsnr" else None
-        self.checkpoints = Checkpoints(Path(run_dir) / "checkpoints", cfg.checkpoint.keep)
-        self.metrics = MetricsLog(Path(run_dir) / "metrics.jsonl")
+        self.regularizer = get_spec(cfg.regularizer.mode).step(cfg.regularizer, self.model)
+        self.checkpoints = Checkpoints(Path(run_dir) / CHECKPOINTS_DIR, cfg.checkpoint.keep)
+        self.metrics = MetricsLog(Path(run_dir) / METRICS_FILE)
         self.state = TrainState()
         self.steps_per_epoch = -(-len(train_loader) // cfg.grad_accum_steps)  # optimizer steps
         self._sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=accelerator.device)
@@ -174,32 +166,15 @@ class Trainer:
         self.checkpoints.save(self.accelerator, self.state.global_step, dataclasses.asdict(self.state))
 
     # ------------------------------------------------------------------------- one step
-    def _penalty(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor | None,
-                 active: bool) -> torch.Tensor | None:
-        r = self.cfg.regularizer
-        if self.spectral is not None:
-            if self.direct:
-                return None  # the direct step follows the optimizer step (_train_epoch)
-            if active:
-                return self.spectral.penalty()  # also advances the power iteration
-            self.spectral.step()  # burn-in: no penalty, but keep u, v warm
-            return None
-        if r.mode == "bss" and active:
-            return bss_penalty(features, r.bss_k, r.bss_eta)
-        if self.ddsnr is not None and active:  # jvp/vjp need the plain module, not the DDP wrapper
-            return self.ddsnr.penalty(self.accelerator.unwrap_model(self.net), x, fx=logits)
-        return None
-
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, penalty_on: bool) -> torch.Tensor:
         """One micro-batch; returns its (cross-entropy * images, correct, penalty * images), without a host sync."""
+        plain = self.accelerator.unwrap_model(self.net)  # jvp/vjp and PGD need the module, not the DDP wrapper
         with self.accelerator.accumulate(self.net):
-            r = self.cfg.regularizer
-            if r.mode == "adv" and penalty_on:  # adversarial training: train on L2-PGD examples of the batch
-                x = adversarial_batch(self.accelerator.unwrap_model(self.net), x, y, r.eps, steps=r.iters)
+            x = self.regularizer.batch(plain, x, y, penalty_on)
             out = self.net(x)
             logits, features = out if isinstance(out, tuple) else (out, None)
             ce = F.cross_entropy(logits, y)
-            penalty = self._penalty(x, logits, features, penalty_on)
+            penalty = self.regularizer.penalty(plain, x, logits, features, penalty_on)
             self.accelerator.backward(ce if penalty is None else ce + penalty)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -236,8 +211,7 @@ class Trainer:
             if not self.accelerator.sync_gradients:
                 continue
             self.state.global_step += 1
-            if self.direct and penalty_on and self.state.global_step % self.cfg.regularizer.every == 0:
-                self.spectral.direct_step()  # same weights and vectors on every process: no sync needed
+            self.regularizer.after_optimizer_step(self.state.global_step, penalty_on)
             bar.update()
             if self.state.global_step % log_every == 0:
                 loss, penalty = (step_sums[[0, 2]] / len(y)).tolist()

@@ -18,13 +18,15 @@ from timm.data import resolve_model_data_config
 from timm.models import is_model
 from torch import nn
 
+from ..models.registry import ARCHS
+from ..regularizers.registry import get_spec
+from ..runs import CONFIG_FILE as RUN_CONFIG_FILE, WEIGHTS_FILE
 from ..spectral import attach_spectral
 from .config import ConfigError, OptimConfig, TrainConfig
 
 __all__ = ["InitError", "build_model", "load_init", "TrainingModule", "build_optimizer", "lr_factor", "check_input",
            "plain_state_dict", "head_parameters"]
 
-WEIGHTS_FILE, RUN_CONFIG_FILE = "model.safetensors", "config.yaml"
 _TIMM_PREFIXES = ("hf-hub:", "local-dir:")
 
 
@@ -45,7 +47,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         model = load_init(cfg)
         model.reset_classifier(cfg.num_classes)
     r = cfg.regularizer
-    if r.mode in ("rep", "ll"):
+    if get_spec(r.mode).spectral:
         attach_spectral(model, mode=r.mode, gamma=r.gamma, every=r.every * cfg.grad_accum_steps,
                         estimator=r.estimator, bn_aware=r.bn_aware, activation_term=r.activation_term,
                         layers=r.layers)
@@ -100,8 +102,6 @@ def _from_run_dir(cfg: TrainConfig, run_dir: Path) -> nn.Module:
 
 
 def _from_timm(cfg: TrainConfig, name: str) -> nn.Module:
-    from ..models.zoo import ARCHS
-
     try:
         model = timm.create_model(name, pretrained=True, **cfg.model_kwargs)
     except (OSError, RuntimeError) as err:  # offline and not cached, unknown Hub repo, no published weights

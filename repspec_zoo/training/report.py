@@ -21,7 +21,10 @@ from torch import nn
 
 from ..attacks.normalize import NormalizedModel
 from ..io import atomic_write_bytes, atomic_write_text
-from .config import BSS_CONVENTION, GAMMA_CONVENTION, TrainConfig
+from ..models.registry import zoo_model_name
+from ..regularizers.registry import get_spec
+from ..runs import EVAL_FILE
+from .config import TrainConfig
 from .loaders import XOR, load_split
 from .model import plain_state_dict
 
@@ -53,35 +56,17 @@ def quick_eval(model: nn.Module, cfg: TrainConfig, run_dir: str | os.PathLike) -
     result = evaluate(classifier, test_set, model_name=_model_name(cfg), dataset_name=cfg.dataset.name,
                       n=max(cfg.eval.n, 1), budgets=[cfg.eval.budget], attack=attack, seed=cfg.seed,
                       batch_size=cfg.micro_batch_size, lemma1=False, progress=False)
-    atomic_write_text(Path(run_dir) / "eval.json", result.to_json())
+    atomic_write_text(Path(run_dir) / EVAL_FILE, result.to_json())
     return json.loads(result.to_json())
 
 
 def regularizer_summary(cfg: TrainConfig) -> dict:
-    """The regularizer settings of a run, with the strength convention spelled out."""
-    r = cfg.regularizer
-    if r.mode in ("rep", "ll"):
-        return {"mode": r.mode, "gamma": r.gamma, "convention": GAMMA_CONVENTION, "burn_in_epochs": r.burn_in_epochs,
-                "apply": r.apply, "every": r.every, "estimator": r.estimator, "bn_aware": r.bn_aware,
-                "activation_term": r.activation_term, **({"layers": r.layers} if r.layers else {})}
-    if r.mode == "bss":
-        return {"mode": "bss", "bss_eta": r.bss_eta, "bss_k": r.bss_k, "convention": BSS_CONVENTION,
-                "burn_in_epochs": r.burn_in_epochs}
-    if r.mode == "ddsnr":
-        return {"mode": "ddsnr", "ddsnr_lambda": r.ddsnr_lambda, "eps": r.eps, "iters": r.iters,
-                "convention": "penalty = ddsnr_lambda * mean_x ||f(x + eps v) - f(x)||^2, v the top right singular "
-                              "vector of the input-output Jacobian (Roth et al.); eps in [0,1] pixel L2",
-                "burn_in_epochs": r.burn_in_epochs}
-    if r.mode == "adv":
-        return {"mode": "adv", "eps": r.eps, "steps": r.iters, "step_size": 2 * r.eps / r.iters,
-                "convention": "L2-PGD adversarial training, eps in [0,1] pixel L2", "burn_in_epochs": r.burn_in_epochs}
-    return {"mode": "none"}
+    """The regularizer settings of a run, with the strength convention spelled out (the registry's summary)."""
+    return get_spec(cfg.regularizer.mode).summary(cfg.regularizer)
 
 
 def _model_name(cfg: TrainConfig) -> str:
     """The zoo name for (arch, regularizer, dataset) if the zoo has one, else a descriptive name."""
-    from ..models.zoo import zoo_model_name
-
     try:
         return zoo_model_name(cfg.model, cfg.regularizer.mode, cfg.dataset.name)
     except ValueError:

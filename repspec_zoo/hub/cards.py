@@ -13,11 +13,10 @@ from typing import Mapping
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .spectral.hooks import GAMMA_CONVENTION
+from ..regularizers.registry import get_spec
+from ..stats import format_interval
 
 TASK = "image-classification"
-_REGULARIZER_TAGS = {"rep": "rep-spectral", "ll": "ll-spectral"}
-_BASELINE_TAGS = {"adv": "adversarial-training", "ddsnr": "data-dependent-spectral-norm"}  # Roth et al. baselines
 
 
 def attack_rows(evaluation: Mapping) -> list[tuple[int | None, float, float | None]]:
@@ -71,17 +70,6 @@ def _eval_results(config: Mapping, dataset_hub_id: str | None) -> list[EvalResul
     return results
 
 
-def format_interval(part: Mapping | None, digits: int = 4) -> str:
-    """'0.7120 [0.6500, 0.7680]' from a JSON-able `repspec_zoo.stats.Interval` (inf arrives as the
-    string 'inf'); '-' when there is none, 'n/a' for a bound too few samples could give."""
-    if not part or part.get("estimate") is None:
-        return "-"
-
-    def num(v):
-        return "n/a" if v is None else v if isinstance(v, str) else f"{v:.{digits}f}"
-    return f"{num(part['estimate'])} [{num(part['low'])}, {num(part['high'])}]"
-
-
 def _evaluation_table(evaluation: Mapping) -> str:
     lines = ["| metric | value |", "|---|---|", f"| clean accuracy | {float(evaluation['clean_acc']):.4f} |"]
     _, label = attack_label(evaluation)
@@ -117,40 +105,13 @@ def _evaluation_table(evaluation: Mapping) -> str:
     return "\n".join(lines)
 
 
-def _mode_tags(mode: str) -> list[str]:
-    """Hub tags of a regularizer mode: spectral, a Roth et al. baseline, or the unregularized baseline."""
-    if mode in _REGULARIZER_TAGS:
-        return [_REGULARIZER_TAGS[mode], "spectral-regularization"]
-    return [_BASELINE_TAGS[mode]] if mode in _BASELINE_TAGS else ["baseline"]
-
-
 def _card_data(config: Mapping, dataset_hub_id: str | None) -> ModelCardData:
-    tags = [TASK, "timm", "repspec-zoo", "adversarial-robustness", *_mode_tags(config["regularizer"]["mode"])]
+    tags = [TASK, "timm", "repspec-zoo", "adversarial-robustness", *get_spec(config["regularizer"]["mode"]).hub_tags]
     return ModelCardData(
         model_name=config["zoo_name"], license=config["pretrained_cfg"].get("license"), library_name="timm",
         pipeline_tag=TASK, tags=tags, datasets=[dataset_hub_id] if dataset_hub_id else None,
         eval_results=_eval_results(config, dataset_hub_id),
     )
-
-
-def _regularizer_text(regularizer: Mapping) -> str:
-    mode, burn_in = regularizer["mode"], regularizer.get("burn_in_epochs")
-    after = f", after {burn_in} burn-in epochs of plain training" if burn_in else ""
-    if mode == "adv":
-        eps, steps = regularizer["eps"], regularizer["iters"]
-        return (f"L2-PGD adversarial training (Roth et al. 2020 baseline), eps={eps}, {steps} steps of "
-                f"`2*eps/steps` = {2 * eps / steps:.4g}, random start; lengths in [0,1] pixel units{after}.")
-    if mode == "ddsnr":
-        return (f"data-dependent spectral norm regularization (Roth et al. 2020, eq. 13), penalty "
-                f"`ddsnr_lambda * ||f(x + eps v) - f(x)||^2` with ddsnr_lambda={regularizer['ddsnr_lambda']}, "
-                f"eps={regularizer['eps']} ([0,1] pixel units) and v from {regularizer['iters']} power-iteration "
-                f"steps on the input-output Jacobian{after}.")
-    if mode not in _REGULARIZER_TAGS:
-        return "none: the unregularized baseline, trained with the same recipe as the regularized models."
-    settings = ", ".join(f"{k}={regularizer[k]}" for k in ("apply", "every", "estimator", "bn_aware", "activation_term", "burn_in_epochs")
-                         if regularizer.get(k) is not None)
-    return (f"{_REGULARIZER_TAGS[regularizer['mode']]}, gamma={regularizer['gamma']} "
-            f"({GAMMA_CONVENTION}) on {len(regularizer['layers'])} layers; {settings}.")
 
 
 def _commands(config: Mapping, repo_id: str) -> str:
@@ -190,7 +151,7 @@ with hard-label (Tangent Attack, CGBA) and white-box minimal-norm attacks.
 - Input: {c}x{h}x{w} images with pixels in [0, 1], normalized inside the model wrapper with
   mean {tuple(cfg["mean"])}, std {tuple(cfg["std"])}.
 - Dataset: `{config["dataset"]}`.
-- Regularizer: {_regularizer_text(config["regularizer"])}
+- Regularizer: {get_spec(config["regularizer"]["mode"]).card(config["regularizer"])}
 - Weights: `model.safetensors`, sha256 `{config["weights_sha256"]}` (verified on load by repspec_zoo).
 - Papers: {", ".join(cfg.get("paper_ids", ()))} (rep-spectral; Tangent Attack).
 

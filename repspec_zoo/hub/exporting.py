@@ -1,0 +1,249 @@
+"""Writing zoo weights: export a training run as a Hub-ready folder, bundle it, publish it.
+
+The folder layout is in :mod:`repspec_zoo.hub.weights`. Example::
+
+    export("runs/fmnist_rep", "model_cards/resnet_small_repspectral.fmnist")
+    publish("runs/fmnist_rep", repo_id="me/resnet_small_repspectral.fmnist", endpoint="https://hub.example")
+    bundle("runs/zoo/fmnist_slp_repspectral")   # into repspec_zoo/weights/<name> and model_cards/<name>
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import safetensors.torch
+import timm
+import torch
+from huggingface_hub import HfApi, constants as hf_constants
+from huggingface_hub.errors import HfHubHTTPError
+from timm.models import get_pretrained_cfg
+from timm.models._hub import save_config_for_hf
+
+from .. import __version__
+from ..data import DATASETS
+from ..io import atomic_write_bytes, atomic_write_text
+from ..models.registry import base_pretrained_cfg, zoo_model_name
+from ..regularizers.registry import SPECTRAL_SETTINGS, get_spec
+from ..runs import CONFIG_FILE as CONFIG_YAML, WEIGHTS_FILE, Run, RunError, read_run
+from ..spectral import GAMMA_CONVENTION, select_layers
+from .cards import render_card
+from .weights import CARD_FILE, CONFIG_FILE, EVAL_FILE, SHA_KEY, bundled_dir, read_config, sha256_hex
+
+__all__ = ["ExportError", "PublishError", "Export", "export", "bundle", "update_bundled_evaluation", "publish"]
+
+EVAL_DETAIL_KEYS = ("per_sample",)  # per-sample records stay in eval.json, out of config.json's summary
+CARD_FILES = (CARD_FILE, CONFIG_FILE, EVAL_FILE)  # what model_cards/<name> keeps of an export (no weights)
+
+
+def cards_dir(name: str) -> Path:
+    """``model_cards/<name>`` of a source checkout: the copies of a bundled model's card, config and eval."""
+    return bundled_dir(name).parents[2] / "model_cards" / name
+
+
+class ExportError(ValueError):
+    """A training run directory cannot be exported: a file or key is missing or inconsistent."""
+
+
+class PublishError(RuntimeError):
+    """The Hub endpoint refused the upload (or cannot be used); nothing was written locally."""
+
+
+def _build_checked(run: Run, pretrained_cfg: dict) -> torch.nn.Module:
+    """The plain base timm model with the run's weights loaded strictly."""
+    base = run.config["model"]
+    # the run's architecture kwargs (e.g. slp's scale_logits) go into config.json's model_args (timm
+    # records them), so that hf-hub: and zoo-name loading rebuild the same function
+    model = timm.create_model(base, pretrained_cfg=pretrained_cfg, num_classes=int(run.config["num_classes"]),
+                              **(run.config.get("model_kwargs") or {}))
+    try:
+        model.load_state_dict(run.state_dict)
+    except RuntimeError as err:
+        raise ExportError(f"{run.path / WEIGHTS_FILE} does not fit timm {base!r} with num_classes="
+                          f"{run.config['num_classes']} (config.yaml): {err}") from err
+    return model
+
+
+def _regularizer(run: Run, model: torch.nn.Module) -> dict:
+    """The run's regularizer in the paper's convention, with the names of the regularized layers.
+
+    Modes that regularize no layer (the Roth et al. baselines) record their spec's ``export_keys``
+    instead of gamma.
+    """
+    given, spec = run.config["regularizer"], get_spec(run.mode)
+    if run.mode == "none":
+        return {"mode": "none", "gamma": 0.0, "layers": []}
+    where = run.path / CONFIG_YAML
+    if not spec.spectral:
+        missing = [k for k in spec.export_keys if given.get(k) is None]
+        if missing:
+            raise ExportError(f"{where}: {', '.join('regularizer.' + k for k in missing)} missing for mode={run.mode!r}")
+        settings = {k: kind(given[k]) for k, kind in spec.export_keys.items()}
+        burn_in = {"burn_in_epochs": given["burn_in_epochs"]} if "burn_in_epochs" in given else {}
+        return {"mode": run.mode, **settings, "layers": [], **burn_in}
+    if given.get("gamma") is None:
+        raise ExportError(f"{where}: regularizer.gamma is missing for mode={run.mode!r}")
+    layers = given.get("layers") or list(select_layers(model, run.mode))
+    extra = {k: given[k] for k in SPECTRAL_SETTINGS if k in given}
+    return {"mode": run.mode, "gamma": float(given["gamma"]), "convention": GAMMA_CONVENTION, "layers": layers, **extra}
+
+
+def _metadata(run: Run, name: str, model: torch.nn.Module, sha: str, label_names) -> dict:
+    """Our top-level config.json keys (timm reads only its own keys and ignores these)."""
+    meta = {
+        "zoo_name": name, "repspec_zoo_version": __version__, "dataset": run.dataset,
+        "regularizer": _regularizer(run, model), "recipe": run.config,
+        "eval": {k: v for k, v in run.evaluation.items() if k not in EVAL_DETAIL_KEYS},
+        "training": run.summary, SHA_KEY: sha,
+    }
+    if label_names:
+        meta["label_names"] = list(label_names)  # a timm key: class names for plain timm users
+    return meta
+
+
+def _is_export(folder: Path) -> bool:
+    config = folder / CONFIG_FILE
+    return config.is_file() and "zoo_name" in read_config(config)
+
+
+@contextlib.contextmanager
+def _staged_dir(target: Path) -> Iterator[Path]:
+    """A temp folder beside ``target`` that replaces it on success and is deleted on error."""
+    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or _is_export(target))):
+        raise ExportError(f"{target} exists and is not an exported zoo model; export to a new folder "
+                          f"(e.g. model_cards/<name>) so nothing else is replaced")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    staged.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
+    try:
+        yield staged
+        if target.exists():
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+            os.replace(target, old / target.name)
+            os.replace(staged, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(staged, target)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+@dataclass
+class Export:
+    """An exported zoo model folder."""
+
+    folder: Path
+    name: str     # zoo name arch.tag
+    repo_id: str  # the Hub repo its card points at
+
+
+def export(run_dir: str | os.PathLike, to: str | os.PathLike, repo_id: str | None = None) -> Export:
+    """Write the Hub-ready folder of a training run (weights, config.json, README.md, eval.json).
+
+    The zoo name comes from the run's config (model + regularizer.mode + dataset); ``repo_id``
+    defaults to the zoo's ``hf_hub_id`` for that name. The folder is written to a temp folder
+    and renamed into place, so ``to`` holds the old export or the new one, never a mix.
+    """
+    try:
+        run = read_run(run_dir)
+    except RunError as err:
+        raise ExportError(str(err)) from err
+    try:
+        name = zoo_model_name(run.config["model"], run.mode, run.dataset)
+    except ValueError as err:
+        raise ExportError(f"{run.path}: {err}") from err
+    cfg = get_pretrained_cfg(name)
+    if run.img_size not in (None, cfg.input_size[-1]):
+        raise ExportError(f"{run.path}: trained at img_size={run.img_size}, but {name} is defined at input_size="
+                          f"{cfg.input_size}; its pretrained cfg must describe the weights (add a tag in zoo.py)")
+    repo_id = repo_id or cfg.hf_hub_id
+    model = _build_checked(run, base_pretrained_cfg(cfg, run.config["model"]))
+    payload = safetensors.torch.save(run.state_dict, metadata={"format": "pt"})
+    spec = DATASETS.get(run.dataset)
+    meta = _metadata(run, name, model, sha256_hex(payload), spec and spec.class_names)
+    with _staged_dir(Path(to)) as staged:
+        atomic_write_bytes(staged / WEIGHTS_FILE, payload)
+        save_config_for_hf(model, str(staged / CONFIG_FILE), model_config=meta)
+        config = read_config(staged / CONFIG_FILE)
+        atomic_write_text(staged / CARD_FILE, str(render_card(config, repo_id, spec and spec.hub_id)))
+        atomic_write_text(staged / EVAL_FILE, json.dumps(run.evaluation, indent=2))
+    return Export(Path(to), name, repo_id)
+
+
+def update_bundled_evaluation(name: str, evaluation: dict) -> list[Path]:
+    """Replace the evaluation of a bundled zoo model: ``eval.json``, config.json's ``eval`` summary
+    and the re-rendered card, in ``repspec_zoo/weights/<name>`` and, where it exists, the
+    repository's ``model_cards/<name>``. The weights and their sha256 are untouched.
+
+    Returns the folders written. Each file is replaced atomically.
+    """
+    folders = [bundled_dir(name)]
+    cards = cards_dir(name)
+    folders += [cards] if (cards / CONFIG_FILE).is_file() else []
+    if not (folders[0] / CONFIG_FILE).is_file():
+        raise ExportError(f"{name} has no bundled folder {folders[0]}; `repspec-zoo list-pretrained` shows the "
+                          "bundled models")
+    for folder in folders:
+        config = read_config(folder / CONFIG_FILE)
+        config["eval"] = {k: v for k, v in evaluation.items() if k not in EVAL_DETAIL_KEYS}
+        spec = DATASETS.get(config["dataset"])
+        repo_id = get_pretrained_cfg(name).hf_hub_id
+        atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2))
+        atomic_write_text(folder / EVAL_FILE, json.dumps(evaluation, indent=2))
+        atomic_write_text(folder / CARD_FILE, str(render_card(config, repo_id, spec and spec.hub_id)))
+    return folders
+
+
+def publish(run_dir: str | os.PathLike, repo_id: str | None = None, endpoint: str | None = None,
+            private: bool = False, token: str | None = None) -> str:
+    """Export a run to a temp folder and upload it to a Hub repo (created if needed).
+
+    Args:
+        run_dir: the training run directory.
+        repo_id: ``org/name``; default the zoo's ``hf_hub_id`` for the run.
+        endpoint: Hub URL; default ``HF_ENDPOINT`` or huggingface.co.
+        private: create the repo private (an existing repo keeps its visibility).
+        token: write token; default the saved login / ``HF_TOKEN``.
+
+    Returns the commit URL. PublishError if the endpoint refuses; nothing is left locally.
+    """
+    if hf_constants.HF_HUB_OFFLINE:
+        raise PublishError("HF_HUB_OFFLINE=1 is set, so nothing can be uploaded: unset it to publish "
+                           "(or use repspec-zoo export to write the folder locally)")
+    api = HfApi(endpoint=endpoint, token=token)
+    with tempfile.TemporaryDirectory(prefix="repspec-publish-") as tmp:
+        exported = export(run_dir, Path(tmp) / "model", repo_id=repo_id)
+        try:
+            api.create_repo(exported.repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(repo_id=exported.repo_id, folder_path=exported.folder,
+                                       commit_message=f"{exported.name} (repspec-zoo {__version__})")
+        except HfHubHTTPError as err:
+            namespace = exported.repo_id.split("/")[0]
+            raise PublishError(
+                f"{api.endpoint} refused to publish {exported.name} to {exported.repo_id}: {err}\nCheck that "
+                f"your token (HF_TOKEN or `hf auth login`) may write to {namespace!r}, or pass another "
+                "--repo-id / --endpoint. Nothing was written locally.") from err
+    return commit.commit_url
+
+
+
+def bundle(run_dir: str | os.PathLike) -> str:
+    """Export a finished run as a bundled zoo model: weights in ``repspec_zoo/weights/<name>`` (loads
+    offline with ``pretrained=True``), and card, config and eval.json copied to ``model_cards/<name>``.
+
+    Returns the zoo name ``arch.tag``. Each folder is replaced atomically (the old export or the new one).
+    """
+    run = read_run(run_dir)
+    name = zoo_model_name(run.config["model"], run.mode, run.dataset)
+    exported = export(run_dir, bundled_dir(name))
+    card_dir = cards_dir(name)
+    card_dir.mkdir(parents=True, exist_ok=True)
+    for file in CARD_FILES:
+        shutil.copy2(exported.folder / file, card_dir / file)
+    return name

@@ -1,0 +1,185 @@
+"""Reading the zoo's pretrained weights: where they are found and how they are verified.
+
+A zoo model's weights live in a folder laid out like its Hub repo (written by
+:mod:`repspec_zoo.hub.exporting`)::
+
+    model.safetensors   plain timm state dict (no regularizer buffers)
+    config.json         timm hub config (architecture = the base timm arch, pretrained_cfg, ...) plus
+                        our metadata at the top level: zoo_name, dataset, regularizer (mode and its
+                        settings, see repspec_zoo.regularizers.registry), recipe, eval, training,
+                        weights_sha256
+    README.md           model card (repspec_zoo.hub.cards)
+    eval.json           the run's evaluation summary
+
+Resolution for ``pretrained=True`` (see repspec_zoo.models.zoo): the folder bundled in the
+package (``repspec_zoo/weights/<arch>.<tag>/``), then the Hugging Face cache / Hub repo; the
+sha256 in config.json is checked before the weights are used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub import constants as hf_constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+from timm.models import get_arch_pretrained_cfgs, split_model_name_tag
+from timm.models._hub import hf_split
+
+from ..runs import WEIGHTS_FILE, RunError, load_weights_file
+
+__all__ = ["WEIGHTS_DIR", "WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE", "EVAL_FILE", "SHA_KEY", "Weights",
+           "PretrainedWeightsUnavailable", "PretrainedWeightsError", "sha256_hex", "parse_safetensors", "read_config",
+           "read_weights", "bundled_dir", "load_weights", "local_config"]
+
+WEIGHTS_DIR = Path(__file__).parents[1] / "weights"  # bundled weights: WEIGHTS_DIR / "<arch>.<tag>" / files
+CONFIG_FILE, CARD_FILE, EVAL_FILE = "config.json", "README.md", "eval.json"  # beside WEIGHTS_FILE in an export
+SHA_KEY = "weights_sha256"  # config.json key: sha256 hex digest of WEIGHTS_FILE
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """pretrained=True found no weights: not bundled, not in the HF cache, not on the Hub."""
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Weights were found but are unusable: sha256 mismatch, not safetensors, inconsistent head."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_safetensors(data: bytes, path: Path, fix: str) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file's bytes; PretrainedWeightsError naming ``path`` and ``fix`` if unreadable."""
+    try:
+        return load_weights_file(data, path, fix)
+    except RunError as err:
+        raise PretrainedWeightsError(str(err)) from err
+
+
+def read_config(path: Path) -> dict:
+    """An export's config.json; PretrainedWeightsError naming it if it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise PretrainedWeightsError(f"{path} is not valid JSON ({err}); export the weights again "
+                                     "(repspec-zoo export RUN_DIR --to DIR)") from err
+
+
+def _check_head(config: dict, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """The classifier's output size must be config.json's num_classes."""
+    classifier = config.get("pretrained_cfg", {}).get("classifier")
+    for name in [classifier] if isinstance(classifier, str) else classifier or []:
+        weight = state_dict.get(f"{name}.weight")
+        if weight is not None and weight.shape[0] != config["num_classes"]:
+            raise PretrainedWeightsError(
+                f"{path}: classifier {name!r} has {weight.shape[0]} outputs but config.json says "
+                f"num_classes={config['num_classes']}; the checkpoint and its config do not belong together. "
+                "Export them again (repspec-zoo export RUN_DIR --to DIR)")
+
+
+@dataclass
+class Weights:
+    """Verified weights of one zoo model."""
+
+    state_dict: dict[str, torch.Tensor]  # plain timm state dict
+    config: dict                         # the config.json next to them
+    source: str                          # where they were read from (a path)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config["num_classes"])
+
+
+def read_weights(config_path: Path, weights_path: Path) -> Weights:
+    """Read config.json + model.safetensors and verify the weights against its sha256."""
+    config = read_config(config_path)
+    data = weights_path.read_bytes()
+    expected = config.get(SHA_KEY)
+    if not expected:
+        raise PretrainedWeightsError(f"{config_path} records no {SHA_KEY!r}, so {weights_path} cannot be verified; "
+                                     "export the weights with repspec-zoo export")
+    actual = sha256_hex(data)
+    if actual != expected:
+        raise PretrainedWeightsError(
+            f"{weights_path}: sha256 {actual} does not match {expected} recorded in {config_path}: the file is "
+            "corrupted or was modified. Delete it (a Hugging Face cache copy: `hf cache rm model/<repo id>`) and "
+            "download or export it again")
+    state_dict = parse_safetensors(data, weights_path, "Delete it and download or export it again")
+    _check_head(config, state_dict, weights_path)
+    return Weights(state_dict, config, str(weights_path))
+
+
+def bundled_dir(name: str) -> Path:
+    """Folder of the weights of ``arch.tag`` shipped inside the package (may not exist)."""
+    return WEIGHTS_DIR / name
+
+
+def _hub_reason(err: Exception, repo_id: str) -> str:
+    """Why the Hub route gave nothing, in the words a user can act on."""
+    cache = hf_constants.HF_HUB_CACHE
+    if isinstance(err, LocalEntryNotFoundError):
+        if hf_constants.HF_HUB_OFFLINE:
+            return f"offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache {cache}"
+        return f"the Hub ({hf_constants.ENDPOINT}) could not be reached and the files are not in the cache {cache}"
+    if isinstance(err, RepositoryNotFoundError):
+        return (f"no repo {repo_id} on {hf_constants.ENDPOINT} (not published yet, or private: log in with "
+                "`hf auth login`)")
+    return f"{type(err).__name__}: {str(err).splitlines()[0]}"
+
+
+def _download(hf_hub_id: str, cache_dir) -> tuple[Path, Path]:
+    repo_id, revision = hf_split(hf_hub_id)
+    return tuple(Path(hf_hub_download(repo_id, f, revision=revision, cache_dir=cache_dir))  # type: ignore[return-value]
+                 for f in (CONFIG_FILE, WEIGHTS_FILE))
+
+
+def _unavailable(name: str, tried: list[str]) -> PretrainedWeightsUnavailable:
+    arch = split_model_name_tag(name)[0]
+    tags = ", ".join(get_arch_pretrained_cfgs(arch)) or "none"
+    lines = "\n".join(f"  - {t}" for t in tried)
+    return PretrainedWeightsUnavailable(
+        f"{name}: no pretrained weights found. Tried, in order:\n{lines}\n"
+        f"Pretrained names of {arch}: {tags} (what is on this machine: repspec_zoo.list_pretrained()).\n"
+        "To get weights: go online once if they are published (unset HF_HUB_OFFLINE); or train them "
+        "(accelerate launch recipes/train.py --config recipes/configs/<recipe>.yaml), export them "
+        "(repspec-zoo export RUN_DIR --to DIR) and load them with "
+        f"timm.create_model({arch!r}, checkpoint_path='DIR/{WEIGHTS_FILE}'); or create the model with "
+        "pretrained=False.")
+
+
+def load_weights(name: str, hf_hub_id: str | None, cache_dir: str | os.PathLike | None = None) -> Weights:
+    """Verified weights of zoo model ``name`` (``arch.tag``): bundled folder, then HF cache/Hub.
+
+    Raises PretrainedWeightsUnavailable (what was tried, the tags, how to get weights) when
+    neither has them; with HF_HUB_OFFLINE=1 and nothing cached that is immediate.
+    """
+    folder = bundled_dir(name)
+    if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+        return read_weights(folder / CONFIG_FILE, folder / WEIGHTS_FILE)
+    tried = [f"bundled: {folder} (not shipped with this install)"]
+    if hf_hub_id:
+        try:
+            return read_weights(*_download(hf_hub_id, cache_dir))
+        except (HfHubHTTPError, EntryNotFoundError) as err:
+            tried.append(f"Hugging Face Hub {hf_hub_id}: {_hub_reason(err, hf_hub_id)}")
+    raise _unavailable(name, tried)
+
+
+def local_config(name: str, hf_hub_id: str | None) -> tuple[str, dict | None]:
+    """``(source, config.json or None)`` of ``name``'s weights without any network access.
+
+    source: 'bundled', 'hf-cache', or 'hub' (fetched from ``hf_hub_id`` on first pretrained=True).
+    """
+    bundled = bundled_dir(name) / CONFIG_FILE
+    if bundled.is_file():
+        return "bundled", read_config(bundled)
+    if hf_hub_id:
+        repo_id, revision = hf_split(hf_hub_id)
+        cached = try_to_load_from_cache(repo_id, CONFIG_FILE, revision=revision)
+        if isinstance(cached, str):
+            return "hf-cache", read_config(Path(cached))
+    return "hub", None

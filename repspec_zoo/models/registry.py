@@ -1,0 +1,107 @@
+"""The zoo's pure tables: architectures, pretrained tags, names and pretrained cfgs (no I/O).
+
+A zoo arch is a base timm architecture trained with one regularizer mode
+(:mod:`repspec_zoo.regularizers.registry`), named ``{base}_{spec.arch_suffix}``
+(``resnet50_repspectral``); a pretrained tag names the data the weights were trained on
+(``.in1k``, ``.fmnist``). So a zoo model name is ``arch.tag``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import PretrainedCfg, get_pretrained_cfg
+
+from ..regularizers.registry import REGULARIZERS
+
+__all__ = ["HF_ORG", "ARCHS", "TAGS", "BASE_TAGS", "Tag", "zoo_names", "zoo_model_name", "pretrained_cfg",
+           "base_pretrained_cfg"]
+
+HF_ORG = "repspec-zoo"  # the one Hub namespace of the zoo's weights: repo = f"{HF_ORG}/{arch}.{tag}"
+PAPER_IDS = ("arXiv:2405.17181", "arXiv:2111.07492")  # rep-spectral (Yang et al. 2024), Tangent Attack (Ma et al. 2021)
+PAPER_NAME = "Spectral regularization for adversarially-robust representation learning"
+
+#: base timm arch -> the regularizer modes the zoo trains it with (listing order). The Roth et al.
+#: baselines (adv, ddsnr) are plain timm models whose training method lives in the recipe alone.
+_BASE_MODES: dict[str, tuple[str, ...]] = {
+    "resnet18": ("rep", "ll", "none"),
+    "resnet50": ("rep", "ll", "none"),
+    "slp": ("rep", "ll", "none"),
+    "resnet_small": ("rep", "ll", "none", "adv", "ddsnr"),
+}
+
+#: zoo arch name -> (base timm arch, regularizer mode)
+ARCHS: dict[str, tuple[str, str]] = {f"{base}_{REGULARIZERS[mode].arch_suffix}": (base, mode)
+                                     for base, modes in _BASE_MODES.items() for mode in modes}
+
+
+@dataclass(frozen=True)
+class Tag:
+    """What a pretrained tag stands for: the data the weights were trained and evaluated on."""
+
+    dataset: str                      # a repspec_zoo.data.DATASETS name
+    num_classes: int                  # classifier outputs
+    input_size: tuple[int, int, int]  # (C, H, W) the weights were trained at, pixels in [0, 1]
+    mean: tuple[float, ...]           # normalization inside the model wrapper
+    std: tuple[float, ...]
+    crop_pct: float = 1.0             # eval center-crop fraction
+
+
+TAGS: dict[str, Tag] = {
+    "fmnist": Tag("fashion_mnist", 10, (1, 28, 28), (0.0,), (1.0,)),
+    "digits": Tag("digits", 10, (1, 8, 8), (0.0,), (1.0,)),
+    "cifar10": Tag("cifar10", 10, (3, 32, 32), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+    "in1k": Tag("imagenet1k", 1000, (3, 224, 224), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=0.875),
+}
+
+#: base arch -> its tags, the first is the default. slp flattens a fixed input size, so it has
+#: only the 28x28 tag (tiny.py's slp cfg does not mark fixed_input_size).
+BASE_TAGS: dict[str, tuple[str, ...]] = {
+    "slp": ("fmnist",),
+    "resnet_small": ("fmnist", "digits"),
+    "resnet18": ("cifar10",),
+    "resnet50": ("in1k",),
+}
+
+
+def zoo_names() -> list[tuple[str, str, str, str]]:
+    """``(name arch.tag, arch, mode, tag)`` of every zoo model with a pretrained cfg, in listing order."""
+    return [(f"{arch}.{tag}", arch, mode, tag) for arch, (base, mode) in ARCHS.items() for tag in BASE_TAGS[base]]
+
+
+def pretrained_cfg(arch: str, tag: str) -> dict:
+    """Pretrained cfg of ``arch.tag``: the tag's data fields + the base arch's structural fields."""
+    base, mode = ARCHS[arch]
+    data, base_cfg, spec = TAGS[tag], get_pretrained_cfg(base), REGULARIZERS[mode]
+    return dict(
+        hf_hub_id=f"{HF_ORG}/{arch}.{tag}", num_classes=data.num_classes, input_size=data.input_size,
+        mean=data.mean, std=data.std, crop_pct=data.crop_pct, interpolation="bilinear",
+        pool_size=base_cfg.pool_size if base_cfg.input_size == data.input_size else None,
+        first_conv=base_cfg.first_conv, classifier=base_cfg.classifier, license="apache-2.0",
+        description=spec.description.format(base=base, dataset=data.dataset),
+        paper_ids=PAPER_IDS, paper_name=PAPER_NAME,
+        notes=(spec.note, "inputs in [0, 1]; attack distances are L2 distances in [0, 1] pixel space"),
+    )
+
+
+def zoo_model_name(base: str, mode: str, dataset: str) -> str:
+    """The zoo name ``arch.tag`` of weights of ``base`` trained with regularizer ``mode`` on ``dataset``.
+
+    Raises ValueError naming the tables to extend when the zoo has no such model.
+    """
+    archs = [arch for arch, entry in ARCHS.items() if entry == (base, mode)]
+    if not archs:
+        known = sorted(set(ARCHS.values()))
+        raise ValueError(f"the zoo has no arch for model={base!r} with regularizer mode={mode!r}; "
+                         f"zoo (model, mode) pairs: {known}. Add one to _BASE_MODES in repspec_zoo/models/registry.py")
+    tags = [tag for tag in BASE_TAGS[base] if TAGS[tag].dataset == dataset]
+    if not tags:
+        known = {tag: TAGS[tag].dataset for tag in BASE_TAGS[base]}
+        raise ValueError(f"the zoo has no tag for {base} trained on dataset={dataset!r}; its tags (tag: dataset) are "
+                         f"{known}. Add one to TAGS / BASE_TAGS in repspec_zoo/models/registry.py")
+    return f"{archs[0]}.{tags[0]}"
+
+
+def base_pretrained_cfg(cfg: PretrainedCfg, base: str, **changes) -> dict:
+    """``cfg`` for building the plain ``base`` model: no Hub/URL source (a caller's file/state_dict stays)."""
+    return replace(cfg, architecture=base, hf_hub_id=None, url=None, source=None, **changes).to_dict()

@@ -1,0 +1,177 @@
+"""The one table of training regularizers: a :class:`RegularizerSpec` per ``regularizer.mode``.
+
+Everything that differs between modes lives here: the name people read, the Hub tags of its
+models, the zoo arch suffix, the pretrained-cfg description, what its strength settings mean,
+the config keys it reads, the run summary, the card sentence and how it acts on a training step
+(:meth:`RegularizerSpec.step`, see :mod:`.steps`). Adding a regularizer is adding a spec here
+(and its step class). Strength conventions:
+
+* rep / ll (Yang et al. 2024, eq. 3): penalty = gamma/2 * sum_l sigma_max(W_l)^2, over the layers up
+  to the features (rep) or every layer with the head (ll); ``apply: direct`` takes the authors'
+  ResNet step W <- W - gamma/2 * grad_W sigma_max^2 after the optimizer's instead.
+* bss (Chen et al. 2019): bss_eta * sum of the bss_k smallest squared singular values of the batch
+  feature matrix.
+* ddsnr (Roth et al. 2020, eq. 13): ddsnr_lambda * mean_x ||f(x + ddsnr_eps v) - f(x)||^2, v from
+  ddsnr_iters power-iteration steps on the input-output Jacobian.
+* adv: L2-PGD training examples within pgd_eps, pgd_steps steps of 2 * pgd_eps / pgd_steps.
+
+Lengths (ddsnr_eps, pgd_eps) are L2 lengths in [0, 1] pixel units.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ..spectral.hooks import GAMMA_CONVENTION
+from . import steps
+
+__all__ = ["RegularizerSpec", "REGULARIZERS", "SPECTRAL_MODES", "get_spec", "BSS_CONVENTION", "RECIPE_GAMMA_CONVENTION"]
+
+BSS_CONVENTION = "penalty = bss_eta * sum of the bss_k smallest squared singular values of the batch features"
+RECIPE_GAMMA_CONVENTION = f"{GAMMA_CONVENTION}; the authors' scripts' lam = gamma/2"
+_DDSNR_CONVENTION = ("penalty = ddsnr_lambda * mean_x ||f(x + eps v) - f(x)||^2, v the top right singular vector of "
+                     "the input-output Jacobian (Roth et al.); eps in [0,1] pixel L2")
+_GAMMA_NOTE = "gamma follows the paper: penalty = gamma/2 * sum_l sigma_max(W_l)^2"
+#: the optional rep/ll settings a run summary, an export and a card carry
+SPECTRAL_SETTINGS = ("apply", "every", "estimator", "bn_aware", "activation_term", "burn_in_epochs")
+
+
+def _after(regularizer: Mapping) -> str:
+    burn_in = regularizer.get("burn_in_epochs")
+    return f", after {burn_in} burn-in epochs of plain training" if burn_in else ""
+
+
+def _spectral_card(label: str) -> Callable[[Mapping], str]:
+    def card(r: Mapping) -> str:
+        settings = ", ".join(f"{k}={r[k]}" for k in SPECTRAL_SETTINGS if r.get(k) is not None)
+        return f"{label}, gamma={r['gamma']} ({GAMMA_CONVENTION}) on {len(r['layers'])} layers; {settings}."
+    return card
+
+
+def _spectral_summary(r) -> dict:
+    return {"mode": r.mode, "gamma": r.gamma, "convention": RECIPE_GAMMA_CONVENTION, "burn_in_epochs": r.burn_in_epochs,
+            "apply": r.apply, "every": r.every, "estimator": r.estimator, "bn_aware": r.bn_aware,
+            "activation_term": r.activation_term, **({"layers": r.layers} if r.layers else {})}
+
+
+def _adv_card(r: Mapping) -> str:
+    eps, steps_ = r["pgd_eps"], r["pgd_steps"]
+    return (f"L2-PGD adversarial training (Roth et al. 2020 baseline), eps={eps}, {steps_} steps of "
+            f"`2*eps/steps` = {2 * eps / steps_:.4g}, random start; lengths in [0,1] pixel units{_after(r)}.")
+
+
+def _ddsnr_card(r: Mapping) -> str:
+    return (f"data-dependent spectral norm regularization (Roth et al. 2020, eq. 13), penalty "
+            f"`ddsnr_lambda * ||f(x + eps v) - f(x)||^2` with ddsnr_lambda={r['ddsnr_lambda']}, "
+            f"eps={r['ddsnr_eps']} ([0,1] pixel units) and v from {r['ddsnr_iters']} power-iteration "
+            f"steps on the input-output Jacobian{_after(r)}.")
+
+
+@dataclass(frozen=True)
+class RegularizerSpec:
+    """What one ``regularizer.mode`` is and does.
+
+    Attributes:
+        mode: the config value (``regularizer.mode``).
+        label: the name people read (listings, cards).
+        hub_tags: the model card tags of its models.
+        arch_suffix: zoo arch name ``{base}_{arch_suffix}``; None: the zoo publishes no such models.
+        description: pretrained-cfg description, with ``{base}`` and ``{dataset}`` fields.
+        doc: docstring of its timm entrypoint, with a ``{base}`` field.
+        note: what its strength settings mean (pretrained-cfg notes).
+        keys: the ``regularizer.*`` settings it reads (besides mode and burn_in_epochs).
+        export_keys: settings an export requires and records with their types (non-spectral modes).
+        spectral: its models carry a SpectralRegularizer as ``model.spectral``.
+        summary: RegularizerConfig -> the run.json ``regularizer`` section.
+        card: config.json ``regularizer`` section -> the card's one-sentence description.
+        step_class: how it acts on a training step (:mod:`.steps`).
+        needs_features: its step reads the batch's pre-logit features (the loop's forward returns them).
+    """
+
+    mode: str
+    label: str
+    hub_tags: tuple[str, ...]
+    arch_suffix: str | None
+    description: str
+    doc: str
+    note: str
+    keys: tuple[str, ...]
+    summary: Callable[[Any], dict]
+    card: Callable[[Mapping], str]
+    step_class: type
+    export_keys: Mapping[str, type] = field(default_factory=dict)
+    spectral: bool = False
+    needs_features: bool = False
+
+    def step(self, cfg, model):
+        """The per-run training-step behaviour (a :class:`.steps.RegularizerStep`) for RegularizerConfig ``cfg``."""
+        return self.step_class(cfg, model)
+
+
+_SPECS = (
+    RegularizerSpec(
+        "rep", "rep-spectral", ("rep-spectral", "spectral-regularization"), "repspectral",
+        "{base} trained on {dataset} with rep-spectral regularization (layers up to the features; head excluded)",
+        "timm ``{base}`` with rep-spectral regularization (head excluded) as ``model.spectral``.",
+        _GAMMA_NOTE,
+        ("gamma", "apply", "every", "activation_term", "layers", "estimator", "bn_aware"),
+        _spectral_summary, _spectral_card("rep-spectral"), steps.SpectralStep, spectral=True),
+    RegularizerSpec(
+        "ll", "ll-spectral", ("ll-spectral", "spectral-regularization"), "llspectral",
+        "{base} trained on {dataset} with ll-spectral regularization (every layer, head included)",
+        "timm ``{base}`` with ll-spectral regularization (head included) as ``model.spectral``.",
+        _GAMMA_NOTE,
+        ("gamma", "apply", "every", "activation_term", "layers", "estimator", "bn_aware"),
+        _spectral_summary, _spectral_card("ll-spectral"), steps.SpectralStep, spectral=True),
+    RegularizerSpec(
+        "none", "none (baseline)", ("baseline",), "baseline",
+        "{base} trained on {dataset} with the same recipe and no spectral regularizer (baseline)",
+        "timm ``{base}``, the unregularized baseline of the zoo's spectral models (same recipe).",
+        _GAMMA_NOTE, (),
+        lambda r: {"mode": "none"},
+        lambda r: "none: the unregularized baseline, trained with the same recipe as the regularized models.",
+        steps.RegularizerStep),
+    RegularizerSpec(
+        "adv", "adv (L2-PGD)", ("adversarial-training",), "advtrained",
+        "{base} trained on {dataset} with L2-PGD adversarial training (Roth et al. 2020 baseline)",
+        "timm ``{base}`` trained with L2-PGD adversarial training (Roth et al. 2020 baseline); no regularizer.",
+        "pgd_eps: L2-PGD radius in [0, 1] pixel units; pgd_steps steps of 2*pgd_eps/pgd_steps from a random start",
+        ("pgd_eps", "pgd_steps"),
+        lambda r: {"mode": "adv", "pgd_eps": r.pgd_eps, "pgd_steps": r.pgd_steps,
+                   "step_size": 2 * r.pgd_eps / r.pgd_steps,
+                   "convention": "L2-PGD adversarial training, eps in [0,1] pixel L2", "burn_in_epochs": r.burn_in_epochs},
+        _adv_card, steps.AdversarialStep, export_keys={"pgd_eps": float, "pgd_steps": int}),
+    RegularizerSpec(
+        "ddsnr", "ddsnr", ("data-dependent-spectral-norm",), "ddsnr",
+        "{base} trained on {dataset} with data-dependent spectral norm regularization (Roth et al. 2020, eq. 13)",
+        "timm ``{base}`` trained with data-dependent spectral norm regularization (Roth et al. 2020); no regularizer.",
+        "penalty = ddsnr_lambda * ||f(x + ddsnr_eps v) - f(x)||^2, v from ddsnr_iters power-iteration steps on the "
+        "input-output Jacobian, ddsnr_eps in [0, 1] pixel units",
+        ("ddsnr_lambda", "ddsnr_eps", "ddsnr_iters"),
+        lambda r: {"mode": "ddsnr", "ddsnr_lambda": r.ddsnr_lambda, "ddsnr_eps": r.ddsnr_eps,
+                   "ddsnr_iters": r.ddsnr_iters, "convention": _DDSNR_CONVENTION, "burn_in_epochs": r.burn_in_epochs},
+        _ddsnr_card, steps.DdsnrStep,
+        export_keys={"ddsnr_lambda": float, "ddsnr_eps": float, "ddsnr_iters": int}),
+    RegularizerSpec(
+        "bss", "bss (batch spectral shrinkage)", ("batch-spectral-shrinkage",), None,
+        "{base} trained on {dataset} with batch spectral shrinkage (Chen et al. 2019)",
+        "timm ``{base}`` fine-tuned with batch spectral shrinkage (Chen et al. 2019); no regularizer.",
+        BSS_CONVENTION, ("bss_eta", "bss_k"),
+        lambda r: {"mode": "bss", "bss_eta": r.bss_eta, "bss_k": r.bss_k, "convention": BSS_CONVENTION,
+                   "burn_in_epochs": r.burn_in_epochs},
+        lambda r: f"batch spectral shrinkage (Chen et al. 2019), {BSS_CONVENTION}, bss_eta={r['bss_eta']}, "
+                  f"bss_k={r['bss_k']}{_after(r)}.",
+        steps.BssStep, needs_features=True),
+)
+
+#: mode -> spec, in the order listings show them
+REGULARIZERS: dict[str, RegularizerSpec] = {spec.mode: spec for spec in _SPECS}
+SPECTRAL_MODES = tuple(mode for mode, spec in REGULARIZERS.items() if spec.spectral)
+
+
+def get_spec(mode: str) -> RegularizerSpec:
+    """The spec of ``mode``; ValueError naming the known modes."""
+    try:
+        return REGULARIZERS[mode]
+    except KeyError:
+        raise ValueError(f"unknown regularizer mode {mode!r}; known: {', '.join(REGULARIZERS)}") from None

@@ -1,0 +1,114 @@
+"""The training run directory: its file names and reading it back.
+
+``recipes/train.py`` writes, into ``runs/<run>``::
+
+    config.yaml         the resolved recipe config (repspec_zoo.training.TrainConfig)
+    model.safetensors   final weights: plain timm state dict (regularizer buffers stripped)
+    eval.json           the final evaluation (an EvalResult)
+    run.json            summary: regularizer settings, epochs, timings, command
+    metrics.jsonl       one record per epoch
+    checkpoints/        accelerate save_state folders, step_NNNNNNN/ with train_state.json
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import yaml
+from safetensors import SafetensorError
+
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "EVAL_FILE", "SUMMARY_FILE", "METRICS_FILE", "CHECKPOINTS_DIR",
+           "STATE_FILE", "RUN_FILES", "Run", "RunError", "read_run", "load_weights_file"]
+
+CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE, SUMMARY_FILE = "config.yaml", "model.safetensors", "eval.json", "run.json"
+METRICS_FILE, CHECKPOINTS_DIR, STATE_FILE = "metrics.jsonl", "checkpoints", "train_state.json"
+RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE, SUMMARY_FILE)  # what a finished run holds
+
+
+class RunError(ValueError):
+    """A training run directory cannot be read: a file or key is missing or damaged."""
+
+
+def load_weights_file(data: bytes, path: Path, fix: str) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file's bytes; RunError naming ``path`` and ``fix`` if unreadable."""
+    try:
+        return safetensors.torch.load(data)
+    except SafetensorError as err:
+        raise RunError(f"{path} is not a valid safetensors file ({err}); it may be truncated. {fix}") from err
+
+
+@dataclass
+class Run:
+    """A training run directory, read and checked (see RUN_FILES)."""
+
+    path: Path
+    config: dict                           # config.yaml: the resolved recipe config
+    state_dict: dict[str, torch.Tensor]    # final weights, regularizer buffers stripped
+    evaluation: dict                       # eval.json
+    summary: dict                          # run.json ({} if absent)
+
+    @property
+    def mode(self) -> str:
+        """The regularizer mode (a repspec_zoo.regularizers.registry key)."""
+        return self.config["regularizer"]["mode"]
+
+    @property
+    def dataset(self) -> str:
+        dataset = self.config["dataset"]
+        return dataset["name"] if isinstance(dataset, dict) else str(dataset)
+
+    @property
+    def img_size(self) -> int | None:
+        """The image side the run trained at, if its config says (None: the model's default)."""
+        dataset = self.config["dataset"]
+        return dataset.get("img_size") if isinstance(dataset, dict) else None
+
+
+def _run_file(run_dir: Path, name: str) -> Path:
+    path = run_dir / name
+    if not path.is_file():
+        raise RunError(f"{run_dir} has no {name}: is it a training run directory? recipes/train.py writes "
+                       f"{', '.join(RUN_FILES)} into runs/<run>; {SUMMARY_FILE} is optional, eval.json comes from "
+                       "the recipe's final evaluation (or repspec-zoo eval)")
+    return path
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path} is not valid JSON: {err}") from err
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RunError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(config, dict):
+        raise RunError(f"{path} holds {type(config).__name__}, not a mapping of config keys")
+    return config
+
+
+def read_run(run_dir: str | os.PathLike) -> Run:
+    """Read a training run directory; RunError names a missing file or key."""
+    run_dir = Path(run_dir)
+    config = _load_yaml(_run_file(run_dir, CONFIG_FILE))
+    missing = [k for k in ("model", "num_classes", "dataset", "regularizer") if k not in config]
+    if missing or "mode" not in (config.get("regularizer") or {}):
+        raise RunError(f"{run_dir / CONFIG_FILE} lacks {missing or ['regularizer.mode']}: a run config needs "
+                       "model, num_classes, dataset and regularizer.mode (none|rep|ll|adv|ddsnr)")
+    weights_path = _run_file(run_dir, WEIGHTS_FILE)
+    tensors = load_weights_file(weights_path.read_bytes(), weights_path,
+                                "The run's weights are damaged: train again or restore them")
+    evaluation = _load_json(_run_file(run_dir, EVAL_FILE))
+    if "clean_acc" not in evaluation:
+        raise RunError(f"{run_dir / EVAL_FILE} has no clean_acc, which every card reports: the recipe's "
+                       "final evaluation writes it; evaluate the run before exporting it")
+    summary = _load_json(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).is_file() else {}
+    state_dict = {k: v for k, v in tensors.items() if not k.startswith("spectral.")}
+    return Run(run_dir, config, state_dict, evaluation, summary)
