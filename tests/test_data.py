@@ -2,8 +2,11 @@
 import dataclasses
 import gzip
 import re
+import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -285,6 +288,18 @@ def test_hub_dataset_offline_fails_fast_and_says_how_to_use_local_files(monkeypa
     message = str(err.value)
     assert f"'{hub_id}'" in message and "--data-dir" in message and "HF_DATASETS_OFFLINE=1" in message
     assert datasets.config.HF_HUB_OFFLINE is False and hf_constants.HF_HUB_OFFLINE is False  # restored
+
+
+def test_importing_the_package_needs_neither_datasets_nor_sklearn():
+    """A GPU machine without ``datasets`` installed can import the package and build models; the
+    embedded digits then load with sklearn alone."""
+    script = ("import sys; import repspec_zoo, repspec_zoo.data, repspec_zoo.attacks, repspec_zoo.training; "
+              "assert 'datasets' not in sys.modules and 'sklearn' not in sys.modules, 'imported at import time'; "
+              "repspec_zoo.data.load_split('digits', 'test'); "
+              "assert 'datasets' not in sys.modules, 'imported to read embedded data'")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 # --------------------------------------------------------------------------- registry and loaders
