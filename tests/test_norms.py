@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from repspec_zoo.spectral import norms
-from repspec_zoo.spectral.norms import (ConvGeometry, bn_scale, bn_scaled_weight, conv_adjoint, conv_apply,
-                                        conv_fft_sigma, conv_fft_upper_bound, conv_power_iteration,
-                                        matrix_power_iteration, sigma_from_vectors)
+from repspec_zoo.spectral import fft
+from repspec_zoo.spectral.bn import bn_scale, bn_scaled_weight
+from repspec_zoo.spectral.fft import conv_fft_sigma, conv_fft_upper_bound
+from repspec_zoo.spectral.operator import ConvGeometry, conv_adjoint, conv_apply
+from repspec_zoo.spectral.power import conv_power_iteration, matrix_power_iteration, sigma_from_vectors
 
 try:
     from timm.layers import Conv2dSame
@@ -291,10 +292,10 @@ def test_fft_sigma_exact_for_circular(make, in_shape):
 def test_fft_sigma_pruned_eigen_search_is_exact(make, in_shape, monkeypatch):
     # real layers (Gram matrices >= 64) skip eigvalsh on frequencies a Cholesky test rules out; force that
     # path on tiny sizes and check the value and the singular pair are unchanged
-    monkeypatch.setattr(norms, '_PRUNE_MIN', 1)
-    monkeypatch.setattr(norms, '_PRUNE_TOP', 1)
-    monkeypatch.setattr(norms, '_PRUNE_POWER_STEPS', 0)  # poor ranking: the Cholesky test must find the max
-    monkeypatch.setattr(norms, '_SYMBOL_CHUNK_ELEMS', 64)  # several chunks: the running maximum prunes too
+    monkeypatch.setattr(fft, '_PRUNE_MIN', 1)
+    monkeypatch.setattr(fft, '_PRUNE_TOP', 1)
+    monkeypatch.setattr(fft, '_PRUNE_POWER_STEPS', 0)  # poor ranking: the Cholesky test must find the max
+    monkeypatch.setattr(fft, '_SYMBOL_CHUNK_ELEMS', 64)  # several chunks: the running maximum prunes too
     conv = make()
     geom = ConvGeometry.from_module(conv, in_shape)
     a = module_dense(conv, in_shape)
@@ -310,16 +311,16 @@ def test_fft_sigma_pruned_eigen_search_is_exact(make, in_shape, monkeypatch):
 def test_top_eigenvalue_pruning_keeps_the_maximum(power_steps, monkeypatch):
     # 40 Hermitian PSD matrices whose top eigenvalues differ by < 5%: the ranking by lower bounds is
     # unreliable, so the Cholesky test has to keep every matrix that could hold the maximum
-    monkeypatch.setattr(norms, '_PRUNE_MIN', 1)
-    monkeypatch.setattr(norms, '_PRUNE_TOP', 1)
-    monkeypatch.setattr(norms, '_PRUNE_POWER_STEPS', power_steps)
+    monkeypatch.setattr(fft, '_PRUNE_MIN', 1)
+    monkeypatch.setattr(fft, '_PRUNE_TOP', 1)
+    monkeypatch.setattr(fft, '_PRUNE_POWER_STEPS', power_steps)
     g = torch.Generator().manual_seed(0)
     m = torch.randn(40, 6, 6, dtype=torch.complex128, generator=g)
     gram = m @ m.mH
     top = torch.linalg.eigvalsh(gram)[:, -1]
     gram = gram / top[:, None, None] * (1 + 0.05 * torch.rand(40, 1, 1, generator=g, dtype=F64))
     full = torch.linalg.eigvalsh(gram)[:, -1]
-    out = norms._top_eigenvalues(gram, None)
+    out = fft._top_eigenvalues(gram, None)
     assert out.max().item() == full.max().item()
     kept = out > -math.inf
     torch.testing.assert_close(out[kept], full[kept], rtol=0, atol=0)
@@ -332,10 +333,10 @@ def test_fft_lift_does_not_depend_on_the_phase_of_the_frequency_vector():
     # make the real part of the lifted mode vanish or shrink
     geom = ConvGeometry((2, 4, 4), padding=1, padding_mode='circular')
     w = torch.randn(3, 2, 3, 3, dtype=F64)
-    sigma, best = norms._symbol_top(w, (4, 4), (1, 1), (1, 1), 1, True)
+    sigma, best = fft._symbol_top(w, (4, 4), (1, 1), (1, 1), 1, True)
     a = dense_of(lambda b: conv_apply(w, geom, b), geom.in_shape)
     for phase in (1, 1j, -1j, (1 + 1j) / 2 ** 0.5):
-        v = norms._lift_mode((best[0], best[1], best[2] * phase), geom, 2, F64)
+        v = fft._lift_mode((best[0], best[1], best[2] * phase), geom, 2, F64)
         assert abs((a @ v.reshape(-1)).norm().item() - sigma.item()) <= 1e-10 * sigma.item()
 
 

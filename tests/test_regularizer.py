@@ -235,7 +235,7 @@ def test_ll_mode_follows_reset_classifier():
 def test_fft_estimator_is_exact_circular_norm():
     from dataclasses import replace
 
-    from repspec_zoo.spectral.norms import ConvGeometry, conv_fft_sigma
+    from repspec_zoo.spectral import ConvGeometry, conv_fft_sigma
 
     model = timm.create_model("resnet_small_repspectral", num_classes=10, estimator="fft")
     x = torch.rand(2, 1, 16, 16)

@@ -36,8 +36,10 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from .norms import (ConvGeometry, bn_scale, bn_scaled_weight, conv_fft_sigma, conv_power_iteration,
-                    matrix_power_iteration, sigma_from_vectors)
+from .bn import bn_scale, bn_scaled_weight
+from .fft import conv_fft_sigma
+from .operator import ConvGeometry
+from .power import conv_power_iteration, matrix_power_iteration, sigma_from_vectors
 from .select import select_layers
 
 ESTIMATORS = ("power", "fft")
