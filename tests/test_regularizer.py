@@ -84,7 +84,7 @@ def small_double_model(mode="rep", **kw):
 def set_exact_vectors(model, shapes):
     """Put the dense operator's top singular pair into the regularizer state; return sigma_1 per layer.
 
-    Convergence speed is tested in test_norms.py; here we check the wiring exactly: with the
+    Convergence speed is tested in test_power.py; here we check the wiring exactly: with the
     exact singular vectors, power steps are a fixed point and the penalty equals the dense value.
     """
     exact = {}
