@@ -30,19 +30,17 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from dataclasses import replace
 from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from .bn import bn_scale, bn_scaled_weight
-from .fft import conv_fft_sigma
+from .estimators import ESTIMATORS, EstimatorUnavailable
 from .operator import ConvGeometry
 from .power import conv_power_iteration, matrix_power_iteration, sigma_from_vectors
 from .select import select_layers
 
-ESTIMATORS = ("power", "fft")
 #: activations whose derivative the activation term reads (by class name, as the authors' code does);
 #: ReLU is left out: phi' is 0 or 1, so max_j phi'^2 is a constant with no gradient
 SMOOTH_ACTIVATIONS = ("gelu", "sigmoid", "elu", "tanh", "silu", "softplus")
@@ -115,9 +113,10 @@ class SpectralRegularizer(nn.Module):
         layers: explicit list of layer names (overrides ``mode``).
         every: one power-iteration update every ``every`` training steps (1 = every step;
             the paper uses 160 for ResNet-50 on ImageNet).
-        estimator: ``'power'`` (power iteration on the real operator; exact for zero padding)
-            or ``'fft'`` (exact sigma of the circular-padded operator from its DFT symbol at
-            every update; conv layers only, Linear layers always use power iteration).
+        estimator: how conv layers are measured (Linear layers always use power iteration), one
+            of :data:`.estimators.ESTIMATORS`: ``'power'`` (power iteration on the real operator;
+            exact for zero padding) or ``'fft'`` (exact sigma of the circular-padded operator
+            from its DFT symbol at every update).
         bn_aware: penalize the norm of BN∘conv (eval-mode BN scale folded into the kernel),
             which is what bounds the feature Jacobian of a BatchNorm network.
         n_power_iter: power-iteration steps per update.
@@ -142,10 +141,11 @@ class SpectralRegularizer(nn.Module):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every={every!r} must be an integer >= 1 (1 = a power step every training step)")
         if estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+            raise ValueError(f"unknown estimator {estimator!r}; choose one of {tuple(ESTIMATORS)}")
         if n_power_iter < 1:
             raise ValueError(f"n_power_iter={n_power_iter!r} must be >= 1")
         self.gamma, self.every, self.estimator, self.bn_aware = float(gamma), every, estimator, bn_aware
+        self._estimator = ESTIMATORS[estimator]
         self.n_power_iter, self.warmup_iters = n_power_iter, warmup_iters
         self.mode = "layers" if layers is not None else mode
         selected = select_layers(model, mode, layers)
@@ -160,7 +160,7 @@ class SpectralRegularizer(nn.Module):
         self._bn_of: dict[str, nn.Module] = {}
         self._pending_out: dict[int, tuple[str, Tensor]] = {}
         self._warned: set[str] = set()
-        self._fft_ok: dict[str, bool] = {}
+        self._power_fallback: set[str] = set()  # layers the estimator cannot measure (EstimatorUnavailable)
         self._geoms: dict[str, tuple] = {}  # name -> (module, input shape, ConvGeometry): the per-step hot path
         self._hook_handles: dict[str, object] = {}
         for name, module in selected.items():
@@ -300,8 +300,7 @@ class SpectralRegularizer(nn.Module):
                                "before penalty()/step(), so that each conv's input size is recorded")
         cached = self._geoms.get(name)
         if cached is None or cached[0] is not module or cached[1] != state.shape:  # built once per module/shape
-            geom = ConvGeometry.from_module(module, state.shape)
-            geom = replace(geom, padding_mode="circular") if self.estimator == "fft" else geom
+            geom = self._estimator.geometry(module, state.shape)
             cached = self._geoms[name] = (module, state.shape, geom)
         return cached[2]
 
@@ -312,16 +311,16 @@ class SpectralRegularizer(nn.Module):
         geom = self._geometry(name)
         if geom is None:
             sigma, u, v = matrix_power_iteration(weight, state.u, state.v, n_iter=n_iter)
-        elif self.estimator == "fft" and self._fft_ok.get(name, True):
-            try:
-                sigma, u, v = conv_fft_sigma(weight, geom)
-            except ValueError as err:  # not block-circulant (e.g. stride 2 on an odd grid)
-                warnings.warn(f"SpectralRegularizer: exact FFT norm unavailable for layer {name!r} ({err}); "
-                              "using power iteration on the same circular operator", stacklevel=3)
-                self._fft_ok[name] = False
-                return self._power_update(name, max(n_iter, self.warmup_iters))
-        else:
+        elif name in self._power_fallback:
             sigma, u, v = conv_power_iteration(weight, geom, state.u, state.v, n_iter=n_iter)
+        else:
+            try:
+                sigma, u, v = self._estimator.refresh(weight, geom, state.u, state.v, n_iter)
+            except EstimatorUnavailable as err:
+                warnings.warn(f"SpectralRegularizer: estimator {self.estimator!r} cannot measure layer {name!r} "
+                              f"({err}); using power iteration on the same operator", stacklevel=3)
+                self._power_fallback.add(name)
+                return self._power_update(name, max(n_iter, self.warmup_iters))
         state.u.copy_(u)
         state.v.copy_(v)
         state.sigma.copy_(sigma)

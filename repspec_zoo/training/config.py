@@ -36,6 +36,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from ..spectral.estimators import ESTIMATORS as SPECTRAL_ESTIMATORS
 from ..spectral.hooks import GAMMA_CONVENTION as SPECTRAL_GAMMA_CONVENTION
 
 __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "RegularizerConfig", "CheckpointConfig", "TrainConfig",
@@ -44,7 +45,7 @@ __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "Regularize
 REGULARIZERS = ("none", "rep", "ll", "bss", "ddsnr", "adv")
 SCHEDULES = ("constant", "step", "cosine")
 APPLY = ("loss", "direct")
-ESTIMATORS = ("power", "fft")
+ESTIMATORS = tuple(SPECTRAL_ESTIMATORS)
 ATTACKS = ("ta", "gta", "hsja", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 GAMMA_CONVENTION = f"{SPECTRAL_GAMMA_CONVENTION}; the authors' scripts' lam = gamma/2"
