@@ -360,6 +360,8 @@ def test_activation_term_adds_mean_max_squared_slope():
     assert float(penalty) == pytest.approx(0.5 * float(sigma ** 2 + slope.square().amax(1).mean()), rel=1e-5)
     penalty.backward()
     assert model.fc1.bias.grad.abs().sum() > 0  # only the data term depends on b1
+    reg.remove()
+    assert not any(m._forward_hooks for m in model.modules())  # the activation hooks go with it
     with pytest.raises(ValueError, match="no smooth activation"):
         attach_spectral(timm.create_model("resnet_small"), mode="rep", activation_term=True)
 

@@ -18,9 +18,9 @@ Two variants of the authors' code (Pehlevan-Group/rep-spectral) are options:
   outside the optimizer (no learning rate, no momentum): their ResNet pretraining and fine-tuning
   (``top_eig_ub_transfer_update``, every ``reg_freq_update`` optimizer steps).
 * ``activation_term=True``: their ``eig-ub`` regularizer adds, for every smooth activation phi up
-  to the features, the data-dependent term ``mean_x max_j phi'(z_j)^2`` (z the activation's input
-  in the latest forward pass) to sum sigma^2: penalty = gamma/2 * (sum_l sigma_l^2 + sum_phi term).
-  Their ``eig-ub-pure`` (MNIST) is sigma^2 alone, the default here.
+  to the features, the data-dependent term ``mean_x max_j phi'(z_j)^2`` (:mod:`.activation`) to
+  sum sigma^2: penalty = gamma/2 * (sum_l sigma_l^2 + sum_phi term). Their ``eig-ub-pure`` (MNIST)
+  is sigma^2 alone, the default here.
 
 Why hand-written: torch's ``parametrizations.spectral_norm`` *normalizes* weights (and
 treats a conv kernel as a reshaped matrix, which is not the conv's operator norm); here we
@@ -35,15 +35,13 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from .activation import ActivationTerms
 from .bn import bn_scale, bn_scaled_weight
 from .estimators import ESTIMATORS, EstimatorUnavailable
 from .operator import ConvGeometry
 from .power import conv_power_iteration, matrix_power_iteration, sigma_from_vectors
 from .select import select_layers
 
-#: activations whose derivative the activation term reads (by class name, as the authors' code does);
-#: ReLU is left out: phi' is 0 or 1, so max_j phi'^2 is a constant with no gradient
-SMOOTH_ACTIVATIONS = ("gelu", "sigmoid", "elu", "tanh", "silu", "softplus")
 DIRECT_POWER_ITERS = 10  # power steps before each direct step (the authors': up to 10, tolerance 1e-6)
 GAMMA_CONVENTION = "penalty = gamma/2 * sum_l sigma_max(W_l)^2 (Yang et al. 2024, eq. 3)"
 _CONVS = (nn.Conv1d, nn.Conv2d)
@@ -168,9 +166,7 @@ class SpectralRegularizer(nn.Module):
         if bn_aware:
             self._attach_bn_pairing(model)
         self.activation_term = activation_term
-        self._activation_terms: dict[int, Tensor] = {}  # per activation module, latest training forward
-        if activation_term:
-            self._attach_activation_hooks(model)
+        self._activations = ActivationTerms(model) if activation_term else None
 
     # ----------------------------------------------------------------------------- hooks
     def _bind(self, name: str, module: nn.Module) -> None:
@@ -251,28 +247,6 @@ class SpectralRegularizer(nn.Module):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 self._pairing_handles.append(module.register_forward_pre_hook(bn_in))
         self._pairing_handles.append(model.register_forward_hook(done))
-
-    def _attach_activation_hooks(self, model: nn.Module) -> None:
-        """Record mean_x max_j phi'(z_j)^2 of each smooth activation outside the classifier in
-        every training forward (phi' by autograd: the activations are elementwise)."""
-        classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-        skip = {id(m) for m in classifier.modules()} if isinstance(classifier, nn.Module) else set()
-        found = [m for m in model.modules()
-                 if type(m).__name__.lower() in SMOOTH_ACTIVATIONS and id(m) not in skip]
-        if not found:
-            raise ValueError(f"activation_term=True, but {type(model).__name__} has no smooth activation "
-                             f"({', '.join(SMOOTH_ACTIVATIONS)}) outside its classifier; its derivative term "
-                             "would be a constant")
-
-        def record(module, args, out):
-            z = args[0]
-            if not (module.training and torch.is_grad_enabled() and z.requires_grad):
-                return
-            slope = torch.autograd.grad(out.sum(), z, create_graph=True)[0]  # phi'(z), elementwise
-            self._activation_terms[id(module)] = slope.square().flatten(1).amax(1).mean()
-
-        for module in found:
-            self._hook_handles[f"activation:{id(module)}"] = module.register_forward_hook(record)
 
     # ------------------------------------------------------------------------- internals
     def _weight(self, name: str) -> Tensor:
@@ -370,9 +344,9 @@ class SpectralRegularizer(nn.Module):
                 state.sigma.copy_(sigma.detach())
                 sigmas.append(sigma)
         total = torch.stack(sigmas).square().sum()
-        if self._activation_terms:
-            total = total + torch.stack(list(self._activation_terms.values())).to(total.dtype).sum()
-            self._activation_terms.clear()
+        activations = self._activations.pop_sum(total.dtype) if self._activations is not None else None
+        if activations is not None:
+            total = total + activations
         return 0.5 * self.gamma * total
 
     def direct_step(self, n_iter: int = DIRECT_POWER_ITERS) -> dict[str, float]:
@@ -423,6 +397,8 @@ class SpectralRegularizer(nn.Module):
             handle.remove()
         self._hook_handles.clear()
         self._pairing_handles.clear()
+        if self._activations is not None:
+            self._activations.remove()
         owner = self.__dict__["_owner"]
         if getattr(owner, "spectral", None) is self:
             del owner.spectral
