@@ -29,7 +29,6 @@ add a penalty on the true operator norms and must leave the weights untouched.
 from __future__ import annotations
 
 import warnings
-import zlib
 from functools import partial
 
 import torch
@@ -41,63 +40,11 @@ from .estimators import ESTIMATORS, EstimatorUnavailable
 from .operator import ConvGeometry
 from .power import conv_power_iteration, matrix_power_iteration, sigma_from_vectors
 from .select import select_layers
+from .state import LayerState, state_key
 
 DIRECT_POWER_ITERS = 10  # power steps before each direct step (the authors': up to 10, tolerance 1e-6)
 GAMMA_CONVENTION = "penalty = gamma/2 * sum_l sigma_max(W_l)^2 (Yang et al. 2024, eq. 3)"
 _CONVS = (nn.Conv1d, nn.Conv2d)
-
-
-def _state_key(name: str) -> str:
-    """Module names contain dots, which buffers/ModuleDict keys may not."""
-    return name.replace(".", "__")
-
-
-def _layer_generator(name: str) -> torch.Generator:
-    """CPU generator seeded by the layer name: every DDP rank draws the same start vectors."""
-    return torch.Generator().manual_seed(zlib.crc32(name.encode()))
-
-
-class _LayerState(nn.Module):
-    """Power-iteration state of one layer, all in buffers (saved, moved by ``.to()``).
-
-    u: unit vector in the layer's output space (``(C_out, *spatial_out)`` for a conv).
-    v: unit vector in its input space (``(C_in, *spatial_in)``).
-    sigma: the latest estimate of sigma_max (float, for logging).
-    in_shape: the per-sample input shape the operator was built for (empty until recorded).
-    Their shapes are only known after the first forward, so loading resizes them (like
-    torch's lazy modules do).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("u", torch.empty(0))
-        self.register_buffer("v", torch.empty(0))
-        self.register_buffer("sigma", torch.zeros(()))
-        self.register_buffer("in_shape", torch.empty(0, dtype=torch.long))
-        self.shape: tuple[int, ...] | None = None  # python mirror of in_shape (no device sync)
-        self.needs_warmup = True
-
-    def reset(self, u: Tensor, v: Tensor, shape: tuple[int, ...] | None) -> None:
-        device = self.sigma.device
-        self.u = u.to(device=device, dtype=self.sigma.dtype)
-        self.v = v.to(device=device, dtype=self.sigma.dtype)
-        self.in_shape = torch.tensor(shape or (), dtype=torch.long, device=device)
-        self.shape = shape
-        self.needs_warmup = True
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if not any(k.startswith(prefix) for k in state_dict):
-            return  # plain weights without regularizer state: keep fresh vectors, report nothing missing
-        for name in ("u", "v", "in_shape"):
-            saved = state_dict.get(prefix + name)
-            if saved is not None and saved.shape != getattr(self, name).shape:
-                setattr(self, name, torch.empty(saved.shape, dtype=getattr(self, name).dtype,
-                                                device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        saved = state_dict.get(prefix + "in_shape")
-        if saved is not None:
-            self.shape = tuple(int(s) for s in saved.tolist()) or None
-            self.needs_warmup = False
 
 
 class SpectralRegularizer(nn.Module):
@@ -148,7 +95,7 @@ class SpectralRegularizer(nn.Module):
         self.mode = "layers" if layers is not None else mode
         selected = select_layers(model, mode, layers)
         self.layer_names = list(selected)
-        self.states = nn.ModuleDict({_state_key(n): _LayerState() for n in self.layer_names})
+        self.states = nn.ModuleDict({state_key(n): LayerState() for n in self.layer_names})
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         self._step = 0
         # plain dicts (not submodules): the layers belong to the model, not to us
@@ -168,6 +115,9 @@ class SpectralRegularizer(nn.Module):
         self.activation_term = activation_term
         self._activations = ActivationTerms(model) if activation_term else None
 
+    def _state(self, name: str) -> LayerState:
+        return self.states[state_key(name)]
+
     # ----------------------------------------------------------------------------- hooks
     def _bind(self, name: str, module: nn.Module) -> None:
         """Track ``module`` as layer ``name``: a shape-recording hook for convs, fresh vectors for Linear."""
@@ -175,15 +125,12 @@ class SpectralRegularizer(nn.Module):
         old = self._hook_handles.pop(name, None)
         if old is not None:
             old.remove()
-        state = self.states[_state_key(name)]
+        state = self._state(name)
         if isinstance(module, _CONVS):
             self._hook_handles[name] = module.register_forward_pre_hook(partial(self._record_input, name))
             state.shape = None
         elif isinstance(module, nn.Linear):
-            gen = _layer_generator(name)
-            u = torch.randn(module.out_features, generator=gen, dtype=torch.float64)
-            v = torch.randn(module.in_features, generator=gen, dtype=torch.float64)
-            state.reset(u / u.norm(), v / v.norm(), None)
+            state.restart(name, (module.out_features,), (module.in_features,))
 
     def _active_layers(self):
         """(name, module) of the tracked layers as the model has them now.
@@ -206,7 +153,7 @@ class SpectralRegularizer(nn.Module):
 
     def _record_input(self, name: str, module: nn.Module, args) -> None:
         shape = tuple(args[0].shape[1:])
-        state = self.states[_state_key(name)]
+        state = self._state(name)
         if state.shape == shape:
             return
         if state.shape is not None and name not in self._warned:
@@ -215,10 +162,7 @@ class SpectralRegularizer(nn.Module):
                           f"{shape}; its operator norm depends on the input size, so its power-iteration "
                           "state is re-initialized", stacklevel=2)
         geom = ConvGeometry.from_module(module, shape)  # raises if the conv cannot take this input
-        gen = _layer_generator(name)
-        u = torch.randn(geom.out_shape(module.weight), generator=gen, dtype=torch.float64)
-        v = torch.randn(shape, generator=gen, dtype=torch.float64)
-        state.reset(u / u.norm(), v / v.norm(), shape)
+        state.restart(name, geom.out_shape(module.weight), shape, shape)
 
     def _attach_bn_pairing(self, model: nn.Module) -> None:
         """Find the BatchNorm that consumes each conv's output during the first forward.
@@ -268,7 +212,7 @@ class SpectralRegularizer(nn.Module):
         module = self._layers[name]
         if not isinstance(module, _CONVS):
             return None
-        state = self.states[_state_key(name)]
+        state = self._state(name)
         if state.shape is None:
             raise RuntimeError(f"layer {name!r} has not seen an input yet: run a forward pass of the model "
                                "before penalty()/step(), so that each conv's input size is recorded")
@@ -280,7 +224,7 @@ class SpectralRegularizer(nn.Module):
 
     @torch.no_grad()
     def _power_update(self, name: str, n_iter: int) -> None:
-        state = self.states[_state_key(name)]
+        state = self._state(name)
         weight = self._weight(name).detach().to(state.u.dtype)
         geom = self._geometry(name)
         if geom is None:
@@ -312,7 +256,7 @@ class SpectralRegularizer(nn.Module):
         self._step += 1
         self.num_steps.add_(1)
         for name, _ in list(self._active_layers()):
-            state = self.states[_state_key(name)]
+            state = self._state(name)
             if state.needs_warmup:
                 self._power_update(name, self.warmup_iters)
             elif due:
@@ -336,7 +280,7 @@ class SpectralRegularizer(nn.Module):
         device_type = self.num_steps.device.type
         with torch.autocast(device_type=device_type, enabled=False):
             for name, _ in list(self._active_layers()):
-                state = self.states[_state_key(name)]
+                state = self._state(name)
                 if state.needs_warmup:  # eval-mode use before any step: get usable vectors first
                     self._power_update(name, self.warmup_iters)
                 weight = self._weight(name).to(state.u.dtype)
@@ -364,9 +308,9 @@ class SpectralRegularizer(nn.Module):
         lam = 0.5 * self.gamma
         before = {}
         for name, module in list(self._active_layers()):
-            self._power_update(name, max(n_iter, self.warmup_iters) if self.states[_state_key(name)].needs_warmup
+            self._power_update(name, max(n_iter, self.warmup_iters) if self._state(name).needs_warmup
                                else n_iter)
-            state = self.states[_state_key(name)]
+            state = self._state(name)
             with torch.enable_grad(), torch.autocast(device_type=self.num_steps.device.type, enabled=False):
                 weight = module.weight
                 sigma = sigma_from_vectors(self._weight(name).to(state.u.dtype), state.u, state.v,
@@ -381,11 +325,11 @@ class SpectralRegularizer(nn.Module):
 
     def sigmas(self) -> dict[str, float]:
         """Latest sigma_max estimate per layer name (for logging)."""
-        return {name: float(self.states[_state_key(name)].sigma) for name, _ in self._active_layers()}
+        return {name: float(self._state(name).sigma) for name, _ in self._active_layers()}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "num_steps" not in state_dict:
-            return  # plain timm weights: the regularizer state is optional (see _LayerState)
+            return  # plain timm weights: the regularizer state is optional (see LayerState)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         saved = state_dict.get(prefix + "num_steps")
         if saved is not None:
