@@ -1,8 +1,9 @@
 """Operator norms of layers and the rep-/ll-spectral regularizers built on them.
 
-operator.py (the conv as a linear map and its adjoint) -> power.py (power iteration, differentiable
-sigma), fft.py (exact circular symbol norms), bn.py (BatchNorm folding) -> hooks.py (SpectralRegularizer);
-select.py picks the layers.
+Norms: operator.py (the conv as a linear map and its adjoint) -> power.py (power iteration, the
+differentiable sigma), fft.py (exact circular symbol norms); bn.py folds a BatchNorm into its layer.
+Regularizer: hooks.py (SpectralRegularizer) with estimators.py (the ``estimator=`` table), state.py
+(per-layer buffers), activation.py (the eig-ub activation term); select.py picks the layers.
 """
 from .bn import bn_scale, bn_scaled_weight
 from .fft import conv_fft_sigma, conv_fft_upper_bound
