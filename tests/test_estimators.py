@@ -6,7 +6,6 @@ import pytest
 import timm
 import torch
 
-import repspec_zoo  # noqa: F401  (registers the zoo)
 from repspec_zoo import SpectralRegularizer
 from repspec_zoo.spectral.estimators import ESTIMATORS, Estimator, EstimatorUnavailable
 from repspec_zoo.training.config import ESTIMATORS as CONFIG_ESTIMATORS
