@@ -27,8 +27,7 @@ from torch import nn
 
 import repspec_zoo  # noqa: F401
 from repspec_zoo.io import atomic_write_text
-from repspec_zoo.spectral import attach_spectral
-from repspec_zoo.spectral.norms import ConvGeometry, conv_fft_sigma, conv_power_iteration
+from repspec_zoo.spectral import ConvGeometry, attach_spectral, conv_fft_sigma, conv_power_iteration
 
 
 def conv_input_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple]:

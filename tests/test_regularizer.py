@@ -84,7 +84,7 @@ def small_double_model(mode="rep", **kw):
 def set_exact_vectors(model, shapes):
     """Put the dense operator's top singular pair into the regularizer state; return sigma_1 per layer.
 
-    Convergence speed is tested in test_norms.py; here we check the wiring exactly: with the
+    Convergence speed is tested in test_power.py; here we check the wiring exactly: with the
     exact singular vectors, power steps are a fixed point and the penalty equals the dense value.
     """
     exact = {}
@@ -235,7 +235,7 @@ def test_ll_mode_follows_reset_classifier():
 def test_fft_estimator_is_exact_circular_norm():
     from dataclasses import replace
 
-    from repspec_zoo.spectral.norms import ConvGeometry, conv_fft_sigma
+    from repspec_zoo.spectral import ConvGeometry, conv_fft_sigma
 
     model = timm.create_model("resnet_small_repspectral", num_classes=10, estimator="fft")
     x = torch.rand(2, 1, 16, 16)
@@ -360,6 +360,8 @@ def test_activation_term_adds_mean_max_squared_slope():
     assert float(penalty) == pytest.approx(0.5 * float(sigma ** 2 + slope.square().amax(1).mean()), rel=1e-5)
     penalty.backward()
     assert model.fc1.bias.grad.abs().sum() > 0  # only the data term depends on b1
+    reg.remove()
+    assert not any(m._forward_hooks for m in model.modules())  # the activation hooks go with it
     with pytest.raises(ValueError, match="no smooth activation"):
         attach_spectral(timm.create_model("resnet_small"), mode="rep", activation_term=True)
 

@@ -18,9 +18,9 @@ Two variants of the authors' code (Pehlevan-Group/rep-spectral) are options:
   outside the optimizer (no learning rate, no momentum): their ResNet pretraining and fine-tuning
   (``top_eig_ub_transfer_update``, every ``reg_freq_update`` optimizer steps).
 * ``activation_term=True``: their ``eig-ub`` regularizer adds, for every smooth activation phi up
-  to the features, the data-dependent term ``mean_x max_j phi'(z_j)^2`` (z the activation's input
-  in the latest forward pass) to sum sigma^2: penalty = gamma/2 * (sum_l sigma_l^2 + sum_phi term).
-  Their ``eig-ub-pure`` (MNIST) is sigma^2 alone, the default here.
+  to the features, the data-dependent term ``mean_x max_j phi'(z_j)^2`` (:mod:`.activation`) to
+  sum sigma^2: penalty = gamma/2 * (sum_l sigma_l^2 + sum_phi term). Their ``eig-ub-pure`` (MNIST)
+  is sigma^2 alone, the default here.
 
 Why hand-written: torch's ``parametrizations.spectral_norm`` *normalizes* weights (and
 treats a conv kernel as a reshaped matrix, which is not the conv's operator norm); here we
@@ -29,77 +29,22 @@ add a penalty on the true operator norms and must leave the weights untouched.
 from __future__ import annotations
 
 import warnings
-import zlib
-from dataclasses import replace
 from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from .norms import (ConvGeometry, bn_scale, bn_scaled_weight, conv_fft_sigma, conv_power_iteration,
-                    matrix_power_iteration, sigma_from_vectors)
+from .activation import ActivationTerms
+from .bn import bn_scale, bn_scaled_weight
+from .estimators import ESTIMATORS, EstimatorUnavailable
+from .operator import ConvGeometry
+from .power import conv_power_iteration, matrix_power_iteration, sigma_from_vectors
 from .select import select_layers
+from .state import LayerState, state_key
 
-ESTIMATORS = ("power", "fft")
-#: activations whose derivative the activation term reads (by class name, as the authors' code does);
-#: ReLU is left out: phi' is 0 or 1, so max_j phi'^2 is a constant with no gradient
-SMOOTH_ACTIVATIONS = ("gelu", "sigmoid", "elu", "tanh", "silu", "softplus")
 DIRECT_POWER_ITERS = 10  # power steps before each direct step (the authors': up to 10, tolerance 1e-6)
 GAMMA_CONVENTION = "penalty = gamma/2 * sum_l sigma_max(W_l)^2 (Yang et al. 2024, eq. 3)"
 _CONVS = (nn.Conv1d, nn.Conv2d)
-
-
-def _state_key(name: str) -> str:
-    """Module names contain dots, which buffers/ModuleDict keys may not."""
-    return name.replace(".", "__")
-
-
-def _layer_generator(name: str) -> torch.Generator:
-    """CPU generator seeded by the layer name: every DDP rank draws the same start vectors."""
-    return torch.Generator().manual_seed(zlib.crc32(name.encode()))
-
-
-class _LayerState(nn.Module):
-    """Power-iteration state of one layer, all in buffers (saved, moved by ``.to()``).
-
-    u: unit vector in the layer's output space (``(C_out, *spatial_out)`` for a conv).
-    v: unit vector in its input space (``(C_in, *spatial_in)``).
-    sigma: the latest estimate of sigma_max (float, for logging).
-    in_shape: the per-sample input shape the operator was built for (empty until recorded).
-    Their shapes are only known after the first forward, so loading resizes them (like
-    torch's lazy modules do).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("u", torch.empty(0))
-        self.register_buffer("v", torch.empty(0))
-        self.register_buffer("sigma", torch.zeros(()))
-        self.register_buffer("in_shape", torch.empty(0, dtype=torch.long))
-        self.shape: tuple[int, ...] | None = None  # python mirror of in_shape (no device sync)
-        self.needs_warmup = True
-
-    def reset(self, u: Tensor, v: Tensor, shape: tuple[int, ...] | None) -> None:
-        device = self.sigma.device
-        self.u = u.to(device=device, dtype=self.sigma.dtype)
-        self.v = v.to(device=device, dtype=self.sigma.dtype)
-        self.in_shape = torch.tensor(shape or (), dtype=torch.long, device=device)
-        self.shape = shape
-        self.needs_warmup = True
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if not any(k.startswith(prefix) for k in state_dict):
-            return  # plain weights without regularizer state: keep fresh vectors, report nothing missing
-        for name in ("u", "v", "in_shape"):
-            saved = state_dict.get(prefix + name)
-            if saved is not None and saved.shape != getattr(self, name).shape:
-                setattr(self, name, torch.empty(saved.shape, dtype=getattr(self, name).dtype,
-                                                device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        saved = state_dict.get(prefix + "in_shape")
-        if saved is not None:
-            self.shape = tuple(int(s) for s in saved.tolist()) or None
-            self.needs_warmup = False
 
 
 class SpectralRegularizer(nn.Module):
@@ -113,9 +58,10 @@ class SpectralRegularizer(nn.Module):
         layers: explicit list of layer names (overrides ``mode``).
         every: one power-iteration update every ``every`` training steps (1 = every step;
             the paper uses 160 for ResNet-50 on ImageNet).
-        estimator: ``'power'`` (power iteration on the real operator; exact for zero padding)
-            or ``'fft'`` (exact sigma of the circular-padded operator from its DFT symbol at
-            every update; conv layers only, Linear layers always use power iteration).
+        estimator: how conv layers are measured (Linear layers always use power iteration), one
+            of :data:`.estimators.ESTIMATORS`: ``'power'`` (power iteration on the real operator;
+            exact for zero padding) or ``'fft'`` (exact sigma of the circular-padded operator
+            from its DFT symbol at every update).
         bn_aware: penalize the norm of BN∘conv (eval-mode BN scale folded into the kernel),
             which is what bounds the feature Jacobian of a BatchNorm network.
         n_power_iter: power-iteration steps per update.
@@ -140,15 +86,16 @@ class SpectralRegularizer(nn.Module):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every={every!r} must be an integer >= 1 (1 = a power step every training step)")
         if estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+            raise ValueError(f"unknown estimator {estimator!r}; choose one of {tuple(ESTIMATORS)}")
         if n_power_iter < 1:
             raise ValueError(f"n_power_iter={n_power_iter!r} must be >= 1")
         self.gamma, self.every, self.estimator, self.bn_aware = float(gamma), every, estimator, bn_aware
+        self._estimator = ESTIMATORS[estimator]
         self.n_power_iter, self.warmup_iters = n_power_iter, warmup_iters
         self.mode = "layers" if layers is not None else mode
         selected = select_layers(model, mode, layers)
         self.layer_names = list(selected)
-        self.states = nn.ModuleDict({_state_key(n): _LayerState() for n in self.layer_names})
+        self.states = nn.ModuleDict({state_key(n): LayerState() for n in self.layer_names})
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         self._step = 0
         # plain dicts (not submodules): the layers belong to the model, not to us
@@ -158,7 +105,7 @@ class SpectralRegularizer(nn.Module):
         self._bn_of: dict[str, nn.Module] = {}
         self._pending_out: dict[int, tuple[str, Tensor]] = {}
         self._warned: set[str] = set()
-        self._fft_ok: dict[str, bool] = {}
+        self._power_fallback: set[str] = set()  # layers the estimator cannot measure (EstimatorUnavailable)
         self._geoms: dict[str, tuple] = {}  # name -> (module, input shape, ConvGeometry): the per-step hot path
         self._hook_handles: dict[str, object] = {}
         for name, module in selected.items():
@@ -166,9 +113,10 @@ class SpectralRegularizer(nn.Module):
         if bn_aware:
             self._attach_bn_pairing(model)
         self.activation_term = activation_term
-        self._activation_terms: dict[int, Tensor] = {}  # per activation module, latest training forward
-        if activation_term:
-            self._attach_activation_hooks(model)
+        self._activations = ActivationTerms(model) if activation_term else None
+
+    def _state(self, name: str) -> LayerState:
+        return self.states[state_key(name)]
 
     # ----------------------------------------------------------------------------- hooks
     def _bind(self, name: str, module: nn.Module) -> None:
@@ -177,15 +125,12 @@ class SpectralRegularizer(nn.Module):
         old = self._hook_handles.pop(name, None)
         if old is not None:
             old.remove()
-        state = self.states[_state_key(name)]
+        state = self._state(name)
         if isinstance(module, _CONVS):
             self._hook_handles[name] = module.register_forward_pre_hook(partial(self._record_input, name))
             state.shape = None
         elif isinstance(module, nn.Linear):
-            gen = _layer_generator(name)
-            u = torch.randn(module.out_features, generator=gen, dtype=torch.float64)
-            v = torch.randn(module.in_features, generator=gen, dtype=torch.float64)
-            state.reset(u / u.norm(), v / v.norm(), None)
+            state.restart(name, (module.out_features,), (module.in_features,))
 
     def _active_layers(self):
         """(name, module) of the tracked layers as the model has them now.
@@ -208,7 +153,7 @@ class SpectralRegularizer(nn.Module):
 
     def _record_input(self, name: str, module: nn.Module, args) -> None:
         shape = tuple(args[0].shape[1:])
-        state = self.states[_state_key(name)]
+        state = self._state(name)
         if state.shape == shape:
             return
         if state.shape is not None and name not in self._warned:
@@ -217,10 +162,7 @@ class SpectralRegularizer(nn.Module):
                           f"{shape}; its operator norm depends on the input size, so its power-iteration "
                           "state is re-initialized", stacklevel=2)
         geom = ConvGeometry.from_module(module, shape)  # raises if the conv cannot take this input
-        gen = _layer_generator(name)
-        u = torch.randn(geom.out_shape(module.weight), generator=gen, dtype=torch.float64)
-        v = torch.randn(shape, generator=gen, dtype=torch.float64)
-        state.reset(u / u.norm(), v / v.norm(), shape)
+        state.restart(name, geom.out_shape(module.weight), shape, shape)
 
     def _attach_bn_pairing(self, model: nn.Module) -> None:
         """Find the BatchNorm that consumes each conv's output during the first forward.
@@ -250,28 +192,6 @@ class SpectralRegularizer(nn.Module):
                 self._pairing_handles.append(module.register_forward_pre_hook(bn_in))
         self._pairing_handles.append(model.register_forward_hook(done))
 
-    def _attach_activation_hooks(self, model: nn.Module) -> None:
-        """Record mean_x max_j phi'(z_j)^2 of each smooth activation outside the classifier in
-        every training forward (phi' by autograd: the activations are elementwise)."""
-        classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-        skip = {id(m) for m in classifier.modules()} if isinstance(classifier, nn.Module) else set()
-        found = [m for m in model.modules()
-                 if type(m).__name__.lower() in SMOOTH_ACTIVATIONS and id(m) not in skip]
-        if not found:
-            raise ValueError(f"activation_term=True, but {type(model).__name__} has no smooth activation "
-                             f"({', '.join(SMOOTH_ACTIVATIONS)}) outside its classifier; its derivative term "
-                             "would be a constant")
-
-        def record(module, args, out):
-            z = args[0]
-            if not (module.training and torch.is_grad_enabled() and z.requires_grad):
-                return
-            slope = torch.autograd.grad(out.sum(), z, create_graph=True)[0]  # phi'(z), elementwise
-            self._activation_terms[id(module)] = slope.square().flatten(1).amax(1).mean()
-
-        for module in found:
-            self._hook_handles[f"activation:{id(module)}"] = module.register_forward_hook(record)
-
     # ------------------------------------------------------------------------- internals
     def _weight(self, name: str) -> Tensor:
         """The layer's weight as the operator we take the norm of, in >= float32."""
@@ -292,34 +212,33 @@ class SpectralRegularizer(nn.Module):
         module = self._layers[name]
         if not isinstance(module, _CONVS):
             return None
-        state = self.states[_state_key(name)]
+        state = self._state(name)
         if state.shape is None:
             raise RuntimeError(f"layer {name!r} has not seen an input yet: run a forward pass of the model "
                                "before penalty()/step(), so that each conv's input size is recorded")
         cached = self._geoms.get(name)
         if cached is None or cached[0] is not module or cached[1] != state.shape:  # built once per module/shape
-            geom = ConvGeometry.from_module(module, state.shape)
-            geom = replace(geom, padding_mode="circular") if self.estimator == "fft" else geom
+            geom = self._estimator.geometry(module, state.shape)
             cached = self._geoms[name] = (module, state.shape, geom)
         return cached[2]
 
     @torch.no_grad()
     def _power_update(self, name: str, n_iter: int) -> None:
-        state = self.states[_state_key(name)]
+        state = self._state(name)
         weight = self._weight(name).detach().to(state.u.dtype)
         geom = self._geometry(name)
         if geom is None:
             sigma, u, v = matrix_power_iteration(weight, state.u, state.v, n_iter=n_iter)
-        elif self.estimator == "fft" and self._fft_ok.get(name, True):
-            try:
-                sigma, u, v = conv_fft_sigma(weight, geom)
-            except ValueError as err:  # not block-circulant (e.g. stride 2 on an odd grid)
-                warnings.warn(f"SpectralRegularizer: exact FFT norm unavailable for layer {name!r} ({err}); "
-                              "using power iteration on the same circular operator", stacklevel=3)
-                self._fft_ok[name] = False
-                return self._power_update(name, max(n_iter, self.warmup_iters))
-        else:
+        elif name in self._power_fallback:
             sigma, u, v = conv_power_iteration(weight, geom, state.u, state.v, n_iter=n_iter)
+        else:
+            try:
+                sigma, u, v = self._estimator.refresh(weight, geom, state.u, state.v, n_iter)
+            except EstimatorUnavailable as err:
+                warnings.warn(f"SpectralRegularizer: estimator {self.estimator!r} cannot measure layer {name!r} "
+                              f"({err}); using power iteration on the same operator", stacklevel=3)
+                self._power_fallback.add(name)
+                return self._power_update(name, max(n_iter, self.warmup_iters))
         state.u.copy_(u)
         state.v.copy_(v)
         state.sigma.copy_(sigma)
@@ -337,7 +256,7 @@ class SpectralRegularizer(nn.Module):
         self._step += 1
         self.num_steps.add_(1)
         for name, _ in list(self._active_layers()):
-            state = self.states[_state_key(name)]
+            state = self._state(name)
             if state.needs_warmup:
                 self._power_update(name, self.warmup_iters)
             elif due:
@@ -361,7 +280,7 @@ class SpectralRegularizer(nn.Module):
         device_type = self.num_steps.device.type
         with torch.autocast(device_type=device_type, enabled=False):
             for name, _ in list(self._active_layers()):
-                state = self.states[_state_key(name)]
+                state = self._state(name)
                 if state.needs_warmup:  # eval-mode use before any step: get usable vectors first
                     self._power_update(name, self.warmup_iters)
                 weight = self._weight(name).to(state.u.dtype)
@@ -369,9 +288,9 @@ class SpectralRegularizer(nn.Module):
                 state.sigma.copy_(sigma.detach())
                 sigmas.append(sigma)
         total = torch.stack(sigmas).square().sum()
-        if self._activation_terms:
-            total = total + torch.stack(list(self._activation_terms.values())).to(total.dtype).sum()
-            self._activation_terms.clear()
+        activations = self._activations.pop_sum(total.dtype) if self._activations is not None else None
+        if activations is not None:
+            total = total + activations
         return 0.5 * self.gamma * total
 
     def direct_step(self, n_iter: int = DIRECT_POWER_ITERS) -> dict[str, float]:
@@ -389,9 +308,9 @@ class SpectralRegularizer(nn.Module):
         lam = 0.5 * self.gamma
         before = {}
         for name, module in list(self._active_layers()):
-            self._power_update(name, max(n_iter, self.warmup_iters) if self.states[_state_key(name)].needs_warmup
+            self._power_update(name, max(n_iter, self.warmup_iters) if self._state(name).needs_warmup
                                else n_iter)
-            state = self.states[_state_key(name)]
+            state = self._state(name)
             with torch.enable_grad(), torch.autocast(device_type=self.num_steps.device.type, enabled=False):
                 weight = module.weight
                 sigma = sigma_from_vectors(self._weight(name).to(state.u.dtype), state.u, state.v,
@@ -406,11 +325,11 @@ class SpectralRegularizer(nn.Module):
 
     def sigmas(self) -> dict[str, float]:
         """Latest sigma_max estimate per layer name (for logging)."""
-        return {name: float(self.states[_state_key(name)].sigma) for name, _ in self._active_layers()}
+        return {name: float(self._state(name).sigma) for name, _ in self._active_layers()}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "num_steps" not in state_dict:
-            return  # plain timm weights: the regularizer state is optional (see _LayerState)
+            return  # plain timm weights: the regularizer state is optional (see LayerState)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         saved = state_dict.get(prefix + "num_steps")
         if saved is not None:
@@ -422,6 +341,8 @@ class SpectralRegularizer(nn.Module):
             handle.remove()
         self._hook_handles.clear()
         self._pairing_handles.clear()
+        if self._activations is not None:
+            self._activations.remove()
         owner = self.__dict__["_owner"]
         if getattr(owner, "spectral", None) is self:
             del owner.spectral

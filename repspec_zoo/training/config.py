@@ -29,13 +29,14 @@ import yaml
 from ..models.registry import ARCHS
 from ..regularizers.registry import REGULARIZERS
 from ..runs import CONFIG_FILE
+from ..spectral.estimators import ESTIMATORS as SPECTRAL_ESTIMATORS
 
 __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "RegularizerConfig", "CheckpointConfig", "TrainConfig",
            "load_config", "apply_overrides", "config_to_dict"]
 
 SCHEDULES = ("constant", "step", "cosine")
 APPLY = ("loss", "direct")
-ESTIMATORS = ("power", "fft")
+ESTIMATORS = tuple(SPECTRAL_ESTIMATORS)
 ATTACKS = ("ta", "gta", "hsja", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 _NULLS = ("null", "none", "~", "")
