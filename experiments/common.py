@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-from torch import nn
 
 from repspec_zoo.runs import SUMMARY_FILE
 
@@ -28,7 +27,7 @@ CONFIGS = ROOT / "recipes" / "configs"
 RESULTS = ROOT / "results" / "experiments"
 RUNS = ROOT / "runs" / "experiments"
 
-__all__ = ["ROOT", "RESULTS", "RUNS", "Run", "run_all", "parallel_map", "split_tensors", "burn_in_epochs", "load_results", "attack_summary", "distance_rule", "checkpoint_at_epoch", "load_trained", "sigma_max",
+__all__ = ["ROOT", "RESULTS", "RUNS", "Run", "run_all", "parallel_map", "split_tensors", "burn_in_epochs", "load_results", "attack_summary", "distance_rule", "checkpoint_at_epoch", "sigma_max",
            "mean_std", "table", "box_plot", "write_json", "paired_rows",
            "paired_table"]
 
@@ -163,19 +162,6 @@ def checkpoint_at_epoch(run_dir: Path, epoch: int) -> Path:
             return path
     raise FileNotFoundError(f"{run_dir} kept no checkpoint at the end of epoch {epoch}; "
                             "raise checkpoint.keep so that it survives")
-
-
-def load_trained(run_dir: Path) -> nn.Module:
-    """The trained timm model of a run folder (its model.safetensors), eval mode, no regularizer hooks."""
-    import timm
-
-    from repspec_zoo.runs import read_run
-
-    run = read_run(run_dir)
-    config = run.config
-    model = timm.create_model(config["model"], num_classes=config["num_classes"], **(config.get("model_kwargs") or {}))
-    model.load_state_dict(run.state_dict)
-    return model.eval()
 
 
 @torch.no_grad()

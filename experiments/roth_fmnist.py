@@ -34,9 +34,9 @@ from pathlib import Path
 
 import torch
 
-from repspec_zoo.runs import EVAL_FILE, SUMMARY_FILE
+from repspec_zoo.runs import EVAL_FILE, SUMMARY_FILE, load_model
 
-from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, load_results, load_trained, parallel_map, run_all,
+from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, load_results, parallel_map, run_all,
                      split_tensors, write_json)
 
 CONFIG = "fmnist_resnet_small_baseline"
@@ -95,7 +95,7 @@ def evaluate_run(job: tuple) -> dict:
     from repspec_zoo.cli_analyze import plot_results
     from repspec_zoo.eval import evaluate
 
-    model = load_trained(Path(run_dir))
+    model = load_model(Path(run_dir))
     x, y = split_tensors("fashion_mnist", "test")
     result = evaluate(model, (x, y), model_name=f"{method}", dataset_name="fashion_mnist", n=args["n"],
                       budgets=args["budgets"], attack="ta", seed=0, lemma1=False, progress=False)

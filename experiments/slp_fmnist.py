@@ -37,9 +37,10 @@ from pathlib import Path
 
 import torch
 
+from repspec_zoo.runs import load_model
 from repspec_zoo.stats import format_interval
 
-from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results, load_trained,
+from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results,
                      paired_rows, paired_table, parallel_map, run_all, sigma_max,
                      split_tensors, write_json)
 
@@ -94,7 +95,7 @@ def heads_of(run_dir: Path, seed: int) -> tuple[dict, dict]:
     """{head: model} of one run and the logistic fit's info; the refit is cached in the run folder."""
     import safetensors.torch
 
-    model = load_trained(run_dir)
+    model = load_model(run_dir)
     cached = run_dir / "logreg_head.safetensors"
     if cached.is_file():
         refit = copy.deepcopy(model)

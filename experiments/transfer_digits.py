@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from repspec_zoo.runs import WEIGHTS_FILE
+from repspec_zoo.runs import WEIGHTS_FILE, load_model
 from repspec_zoo.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, checkpoint_at_epoch, load_results,
-                     load_trained, paired_rows, paired_table, parallel_map, run_all, split_tensors, table, write_json)
+                     paired_rows, paired_table, parallel_map, run_all, split_tensors, table, write_json)
 
 PRETRAIN_CONFIGS = {"none": "fmnist_resnet_small_baseline", "rep": "fmnist_resnet_small_repspectral"}
 #: the penalty for the last third of pretraining, the lr undecayed while it acts, the authors' strength
@@ -91,7 +91,7 @@ def pretrain_sigmas(job: tuple) -> dict:
                             if k.startswith("model.") and ".spectral." not in k})
     out = dict(seed=seed, branch=conv_sigmas(branch))
     for pre, run_dir in (("none", base_dir), ("rep", rep_dir)):
-        out[pre] = conv_sigmas(load_trained(run_dir))
+        out[pre] = conv_sigmas(load_model(run_dir))
     return out
 
 
@@ -100,7 +100,7 @@ def evaluate_run(job: tuple) -> dict:
     run_dir, seed, pre, fine, indices, budgets = job
     from repspec_zoo.eval import evaluate
 
-    model = load_trained(run_dir)
+    model = load_model(run_dir)
     x, y = digits_test_split(model)
     result = evaluate(model, (x, y), model_name=f"{pre}->{fine}/seed{seed}", dataset_name="digits", n=len(indices),
                       indices=indices, budgets=budgets, attack="ta,fmn", seed=0, lemma1=False, progress=False)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     tuned = {k: run for k, run in runs.items() if k[2] is not None}
     from repspec_zoo.leaderboard import common_indices
 
-    models = {k: load_trained(run.output) for k, run in tuned.items()}
+    models = {k: load_model(run.output) for k, run in tuned.items()}
     x, y = digits_test_split(next(iter(models.values())))
     indices = common_indices(models, x, y, args.n, seed=0, batch_size=512).tolist()
     jobs = [(run.output, *k, indices, sorted(args.budgets)) for k, run in tuned.items()]

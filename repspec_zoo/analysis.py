@@ -22,29 +22,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import NormalizedModel, pgd_l2, robust_accuracy_curve
+from .attacks import pgd_l2, robust_accuracy_curve
+from .attacks.normalize import as_normalized
 from .jacobian import jacobian_top_singular, jvp, vjp
 
-__all__ = ["ANALYSES", "FULL_SVD_MAX_ENTRIES", "features_fn", "jacobian_matrix", "subspace_iteration",
+__all__ = ["ANALYSES", "FULL_SVD_MAX_ENTRIES", "jacobian_matrix", "subspace_iteration",
            "jacobian_svd", "rank_quantiles", "alignment_by_rank", "linearity_profile", "analyze"]
 
 ANALYSES = ("spectrum", "alignment", "linearity", "robustness")
 FULL_SVD_MAX_ENTRIES = 4_000_000  # d*K per sample up to which J is extracted and fully decomposed
-
-
-def features_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    """[0, 1] image -> pre-logit features phi(x) of a (NormalizedModel-wrapped) timm model."""
-    net, mean, std = (model.model, model.mean, model.std) if isinstance(model, NormalizedModel) else (model, None, None)
-    if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
-        raise ValueError(f"{type(net).__name__} has no forward_features/forward_head, so its pre-logit features are "
-                         "unknown; the linearity analysis needs a timm model (leave 'linearity' out of --analyses)")
-
-    def phi(x: Tensor) -> Tensor:
-        if mean is not None:
-            x = (x - mean.to(x.dtype)) / std.to(x.dtype)
-        return net.forward_head(net.forward_features(x), pre_logits=True)
-
-    return phi
 
 
 def _flat_out(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
@@ -202,7 +188,7 @@ def analyze(model: nn.Module, x: Tensor, y: Tensor, analyses: Sequence[str] = AN
                             "adversarial": {**rank_quantiles(adv_cos), "mean": adv_cos.mean(0).tolist()},
                             "random": {**rank_quantiles(rand_cos), "mean": rand_cos.mean(0).tolist()}}
     if "linearity" in analyses:
-        phi = features_fn(model)
+        phi = as_normalized(model, x.shape[1]).features
         directions = {"random": torch.randn(x.shape, generator=dev_gen, dtype=x.dtype, device=x.device),
                       "adversarial": delta}
         out["linearity"] = {"norms": [float(t) for t in norms], "attack_eps": attack_eps}

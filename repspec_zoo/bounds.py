@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from timm.layers.activations import GELU as TimmGELU
 
-from .attacks import NormalizedModel
+from .attacks.normalize import NormalizedModel, as_normalized
 from .jacobian import jacobian_top_singular
 from .models.tiny import SingleHiddenLayerNet
 
@@ -67,16 +67,11 @@ def _feature_margins(net: nn.Module, head: nn.Linear, logits: Tensor, y: Tensor)
 
 def lemma1_estimate(model: nn.Module, x: Tensor, y: Tensor, n_iter: int = 30, batch_size: int = 64) -> Tensor | None:
     """Per-sample Lemma-1 local estimate (pixel L2 units); None if the head is not Linear."""
-    net, mean, std = unwrap(model)
+    net, _, _ = unwrap(model)
     head = _linear_head(net)
     if head is None or not hasattr(net, "forward_features"):
         return None
-
-    def phi(z):  # [0,1] image -> pre-logit features
-        if mean is not None:
-            z = (z - mean.to(z.dtype)) / std.to(z.dtype)
-        return net.forward_head(net.forward_features(z), pre_logits=True)
-
+    phi = as_normalized(model, x.shape[1]).features  # [0,1] image -> pre-logit features
     out = []
     gen = torch.Generator().manual_seed(0)
     for i in range(0, len(x), batch_size):

@@ -1,4 +1,4 @@
-"""The training run directory: its file names and reading it back.
+"""The training run directory: its file names, reading it back, and the one model loader.
 
 ``recipes/train.py`` writes, into ``runs/<run>``::
 
@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
+import timm
 import torch
 import yaml
 from safetensors import SafetensorError
+from torch import nn
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "EVAL_FILE", "SUMMARY_FILE", "METRICS_FILE", "CHECKPOINTS_DIR",
-           "STATE_FILE", "RUN_FILES", "Run", "RunError", "read_run", "load_weights_file"]
+           "STATE_FILE", "RUN_FILES", "Run", "RunError", "read_run", "load_weights_file", "is_run_dir", "load_model"]
 
 CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE, SUMMARY_FILE = "config.yaml", "model.safetensors", "eval.json", "run.json"
 METRICS_FILE, CHECKPOINTS_DIR, STATE_FILE = "metrics.jsonl", "checkpoints", "train_state.json"
@@ -112,3 +114,57 @@ def read_run(run_dir: str | os.PathLike) -> Run:
     summary = _load_json(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).is_file() else {}
     state_dict = {k: v for k, v in tensors.items() if not k.startswith("spectral.")}
     return Run(run_dir, config, state_dict, evaluation, summary)
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a training run directory (it holds config.yaml)."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def _run_model(run_dir: Path) -> nn.Module:
+    """The trained timm model of a run directory: its architecture, head size and model_kwargs, its weights."""
+    run = read_run(run_dir)
+    config = run.config
+    model = timm.create_model(config["model"], num_classes=config["num_classes"], **(config.get("model_kwargs") or {}))
+    try:
+        model.load_state_dict(run.state_dict)
+    except RuntimeError as err:
+        raise RunError(f"{run_dir / WEIGHTS_FILE} does not fit timm {config['model']!r} with num_classes="
+                       f"{config['num_classes']} ({CONFIG_FILE}): {str(err).splitlines()[0]}") from err
+    return model
+
+
+def load_model(spec: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
+               num_classes: int | None = None) -> nn.Module:
+    """The one model loader: a timm model in eval mode, without regularizer hooks (evaluation needs none).
+
+    Args:
+        spec: a training run directory (its final weights), a zoo or timm name (``arch`` or
+            ``arch.tag``: pretrained weights, sha256-verified for zoo names), ``hf-hub:org/name``
+            or ``local-dir:PATH``.
+        checkpoint: a weights file (.safetensors or a torch state dict) loaded into the architecture
+            of the name ``spec`` instead of its pretrained weights.
+        num_classes: head size of the architecture built for ``checkpoint`` (default: the name's).
+
+    Example::
+
+        model = load_model("runs/fmnist_rep")                          # a run directory
+        model = load_model("slp_repspectral.fmnist")                   # bundled / Hub zoo weights
+        model = load_model("slp_repspectral", checkpoint="w.safetensors")
+    """
+    if is_run_dir(spec):
+        if checkpoint is not None:
+            raise ValueError(f"{spec} is a run directory, which holds its weights; give a model name with a checkpoint")
+        model = _run_model(Path(spec))
+    elif checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist; pass the {WEIGHTS_FILE} of a training run "
+                                    f"(runs/<name>/{WEIGHTS_FILE}) or the run directory itself")
+        kwargs = {} if num_classes is None else dict(num_classes=num_classes)
+        model = timm.create_model(str(spec), pretrained=False, checkpoint_path=str(checkpoint), **kwargs)
+    else:
+        model = timm.create_model(str(spec), pretrained=True)
+    if hasattr(model, "spectral"):
+        model.spectral.remove()
+    return model.eval()

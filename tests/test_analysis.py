@@ -51,7 +51,7 @@ def test_auto_picks_topk_above_the_size_limit(monkeypatch):
 
 def test_affine_model_is_exactly_linear_with_constant_sigma():
     model, x = affine_net(), torch.rand(3, 1, 3, 3, dtype=torch.float64)
-    phi = analysis.features_fn(model)
+    phi = model.features
     norms = [0.0, 0.5, 2.0, 8.0]
     deviation, sigma = analysis.linearity_profile(phi, model, x, torch.randn_like(x), norms, power_iters=100)
     assert deviation.abs().max() < 1e-12

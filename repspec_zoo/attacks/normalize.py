@@ -1,4 +1,4 @@
-"""NormalizedModel: move mean/std normalization inside the model so attacks see [0, 1] images."""
+"""NormalizedModel: the one wrapper of a timm model for [0, 1] images (normalization inside, features())."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["NormalizedModel"]
+__all__ = ["NormalizedModel", "as_normalized"]
 
 
 class NormalizedModel(nn.Module):
@@ -52,8 +52,30 @@ class NormalizedModel(nn.Module):
         self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
         self.register_buffer("std", std_t.view(1, -1, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std per channel for images ``x`` in [0, 1], (N, C, H, W)."""
         if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
             raise ValueError(f"NormalizedModel expects images (N, {self.mean.shape[1]}, H, W) "
                              f"in [0, 1], got shape {tuple(x.shape)}")
-        return self.model((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-logit features phi(x) (N, num_features) of images ``x`` in [0, 1]: timm's
+        ``forward_head(forward_features(.), pre_logits=True)``, so logits = classifier(phi(x))
+        (times ``logit_scale`` for a net that scales its logits)."""
+        net = self.model
+        if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
+            raise ValueError(f"{type(net).__name__} has no forward_features/forward_head, so its pre-logit features "
+                             "are unknown; features need a timm model")
+        return net.forward_head(net.forward_features(self.normalize(x)), pre_logits=True)
+
+
+def as_normalized(model: nn.Module, channels: int) -> NormalizedModel:
+    """``model`` itself if it is a NormalizedModel, else a plain model seen as one with the identity
+    normalization (mean 0, std 1 on ``channels`` channels): its input already is the [0, 1] image."""
+    if isinstance(model, NormalizedModel):
+        return model
+    return NormalizedModel(model, mean=[0.0] * channels, std=[1.0] * channels)

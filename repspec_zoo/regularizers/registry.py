@@ -110,6 +110,14 @@ class RegularizerSpec:
 
 _SPECS = (
     RegularizerSpec(
+        "none", "none (baseline)", ("baseline",), "baseline",
+        "{base} trained on {dataset} with the same recipe and no spectral regularizer (baseline)",
+        "timm ``{base}``, the unregularized baseline of the zoo's spectral models (same recipe).",
+        _GAMMA_NOTE, (),
+        lambda r: {"mode": "none"},
+        lambda r: "none: the unregularized baseline, trained with the same recipe as the regularized models.",
+        steps.RegularizerStep),
+    RegularizerSpec(
         "rep", "rep-spectral", ("rep-spectral", "spectral-regularization"), "repspectral",
         "{base} trained on {dataset} with rep-spectral regularization (layers up to the features; head excluded)",
         "timm ``{base}`` with rep-spectral regularization (head excluded) as ``model.spectral``.",
@@ -124,23 +132,15 @@ _SPECS = (
         ("gamma", "apply", "every", "activation_term", "layers", "estimator", "bn_aware"),
         _spectral_summary, _spectral_card("ll-spectral"), steps.SpectralStep, spectral=True),
     RegularizerSpec(
-        "none", "none (baseline)", ("baseline",), "baseline",
-        "{base} trained on {dataset} with the same recipe and no spectral regularizer (baseline)",
-        "timm ``{base}``, the unregularized baseline of the zoo's spectral models (same recipe).",
-        _GAMMA_NOTE, (),
-        lambda r: {"mode": "none"},
-        lambda r: "none: the unregularized baseline, trained with the same recipe as the regularized models.",
-        steps.RegularizerStep),
-    RegularizerSpec(
-        "adv", "adv (L2-PGD)", ("adversarial-training",), "advtrained",
-        "{base} trained on {dataset} with L2-PGD adversarial training (Roth et al. 2020 baseline)",
-        "timm ``{base}`` trained with L2-PGD adversarial training (Roth et al. 2020 baseline); no regularizer.",
-        "pgd_eps: L2-PGD radius in [0, 1] pixel units; pgd_steps steps of 2*pgd_eps/pgd_steps from a random start",
-        ("pgd_eps", "pgd_steps"),
-        lambda r: {"mode": "adv", "pgd_eps": r.pgd_eps, "pgd_steps": r.pgd_steps,
-                   "step_size": 2 * r.pgd_eps / r.pgd_steps,
-                   "convention": "L2-PGD adversarial training, eps in [0,1] pixel L2", "burn_in_epochs": r.burn_in_epochs},
-        _adv_card, steps.AdversarialStep, export_keys={"pgd_eps": float, "pgd_steps": int}),
+        "bss", "bss (batch spectral shrinkage)", ("batch-spectral-shrinkage",), None,
+        "{base} trained on {dataset} with batch spectral shrinkage (Chen et al. 2019)",
+        "timm ``{base}`` fine-tuned with batch spectral shrinkage (Chen et al. 2019); no regularizer.",
+        BSS_CONVENTION, ("bss_eta", "bss_k"),
+        lambda r: {"mode": "bss", "bss_eta": r.bss_eta, "bss_k": r.bss_k, "convention": BSS_CONVENTION,
+                   "burn_in_epochs": r.burn_in_epochs},
+        lambda r: f"batch spectral shrinkage (Chen et al. 2019), {BSS_CONVENTION}, bss_eta={r['bss_eta']}, "
+                  f"bss_k={r['bss_k']}{_after(r)}.",
+        steps.BssStep, needs_features=True),
     RegularizerSpec(
         "ddsnr", "ddsnr", ("data-dependent-spectral-norm",), "ddsnr",
         "{base} trained on {dataset} with data-dependent spectral norm regularization (Roth et al. 2020, eq. 13)",
@@ -153,15 +153,15 @@ _SPECS = (
         _ddsnr_card, steps.DdsnrStep,
         export_keys={"ddsnr_lambda": float, "ddsnr_eps": float, "ddsnr_iters": int}),
     RegularizerSpec(
-        "bss", "bss (batch spectral shrinkage)", ("batch-spectral-shrinkage",), None,
-        "{base} trained on {dataset} with batch spectral shrinkage (Chen et al. 2019)",
-        "timm ``{base}`` fine-tuned with batch spectral shrinkage (Chen et al. 2019); no regularizer.",
-        BSS_CONVENTION, ("bss_eta", "bss_k"),
-        lambda r: {"mode": "bss", "bss_eta": r.bss_eta, "bss_k": r.bss_k, "convention": BSS_CONVENTION,
-                   "burn_in_epochs": r.burn_in_epochs},
-        lambda r: f"batch spectral shrinkage (Chen et al. 2019), {BSS_CONVENTION}, bss_eta={r['bss_eta']}, "
-                  f"bss_k={r['bss_k']}{_after(r)}.",
-        steps.BssStep, needs_features=True),
+        "adv", "adv (L2-PGD)", ("adversarial-training",), "advtrained",
+        "{base} trained on {dataset} with L2-PGD adversarial training (Roth et al. 2020 baseline)",
+        "timm ``{base}`` trained with L2-PGD adversarial training (Roth et al. 2020 baseline); no regularizer.",
+        "pgd_eps: L2-PGD radius in [0, 1] pixel units; pgd_steps steps of 2*pgd_eps/pgd_steps from a random start",
+        ("pgd_eps", "pgd_steps"),
+        lambda r: {"mode": "adv", "pgd_eps": r.pgd_eps, "pgd_steps": r.pgd_steps,
+                   "step_size": 2 * r.pgd_eps / r.pgd_steps,
+                   "convention": "L2-PGD adversarial training, eps in [0,1] pixel L2", "burn_in_epochs": r.burn_in_epochs},
+        _adv_card, steps.AdversarialStep, export_keys={"pgd_eps": float, "pgd_steps": int}),
 )
 
 #: mode -> spec, in the order listings show them

@@ -14,10 +14,10 @@ import safetensors.torch
 import timm
 import torch
 import yaml
-from timm.data import resolve_model_data_config
 from timm.models import is_model
 from torch import nn
 
+from ..attacks.normalize import NormalizedModel
 from ..models.registry import ARCHS
 from ..regularizers.registry import get_spec
 from ..runs import CONFIG_FILE as RUN_CONFIG_FILE, WEIGHTS_FILE
@@ -135,29 +135,26 @@ def check_input(model: nn.Module, sample: torch.Tensor, cfg: TrainConfig) -> Non
         model.train(was_training)
 
 
-class TrainingModule(nn.Module):
-    """What the loop trains: ``model((x - mean) / std)`` for images x in [0, 1].
+class TrainingModule(NormalizedModel):
+    """What the loop trains: the evaluation wrapper ``model((x - mean) / std)`` for images x in [0, 1],
+    mean/std from the model's timm data config.
 
     With ``return_features`` (BSS) the forward returns ``(logits, features)``, where features are
-    ``model.forward_head(model.forward_features(x), pre_logits=True)`` (B, num_features) and
-    logits are the classifier applied to them: one forward, so DDP sees every parameter.
+    :meth:`~repspec_zoo.attacks.NormalizedModel.features` (B, num_features) and logits are the
+    classifier applied to them: one forward, so DDP sees every parameter.
     """
 
     def __init__(self, model: nn.Module, return_features: bool = False):
-        super().__init__()
-        config = resolve_model_data_config(model)
-        self.model, self.return_features = model, return_features
-        self.register_buffer("mean", torch.tensor(config["mean"], dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(config["std"], dtype=torch.float32).view(1, -1, 1, 1))
+        super().__init__(model)
+        self.return_features = return_features
         if return_features and not isinstance(model.get_classifier(), nn.Module):
             raise ConfigError(f"{type(model).__name__}.get_classifier() is not a module; BSS needs one head applied "
                               "to pre-logit features")
 
     def forward(self, x: torch.Tensor):
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         if not self.return_features:
-            return self.model(x)
-        features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+            return super().forward(x)
+        features = self.features(x)
         logits = self.model.get_classifier()(features) * getattr(self.model, "logit_scale", 1.0)  # slp's scale_logits
         return logits, features
 
