@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from repspec_zoo.attacks import HardLabelOracle, tangent_point
-from repspec_zoo.attacks.primitives import (
+from repspec_zoo.attacks.boundary import (
     SampleStreams, bisect, bisection_steps, default_gamma, estimate_normal, num_probes)
 
 F64 = torch.float64

@@ -180,10 +180,10 @@ def test_verify_catches_planted_wrong_answers(hsja_run):
 def test_attack_flags_points_that_fail_reverification(monkeypatch):
     """A model that answers differently when re-asked (batch-dependent kernels) must not crash
     an attack run: the sample is flagged in `verified`, with a warning."""
-    import repspec_zoo.attacks.primitives as primitives
+    import repspec_zoo.attacks.result as result
 
     model, x, y, _ = affine_problem((32,), [1.0, 1.0])
-    monkeypatch.setattr(primitives, "predict_labels",  # verify's re-evaluation says "class 0"
+    monkeypatch.setattr(result, "predict_labels",  # verify's re-evaluation says "class 0"
                         lambda m, pts, bs: torch.zeros(len(pts), dtype=torch.long))
     with pytest.warns(RuntimeWarning, match="2 returned point.*failed re-verification"):
         res = run_attack("hsja", model, x, y, 300, seed=0)

@@ -83,7 +83,7 @@ def test_every_sample_of_the_noise_class_gets_a_start():
 
 
 def test_noise_draws_stop_early_when_a_pool_can_take_over():
-    from repspec_zoo.attacks.primitives import INIT_DRAWS_WITH_POOL, bisection_steps
+    from repspec_zoo.attacks.boundary import INIT_DRAWS_WITH_POOL, bisection_steps
 
     model = NearestPrototype().eval()
     x, y = dataset()

@@ -19,7 +19,7 @@ from .hsja import hop_skip_jump
 from .normalize import NormalizedModel
 from .oracle import Classifier, HardLabelOracle, OracleAnswer, predict_labels
 from .pgd import pgd_l2, robust_accuracy_curve
-from .primitives import AttackResult, AttackVerificationError, verify
+from .result import AttackResult, AttackVerificationError, verify
 from .starts import StartPool
 from .tangent import generalized_tangent_attack, tangent_attack, tangent_point
 from .whitebox import WHITE_BOX_ATTACKS

@@ -3,7 +3,7 @@
 Reza, Rahmati, Wu, Dai, "CGBA: Curvature-aware Geometric Black-box Attack", ICCV 2023
 (arXiv 2308.03163); official code github.com/Farhamdur/CGBA (``proposed_attack.py``, one image at
 a time), read for the algorithm and its defaults; this is an independent batched implementation
-on the shared oracle / streams / bisection of `primitives`.
+on the shared oracle / streams / bisection of `boundary`.
 
 Geometry. Let x be the original image, o the current boundary point, D = ||o - x||,
 e1 = (o - x) / D, and u the estimated unit normal of the boundary at o (pointing to the
@@ -21,7 +21,7 @@ the boundary, and along the continuous path alpha -> p(alpha) any bracket
 binary search on alpha finds. The crossing found at alpha* is the next boundary point, at
 distance D cos(alpha*) < D. Each iteration:
 
-1. Normal estimate at o (HSJA-style signs, `primitives.estimate_normal`) from
+1. Normal estimate at o (HSJA-style signs, `boundary.estimate_normal`) from
    ``int(initial_probes * sqrt(t))`` probes (official N0 = 30), drawn in the span of the
    lowest-frequency 2-D DCT basis images (`LowFrequencyDCT`, block (H/f) x (W/f) per channel,
    f = ``dim_reduc_factor``; f = 1 is the full space).
@@ -36,7 +36,7 @@ distance D cos(alpha*) < D. Each iteration:
    the distance to x, so the returned point is still at most D cos(alpha*) from x.
 
 Deviations from the official code, on purpose:
-- Start, budget and records as TA/HSJA here: `primitives.initialize` (uniform noise, then
+- Start, budget and records as TA/HSJA here: `boundary.initialize` (uniform noise, then
   ``starts``) and a line bisection with theta = gamma / d^{3/2} instead of growing Gaussian noise
   and an absolute 1e-4 tolerance; a hard per-sample budget (the official loop runs a fixed 93
   iterations).
@@ -68,7 +68,7 @@ from typing import Sequence
 import torch
 
 from .oracle import Classifier, HardLabelOracle
-from .primitives import LARGE_INPUT_DIM, AttackResult, BoundaryWalk, _ask, bisect, estimate_normal, step_search
+from .boundary import LARGE_INPUT_DIM, AttackResult, BoundaryWalk, _ask, bisect, estimate_normal, step_search
 from .tangent import _orthogonal_unit
 
 __all__ = ["cgba", "LowFrequencyDCT", "semicircle_point", "default_dim_reduc_factor",
@@ -111,7 +111,7 @@ class LowFrequencyDCT:
     ``v = Ch[:h]^T z Cw[:w]``. The map is an isometry onto a k-dimensional subspace, so a
     standard normal z gives an isotropic Gaussian direction there (the official code's
     ``idct(idct(., axis=3), axis=2)`` of a zero-padded block). Used as the ``subspace`` of
-    `primitives.estimate_normal`: ``dim`` = k, call (m, rows, k) -> (m, rows, C*H*W).
+    `boundary.estimate_normal`: ``dim`` = k, call (m, rows, k) -> (m, rows, C*H*W).
     """
 
     def __init__(self, shape: Sequence[int], factor: float, device, dtype):
@@ -229,7 +229,7 @@ def _semicircle_search(oracle: HardLabelOracle, x: torch.Tensor, o: torch.Tensor
 
 def _half_angle_search(oracle, x, o, u, ids, steps):
     """CGBA-H's step: arc points at alpha = phi / 2, phi / 4, ... (phi = angle(u, o - x))
-    until adversarial (`primitives.step_search`, at most MAX_HALVINGS halvings), then line
+    until adversarial (`boundary.step_search`, at most MAX_HALVINGS halvings), then line
     bisection from x."""
     cos_phi = _plane(x, o, u)[3]
     phi = torch.acos(cos_phi.double().clamp(-1.0, 1.0))
@@ -249,14 +249,14 @@ def cgba(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget: int | torc
     """CGBA (semicircular boundary search), untargeted L2, batched in lockstep over samples.
 
     0. Query x once per sample (1 query); samples already misclassified are done, l2 = 0.
-    1. `primitives.initialize` (uniform noise, then ``starts``), then `primitives.bisect`
+    1. `boundary.initialize` (uniform noise, then ``starts``), then `boundary.bisect`
        between x and the start with `bisection_steps` (gamma, d) queries -> boundary point o.
     2. Iteration t = 1, 2, ... for every active sample: normal estimate at o from
        ``int(initial_probes * sqrt(t))`` low-frequency probes of radius (gamma / d) * D_prev;
        then the semicircle search (see the module docstring) -> next o; record
        (queries, ||o - x||).
     A sample stops when its budget is spent (hard), when ||o - x|| < STOP_L2, or after
-    ``max_iter`` iterations. Returned points are re-checked by `primitives.verify`; failures
+    ``max_iter`` iterations. Returned points are re-checked by `result.verify`; failures
     are flagged in ``.verified`` with a RuntimeWarning, as in `run_boundary_attack`.
 
     Args:

@@ -1,7 +1,7 @@
 """HopSkipJump (Chen, Jordan, Wainwright 2020), L2 untargeted, batched over samples.
 
 Shares the oracle, initialization, normal estimation and bisection with the Tangent Attack
-(`primitives.run_boundary_attack`); the step walks from the boundary point o along the
+(`boundary.run_boundary_attack`); the step walks from the boundary point o along the
 estimated normal u: ``o + eps u`` with ``eps = ||o - x|| / sqrt(t)``, halved until adversarial.
 Unlike ART's HSJA it always ends with a bisection (returned points lie within theta of the
 boundary), and unlike foolbox 3.3.4 it normalizes the normal estimate per sample.
@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from .oracle import Classifier
-from .primitives import AttackResult, run_boundary_attack
+from .boundary import AttackResult, run_boundary_attack
 from .starts import StartPool
 
 __all__ = ["hop_skip_jump"]

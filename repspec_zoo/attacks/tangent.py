@@ -1,7 +1,7 @@
 """Tangent Attack (Ma et al., NeurIPS 2021): hemisphere (TA) and semi-ellipsoid (G-TA).
 
 Hard-label, untargeted, L2, in [0, 1] pixel space. Same loop as HopSkipJump
-(`primitives.run_boundary_attack`); only the step differs: instead of walking from the
+(`boundary.run_boundary_attack`); only the step differs: instead of walking from the
 boundary point o along the estimated normal u, TA jumps to the point k of a hemisphere
 (G-TA: semi-ellipsoid) centred at o on the adversarial side where the line from x touches it.
 The bisection between x and k then lands on the boundary at a shallower angle than a step
@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from .oracle import Classifier
-from .primitives import LARGE_INPUT_DIM, AttackResult, run_boundary_attack
+from .boundary import LARGE_INPUT_DIM, AttackResult, run_boundary_attack
 from .starts import StartPool
 
 __all__ = ["tangent_point", "tangent_attack", "generalized_tangent_attack", "default_ratio"]

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from .oracle import Classifier, check_attack_inputs, model_device_dtype, predict_labels
-from .primitives import AttackResult, verify, warn_unverified
+from .result import AttackResult, verify, warn_unverified
 from .starts import StartPool
 
 __all__ = ["alma", "ddn", "fmn", "WHITE_BOX_ATTACKS"]
