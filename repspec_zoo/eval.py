@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__, stats
-from .attacks import ATTACKS, StartPool, predict_labels, run_attack
+from .attacks import ATTACKS, AttackSettings, StartPool, predict_labels, run_attack
 from .attacks.oracle import check_images as check_values
 from .cards import format_interval
 from .bounds import bracket, certified_radius, lemma1_estimate, unwrap
@@ -323,8 +323,7 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
              dataset_name: str = "dataset", split: str = "test", n: int = 100, budgets: Sequence[int] = (1000,),
              attack: str | Sequence[str] | None = "ta", seed: int = 0, batch_size: int = 256,
              max_iter: int | None = None, lemma1: bool = True, progress: bool = True, accelerator=None,
-             indices: Sequence[int] | Tensor | None = None, start_pool: str | StartPool | None = "rest",
-             **attack_kw) -> EvalResult:
+             indices: Sequence[int] | Tensor | None = None, start_pool: str | StartPool | None = "rest") -> EvalResult:
     """Clean accuracy, attack distances per budget, their statistics and bracket for ``model``.
 
     Args:
@@ -337,13 +336,17 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
         seed: picks the samples and the start pool and seeds the attacks.
         batch_size: rows per model call (does not change results).
         max_iter: iteration cap of the hard-label attacks (the rep-spectral paper used T = 40).
+        progress: progress bars of the attacks (main process only).
         lemma1: compute the Lemma-1 local estimate (needs a Linear head).
         accelerator: an ``accelerate.Accelerator`` to split the attack across processes.
         indices: attack exactly these split positions (all correctly classified) instead of a
             seeded draw of ``n``: paired comparisons attack every model on the same images.
         start_pool: fallback starts: 'rest' (correctly classified images of the split that are
             not attacked), a `StartPool`, or None (noise only).
-        attack_kw: further options given to every attack.
+
+    seed, batch_size, max_iter and progress become the one `AttackSettings` of every attack (the
+    default theta_scale, the [0,1] box); seed and batch_size also serve the accuracy pass and the
+    choice of samples and start pool.
     """
     names = resolve_attacks(attack)
     budgets = sorted(int(q) for q in budgets)
@@ -351,6 +354,8 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
         raise ValueError(f"budgets must be positive query counts, got {budgets}")
     if n < 1:
         raise ValueError(f"n must be >= 1 sample, got {n}")
+    main = accelerator is None or accelerator.is_local_main_process
+    attack_settings = AttackSettings(seed=seed, batch_size=batch_size, max_iter=max_iter, progress=progress and main)
     model.eval()
     device = next(model.parameters()).device
     correct, y_all = predict_split(model, dataset, batch_size, device, box=bool(names))
@@ -358,7 +363,7 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
                         clean_acc=float(correct.float().mean()), attack="+".join(names) or None, attacks=names,
                         budgets=budgets, n_requested=n if indices is None else len(indices),
                         settings=dict(seed=seed, batch_size=batch_size, max_iter=max_iter, version=__version__,
-                                      torch=torch.__version__, **attack_kw))
+                                      torch=torch.__version__))
     if not names:
         return result
     chosen = _choose(correct, n, seed, indices)
@@ -368,12 +373,10 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
     pool, result.settings["start_pool"] = _start_pool(dataset, correct, y_all, chosen, seed, device, start_pool)
     mine = _shard(chosen, accelerator)
     x, y = _rows(dataset, mine, device), y_all[mine].to(device)
-    main = accelerator is None or accelerator.is_local_main_process
     runs = {}
     for name in names:
         start = time.perf_counter()
-        res = run_attack(name, model, x, y, budget=budgets[-1], batch_size=batch_size, seed=seed, max_iter=max_iter,
-                         starts=pool, sample_ids=mine.tolist(), progress=progress and main, **attack_kw)
+        res = run_attack(name, model, x, y, budgets[-1], attack_settings, starts=pool, sample_ids=mine.tolist())
         runs[name] = (res.l2_at_budgets(budgets).cpu(), res.queries.cpu(), time.perf_counter() - start, res.params)
     local = lemma1_estimate(model, x, y) if lemma1 else None
     cert = certified_radius(model, x, y)

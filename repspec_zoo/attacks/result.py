@@ -78,7 +78,7 @@ def verify(model_or_oracle: Classifier | HardLabelOracle, x: torch.Tensor, x_adv
 class AttackResult:
     """Outcome of a decision-based attack on N samples. Distances are L2 in pixel units."""
 
-    attack: str  # registry name: 'ta', 'gta' or 'hsja'
+    attack: str  # registry name: 'ta', 'gta', 'hsja', 'cgba', 'fmn', 'alma' or 'ddn'
     x_adv: torch.Tensor  # (N, ...) adversarial points inside bounds (= x where not success)
     l2: torch.Tensor  # (N,) ||x_adv - x||_2; inf where not success; 0 if x was misclassified
     queries: torch.Tensor  # (N,) long, queries spent per sample (never above the budget)
@@ -87,7 +87,7 @@ class AttackResult:
     trace_queries: torch.Tensor  # (N, T) long, queries spent when each iterate was recorded
     trace_l2: torch.Tensor  # (N, T) L2 of each recorded iterate (after init, every iteration)
     trace_mask: torch.Tensor  # (N, T) bool, which (sample, record) entries exist
-    params: dict = field(default_factory=dict)  # resolved settings (budget, seed, gamma, ...)
+    params: dict = field(default_factory=dict)  # resolved settings (budget, seed, theta_scale, ...)
 
     def l2_at_budgets(self, budgets: Sequence[int]) -> torch.Tensor:
         """(N, len(budgets)) distances under the TA paper's rule: for budget Q the L2 of the
