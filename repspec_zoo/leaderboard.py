@@ -30,7 +30,8 @@ from . import data, stats
 from .attacks import NormalizedModel
 from .cards import format_interval
 from .cli_eval import load_model, parse_attacks, parse_budgets
-from .eval import EvalResult, evaluate, json_clean, predict_split, resolve_attacks
+from .eval import evaluate, predict_split, resolve_attacks
+from .eval_result import EvalResult, json_clean
 from .io import atomic_write_text
 from .models.zoo import ARCHS, list_pretrained, zoo_model_name
 from .plots import plot_distance_curves, plot_robust_accuracy
