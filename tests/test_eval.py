@@ -199,6 +199,20 @@ def test_indices_pick_the_attacked_images_and_reject_misclassified_ones():
         evaluate(model, (x, y), indices=[3, 4], budgets=[50], progress=False)
 
 
+def test_one_budget_parser_for_every_command():
+    import argparse
+
+    from repspec_zoo import leaderboard
+    from repspec_zoo.cli_eval import build_parser, parse_budgets
+
+    assert parse_budgets("5000, 1000,1000,") == [1000, 5000]  # sorted, unique, blanks skipped
+    for bad in ("1k,2k", "0,100", ","):
+        with pytest.raises(argparse.ArgumentTypeError, match="--budgets"):
+            parse_budgets(bad)
+    assert build_parser().parse_args(["m", "--budgets", "500,100"]).budgets == [100, 500]
+    assert leaderboard.build_parser().parse_args(["--budgets", "500,100"]).budgets == [100, 500]
+
+
 def test_paper_mode_sets_the_papers_attack_and_explicit_flags_win():
     from repspec_zoo.cli_eval import build_parser, resolve_defaults
     from repspec_zoo.eval import PAPER
