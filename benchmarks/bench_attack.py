@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repspec_zoo.attacks import HARD_LABEL_ATTACKS, predict_labels, run_attack
+from repspec_zoo.attacks import HARD_LABEL_ATTACKS, AttackSettings, predict_labels, run_attack
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")  # IDX files as distributed upstream
 RESULTS = Path(__file__).with_name("results_attack.json")
@@ -153,16 +153,16 @@ def main() -> None:
 
     # 1. batched vs one at a time (same seed, same per-sample ids -> same random streams);
     # timings on a shared machine are noisy: the min over repeats is kept
+    settings = AttackSettings(seed=args.seed, batch_size=args.batch_size)
     t_batched = math.inf
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        batched = run_attack("ta", net, x, y, args.speed_budget, args.batch_size, args.seed)
+        batched = run_attack("ta", net, x, y, args.speed_budget, settings)
         t_batched = min(t_batched, time.perf_counter() - t0)
     t0 = time.perf_counter()
     single_l2 = torch.empty(len(x))
     for i in range(len(x)):
-        res = run_attack("ta", net, x[i:i + 1], y[i:i + 1], args.speed_budget, args.batch_size,
-                         args.seed, sample_ids=[i])
+        res = run_attack("ta", net, x[i:i + 1], y[i:i + 1], args.speed_budget, settings, sample_ids=[i])
         single_l2[i] = res.l2[0]
     t_single = time.perf_counter() - t0
     diff = (single_l2 - batched.l2).abs()
@@ -174,7 +174,7 @@ def main() -> None:
         for _ in range(args.repeats):
             rec = CallRecorder(net).eval()
             t0 = time.perf_counter()
-            res = run_attack(name, rec, x, y, args.speed_budget, args.batch_size, args.seed)
+            res = run_attack(name, rec, x, y, args.speed_budget, settings)
             t_attack = min(t_attack, time.perf_counter() - t0)
             t_floor = min(t_floor, replay_forward(net, rec.calls))
         overhead[name] = {"seconds_attack": t_attack, "seconds_forward_only": t_floor,
@@ -187,7 +187,7 @@ def main() -> None:
     quality = {}
     for name in HARD_LABEL_ATTACKS:
         t0 = time.perf_counter()
-        res = run_attack(name, net, x, y, args.quality_budget, args.batch_size, args.seed)
+        res = run_attack(name, net, x, y, args.quality_budget, settings)
         at = res.l2_at_budgets(budgets)
         quality[name] = {
             "seconds": time.perf_counter() - t0,

@@ -66,10 +66,12 @@ def compare(result: dict, budgets: list[int], seed: int, attacks=ATTACKS) -> dic
 
 
 def main(argv=None) -> dict:
+    from repspec_zoo.cli_eval import parse_budgets
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="*", help="zoo names (default: every bundled Fashion-MNIST model)")
     ap.add_argument("--n", type=int, default=40, help="test images, the same for every model")
-    ap.add_argument("--budgets", default="1000,2000,5000")
+    ap.add_argument("--budgets", type=parse_budgets, default="1000,2000,5000", help="comma-separated query budgets")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2, help="models attacked in parallel, one thread each")
     ap.add_argument("--from", dest="source", type=Path,
@@ -84,7 +86,7 @@ def main(argv=None) -> dict:
     from repspec_zoo.io import atomic_write_text
     from repspec_zoo.leaderboard import bundled_models, common_indices, load_zoo_model
 
-    budgets = sorted(int(b) for b in args.budgets.split(","))
+    budgets = args.budgets
     names = args.models or bundled_models("fashion_mnist")
     x, y = data.as_tensors(data.load_split("fashion_mnist", "test"))
     index = common_indices({n: load_zoo_model(n) for n in names}, x, y, args.n, args.seed, 1000).tolist()

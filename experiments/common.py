@@ -111,7 +111,7 @@ def parallel_map(fn, jobs: list, workers: int, desc: str) -> list:
 
 
 def attack_summary(result) -> dict:
-    """The numbers of an :class:`~repspec_zoo.eval.EvalResult` an experiment keeps (per-sample included)."""
+    """The numbers of an :class:`~repspec_zoo.eval_result.EvalResult` an experiment keeps (per-sample included)."""
     return dict(clean_acc=result.clean_acc, n_test=result.n_test, n_samples=result.n_samples,
                 l2_mean=result.l2_mean, l2_median=result.l2_median, success_rate=result.success_rate,
                 distance=result.distance, start_pool=result.settings.get("start_pool"),

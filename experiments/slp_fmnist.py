@@ -141,7 +141,7 @@ def evaluate_head(job: tuple) -> dict:
 
 def _summary(result) -> dict:
     """What the report needs of an EvalResult: accuracy, per-budget numbers, CIs, per-image distances."""
-    from repspec_zoo.eval import json_clean
+    from repspec_zoo.eval_result import json_clean
 
     return json_clean(dict(clean_acc=result.clean_acc, n_test=result.n_test, n_samples=result.n_samples,
                            attacks=result.attacks, budgets=result.budgets, success_rate=result.success_rate,

@@ -123,7 +123,7 @@ def _sum_sq(sigmas: dict) -> float:
 
 def report(saved: dict, out: Path) -> str:
     """README.md (tables, sigma drop, paired comparisons) and the box plots, from results.json."""
-    from repspec_zoo.eval import json_restore
+    from repspec_zoo.eval_result import json_restore
 
     rows, command = json_restore(saved["rows"]), saved["command"]
     q = str(max(saved["budgets"]))
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(run.output, *k, indices, sorted(args.budgets)) for k, run in tuned.items()]
     rows = parallel_map(evaluate_run, jobs, args.workers, "evaluating")
     args.out.mkdir(parents=True, exist_ok=True)
-    from repspec_zoo.eval import json_clean
+    from repspec_zoo.eval_result import json_clean
 
     saved = dict(command=command, budgets=sorted(args.budgets), pretrain=args.pretrain, finetune=args.finetune,
                  sigmas=sigmas, rows=json_clean(rows))

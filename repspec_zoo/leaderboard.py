@@ -30,7 +30,8 @@ from . import data, stats
 from .attacks import NormalizedModel
 from .stats import format_interval
 from .cli_eval import load_model, parse_attacks, parse_budgets
-from .eval import EvalResult, evaluate, json_clean, predict_split, resolve_attacks
+from .eval import evaluate, predict_split, resolve_attacks
+from .eval_result import EvalResult, json_clean
 from .io import atomic_write_text
 from .models.registry import ARCHS, zoo_model_name
 from .models.zoo import list_pretrained

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from repspec_zoo.attacks import HardLabelOracle, tangent_point
-from repspec_zoo.attacks.primitives import (
-    SampleStreams, bisect, bisection_steps, default_gamma, estimate_normal, num_probes)
+from repspec_zoo.attacks.boundary import bisect, bisection_steps, default_theta_scale, num_probes
+from repspec_zoo.attacks.probes import SampleStreams, estimate_normal
 
 F64 = torch.float64
 
@@ -106,14 +106,14 @@ def test_tangent_point_guards():
 
 
 def test_schedules():
-    # theta = gamma / d^{3/2}; ceil(log2(1/theta)) queries
+    # theta = theta_scale / d^{3/2}; ceil(log2(1/theta)) queries
     assert bisection_steps(1.0, 784) == math.ceil(math.log2(784 ** 1.5)) == 15
     assert bisection_steps(1.0, 3072) == 18
     d = 3 * 224 * 224
     assert bisection_steps(1000.0, d) == math.ceil(math.log2(d ** 1.5 / 1000)) == 16
     assert [num_probes(t) for t in (1, 2, 4, 100, 10 ** 5)] == [100, 141, 200, 1000, 10000]
-    assert default_gamma(784) == default_gamma(3072) == 1.0
-    assert default_gamma(3 * 224 * 224) == 1000.0
+    assert default_theta_scale(784) == default_theta_scale(3072) == 1.0
+    assert default_theta_scale(3 * 224 * 224) == 1000.0
 
 
 class Halfspace(nn.Module):

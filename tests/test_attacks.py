@@ -1,15 +1,18 @@
 """Oracle, attacks (TA, G-TA, HSJA) and results: budgets, bounds, determinism, errors, and
 distances on classifiers whose minimal adversarial distance is known in closed form."""
+import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from repspec_zoo.attacks import (
-    ATTACKS, HARD_LABEL_ATTACKS, AttackResult, AttackVerificationError, HardLabelOracle, NormalizedModel,
+    HARD_LABEL_ATTACKS, AttackResult, AttackSettings, AttackVerificationError, HardLabelOracle, NormalizedModel,
     run_attack, verify)
 
+S = AttackSettings
 F32 = torch.float32
 
 
@@ -89,7 +92,7 @@ def test_converges_to_analytic_distance(name, problem):
     shape = (32,)
     model, x, y, true = PROBLEMS[problem](shape, SCALES[problem])
     # starts: the ball centre, for samples outside the ball where noise is never adversarial
-    res = run_attack(name, model, x, y, 20_000, batch_size=4096, seed=0, starts=CENTRE[shape])
+    res = run_attack(name, model, x, y, 20_000, S(batch_size=4096), starts=CENTRE[shape])
     assert res.success.all() and res.verified.all()
     ratio = res.l2 / true
     assert ratio.min() >= 1 - 1e-4, ratio
@@ -106,7 +109,7 @@ def test_analytic_distance_image_size(name, problem, shape):
     the attack got there from an init 6-14x (affine) too far, and never went below."""
     # one sample each (distances are scale-invariant); the sphere sample is inside the ball
     model, x, y, true = PROBLEMS[problem](shape, SCALES[problem][:1])
-    res = run_attack(name, model, x, y, 5000, batch_size=4096, seed=0)
+    res = run_attack(name, model, x, y, 5000, S(batch_size=4096))
     assert res.success.all() and res.verified.all() and (res.queries <= 5000).all()
     ratio = res.l2 / true
     assert ratio.min() >= 1 - 1e-4, ratio
@@ -120,7 +123,7 @@ def test_analytic_distance_image_size(name, problem, shape):
 def hsja_run():
     model, x, y, _ = affine_problem((1, 28, 28), [1.0, 1.5, 2.0])
     budget = torch.tensor([200, 500, 1200])
-    return model, x, y, budget, run_attack("hsja", model, x, y, budget, batch_size=64, seed=3)
+    return model, x, y, budget, run_attack("hsja", model, x, y, budget, S(batch_size=64, seed=3))
 
 
 def test_budgets_bounds_and_trace(hsja_run):
@@ -140,19 +143,19 @@ def test_budgets_bounds_and_trace(hsja_run):
 def test_same_seed_identical_and_chunking_invariant(hsja_run):
     model, x, y, budget, res = hsja_run
     for batch_size in (1, 64):  # the chunk size must not change any draw or answer
-        again = run_attack("hsja", model, x, y, budget, batch_size=batch_size, seed=3)
+        again = run_attack("hsja", model, x, y, budget, S(batch_size=batch_size, seed=3))
         assert torch.equal(again.x_adv, res.x_adv) and torch.equal(again.queries, res.queries)
         assert torch.equal(again.trace_l2, res.trace_l2)
-    other = run_attack("hsja", model, x, y, budget, batch_size=64, seed=4)
+    other = run_attack("hsja", model, x, y, budget, S(batch_size=64, seed=4))
     assert not torch.equal(other.x_adv, res.x_adv)
 
 
 @pytest.mark.parametrize("name", sorted(HARD_LABEL_ATTACKS))
 def test_batched_equals_one_at_a_time(name):
     model, x, y, _ = sphere_problem((1, 28, 28), [0.3, 0.6, 0.9])
-    batched = run_attack(name, model, x, y, 600, seed=7)
+    batched = run_attack(name, model, x, y, 600, S(seed=7))
     for i in range(len(x)):
-        single = run_attack(name, model, x[i:i + 1], y[i:i + 1], 600, seed=7, sample_ids=[i])
+        single = run_attack(name, model, x[i:i + 1], y[i:i + 1], 600, S(seed=7), sample_ids=[i])
         assert torch.equal(single.x_adv[0], batched.x_adv[i])
         assert single.queries[0] == batched.queries[i]
 
@@ -180,13 +183,13 @@ def test_verify_catches_planted_wrong_answers(hsja_run):
 def test_attack_flags_points_that_fail_reverification(monkeypatch):
     """A model that answers differently when re-asked (batch-dependent kernels) must not crash
     an attack run: the sample is flagged in `verified`, with a warning."""
-    import repspec_zoo.attacks.primitives as primitives
+    import repspec_zoo.attacks.result as result
 
     model, x, y, _ = affine_problem((32,), [1.0, 1.0])
-    monkeypatch.setattr(primitives, "predict_labels",  # verify's re-evaluation says "class 0"
+    monkeypatch.setattr(result, "predict_labels",  # verify's re-evaluation says "class 0"
                         lambda m, pts, bs: torch.zeros(len(pts), dtype=torch.long))
     with pytest.warns(RuntimeWarning, match="2 returned point.*failed re-verification"):
-        res = run_attack("hsja", model, x, y, 300, seed=0)
+        res = run_attack("hsja", model, x, y, 300)
     assert res.success.all() and not res.verified.any()
 
 
@@ -205,19 +208,19 @@ def test_l2_at_budgets_rule():
 
 def test_starts_fallback_and_failure():
     model, x, y, true = sphere_problem((32,), [1.5])  # outside the ball: noise never fools it
-    res = run_attack("ta", model, x, y, 2000, seed=0)
+    res = run_attack("ta", model, x, y, 2000)
     assert not res.success.any() and torch.isinf(res.l2).all()
     # 1 query for x, 1000 noise draws, then nothing left to try
     assert torch.equal(res.x_adv, x) and res.queries[0] == 1001
     starts = torch.cat([torch.ones(1, 32), CENTRE[(32,)]])  # first start is not adversarial
-    res = run_attack("ta", model, x, y, 2000, seed=0, starts=starts)
+    res = run_attack("ta", model, x, y, 2000, starts=starts)
     assert res.success.all() and res.l2[0] >= true[0] * (1 - 1e-4)
 
 
 def test_already_misclassified_and_max_iter():
     model, x, y, _ = affine_problem((32,), [1.0, 1.0])
     y = torch.tensor([0, 1])  # sample 1 is already misclassified
-    res = run_attack("gta", model, x, y, 5000, seed=0, max_iter=3)
+    res = run_attack("gta", model, x, y, 5000, S(max_iter=3))
     assert res.l2[1] == 0 and res.queries[1] == 1 and torch.equal(res.x_adv[1], x[1])
     assert res.params["iterations"] == 3 and res.queries[0] < 1500
     assert res.trace_mask[0].sum() == 4  # init + 3 iterations
@@ -264,6 +267,47 @@ def test_oracle_and_run_attack_errors():
         run_attack("gta", model, x, y, 10, ratio=-1.0)
     with pytest.raises(ValueError, match="starts must be images shaped like x"):
         run_attack("ta", model, x, y, 10, starts=torch.zeros(1, 31))
+    with pytest.raises(TypeError, match="settings must be an AttackSettings"):
+        run_attack("ta", model, x, y, 10, 64)  # the old positional batch_size
+
+
+@pytest.mark.parametrize("budget, match", [
+    (None, "budget must be an int >= 1 or one integer per sample"), (10.0, "integer number of queries"),
+    (torch.tensor([5, 5]), r"one per sample \(1,\), got shape \(2,\)"), (torch.tensor([0]), "budget must be >= 1"),
+])
+def test_oracle_validates_budgets(budget, match):
+    model, x, y, _ = affine_problem((32,), [1.0])
+    with pytest.raises(ValueError, match=match):
+        HardLabelOracle(model, x, y, budget)
+    with pytest.raises(ValueError, match=match):  # the attacks leave it to the oracle
+        run_attack("hsja", model, x, y, budget)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(seed=1.5), "seed must be an int"), (dict(batch_size=0), "batch_size must be an int >= 1"),
+    (dict(max_iter=-1), "max_iter must be an int >= 0"), (dict(max_iter=2.0), "max_iter must be an int"),
+    (dict(theta_scale=0.0), "theta_scale must be a finite number > 0"),
+    (dict(theta_scale=math.inf), "theta_scale must be"), (dict(bounds=(1.0, 0.0)), "bounds must be"),
+])
+def test_settings_are_validated_on_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AttackSettings(**kwargs)
+
+
+def test_settings_are_frozen_normalized_and_recorded():
+    s = AttackSettings(seed=np.int64(3), theta_scale=2, bounds=[0, 1], progress=0)
+    assert (s.seed, s.theta_scale, s.bounds, s.progress) == (3, 2.0, (0.0, 1.0), False)
+    assert type(s.seed) is int and type(s.theta_scale) is float
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.seed = 4
+    assert s == AttackSettings(seed=3, theta_scale=2.0)  # hashable and comparable: one value
+    model, x, y, _ = affine_problem((32,), [1.0])
+    res = run_attack("ta", model, x, y, 300, S(seed=3, max_iter=2))
+    assert {k: res.params[k] for k in ("ratio", "budget", "seed", "theta_scale", "max_iter", "iterations")} == dict(
+        ratio=1.0, budget=300, seed=3, theta_scale=1.0, max_iter=2, iterations=2)
+    assert "gamma" not in res.params  # the regularizer's gamma is the only gamma in published files
+    doubled = run_attack("ta", model, x, y, 300, S(seed=3, max_iter=2, theta_scale=2.0))
+    assert doubled.params["theta_scale"] == 2.0 and not torch.equal(doubled.trace_queries, res.trace_queries)
 
 
 def test_normalized_model():

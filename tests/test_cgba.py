@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from repspec_zoo.attacks import AttackSettings as S
 from repspec_zoo.attacks.cgba import (
     LowFrequencyDCT, cgba, default_dim_reduc_factor, semicircle_point)
 from tests.test_attacks import CENTRE, Affine, affine_problem, sphere_problem
@@ -111,7 +112,7 @@ def test_analytic_distance(problem, shape, budget, ratio_max):
     make, scales = {"affine": (affine_problem, [1.0, 2.0]),
                     "sphere": (sphere_problem, [0.5, 0.8])}[problem]
     model, x, y, true = make(shape, scales)
-    res = cgba(model, x, y, budget, batch_size=4096, seed=0)
+    res = cgba(model, x, y, budget, S(batch_size=4096))
     _check(res, x, true, budget, ratio_max)
     # the init was far (measured 5-14x on the hyperplane, 1.7-3.7x in the ball), and the attack
     # closed in from there
@@ -121,7 +122,7 @@ def test_analytic_distance(problem, shape, budget, ratio_max):
 
 def test_cgba_h_variant():
     model, x, y, true = affine_problem((32,), [1.0, 2.0])
-    res = cgba(model, x, y, 2000, batch_size=4096, seed=0, variant="cgba_h")
+    res = cgba(model, x, y, 2000, S(batch_size=4096), variant="cgba_h")
     _check(res, x, true, 2000, 1.1)
     assert res.params["variant"] == "cgba_h"
 
@@ -142,8 +143,8 @@ def test_low_frequency_probes_find_a_low_frequency_boundary():
     assert 0 <= x.min() and (x + m[:, None] * w).max() <= 1 and x.max() <= 1
     model = Affine(w.to(F32), b).eval()
     x, y = x.to(F32).view(2, *shape), torch.zeros(2, dtype=torch.long)
-    low = cgba(model, x, y, 1000, batch_size=4096, seed=0, dim_reduc_factor=4)
-    full = cgba(model, x, y, 1000, batch_size=4096, seed=0, dim_reduc_factor=1)
+    low = cgba(model, x, y, 1000, S(batch_size=4096), dim_reduc_factor=4)
+    full = cgba(model, x, y, 1000, S(batch_size=4096), dim_reduc_factor=1)
     assert low.params["subspace_dim"] == 49 and full.params["subspace_dim"] == 784
     assert (low.l2 / m).max() <= 1.15 and (low.l2 / m).min() >= 1 - 1e-6
     assert (low.l2 < full.l2).all()
@@ -152,10 +153,10 @@ def test_low_frequency_probes_find_a_low_frequency_boundary():
 @pytest.mark.parametrize("variant,f", [("cgba", 1), ("cgba", 2), ("cgba_h", 2)])
 def test_batched_equals_one_at_a_time(variant, f):
     model, x, y, _ = sphere_problem((1, 28, 28), [0.3, 0.6, 0.9])
-    kw = dict(seed=7, variant=variant, dim_reduc_factor=f)
-    batched = cgba(model, x, y, 600, **kw)
+    kw = dict(variant=variant, dim_reduc_factor=f)
+    batched = cgba(model, x, y, 600, S(seed=7), **kw)
     for i in range(len(x)):
-        single = cgba(model, x[i:i + 1], y[i:i + 1], 600, sample_ids=[i], batch_size=7, **kw)
+        single = cgba(model, x[i:i + 1], y[i:i + 1], 600, S(seed=7, batch_size=7), sample_ids=[i], **kw)
         assert torch.equal(single.x_adv[0], batched.x_adv[i])
         assert single.queries[0] == batched.queries[i]
         assert single.trace(0) == batched.trace(i)
@@ -163,11 +164,11 @@ def test_batched_equals_one_at_a_time(variant, f):
 
 def test_hard_budget():
     model, x, y, true = affine_problem((1, 28, 28), [1.0, 1.5, 2.0])
-    res = cgba(model, x, y, 37, seed=0)  # ends inside an estimation / search: still <= 37
+    res = cgba(model, x, y, 37)  # ends inside an estimation / search: still <= 37
     assert (res.queries <= 37).all() and res.success.all() and res.verified.all()
     assert (res.l2 >= true * (1 - 1e-6)).all()
     budget = torch.tensor([37, 301, 1200])
-    res = cgba(model, x, y, budget, seed=0)
+    res = cgba(model, x, y, budget)
     assert (res.queries == budget).all()  # spent exactly, never exceeded
     assert res.success.all() and res.verified.all()
     l2 = res.l2_at_budgets([37, 301, 1200])
@@ -177,25 +178,25 @@ def test_hard_budget():
 def test_already_misclassified_and_starts():
     model, x, y, _ = affine_problem((32,), [1.0, 1.0])
     y = torch.tensor([0, 1])  # sample 1 is already misclassified
-    res = cgba(model, x, y, 3000, seed=0, max_iter=3)
+    res = cgba(model, x, y, 3000, S(max_iter=3))
     assert res.l2[1] == 0 and res.queries[1] == 1 and torch.equal(res.x_adv[1], x[1])
     assert res.params["iterations"] == 3 and res.trace_mask[0].sum() == 4  # init + 3
     model, x, y, true = sphere_problem((32,), [1.5])  # outside the ball: noise never fools it
-    res = cgba(model, x, y, 2000, seed=0)
+    res = cgba(model, x, y, 2000)
     assert not res.success.any() and torch.isinf(res.l2).all() and torch.equal(res.x_adv, x)
     starts = torch.cat([torch.ones(1, 32), CENTRE[(32,)]])  # the first start is not adversarial
-    res = cgba(model, x, y, 2000, seed=0, starts=starts)
+    res = cgba(model, x, y, 2000, starts=starts)
     assert res.success.all() and res.verified.all()
     assert 1 - 1e-6 <= res.l2[0] / true[0] <= 1.1
 
 
 def test_seed_determinism():
     model, x, y, _ = sphere_problem((1, 28, 28), [0.5, 0.8])
-    a = cgba(model, x, y, 800, seed=3)
-    b = cgba(model, x, y, 800, seed=3)
+    a = cgba(model, x, y, 800, S(seed=3))
+    b = cgba(model, x, y, 800, S(seed=3))
     assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.trace_l2, b.trace_l2)
     assert torch.equal(a.trace_queries, b.trace_queries)
-    c = cgba(model, x, y, 800, seed=4)
+    c = cgba(model, x, y, 800, S(seed=4))
     assert not torch.equal(a.trace_l2, c.trace_l2)
 
 
@@ -209,5 +210,3 @@ def test_errors():
         cgba(model, x, y, 10, variant="hsja")
     with pytest.raises(ValueError, match="initial_probes"):
         cgba(model, x, y, 10, initial_probes=0)
-    with pytest.raises(ValueError, match="gamma"):
-        cgba(model, x, y, 10, gamma=-1.0)

@@ -101,6 +101,7 @@ def test_bad_images_get_clear_errors(mutate, match):
     (dict(attack="fgsm"), "unknown attack 'fgsm'"),
     (dict(budgets=[0]), "budgets must be positive"),
     (dict(n=0), "n must be >= 1"),
+    (dict(max_iter=-1), "max_iter must be an int >= 0"),
 ])
 def test_bad_settings_get_clear_errors(kwargs, match):
     model = small_slp()
@@ -196,6 +197,20 @@ def test_indices_pick_the_attacked_images_and_reject_misclassified_ones():
     y[3] = (y[3] + 1) % 10
     with pytest.raises(ValueError, match=r"indices \[3\] are misclassified"):
         evaluate(model, (x, y), indices=[3, 4], budgets=[50], progress=False)
+
+
+def test_one_budget_parser_for_every_command():
+    import argparse
+
+    from repspec_zoo import leaderboard
+    from repspec_zoo.cli_eval import build_parser, parse_budgets
+
+    assert parse_budgets("5000, 1000,1000,") == [1000, 5000]  # sorted, unique, blanks skipped
+    for bad in ("1k,2k", "0,100", ","):
+        with pytest.raises(argparse.ArgumentTypeError, match="--budgets"):
+            parse_budgets(bad)
+    assert build_parser().parse_args(["m", "--budgets", "500,100"]).budgets == [100, 500]
+    assert leaderboard.build_parser().parse_args(["--budgets", "500,100"]).budgets == [100, 500]
 
 
 def test_paper_mode_sets_the_papers_attack_and_explicit_flags_win():

@@ -83,12 +83,12 @@ def test_every_sample_of_the_noise_class_gets_a_start():
 
 
 def test_noise_draws_stop_early_when_a_pool_can_take_over():
-    from repspec_zoo.attacks.primitives import INIT_DRAWS_WITH_POOL, bisection_steps
+    from repspec_zoo.attacks.boundary import INIT_DRAWS_WITH_POOL, bisection_steps
 
     model = NearestPrototype().eval()
     x, y = dataset()
     zero, rest = (y == 0).nonzero().flatten()[:4], (y != 0).nonzero().flatten()
-    res = run_attack("ta", model, x[zero], y[zero], 1000, seed=0, starts=StartPool(x[rest], y[rest]))
+    res = run_attack("ta", model, x[zero], y[zero], 1000, starts=StartPool(x[rest], y[rest]))
     # 1 (x) + the capped noise draws (rounds of 1, 1, 2, 4, ... query at most twice the cap)
     # + 1 pool image + 10 blend steps + one boundary bisection, then the attack proper
     first_record = torch.tensor([res.trace(i)[0][0] for i in range(len(zero))])
@@ -112,5 +112,5 @@ def test_bare_start_tensor_is_tried_nearest_first():
     x, y = dataset(per_class=2)
     zero = (y == 0).nonzero().flatten()
     starts = torch.cat([x[y == 0], x[y == 2], x[y == 1]])  # same-class rows first: the oracle rejects them
-    res = run_attack("ta", model, x[zero], y[zero], 400, seed=0, starts=starts)
+    res = run_attack("ta", model, x[zero], y[zero], 400, starts=starts)
     assert res.success.all()

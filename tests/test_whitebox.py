@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from repspec_zoo.attacks import AttackSettings
 from repspec_zoo.attacks.whitebox import WHITE_BOX_ATTACKS, alma, ddn, fmn
 
 from test_attacks import Affine, affine_problem, sphere_problem
@@ -102,7 +103,7 @@ def test_misclassified_is_zero_and_trace_is_budget_free(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_chunking_and_seed_invariant(name):
     model, x, y, _ = sphere_problem((1, 28, 28), [0.3, 0.5, 0.7, 0.9, 0.6])
-    runs = [attack(name, model, x, y, steps=60, batch_size=b, seed=s)
+    runs = [attack(name, model, x, y, steps=60, settings=AttackSettings(batch_size=b, seed=s))
             for b, s in [(64, 0), (3, 0), (64, 0)]]
     for other in runs[1:]:
         assert torch.equal(other.x_adv, runs[0].x_adv)
@@ -124,10 +125,10 @@ def test_rng_state_untouched_and_seeded():
     y = torch.zeros(2, dtype=torch.long)
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
-    a = ddn(Flat().eval(), x, y, steps=20, seed=1)
+    a = ddn(Flat().eval(), x, y, settings=AttackSettings(seed=1), steps=20)
     assert torch.equal(torch.random.get_rng_state(), state)
-    b = ddn(Flat().eval(), x, y, steps=20, seed=1)
-    c = ddn(Flat().eval(), x, y, steps=20, seed=2)
+    b = ddn(Flat().eval(), x, y, settings=AttackSettings(seed=1), steps=20)
+    c = ddn(Flat().eval(), x, y, settings=AttackSettings(seed=2), steps=20)
     assert torch.equal(a.x_adv, b.x_adv)
     assert not torch.equal(a.x_adv, c.x_adv)
 
@@ -156,7 +157,7 @@ def test_model_hygiene_and_query_counts(name):
     x = torch.rand(7, 64, generator=torch.Generator().manual_seed(1))
     y = labels(net, x)
     kw = {"warm_start": False} if name == "fmn" else {}  # count the main pass only
-    res = WHITE_BOX_ATTACKS[name](net, x, y, steps=40, batch_size=4, **kw)
+    res = WHITE_BOX_ATTACKS[name](net, x, y, settings=AttackSettings(batch_size=4), steps=40, **kw)
     assert not net.training
     assert all(p.grad is None for p in net.parameters())
     assert [p.requires_grad for p in net.parameters()] == flags
@@ -168,6 +169,8 @@ def test_model_hygiene_and_query_counts(name):
     assert res.params["steps"] == 40 and res.params["adv_lib_version"]
     with pytest.raises(ValueError, match="training mode"):
         WHITE_BOX_ATTACKS[name](net.train(), x, y, steps=5)
+    with pytest.raises(TypeError, match=r"batch_size belong in settings=AttackSettings"):
+        WHITE_BOX_ATTACKS[name](net.eval(), x, y, steps=5, batch_size=4)  # not an adv-lib keyword
 
 
 def test_warm_start_counts_and_registry_kwargs():
@@ -175,8 +178,8 @@ def test_warm_start_counts_and_registry_kwargs():
     pass through run_attack-style calls and are ignored."""
     model, x, y, true = affine_problem((1, 28, 28), [1.0, 2.0, 0.5])
     far = (x[0].flatten() + 3 * true[0] * model.w).clamp(0, 1).view(1, 1, 28, 28)
-    res = fmn(model, x, y, 5000, batch_size=64, seed=0, steps=100, starts=far,
-              sample_ids=[0, 1, 2], max_iter=3, gamma=1.0)
+    res = fmn(model, x, y, 5000, AttackSettings(batch_size=64, max_iter=3, theta_scale=1.0), starts=far,
+              sample_ids=[0, 1, 2], steps=100)
     assert res.params["warm_started"] == [2] and res.params["budget"] == 5000
     # main pass 100 + 100; warm start: 1 check + 10 bisection forwards + 100 + 100
     assert res.queries.tolist() == [200, 200, 411]
@@ -196,7 +199,7 @@ def test_other_bounds_rescaled():
     w /= w.norm()
     model = Affine(w, 0.0).eval()
     x = (-0.3 * w).clamp(-1, 1)[None]  # distance 0.3 to the hyperplane through 0
-    res = ddn(model, x, torch.zeros(1, dtype=torch.long), steps=300, bounds=(-1.0, 1.0))
+    res = ddn(model, x, torch.zeros(1, dtype=torch.long), settings=AttackSettings(bounds=(-1.0, 1.0)), steps=300)
     assert res.success.all() and res.x_adv.min() >= -1 and res.x_adv.max() <= 1
     assert 0.3 * (1 - 1e-5) <= res.l2.item() <= 0.3 * RATIO
     assert math.isfinite(res.l2.item())

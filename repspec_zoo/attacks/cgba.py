@@ -3,7 +3,7 @@
 Reza, Rahmati, Wu, Dai, "CGBA: Curvature-aware Geometric Black-box Attack", ICCV 2023
 (arXiv 2308.03163); official code github.com/Farhamdur/CGBA (``proposed_attack.py``, one image at
 a time), read for the algorithm and its defaults; this is an independent batched implementation
-on the shared oracle / streams / bisection of `primitives`.
+on the shared oracle / streams / bisection of `boundary`.
 
 Geometry. Let x be the original image, o the current boundary point, D = ||o - x||,
 e1 = (o - x) / D, and u the estimated unit normal of the boundary at o (pointing to the
@@ -21,13 +21,13 @@ the boundary, and along the continuous path alpha -> p(alpha) any bracket
 binary search on alpha finds. The crossing found at alpha* is the next boundary point, at
 distance D cos(alpha*) < D. Each iteration:
 
-1. Normal estimate at o (HSJA-style signs, `primitives.estimate_normal`) from
+1. Normal estimate at o (HSJA-style signs, `probes.estimate_normal`) from
    ``int(initial_probes * sqrt(t))`` probes (official N0 = 30), drawn in the span of the
    lowest-frequency 2-D DCT basis images (`LowFrequencyDCT`, block (H/f) x (W/f) per channel,
    f = ``dim_reduc_factor``; f = 1 is the full space).
 2. CGBA (non-targeted default): try alpha_k = (pi/2)(1 - 2^-k), k = 1, 2, ... (pi/4, 3pi/8, ...,
    marching toward x) until p(alpha_k) is benign (at most MAX_ARC_TRIES queries), then bisect
-   alpha on [alpha_{k-1}, alpha_k] until the bracket is below theta = gamma / d^{3/2} radians
+   alpha on [alpha_{k-1}, alpha_k] until the bracket is below theta = theta_scale / d^{3/2} radians
    (chord between its ends <= theta D, the relative tolerance of the line bisection of TA/HSJA).
    CGBA-H (``variant="cgba_h"``, the paper's variant for high-curvature, targeted boundaries):
    try alpha = phi / 2^k, phi = angle(u, e1) (p(phi) is the foot of x on the estimated tangent
@@ -36,11 +36,11 @@ distance D cos(alpha*) < D. Each iteration:
    the distance to x, so the returned point is still at most D cos(alpha*) from x.
 
 Deviations from the official code, on purpose:
-- Start, budget and records as TA/HSJA here: `primitives.initialize` (uniform noise, then
-  ``starts``) and a line bisection with theta = gamma / d^{3/2} instead of growing Gaussian noise
+- Start, budget and records as TA/HSJA here: `boundary.initialize` (uniform noise, then
+  ``starts``) and a line bisection with theta = theta_scale / d^{3/2} instead of growing Gaussian noise
   and an absolute 1e-4 tolerance; a hard per-sample budget (the official loop runs a fixed 93
   iterations).
-- Probe radius delta = (gamma / d) * (distance before the last move), HSJA's schedule, instead of
+- Probe radius delta = (theta_scale / d) * (distance before the last move), HSJA's schedule, instead of
   the fixed sigma = 2e-4 of the official code (per coordinate, in ImageNet-normalized units, i.e.
   about 0.0044 L2 in [0, 1] pixels at 224x224 and f = 4): a fixed radius does not carry over
   between image sizes, and this one keeps the probes' normal component at the scale of the
@@ -67,8 +67,12 @@ from typing import Sequence
 
 import torch
 
+from .boundary import LARGE_INPUT_DIM, BoundaryWalk, bisect, step_search
 from .oracle import Classifier, HardLabelOracle
-from .primitives import LARGE_INPUT_DIM, AttackResult, BoundaryWalk, _ask, bisect, estimate_normal, step_search
+from .probes import ask, estimate_normal
+from .result import AttackResult
+from .settings import AttackSettings
+from .starts import StartPool
 from .tangent import _orthogonal_unit
 
 __all__ = ["cgba", "LowFrequencyDCT", "semicircle_point", "default_dim_reduc_factor",
@@ -111,7 +115,7 @@ class LowFrequencyDCT:
     ``v = Ch[:h]^T z Cw[:w]``. The map is an isometry onto a k-dimensional subspace, so a
     standard normal z gives an isotropic Gaussian direction there (the official code's
     ``idct(idct(., axis=3), axis=2)`` of a zero-padded block). Used as the ``subspace`` of
-    `primitives.estimate_normal`: ``dim`` = k, call (m, rows, k) -> (m, rows, C*H*W).
+    `probes.estimate_normal`: ``dim`` = k, call (m, rows, k) -> (m, rows, C*H*W).
     """
 
     def __init__(self, shape: Sequence[int], factor: float, device, dtype):
@@ -200,7 +204,7 @@ def _semicircle_search(oracle: HardLabelOracle, x: torch.Tensor, o: torch.Tensor
         alpha = math.pi / 2 * (1 - 2.0 ** -k)  # the same try for every pending sample
         ca, sa = math.cos(alpha), math.sin(alpha)
         pts = _arc(x[pending], dist[pending], e1[pending], e2[pending], ca, sa, bounds)
-        ans = _ask(oracle, pts, ids[pending])
+        ans = ask(oracle, pts, ids[pending])
         adv, ben = ans.answered & ans.adversarial, ans.answered & ~ans.adversarial
         points[pending[adv]], moved[pending[adv]] = pts[adv], True
         ends[pending[adv], :2] = torch.tensor([ca, sa], **f64)
@@ -218,7 +222,7 @@ def _semicircle_search(oracle: HardLabelOracle, x: torch.Tensor, o: torch.Tensor
         mid = ends[live, :2] + ends[live, 2:]
         mid = mid / mid.norm(dim=1, keepdim=True)
         pts = _arc(x[live], dist[live], e1[live], e2[live], mid[:, 0], mid[:, 1], bounds)
-        ans = _ask(oracle, pts, ids[live])
+        ans = ask(oracle, pts, ids[live])
         adv, ben = ans.answered & ans.adversarial, ans.answered & ~ans.adversarial
         points[live[adv]], moved[live[adv]] = pts[adv], True
         ends[live[adv], :2] = mid[adv]
@@ -229,7 +233,7 @@ def _semicircle_search(oracle: HardLabelOracle, x: torch.Tensor, o: torch.Tensor
 
 def _half_angle_search(oracle, x, o, u, ids, steps):
     """CGBA-H's step: arc points at alpha = phi / 2, phi / 4, ... (phi = angle(u, o - x))
-    until adversarial (`primitives.step_search`, at most MAX_HALVINGS halvings), then line
+    until adversarial (`boundary.step_search`, at most MAX_HALVINGS halvings), then line
     bisection from x."""
     cos_phi = _plane(x, o, u)[3]
     phi = torch.acos(cos_phi.double().clamp(-1.0, 1.0))
@@ -241,44 +245,39 @@ def _half_angle_search(oracle, x, o, u, ids, steps):
 
 
 def cgba(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget: int | torch.Tensor,
-         batch_size: int = 256, seed: int = 0, *, max_iter: int | None = None, starts=None,
-         sample_ids: Sequence[int] | torch.Tensor | None = None,
-         bounds: Sequence[float] = (0.0, 1.0), progress: bool = False,
-         dim_reduc_factor: float | None = None, variant: str = "cgba",
-         initial_probes: int = INITIAL_PROBES, gamma: float | None = None) -> AttackResult:
+         settings: AttackSettings = AttackSettings(), *, starts: StartPool | torch.Tensor | None = None,
+         sample_ids: Sequence[int] | torch.Tensor | None = None, dim_reduc_factor: float | None = None,
+         variant: str = "cgba", initial_probes: int = INITIAL_PROBES) -> AttackResult:
     """CGBA (semicircular boundary search), untargeted L2, batched in lockstep over samples.
 
     0. Query x once per sample (1 query); samples already misclassified are done, l2 = 0.
-    1. `primitives.initialize` (uniform noise, then ``starts``), then `primitives.bisect`
-       between x and the start with `bisection_steps` (gamma, d) queries -> boundary point o.
+    1. `boundary.initialize` (uniform noise, then ``starts``), then `boundary.bisect`
+       between x and the start with `bisection_steps` (theta_scale, d) queries -> boundary point o.
     2. Iteration t = 1, 2, ... for every active sample: normal estimate at o from
-       ``int(initial_probes * sqrt(t))`` low-frequency probes of radius (gamma / d) * D_prev;
+       ``int(initial_probes * sqrt(t))`` low-frequency probes of radius (theta_scale / d) * D_prev;
        then the semicircle search (see the module docstring) -> next o; record
        (queries, ||o - x||).
     A sample stops when its budget is spent (hard), when ||o - x|| < STOP_L2, or after
-    ``max_iter`` iterations. Returned points are re-checked by `primitives.verify`; failures
+    ``settings.max_iter`` iterations. Returned points are re-checked by `result.verify`; failures
     are flagged in ``.verified`` with a RuntimeWarning, as in `run_boundary_attack`.
 
     Args:
-        model: classifier on images in ``bounds`` returning logits, in eval mode.
+        model: classifier on images in ``settings.bounds`` returning logits, in eval mode.
         x: images (N, C, H, W) (or flat (N, d): then the full-space probes, f = 1); y: labels.
         budget: hard per-sample query budget (int or LongTensor (N,)).
-        batch_size: rows per model call; never changes results.
-        seed: with ``sample_ids``, seeds each sample's random stream.
-        max_iter: stop after this many iterations (official runs: 93).
+        settings: as `tangent_attack` (official runs: ``max_iter`` 93); ``theta_scale`` also sets
+            the angle tolerance theta = theta_scale / d^{3/2} of the semicircle bisection.
         starts: fallback starts for samples noise never fools, forwarded to `initialize`.
         sample_ids: per-sample stream ids (default 0..N-1); a sample's result does not depend
             on its batch.
-        bounds: pixel range; progress: tqdm bar of queries.
         dim_reduc_factor: DCT block factor f >= 1 (block int(H/f) x int(W/f) per channel);
             None: `default_dim_reduc_factor` (official 4 at ImageNet size, else 1).
         variant: "cgba" (semicircle bisection, the paper's non-targeted choice) or "cgba_h".
         initial_probes: N0 of the probe schedule int(N0 sqrt(t)) (official 30).
-        gamma: angle / line tolerance theta = gamma / d^{3/2}; None: `default_gamma` (d).
 
     Returns:
         `AttackResult` with ``attack="cgba"``; ``params`` holds the resolved settings
-        (variant, dim_reduc_factor, subspace_dim, initial_probes, gamma, iterations, ...).
+        (theta_scale, iterations, variant, dim_reduc_factor, subspace_dim, initial_probes, ...).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -294,30 +293,26 @@ def cgba(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget: int | torc
     if f > 1 and len(shape) != 3:
         raise ValueError(f"dim_reduc_factor > 1 needs images (N, C, H, W), got x of shape "
                          f"{tuple(x.shape)}; pass dim_reduc_factor=1")
-    walk = BoundaryWalk("cgba", model, x, y, budget, batch_size=batch_size, seed=seed, gamma=gamma,
-                        max_iter=max_iter, starts=starts, sample_ids=sample_ids, bounds=bounds,
-                        progress=progress)  # the variant goes to params
+    walk = BoundaryWalk("cgba", model, x, y, budget, settings, starts=starts, sample_ids=sample_ids)
     oracle, xf, o, dist = walk.oracle, walk.x, walk.o, walk.dist
     d = xf.shape[1]
     subspace = LowFrequencyDCT(shape, f, oracle.device, xf.dtype) if f > 1 else None
-    tol = walk.gamma / d ** 1.5  # radians for the angle bisection, alpha-units for the line
     dist_prev = walk.start_dist.clone()  # the probe radius scales with the distance before the last move
-    for t, active in walk.iterations(max_iter):
-        delta = walk.gamma / d * dist_prev[active]
+    for t, active in walk.iterations():
+        delta = walk.theta_scale / d * dist_prev[active]
         u, ok = estimate_normal(oracle, walk.streams, o[active], active, delta,
                                 int(initial_probes * math.sqrt(t)), subspace=subspace)
         sel = ok & (oracle.remaining[active] > 0)  # a usable normal and queries left
         s, us = active[sel], u[sel]
         if len(s):
-            if variant == "cgba":
-                new, moved = _semicircle_search(oracle, xf[s], o[s], us, s, tol)
+            if variant == "cgba":  # theta: radians for the angle bisection
+                new, moved = _semicircle_search(oracle, xf[s], o[s], us, s, walk.theta)
             else:
                 new, moved = _half_angle_search(oracle, xf[s], o[s], us, s, walk.steps)
             m = s[moved]
             dist_prev[m] = dist[m]
             o[m] = new[moved]
             dist[m] = (o[m] - xf[m]).norm(dim=1)
-    return walk.finish(dict(budget=oracle.budget.max().item(), batch_size=batch_size, seed=seed,
-                            gamma=walk.gamma, max_iter=max_iter, iterations=walk.t, variant=variant,
-                            dim_reduc_factor=f, subspace_dim=d if subspace is None else subspace.dim,
+    return walk.finish(dict(walk.params(), variant=variant, dim_reduc_factor=f,
+                            subspace_dim=d if subspace is None else subspace.dim,
                             initial_probes=initial_probes, max_arc_tries=MAX_ARC_TRIES))

@@ -1,7 +1,7 @@
 """HopSkipJump (Chen, Jordan, Wainwright 2020), L2 untargeted, batched over samples.
 
 Shares the oracle, initialization, normal estimation and bisection with the Tangent Attack
-(`primitives.run_boundary_attack`); the step walks from the boundary point o along the
+(`boundary.run_boundary_attack`); the step walks from the boundary point o along the
 estimated normal u: ``o + eps u`` with ``eps = ||o - x|| / sqrt(t)``, halved until adversarial.
 Unlike ART's HSJA it always ends with a bisection (returned points lie within theta of the
 boundary), and unlike foolbox 3.3.4 it normalizes the normal estimate per sample.
@@ -12,8 +12,10 @@ from typing import Sequence
 
 import torch
 
+from .boundary import run_boundary_attack
 from .oracle import Classifier
-from .primitives import AttackResult, run_boundary_attack
+from .result import AttackResult
+from .settings import AttackSettings
 from .starts import StartPool
 
 __all__ = ["hop_skip_jump"]
@@ -25,19 +27,15 @@ def _normal_step(x: torch.Tensor, o: torch.Tensor, u: torch.Tensor,
     return o + scale[:, None].to(o.dtype) * u
 
 
-def hop_skip_jump(model: Classifier, x: torch.Tensor, y: torch.Tensor,
-                  budget: int | torch.Tensor, batch_size: int = 256, seed: int = 0, *,
-                  gamma: float | None = None, max_iter: int | None = None,
+def hop_skip_jump(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget: int | torch.Tensor,
+                  settings: AttackSettings = AttackSettings(), *,
                   starts: StartPool | torch.Tensor | None = None,
-                  sample_ids: Sequence[int] | torch.Tensor | None = None,
-                  bounds: Sequence[float] = (0.0, 1.0), progress: bool = False) -> AttackResult:
+                  sample_ids: Sequence[int] | torch.Tensor | None = None) -> AttackResult:
     """HopSkipJump attack; arguments and result as `repspec_zoo.attacks.tangent_attack`.
 
     Example::
 
-        res = hop_skip_jump(NormalizedModel(net).eval(), x, y, budget=10_000, seed=0)
+        res = hop_skip_jump(NormalizedModel(net).eval(), x, y, budget=10_000)
     """
-    return run_boundary_attack(
-        "hsja", model, x, y, budget, _normal_step, batch_size=batch_size, seed=seed,
-        gamma=gamma, max_iter=max_iter, starts=starts, sample_ids=sample_ids, bounds=bounds,
-        progress=progress)
+    return run_boundary_attack("hsja", model, x, y, budget, _normal_step, settings, starts=starts,
+                               sample_ids=sample_ids)

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "HardLabelOracle", "OracleAnswer", "check_attack_inputs", "check_images", "model_device_dtype", "predict_labels",
+    "HardLabelOracle", "OracleAnswer", "check_attack_inputs", "check_batch_size", "check_bounds", "check_images",
+    "model_device_dtype", "predict_labels",
 ]
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
@@ -61,6 +62,37 @@ def check_images(name: str, t: torch.Tensor, bounds: tuple[float, float]) -> Non
             f"wrap the model in repspec_zoo.attacks.NormalizedModel (or change `bounds`)")
 
 
+def check_bounds(bounds: Sequence[float]) -> tuple[float, float]:
+    """``bounds`` as floats (min, max); ValueError unless min < max."""
+    if len(bounds) != 2 or not float(bounds[0]) < float(bounds[1]):
+        raise ValueError(f"bounds must be (min, max) with min < max, got {tuple(bounds)}")
+    return float(bounds[0]), float(bounds[1])
+
+
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` unchanged; ValueError unless it is an int >= 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1 (rows per model call), got {batch_size!r}")
+    return batch_size
+
+
+def _check_budget(budget: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """The per-sample query budget as a LongTensor (n,) on ``device``, from an int or a tensor
+    of shape () or (n,); ValueError unless every entry is an integer >= 1."""
+    if budget is None:
+        raise ValueError(f"budget must be an int >= 1 or one integer per sample ({n},), got {budget!r}")
+    budget = torch.as_tensor(budget)
+    if budget.is_floating_point() or budget.dtype == torch.bool:
+        raise ValueError(f"budget must be an integer number of queries, got {budget.dtype}")
+    if budget.shape not in ((), (1,), (n,)):
+        raise ValueError(f"budget must be an int or one per sample ({n},), got shape {tuple(budget.shape)}")
+    budget = budget.to(device=device, dtype=torch.long).expand(n).clone()
+    if (budget < 1).any():
+        raise ValueError(f"budget must be >= 1 query per sample, got min "
+                         f"{budget.min().item()}; pass a positive query budget")
+    return budget
+
+
 def check_attack_inputs(model: Classifier, x: torch.Tensor, y, bounds: Sequence[float],
                         batch_size: int) -> tuple[tuple[float, float], torch.Tensor]:
     """Clear errors for what every attack is given: a model in eval mode, ``bounds`` (min < max),
@@ -69,11 +101,8 @@ def check_attack_inputs(model: Classifier, x: torch.Tensor, y, bounds: Sequence[
     if isinstance(model, nn.Module) and model.training:
         raise ValueError("model is in training mode; call model.eval() before attacking "
                          "it (BatchNorm/Dropout in train mode make labels depend on the batch)")
-    lo, hi = float(bounds[0]), float(bounds[1])
-    if not lo < hi:
-        raise ValueError(f"bounds must be (min, max) with min < max, got {tuple(bounds)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1 (rows per model call), got {batch_size!r}")
+    lo, hi = check_bounds(bounds)
+    check_batch_size(batch_size)
     check_images("x", x, (lo, hi))
     if x.dim() < 2 or len(x) == 0:
         raise ValueError(f"x must be a non-empty batch (N, ...), got shape {tuple(x.shape)}")
@@ -129,18 +158,11 @@ class HardLabelOracle:
         self.bounds, y = check_attack_inputs(model, x, y, bounds, batch_size)
         self._device_dtype = model_device_dtype(model, x)
         device = self._device_dtype[0]
-        budget = torch.as_tensor(budget)
-        if budget.is_floating_point() or budget.dtype == torch.bool:
-            raise ValueError(f"budget must be an integer number of queries, got {budget.dtype}")
-        budget = budget.to(device=device, dtype=torch.long).expand(len(x)).clone()
-        if (budget < 1).any():
-            raise ValueError(f"budget must be >= 1 query per sample, got min "
-                             f"{budget.min().item()}; pass a positive query budget")
         self.model = model
         self.x = x.to(device)
         self.y = y.to(device=device, dtype=torch.long)
         self.batch_size = batch_size
-        self.budget = budget
+        self.budget = _check_budget(budget, len(x), device)
         self.queries = torch.zeros(len(x), dtype=torch.long, device=device)
 
     @property

@@ -1,7 +1,7 @@
 """Tangent Attack (Ma et al., NeurIPS 2021): hemisphere (TA) and semi-ellipsoid (G-TA).
 
 Hard-label, untargeted, L2, in [0, 1] pixel space. Same loop as HopSkipJump
-(`primitives.run_boundary_attack`); only the step differs: instead of walking from the
+(`boundary.run_boundary_attack`); only the step differs: instead of walking from the
 boundary point o along the estimated normal u, TA jumps to the point k of a hemisphere
 (G-TA: semi-ellipsoid) centred at o on the adversarial side where the line from x touches it.
 The bisection between x and k then lands on the boundary at a shallower angle than a step
@@ -15,8 +15,10 @@ from typing import Sequence
 
 import torch
 
+from .boundary import LARGE_INPUT_DIM, run_boundary_attack
 from .oracle import Classifier
-from .primitives import LARGE_INPUT_DIM, AttackResult, run_boundary_attack
+from .result import AttackResult
+from .settings import AttackSettings
 from .starts import StartPool
 
 __all__ = ["tangent_point", "tangent_attack", "generalized_tangent_attack", "default_ratio"]
@@ -88,25 +90,21 @@ def tangent_point(x: torch.Tensor, o: torch.Tensor, u: torch.Tensor, radius: tor
     return o + small * (pp - aa * s1) / n2 * p_hat + big * (s1 * pp + aa) / n2 * u
 
 
-def tangent_attack(model: Classifier, x: torch.Tensor, y: torch.Tensor,
-                   budget: int | torch.Tensor, batch_size: int = 256, seed: int = 0, *,
-                   gamma: float | None = None, max_iter: int | None = None,
+def tangent_attack(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget: int | torch.Tensor,
+                   settings: AttackSettings = AttackSettings(), *,
                    starts: StartPool | torch.Tensor | None = None,
-                   sample_ids: Sequence[int] | torch.Tensor | None = None,
-                   bounds: Sequence[float] = (0.0, 1.0), progress: bool = False) -> AttackResult:
+                   sample_ids: Sequence[int] | torch.Tensor | None = None) -> AttackResult:
     """Tangent Attack with a hemisphere of radius R = ||o - x|| / sqrt(t) (halved on failure).
 
     Args:
-        model: classifier on images in ``bounds`` returning logits, in eval mode.
-        x: images (N, C, H, W) in ``bounds``; y: their labels (N,).
+        model: classifier on images in ``settings.bounds`` returning logits, in eval mode.
+        x: images (N, C, H, W) in the bounds; y: their labels (N,).
         budget: hard per-sample query budget (int or LongTensor (N,)).
-        batch_size: rows per model call; never changes results.
-        seed: seeds each sample's random stream together with ``sample_ids``.
-        gamma: bisection threshold gamma / d^{3/2}; None: 1 (d <= 3*64*64) or 1000.
-        max_iter: stop after this many iterations (the rep-spectral paper uses 40).
+        settings: seed, batch size (never changes results), ``max_iter`` (the rep-spectral
+            paper uses 40), ``theta_scale`` (bisection threshold theta_scale / d^{3/2}; None: 1
+            for d <= 3*64*64, else 1000), bounds, progress bar.
         starts: fallback starts when noise never fools the model (`StartPool` or images).
         sample_ids: per-sample ids for the random streams (default 0..N-1).
-        bounds: pixel range; progress: tqdm bar of queries.
 
     Returns:
         `AttackResult` (verified: in bounds, misclassified, l2 = ||x_adv - x||).
@@ -116,20 +114,15 @@ def tangent_attack(model: Classifier, x: torch.Tensor, y: torch.Tensor,
         res = tangent_attack(NormalizedModel(net).eval(), x, y, budget=10_000)
         res.l2_at_budgets([1000, 5000, 10000]).median(0)
     """
-    return run_boundary_attack(
-        "ta", model, x, y, budget, partial(tangent_point, ratio=1.0), batch_size=batch_size,
-        seed=seed, gamma=gamma, max_iter=max_iter, starts=starts, sample_ids=sample_ids,
-        bounds=bounds, progress=progress, params={"ratio": 1.0})
+    return run_boundary_attack("ta", model, x, y, budget, partial(tangent_point, ratio=1.0), settings,
+                               starts=starts, sample_ids=sample_ids, params={"ratio": 1.0})
 
 
 def generalized_tangent_attack(model: Classifier, x: torch.Tensor, y: torch.Tensor,
-                               budget: int | torch.Tensor, batch_size: int = 256,
-                               seed: int = 0, *, ratio: float | None = None,
-                               gamma: float | None = None, max_iter: int | None = None,
+                               budget: int | torch.Tensor, settings: AttackSettings = AttackSettings(), *,
                                starts: StartPool | torch.Tensor | None = None,
                                sample_ids: Sequence[int] | torch.Tensor | None = None,
-                               bounds: Sequence[float] = (0.0, 1.0),
-                               progress: bool = False) -> AttackResult:
+                               ratio: float | None = None) -> AttackResult:
     """G-TA: Tangent Attack on a semi-ellipsoid with semi-axis L = ||o - x|| / sqrt(t) along
     the estimated normal and S = L / ratio across it (both halved on failure).
 
@@ -140,7 +133,5 @@ def generalized_tangent_attack(model: Classifier, x: torch.Tensor, y: torch.Tens
     if not (ratio > 0 and math.isfinite(ratio)):
         raise ValueError(f"ratio must be a finite number > 0 (L / S of the semi-ellipsoid; "
                          f"1.5 CIFAR/MNIST, 1.1 ImageNet), got {ratio}")
-    return run_boundary_attack(
-        "gta", model, x, y, budget, partial(tangent_point, ratio=ratio), batch_size=batch_size,
-        seed=seed, gamma=gamma, max_iter=max_iter, starts=starts, sample_ids=sample_ids,
-        bounds=bounds, progress=progress, params={"ratio": ratio})
+    return run_boundary_attack("gta", model, x, y, budget, partial(tangent_point, ratio=ratio), settings,
+                               starts=starts, sample_ids=sample_ids, params={"ratio": ratio})

@@ -49,14 +49,16 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import fields
 from importlib.metadata import version as _pkg_version
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
 
 from .oracle import Classifier, check_attack_inputs, model_device_dtype, predict_labels
-from .primitives import AttackResult, verify, warn_unverified
+from .result import AttackResult, verify, warn_unverified
+from .settings import AttackSettings
 from .starts import StartPool
 
 __all__ = ["alma", "ddn", "fmn", "WHITE_BOX_ATTACKS"]
@@ -106,12 +108,16 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 
 def _run_white_box(name: str, attack: Callable, steps_kw: str, model: Classifier,
-                   x: torch.Tensor, y: torch.Tensor, budget, batch_size: int, seed: int,
-                   steps: int, bounds: Sequence[float], progress: bool,
+                   x: torch.Tensor, y: torch.Tensor, budget, settings: AttackSettings, steps: int,
                    attack_kw: dict, min_classes: int = 2, warm_start: bool = False,
                    starts: StartPool | torch.Tensor | None = None) -> AttackResult:
     """Chunked, counted, seeded call of adv-lib's ``attack`` (see the module docstring)."""
-    (lo, hi), y = check_attack_inputs(model, x, y, bounds, batch_size)
+    misplaced = sorted(set(attack_kw) & {f.name for f in fields(AttackSettings)})
+    if misplaced:
+        raise TypeError(f"{name}: {', '.join(misplaced)} belong in settings=AttackSettings(...), not among "
+                        f"adv-lib's keywords")
+    batch_size, seed = settings.batch_size, settings.seed
+    (lo, hi), y = check_attack_inputs(model, x, y, settings.bounds, batch_size)
     _check_int("steps", steps, 1)
     device, dtype = model_device_dtype(model, x)
     x = x.to(device=device, dtype=dtype)
@@ -145,7 +151,7 @@ def _run_white_box(name: str, attack: Callable, steps_kw: str, model: Classifier
                              f"{logits.shape[1]}")
         todo = (clean == y).nonzero().flatten()
         bar = None
-        if progress:
+        if settings.progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(todo), desc=name, unit="sample")
         unit = (lo, scale) == (0.0, 1.0)
@@ -244,16 +250,16 @@ def _run_white_box(name: str, attack: Callable, steps_kw: str, model: Classifier
 
 _IGNORED_DOC = """
     Hard-label-only arguments: ``budget`` (a white-box distance does not depend on a query
-    budget; stored in ``params`` only), ``sample_ids``, ``max_iter``, ``gamma`` and (except
-    for `fmn`) ``starts`` are accepted so that `run_attack` can pass the same keywords to
-    every attack, and are ignored. In particular ``max_iter`` is NOT the step count (a small
-    hard-label iteration cap would silently loosen the bound): set ``steps``."""
+    budget; stored in ``params`` only), ``sample_ids``, ``settings.max_iter``,
+    ``settings.theta_scale`` and (except for `fmn`) ``starts`` are accepted so that `run_attack`
+    can pass the same arguments to every attack, and are ignored. In particular ``max_iter`` is
+    NOT the step count (a small hard-label iteration cap would silently loosen the bound): set
+    ``steps``."""
 
 
-def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None, batch_size: int = 256,
-        seed: int = 0, *, steps: int = FMN_STEPS, bounds: Sequence[float] = (0.0, 1.0),
-        progress: bool = False, warm_start: bool = True, starts: StartPool | torch.Tensor | None = None,
-        sample_ids=None, max_iter=None, gamma=None, **attack_kw) -> AttackResult:
+def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
+        settings: AttackSettings = AttackSettings(), *, starts: StartPool | torch.Tensor | None = None,
+        sample_ids=None, steps: int = FMN_STEPS, warm_start: bool = True, **attack_kw) -> AttackResult:
     """Fast Minimum-Norm attack, L2, untargeted (adv-lib ``fmn(norm=2)``).
 
     Minimizes ``||delta||_2`` (pixel units) subject to ``argmax model(x + delta) != y`` and
@@ -276,16 +282,15 @@ def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None, batch_
     attacks for the tightest bound.
 
     Args:
-        model: differentiable classifier (nn.Module in eval mode) on images in ``bounds``
+        model: differentiable classifier (nn.Module in eval mode) on images in ``settings.bounds``
             returning logits; parameters are left untouched (requires_grad restored, no .grad).
-        x: images (N, ...) in ``bounds``; y: labels (N,).
-        batch_size: samples per adv-lib call.
-        seed: seeds torch's RNG inside ``fork_rng`` (FMN itself draws nothing).
+        x: images (N, ...) in ``settings.bounds``; y: labels (N,).
+        settings: ``batch_size`` (samples per adv-lib call), ``seed`` (seeds torch's RNG inside
+            ``fork_rng``; FMN itself draws nothing), ``bounds`` ((min, max) pixel values),
+            ``progress`` (tqdm bar over samples).
         steps: optimization steps = forward and backward passes per sample.
-        bounds: (min, max) pixel values.
-        progress: tqdm bar over samples.
         warm_start: retry failed samples from another-class image (see above).
-        starts: extra candidate start images (M, ...) in ``bounds`` for the warm start (e.g.
+        starts: extra candidate start images (M, ...) in the bounds for the warm start (e.g.
             correctly classified images of other classes); their labels are computed without
             counting passes, like the clean check.
         **attack_kw: passed to ``adv_lib.attacks.fmn`` (e.g. ``α_init``, ``γ_init``,
@@ -302,14 +307,13 @@ def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None, batch_
     """
     from adv_lib.attacks import fmn as _fmn
     attack_kw.setdefault("norm", 2)
-    return _run_white_box("fmn", _fmn, "steps", model, x, y, budget, batch_size, seed, steps,
-                          bounds, progress, attack_kw, warm_start=warm_start, starts=starts)
+    return _run_white_box("fmn", _fmn, "steps", model, x, y, budget, settings, steps, attack_kw,
+                          warm_start=warm_start, starts=starts)
 
 
 def alma(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
-         batch_size: int = 256, seed: int = 0, *, steps: int = ALMA_STEPS,
-         bounds: Sequence[float] = (0.0, 1.0), progress: bool = False, starts=None,
-         sample_ids=None, max_iter=None, gamma=None, **attack_kw) -> AttackResult:
+         settings: AttackSettings = AttackSettings(), *, starts=None, sample_ids=None,
+         steps: int = ALMA_STEPS, **attack_kw) -> AttackResult:
     """ALMA, L2, untargeted (adv-lib ``alma(distance='l2')``, penalty P2).
 
     Minimizes ``||delta||_2`` (pixel units) subject to ``argmax model(x + delta) != y`` and the
@@ -332,14 +336,13 @@ def alma(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
     """
     from adv_lib.attacks import alma as _alma
     attack_kw.setdefault("distance", "l2")
-    return _run_white_box("alma", _alma, "num_steps", model, x, y, budget, batch_size, seed,
-                          steps, bounds, progress, attack_kw, min_classes=3)
+    return _run_white_box("alma", _alma, "num_steps", model, x, y, budget, settings, steps, attack_kw,
+                          min_classes=3)
 
 
-def ddn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None, batch_size: int = 256,
-        seed: int = 0, *, steps: int = DDN_STEPS, bounds: Sequence[float] = (0.0, 1.0),
-        progress: bool = False, starts=None, sample_ids=None, max_iter=None, gamma=None,
-        **attack_kw) -> AttackResult:
+def ddn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
+        settings: AttackSettings = AttackSettings(), *, starts=None, sample_ids=None,
+        steps: int = DDN_STEPS, **attack_kw) -> AttackResult:
     """Decoupled Direction and Norm attack, L2, untargeted (adv-lib ``ddn``).
 
     Minimizes ``||delta||_2`` (pixel units) subject to misclassification and the box: a
@@ -365,8 +368,7 @@ def ddn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None, batch_
     """
     from adv_lib.attacks import ddn as _ddn
     attack_kw.setdefault("levels", None)
-    return _run_white_box("ddn", _ddn, "steps", model, x, y, budget, batch_size, seed, steps,
-                          bounds, progress, attack_kw)
+    return _run_white_box("ddn", _ddn, "steps", model, x, y, budget, settings, steps, attack_kw)
 
 
 WHITE_BOX_ATTACKS: dict[str, Callable[..., AttackResult]] = {"fmn": fmn, "alma": alma,
