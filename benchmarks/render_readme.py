@@ -19,7 +19,11 @@ COMMANDS = {
     "zoo_attacks_leaderboard": "PYTHONPATH=. python benchmarks/bench_zoo_attacks.py --from results/leaderboard",
     "recipe": ("OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_recipe.py --epochs 3 --repeats 4 "
                "dataset.train_limit=2560 dataset.test_limit=256 regularizer.burn_in_epochs=1 eval.attack=none"),
+    "gpu_check": "benchmarks/gpu_check.sh",
 }
+GPU_VARIANTS = {"plain": "plain", "every_1": "rep-spectral in the loss, a power update every step",
+                "every_n": "same, a power update every {every} steps",
+                "direct": "direct step every {every} steps, not in the loss (the ImageNet recipe)"}
 
 
 def load(name: str) -> dict | None:
@@ -94,6 +98,43 @@ def recipe(r: dict) -> list[str]:
             f"| same on CPU time | {r['ratio_cpu']:.3f} | |"]
 
 
+def _failed(result: dict) -> str | None:
+    """Why a section or variant has no numbers (its error, or why it was skipped), else None."""
+    return result.get("error") or result.get("skipped")
+
+
+def gpu_check(r: dict) -> list[str]:
+    s, env = r["settings"], r["environment"]
+    steps = {p: r[f"train_step_{p}"] for p in ("bf16", "fp32") if r.get(f"train_step_{p}")}
+    rows = [f"{s['note']}, on {env['device_name']} (torch {env['torch']}, CUDA {env['cuda']}); "
+            f"{r['wall_s']:.0f} s in all.", "",
+            f"Train step, batch {s['batch_size']}, device synchronized after each step: ms per optimizer step after "
+            f"{s['warmup_steps']} warm-up steps (the mean of {s['timed_steps']}: whole update periods; direct: the "
+            "median step plus the median direct step / every), and its ratio to plain.", "",
+            "| variant | " + " | ".join(f"{p} ms/step | {p} / plain" for p in steps) + " |",
+            "|---|" + "---:|---:|" * len(steps)]
+    for name, label in GPU_VARIANTS.items():
+        variants = [section.get(name, section) for section in steps.values()]  # a failed section has no variants
+        every = next((v["every"] for v in variants if "every" in v), "?")
+        cells = [cell for v in variants for cell in ((_failed(v), "") if _failed(v) else
+                                                      (f"{v['ms_amortized']:.1f}", f"{v['ratio_vs_plain']:.3f}"))]
+        rows.append(f"| {label.format(every=every)} | " + " | ".join(cells) + " |")
+    a, f = r["attack"], r["fft_norms"]
+    rows += ["", "| measure | result |", "|---|---:|"]
+    rows += [f"| Tangent Attack | {_failed(a)} |"] if _failed(a) else [
+        f"| Tangent Attack, {a['n']} images x {a['budget']} queries, {a['batch_size']} rows per call: rows/s | "
+        f"{a['rows_per_s']:.0f} |",
+        f"| forward floor: rows/s of the same rows in the same calls | {a['floor_rows_per_s']:.0f} |",
+        f"| attack time / forward floor time | {a['ratio']:.2f} |"]
+    rows += [f"| exact FFT norms | {_failed(f)} |"] if _failed(f) else [
+        f"| exact FFT sigma_max of all {f['n_convs']} convs ({f['dtype']}): total / slowest layer (s) | "
+        f"{f['seconds_total']:.2f} / {f['seconds_max_layer']:.3f} |",
+        f"| {f['power_iters']} power steps on the same operators: total (s) | {f['power_seconds_total']:.2f} |",
+        f"| their rel. gap below the FFT sigma: median / max | {f['power_rel_gap_median']:.1e} / "
+        f"{f['power_rel_gap_max']:.1e} |"]
+    return rows
+
+
 def main() -> None:
     parts = ["# Benchmarks", "",
              "Written by `python benchmarks/render_readme.py` from the `results_*.json` files the scripts wrote. "
@@ -104,7 +145,8 @@ def main() -> None:
                                 ("zoo_attacks", "Hard-label attacks on the zoo models: CGBA vs TA, G-TA, HSJA",
                                  zoo_attacks),
                                 ("zoo_attacks_leaderboard", "CGBA vs TA in the published leaderboard", zoo_attacks),
-                                ("recipe", "Accelerate recipe overhead", recipe)):
+                                ("recipe", "Accelerate recipe overhead", recipe),
+                                ("gpu_check", "GPU check: ResNet-50 at 224 on one GPU", gpu_check)):
         result = load(name)
         parts += [f"## {title}", "", f"Command: `{COMMANDS[name]}`", ""]
         parts += render(result) if result else ["Not measured yet: run the command above."]
