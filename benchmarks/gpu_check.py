@@ -54,9 +54,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
-from repspec_zoo.attacks import NormalizedModel, StartPool, predict_labels, run_attack
+from repspec_zoo.attacks import AttackSettings, NormalizedModel, StartPool, predict_labels, run_attack
 from repspec_zoo.io import atomic_write_text
-from repspec_zoo.spectral.norms import ConvGeometry, conv_adjoint, conv_apply, conv_fft_sigma, conv_power_iteration
+from repspec_zoo.training import Trainer, TrainingModule, build_model, build_optimizer, check_input, load_config
+from repspec_zoo.spectral import ConvGeometry, conv_fft_sigma, conv_power_iteration
+from repspec_zoo.spectral.operator import conv_adjoint, conv_apply
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks, also under runpy
 from bench_attack import CallRecorder, replay_forward  # noqa: E402
@@ -122,11 +124,7 @@ def _timed(device: torch.device, fn, *args, **kwargs):
 
 # ----------------------------------------------------------------------------- 1. train step
 def _step_times(name: str, mixed_precision: str, s: Settings, device: torch.device) -> dict:
-    """Time one variant, built as recipes/train.py builds it. repspec_zoo.training is imported here, not
-    at the top: it imports ``datasets`` (training/loaders.py -> repspec_zoo/data.py), which the GPU
-    machines lack until that import is lazy, and the other sections must run anyway."""
-    from repspec_zoo.training import (Trainer, TrainingModule, build_model, build_optimizer, check_input,
-                                      load_config)
+    """Time one variant, built as recipes/train.py builds it."""
 
     config, extra = VARIANTS[name]
     overrides = [f"batch_size={s.batch_size}", f"mixed_precision={mixed_precision}", "num_classes=1000",
@@ -199,8 +197,8 @@ def attack(s: Settings, device: torch.device) -> dict:
     x, y = images[:s.attack_n], labels[:s.attack_n]
     pool = StartPool(images[s.attack_n:], labels[s.attack_n:])
     recorder = CallRecorder(net).eval()
-    result, seconds = _timed(device, run_attack, "ta", recorder, x, y, s.attack_budget, s.attack_batch, 0,
-                             starts=pool)
+    result, seconds = _timed(device, run_attack, "ta", recorder, x, y, s.attack_budget,
+                             AttackSettings(seed=0, batch_size=s.attack_batch), starts=pool)
     _, floor_seconds = _timed(device, replay_forward, net, recorder.calls)
     rows, calls = sum(len(c) for c in recorder.calls), len(recorder.calls)
     del recorder  # the recorded rows: 0.6 MB each at 224

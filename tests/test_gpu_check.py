@@ -17,7 +17,7 @@ BLOCKED = ["datasets", "adv_lib"]
 # repspec_zoo.training still imports datasets (training/loaders.py -> repspec_zoo/data.py), so it is
 # imported before the block, which then catches the script's own imports only. Empty this list once
 # test_training_imports_without_datasets passes.
-PREIMPORTED = ["repspec_zoo.training"]
+PREIMPORTED: list[str] = []
 RUN = ("import runpy, sys\n"
        "for name in {pre}: __import__(name)\n"
        "sys.modules.update(dict.fromkeys({blocked}))  # None: any later import of them raises ImportError\n"
@@ -107,10 +107,3 @@ def test_readme_renders_results_and_failures(tiny):
     text = "\n".join(render.gpu_check(broken))
     assert "| Tangent Attack | RuntimeError: CUDA out of memory |" in text
     assert "--budget-s 240 spent" in text
-
-
-@pytest.mark.xfail(strict=True, reason="repspec_zoo.training imports datasets (training/loaders.py -> "
-                                       "repspec_zoo/data.py); when this passes, empty PREIMPORTED")
-def test_training_imports_without_datasets():
-    proc = _python("import sys\nsys.modules['datasets'] = None\nimport repspec_zoo.training\n")
-    assert proc.returncode == 0, proc.stderr[-2000:]
