@@ -66,7 +66,7 @@ def compare(result: dict, budgets: list[int], seed: int, attacks=ATTACKS) -> dic
 
 
 def main(argv=None) -> dict:
-    from repspec_zoo.cli_eval import parse_budgets
+    from repspec_zoo.argtypes import parse_budgets
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="*", help="zoo names (default: every bundled Fashion-MNIST model)")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import repspec_zoo
 from repspec_zoo import analysis, data
 from repspec_zoo.attacks import NormalizedModel, robust_accuracy_curve
-from repspec_zoo.cli_analyze import plot_results
+from repspec_zoo.plots import plot_analysis
 from repspec_zoo.eval import evaluate
 from repspec_zoo.regularizers import DataDependentSpectralNorm, adversarial_batch
 
@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
                                   eps_list=[0.0, 0.5, 1.0, 1.5, 2.0, 3.0], norms=[0.0, 0.5, 1.0, 2.0, 3.0, 4.0],
                                   power_iters=20, seed=args.seed, progress=False)
         (args.out / method).mkdir(exist_ok=True)
-        plot_results(result, args.out / method)
+        plot_analysis(result, args.out / method)
         results[method] = {"train_s": seconds, "clean_acc": ev.clean_acc,
                            "robust_acc": dict(zip(map(str, robust_eps), robust)),
                            "ta_l2_mean": ev.l2_mean.get(str(args.ta_budget)),

@@ -92,7 +92,7 @@ def evaluate_run(job: tuple) -> dict:
             return row
     from repspec_zoo import analysis
     from repspec_zoo.attacks import robust_accuracy_curve
-    from repspec_zoo.cli_analyze import plot_results
+    from repspec_zoo.plots import plot_analysis
     from repspec_zoo.eval import evaluate
 
     model = load_model(Path(run_dir))
@@ -106,7 +106,7 @@ def evaluate_run(job: tuple) -> dict:
                              eps_list=[0.0, *args["eps"], 2 * max(args["eps"])], attack_eps=max(args["eps"]),
                              progress=False)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    plot_results(found, Path(out_dir))
+    plot_analysis(found, Path(out_dir))
     row = dict(method=method, strength=value, run=Path(run_dir).relative_to(ROOT).as_posix(), settings=args,
                pgd_acc=dict(zip(map(str, args["eps"]), robust)), analysis=found, **attack_summary(result))
     write_json(cached, row)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["plot_distance_curves", "plot_robust_accuracy"]
+__all__ = ["plot_distance_curves", "plot_robust_accuracy", "plot_analysis"]
 
 
 def _figure(width: float = 6.4, height: float = 4.2):
@@ -68,3 +68,61 @@ def plot_robust_accuracy(results: Mapping, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(plt, fig, path)
+
+
+def _band(ax, xs, stats: dict, label: str) -> None:
+    """Median line with an interquartile band."""
+    line, = ax.plot(xs, stats["median"], marker="o", ms=3, label=label)
+    ax.fill_between(xs, stats["q25"], stats["q75"], alpha=0.25, color=line.get_color())
+
+
+def plot_analysis(result: dict, out: Path) -> list[Path]:
+    """One PNG per analysis of ``repspec_zoo.analysis.analyze``'s ``result`` present, into folder ``out``;
+    returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(out / name)
+
+    if "spectrum" in result:
+        r = result["spectrum"]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        _band(ax, r["ranks"], r, "median (IQR)")
+        ax.set(yscale="log", xlabel="rank r", ylabel="sigma_r(J_f(x))", title="Jacobian singular values")
+        ax.legend()
+        save(fig, "spectrum.png")
+    if "alignment" in result:
+        r = result["alignment"]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        _band(ax, r["ranks"], r["adversarial"], f"PGD delta, eps={r['attack_eps']:g}")
+        _band(ax, r["ranks"], r["random"], "random delta")
+        ax.set(xlabel="rank r", ylabel="|cos(delta, v_r)|", title="Alignment with singular vectors")
+        ax.legend()
+        save(fig, "alignment.png")
+    if "linearity" in result:
+        r = result["linearity"]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for name in ("random", "adversarial"):
+            _band(axes[0], r["norms"], r[name]["deviation"], name)
+            _band(axes[1], r["norms"], r[name]["sigma_max"], name)
+        axes[0].set(xlabel="||z||", ylabel="||phi(x+z) - phi(x) - J z||", title="Deviation from linearity")
+        axes[1].set(xlabel="||z||", ylabel="sigma_max(J_f(x+z))", title="Top singular value")
+        for ax in axes:
+            ax.axvline(r["attack_eps"], ls="--", c="gray")
+            ax.legend()
+        save(fig, "linearity.png")
+    if "robustness" in result:
+        r = result["robustness"]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(r["eps"], r["accuracy"], marker="o")
+        ax.set(xlabel="eps (L2, [0,1] pixels)", ylabel="accuracy", ylim=(0, 1), title="PGD-L2 accuracy")
+        save(fig, "robustness.png")
+    return written

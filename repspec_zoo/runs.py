@@ -63,6 +63,18 @@ class Run:
         dataset = self.config["dataset"]
         return dataset["name"] if isinstance(dataset, dict) else str(dataset)
 
+    def build_model(self, **timm_kwargs) -> nn.Module:
+        """The trained timm model: the run's architecture, head size and model_kwargs (e.g. slp's
+        scale_logits), its final weights loaded strictly; RunError if they do not fit."""
+        base, num_classes = self.config["model"], int(self.config["num_classes"])
+        model = timm.create_model(base, num_classes=num_classes, **timm_kwargs, **(self.config.get("model_kwargs") or {}))
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as err:
+            raise RunError(f"{self.path / WEIGHTS_FILE} does not fit timm {base!r} with num_classes={num_classes} "
+                           f"({CONFIG_FILE}): {err}") from err
+        return model
+
     @property
     def img_size(self) -> int | None:
         """The image side the run trained at, if its config says (None: the model's default)."""
@@ -121,18 +133,6 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-def _run_model(run_dir: Path) -> nn.Module:
-    """The trained timm model of a run directory: its architecture, head size and model_kwargs, its weights."""
-    run = read_run(run_dir)
-    config = run.config
-    model = timm.create_model(config["model"], num_classes=config["num_classes"], **(config.get("model_kwargs") or {}))
-    try:
-        model.load_state_dict(run.state_dict)
-    except RuntimeError as err:
-        raise RunError(f"{run_dir / WEIGHTS_FILE} does not fit timm {config['model']!r} with num_classes="
-                       f"{config['num_classes']} ({CONFIG_FILE}): {str(err).splitlines()[0]}") from err
-    return model
-
 
 def load_model(spec: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
                num_classes: int | None = None) -> nn.Module:
@@ -155,7 +155,7 @@ def load_model(spec: str | os.PathLike, checkpoint: str | os.PathLike | None = N
     if is_run_dir(spec):
         if checkpoint is not None:
             raise ValueError(f"{spec} is a run directory, which holds its weights; give a model name with a checkpoint")
-        model = _run_model(Path(spec))
+        model = read_run(spec).build_model()
     elif checkpoint is not None:
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():

@@ -1,6 +1,5 @@
 """evaluate(): accuracy, per-budget statistics, Lemma-1 / certified bounds, multi-process, CLI."""
 import json
-import math
 
 import pytest
 import timm
@@ -137,7 +136,7 @@ def test_cli_eval_on_digits_with_checkpoint(tmp_path, capsys):
 
 
 def test_cli_eval_missing_checkpoint_is_named(tmp_path):
-    from repspec_zoo.cli_eval import main
+    from repspec_zoo.cli.eval import main
 
     with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
         main(["slp", "--checkpoint", str(tmp_path / "nothing.safetensors"), "--dataset", "digits"])
@@ -202,8 +201,9 @@ def test_indices_pick_the_attacked_images_and_reject_misclassified_ones():
 def test_one_budget_parser_for_every_command():
     import argparse
 
-    from repspec_zoo import leaderboard
-    from repspec_zoo.cli_eval import build_parser, parse_budgets
+    from repspec_zoo.cli import leaderboard
+    from repspec_zoo.argtypes import parse_budgets
+    from repspec_zoo.cli.eval import build_parser
 
     assert parse_budgets("5000, 1000,1000,") == [1000, 5000]  # sorted, unique, blanks skipped
     for bad in ("1k,2k", "0,100", ","):
@@ -214,7 +214,7 @@ def test_one_budget_parser_for_every_command():
 
 
 def test_paper_mode_sets_the_papers_attack_and_explicit_flags_win():
-    from repspec_zoo.cli_eval import build_parser, resolve_defaults
+    from repspec_zoo.cli.eval import build_parser, resolve_defaults
     from repspec_zoo.eval import PAPER
 
     paper = resolve_defaults(build_parser().parse_args(["slp", "--paper"]))

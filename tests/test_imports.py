@@ -94,3 +94,14 @@ def test_layers_import_downwards_only(low, high):
     offenders = {m: sorted(t for t in targets if t == high or t.startswith(high + "."))
                  for m, targets in graph.items() if m == low or m.startswith(low + ".")}
     assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def test_the_library_never_imports_the_command_line():
+    """Library, experiments and benchmarks import no CLI module (plots live in repspec_zoo.plots,
+    argparse types in repspec_zoo.argtypes)."""
+    graph = import_graph()
+    assert {m: sorted(t) for m, targets in graph.items() if not m.startswith("repspec_zoo.cli")
+            for t in [{x for x in targets if x.startswith("repspec_zoo.cli")}] if t} == {}
+    scripts = [p for folder in ("experiments", "benchmarks", "recipes") for p in (ROOT.parent / folder).glob("*.py")]
+    assert [p.name for p in scripts if "import repspec_zoo.cli" in p.read_text()
+            or "from repspec_zoo.cli" in p.read_text()] == []

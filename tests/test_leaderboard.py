@@ -8,6 +8,7 @@ from huggingface_hub import ModelCard
 
 import repspec_zoo  # noqa: F401
 from repspec_zoo import leaderboard
+from repspec_zoo.cli.leaderboard import main as leaderboard_main
 from repspec_zoo.hub import exporting, weights as hub_weights
 
 SLPS = ["slp_baseline.fmnist", "slp_repspectral.fmnist"]
@@ -25,7 +26,7 @@ def board(tmp_path_factory):
     out = tmp_path_factory.mktemp("board")
     readme = out / "README.md"
     readme.write_text("intro\n<!-- leaderboard:start -->\nold\n<!-- leaderboard:end -->\nrest\n")
-    results = leaderboard.main(["--models", *SLPS, "--n", "6", "--budgets", "40,80", "--attack", "ta,fmn",
+    results = leaderboard_main(["--models", *SLPS, "--n", "6", "--budgets", "40,80", "--attack", "ta,fmn",
                                 "--out", str(out), "--update-readme", str(readme)])
     return out, readme, results
 
@@ -96,7 +97,7 @@ def test_update_bundled_evaluation_rewrites_card_and_keeps_weights(board, tmp_pa
 def test_report_only_rerenders_the_same_tables(board):
     out, _, results = board
     before = (out / "leaderboard.md").read_text(), json.loads((out / "leaderboard.json").read_text())
-    again = leaderboard.main(["--out", str(out), "--report-only"])
+    again = leaderboard_main(["--out", str(out), "--report-only"])
     assert (out / "leaderboard.md").read_text() == before[0]
     assert json.loads((out / "leaderboard.json").read_text()) == before[1]
     for name, r in results.items():  # EvalResult.load gives back the saved numbers, inf included
@@ -111,11 +112,11 @@ def test_rerun_keeps_finished_models_and_workers_give_the_same_numbers(board, tm
         raise AssertionError("a finished model was attacked again")
 
     monkeypatch.setattr(leaderboard, "evaluate", no_attack)
-    again = leaderboard.main(argv)
+    again = leaderboard_main(argv)
     assert capsys.readouterr().out.count("kept") == 2
     assert all(again[n].per_sample["l2_by_attack"] == results[n].per_sample["l2_by_attack"] for n in SLPS)
     monkeypatch.undo()
     # two worker processes (one thread each) give the single process's numbers
-    parallel = leaderboard.main([*argv[:-1], str(tmp_path), "--workers", "2"])
+    parallel = leaderboard_main([*argv[:-1], str(tmp_path), "--workers", "2"])
     for name in SLPS:
         assert parallel[name].per_sample["l2_by_attack"] == results[name].per_sample["l2_by_attack"]

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Iterator
 
 import safetensors.torch
-import timm
 import torch
 from huggingface_hub import HfApi, constants as hf_constants
 from huggingface_hub.errors import HfHubHTTPError
@@ -55,18 +54,13 @@ class PublishError(RuntimeError):
 
 
 def _build_checked(run: Run, pretrained_cfg: dict) -> torch.nn.Module:
-    """The plain base timm model with the run's weights loaded strictly."""
-    base = run.config["model"]
-    # the run's architecture kwargs (e.g. slp's scale_logits) go into config.json's model_args (timm
-    # records them), so that hf-hub: and zoo-name loading rebuild the same function
-    model = timm.create_model(base, pretrained_cfg=pretrained_cfg, num_classes=int(run.config["num_classes"]),
-                              **(run.config.get("model_kwargs") or {}))
+    """The plain base timm model with the run's weights loaded strictly. The run's architecture kwargs
+    go into config.json's model_args (timm records them), so that hf-hub: and zoo-name loading
+    rebuild the same function."""
     try:
-        model.load_state_dict(run.state_dict)
-    except RuntimeError as err:
-        raise ExportError(f"{run.path / WEIGHTS_FILE} does not fit timm {base!r} with num_classes="
-                          f"{run.config['num_classes']} (config.yaml): {err}") from err
-    return model
+        return run.build_model(pretrained_cfg=pretrained_cfg)
+    except RunError as err:
+        raise ExportError(str(err)) from err
 
 
 def _regularizer(run: Run, model: torch.nn.Module) -> dict:

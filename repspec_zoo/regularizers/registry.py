@@ -108,6 +108,17 @@ class RegularizerSpec:
         return self.step_class(cfg, model)
 
 
+def _spectral_spec(mode: str, layers: str, head: str) -> RegularizerSpec:
+    """rep / ll: the same penalty, gamma/2 * sum sigma_max^2, over different layers (``layers``)."""
+    label = f"{mode}-spectral"
+    return RegularizerSpec(
+        mode, label, (label, "spectral-regularization"), f"{mode}spectral",
+        f"{{base}} trained on {{dataset}} with {label} regularization ({layers})",
+        f"timm ``{{base}}`` with {label} regularization ({head}) as ``model.spectral``.", _GAMMA_NOTE,
+        ("gamma", "apply", "every", "activation_term", "layers", "estimator", "bn_aware"),
+        _spectral_summary, _spectral_card(label), steps.SpectralStep, spectral=True)
+
+
 _SPECS = (
     RegularizerSpec(
         "none", "none (baseline)", ("baseline",), "baseline",
@@ -117,20 +128,8 @@ _SPECS = (
         lambda r: {"mode": "none"},
         lambda r: "none: the unregularized baseline, trained with the same recipe as the regularized models.",
         steps.RegularizerStep),
-    RegularizerSpec(
-        "rep", "rep-spectral", ("rep-spectral", "spectral-regularization"), "repspectral",
-        "{base} trained on {dataset} with rep-spectral regularization (layers up to the features; head excluded)",
-        "timm ``{base}`` with rep-spectral regularization (head excluded) as ``model.spectral``.",
-        _GAMMA_NOTE,
-        ("gamma", "apply", "every", "activation_term", "layers", "estimator", "bn_aware"),
-        _spectral_summary, _spectral_card("rep-spectral"), steps.SpectralStep, spectral=True),
-    RegularizerSpec(
-        "ll", "ll-spectral", ("ll-spectral", "spectral-regularization"), "llspectral",
-        "{base} trained on {dataset} with ll-spectral regularization (every layer, head included)",
-        "timm ``{base}`` with ll-spectral regularization (head included) as ``model.spectral``.",
-        _GAMMA_NOTE,
-        ("gamma", "apply", "every", "activation_term", "layers", "estimator", "bn_aware"),
-        _spectral_summary, _spectral_card("ll-spectral"), steps.SpectralStep, spectral=True),
+    _spectral_spec("rep", "layers up to the features; head excluded", "head excluded"),
+    _spectral_spec("ll", "every layer, head included", "head included"),
     RegularizerSpec(
         "bss", "bss (batch spectral shrinkage)", ("batch-spectral-shrinkage",), None,
         "{base} trained on {dataset} with batch spectral shrinkage (Chen et al. 2019)",

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from . import analysis, data
-from .attacks import NormalizedModel
-from .cli_eval import load_model
-from .io import atomic_write_text
+from .. import analysis, data
+from ..attacks import NormalizedModel
+from ..io import atomic_write_text
+from ..plots import plot_analysis
+from ..runs import load_model
 
 
 def _floats(text: str) -> list[float]:
@@ -82,63 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _band(ax, xs, stats: dict, label: str) -> None:
-    """Median line with an interquartile band."""
-    line, = ax.plot(xs, stats["median"], marker="o", ms=3, label=label)
-    ax.fill_between(xs, stats["q25"], stats["q75"], alpha=0.25, color=line.get_color())
-
-
-def plot_results(result: dict, out: Path) -> list[Path]:
-    """One PNG per analysis present in ``result``; returns the written paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-
-    def save(fig, name: str) -> None:
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-        written.append(out / name)
-
-    if "spectrum" in result:
-        r = result["spectrum"]
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        _band(ax, r["ranks"], r, "median (IQR)")
-        ax.set(yscale="log", xlabel="rank r", ylabel="sigma_r(J_f(x))", title="Jacobian singular values")
-        ax.legend()
-        save(fig, "spectrum.png")
-    if "alignment" in result:
-        r = result["alignment"]
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        _band(ax, r["ranks"], r["adversarial"], f"PGD delta, eps={r['attack_eps']:g}")
-        _band(ax, r["ranks"], r["random"], "random delta")
-        ax.set(xlabel="rank r", ylabel="|cos(delta, v_r)|", title="Alignment with singular vectors")
-        ax.legend()
-        save(fig, "alignment.png")
-    if "linearity" in result:
-        r = result["linearity"]
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        for name in ("random", "adversarial"):
-            _band(axes[0], r["norms"], r[name]["deviation"], name)
-            _band(axes[1], r["norms"], r[name]["sigma_max"], name)
-        axes[0].set(xlabel="||z||", ylabel="||phi(x+z) - phi(x) - J z||", title="Deviation from linearity")
-        axes[1].set(xlabel="||z||", ylabel="sigma_max(J_f(x+z))", title="Top singular value")
-        for ax in axes:
-            ax.axvline(r["attack_eps"], ls="--", c="gray")
-            ax.legend()
-        save(fig, "linearity.png")
-    if "robustness" in result:
-        r = result["robustness"]
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(r["eps"], r["accuracy"], marker="o")
-        ax.set(xlabel="eps (L2, [0,1] pixels)", ylabel="accuracy", ylim=(0, 1), title="PGD-L2 accuracy")
-        save(fig, "robustness.png")
-    return written
-
-
 def summary(result: dict) -> str:
     """A few lines: top singular values, alignment at rank 1, linearity at the largest ||z||, accuracies."""
     rows = []
@@ -180,7 +124,7 @@ def main(argv=None) -> dict:
               "n": len(x), "seed": args.seed, **result}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "analysis.json", json.dumps(result, indent=1))
-    plots = plot_results(result, args.out)
+    plots = plot_analysis(result, args.out)
     print(summary(result))
     print(f"wrote {args.out / 'analysis.json'} and {', '.join(p.name for p in plots)}")
     return result

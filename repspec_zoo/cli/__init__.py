@@ -1,4 +1,6 @@
-"""`repspec-zoo` command line: one subcommand per job."""
+"""`repspec-zoo` command line: one module with ``main(argv)`` per subcommand (``python -m repspec_zoo.cli``).
+
+The subcommands import the library; the library never imports this package."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +11,8 @@ def _list(argv) -> None:
     """Print the zoo's registered architectures."""
     import timm
 
-    from .models.registry import ARCHS
-    from .regularizers.registry import REGULARIZERS
+    from ..models.registry import ARCHS
+    from ..regularizers.registry import REGULARIZERS
 
     for name, (base, mode) in ARCHS.items():
         regularizer = REGULARIZERS[mode].label
@@ -19,16 +21,16 @@ def _list(argv) -> None:
 
 COMMANDS = {
     "leaderboard": ("benchmark the bundled zoo backbones: accuracy, TA distances, bounds, plot",
-                    "repspec_zoo.leaderboard"),
+                    "repspec_zoo.cli.leaderboard"),
     "list": ("list the zoo's architectures", None),
-    "eval": ("benchmark any backbone: clean accuracy and black-box attack distances", "repspec_zoo.cli_eval"),
+    "eval": ("benchmark any backbone: clean accuracy and black-box attack distances", "repspec_zoo.cli.eval"),
     "analyze": ("Jacobian spectra, PGD alignment, linearity and robust accuracy of any backbone",
-                "repspec_zoo.cli_analyze"),
+                "repspec_zoo.cli.analyze"),
     "list-pretrained": ("list the zoo's pretrained models: dataset, gamma, accuracy, TA distance, source",
-                        "repspec_zoo.cli_hub.list_pretrained"),
+                        "repspec_zoo.cli.list_pretrained"),
     "export": ("write the Hub-ready folder (weights, config, card, eval) of a training run",
-               "repspec_zoo.cli_hub.export"),
-    "publish": ("export a training run and upload it to a Hugging Face Hub repo", "repspec_zoo.cli_hub.publish"),
+               "repspec_zoo.cli.export"),
+    "publish": ("export a training run and upload it to a Hugging Face Hub repo", "repspec_zoo.cli.publish"),
 }
 
 
@@ -53,6 +55,3 @@ def main(argv=None) -> None:
 
     importlib.import_module(COMMANDS[command][1]).main(rest)
 
-
-if __name__ == "__main__":
-    main()

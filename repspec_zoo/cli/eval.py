@@ -1,7 +1,7 @@
 """`repspec-zoo eval MODEL`: accuracy and black-box robustness of any backbone.
 
-MODEL is a zoo or timm name (optionally ``name.tag``), ``hf-hub:org/name`` or
-``local-dir:PATH``; ``--checkpoint FILE`` loads your own weights (safetensors) into the
+MODEL is a zoo or timm name (optionally ``name.tag``), ``hf-hub:org/name``, ``local-dir:PATH``
+or a training run directory; ``--checkpoint FILE`` loads your own weights (safetensors) into the
 architecture. Distances are L2 in [0,1] pixel space (normalization lives inside the model).
 
 Every attacked sample gets a start (noise, then correctly classified images of other classes
@@ -19,59 +19,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import timm
-from torch import nn
-
-from . import data
-from .attacks import NormalizedModel
-from .eval import PAPER, evaluate, resolve_attacks
-
-
-def parse_budgets(text: str) -> list[int]:
-    """argparse type of --budgets: comma-separated positive query counts, sorted, unique."""
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--budgets takes comma-separated integers like 1000,5000, got {text!r}")
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"--budgets must be positive query counts, got {text!r}")
-    return values
-
-
-def parse_attacks(text: str) -> list[str]:
-    """argparse type of --attack: `repspec_zoo.eval.resolve_attacks` with argparse's error."""
-    try:
-        return resolve_attacks(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err))
-
-
-def load_model(spec: str, checkpoint: str | Path | None = None, num_classes: int | None = None) -> nn.Module:
-    """A timm model in eval mode, without regularizer hooks (evaluation does not need them).
-
-    Args:
-        spec: zoo/timm name (``arch`` or ``arch.tag``), ``hf-hub:org/name`` or ``local-dir:PATH``.
-        checkpoint: weights file (.safetensors or a torch state dict) loaded into ``spec``'s architecture.
-        num_classes: head size when building from a name with a checkpoint (the dataset's class count).
-    """
-    if checkpoint is not None:
-        checkpoint = Path(checkpoint)
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist; pass the model.safetensors of a "
-                                    "training run (runs/<name>/model.safetensors)")
-        kwargs = {} if num_classes is None else dict(num_classes=num_classes)
-        model = timm.create_model(spec, pretrained=False, checkpoint_path=str(checkpoint), **kwargs)
-    else:
-        model = timm.create_model(spec, pretrained=True)
-    if hasattr(model, "spectral"):
-        model.spectral.remove()
-    return model.eval()
+from .. import data
+from ..attacks import NormalizedModel
+from ..eval import PAPER, evaluate, resolve_attacks
+from ..runs import load_model
+from ..argtypes import parse_attacks, parse_budgets
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repspec-zoo eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="zoo/timm name, hf-hub:org/name or local-dir:PATH")
+    p.add_argument("model", help="zoo/timm name, hf-hub:org/name, local-dir:PATH or a training run directory")
     p.add_argument("--checkpoint", help="weights file for MODEL's architecture (.safetensors)")
     p.add_argument("--dataset", default="fashion_mnist",
                    help="registry name (fashion_mnist, digits, cifar10, ...), a Hub dataset id or a local folder")

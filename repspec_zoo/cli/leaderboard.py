@@ -1,0 +1,86 @@
+"""`repspec-zoo leaderboard`: the bundled zoo models side by side on the same test images.
+
+Tables, per-model EvalResult JSON and plots into ``--out`` (see :mod:`repspec_zoo.leaderboard`);
+``--report-only`` re-renders them from the JSON files; a killed run continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .. import data
+from ..eval import resolve_attacks
+from ..eval_result import EvalResult
+from ..leaderboard import (bundled_models, common_indices, evaluate_job, finished, load_zoo_model, report)
+from ..argtypes import parse_attacks, parse_budgets
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="repspec-zoo leaderboard", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="*", help="zoo names (default: every bundled model trained on --dataset)")
+    p.add_argument("--dataset", default="fashion_mnist")
+    p.add_argument("--n", type=int, default=50, help="test images attacked per model (the same for every model)")
+    p.add_argument("--budgets", type=parse_budgets, default=[250, 500, 1000], help="comma-separated query budgets")
+    p.add_argument("--attack", type=parse_attacks, default=resolve_attacks("ensemble"),
+                   help="attack name, comma-separated list or 'ensemble' (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1000, help="rows per model call")
+    p.add_argument("--workers", type=int, default=1,
+                   help="models evaluated in parallel processes, one torch thread each (default 1: one process)")
+    p.add_argument("--out", type=Path, default=Path("results/leaderboard"))
+    p.add_argument("--update-readme", type=Path, help="fill this README's leaderboard markers with the tables")
+    p.add_argument("--report-only", action="store_true",
+                   help="re-render tables, plots, README block and cards from the JSON files in --out")
+    p.add_argument("--update-cards", action="store_true",
+                   help="write each model's evaluation into its bundled folder and model_cards/<name> (card re-rendered)")
+    return p
+
+
+def main(argv=None) -> dict[str, EvalResult]:
+    args = build_parser().parse_args(argv)
+    if args.report_only:
+        meta = json.loads((args.out / "leaderboard.json").read_text())
+        results = {name: EvalResult.load(args.out / f"{name}.json") for name in meta.pop("models")}
+        meta.pop("paired_vs_baseline")
+        print(report(results, args.out, meta, args.update_readme, args.update_cards))
+        return results
+    if not args.attack:
+        raise SystemExit("repspec-zoo leaderboard: error: --attack none leaves nothing to rank; name an attack")
+    names = args.models or bundled_models(args.dataset)
+    if not names:
+        raise SystemExit(f"no bundled zoo weights for dataset {args.dataset!r}; `repspec-zoo list-pretrained` "
+                         "shows what exists, or pass --models NAME ...")
+    x, y = data.as_tensors(data.load_split(args.dataset, "test"))
+    start = time.perf_counter()
+    models = {name: load_zoo_model(name) for name in names}
+    index = common_indices(models, x, y, args.n, args.seed, args.batch_size).tolist()
+    print(f"attacking the same {len(index)} test images (classified correctly by all {len(models)} models) "
+          f"with {'+'.join(args.attack)}")
+    settings = dict(dataset=args.dataset, index=index, budgets=args.budgets, attacks=args.attack, seed=args.seed,
+                    batch_size=args.batch_size, out=args.out)
+    done = {name: kept for name in names if (kept := finished(args.out / f"{name}.json", settings))}
+    for name in done:
+        print(f"{name}: kept {args.out / f'{name}.json'} (same images, budgets, attacks and seed)")
+    todo = [name for name in names if name not in done]
+    if args.workers > 1 and len(todo) > 1:
+        from multiprocessing import get_context
+
+        with get_context("spawn").Pool(min(args.workers, len(todo))) as pool:
+            for name in pool.imap_unordered(evaluate_job, [dict(settings, name=n) for n in todo]):
+                print(f"done: {name}", flush=True)
+    else:
+        for i, name in enumerate(todo, 1):
+            print(f"[{i}/{len(todo)}] {name}")
+            evaluate_job(dict(settings, name=name), models[name], (x, y))
+    results = {name: done.get(name) or EvalResult.load(args.out / f"{name}.json") for name in names}
+    command = ("repspec-zoo leaderboard " + " ".join(argv if argv is not None else sys.argv[2:])).strip()
+    meta = dict(dataset=args.dataset, index=index, budgets=args.budgets, attacks=args.attack, seed=args.seed,
+                wall_time_s=time.perf_counter() - start, command=command)
+    tables = report(results, args.out, meta, args.update_readme, args.update_cards)
+    print(f"\n{tables}\n\n{len(models)} models ({len(todo)} attacked now) in {meta['wall_time_s']:.0f} s; "
+          f"wrote {args.out}/")
+    return results
