@@ -35,7 +35,7 @@ def main() -> None:
 
     from repspec_zoo.hub.exporting import bundle
     from repspec_zoo.models.registry import zoo_model_name
-    from repspec_zoo.runs import SUMMARY_FILE, WEIGHTS_FILE, read_run
+    from repspec_zoo.runs import EVAL_FILE, SUMMARY_FILE, WEIGHTS_FILE, read_run
 
     for config in args.configs:
         run_dir = ROOT / "runs" / "zoo" / config
@@ -46,7 +46,7 @@ def main() -> None:
         arch = name.split(".")[0]
         run(sys.executable, "-m", "repspec_zoo.cli", "eval", arch, "--checkpoint", str(run_dir / WEIGHTS_FILE),
             "--dataset", trained.dataset, "--n", str(args.n), "--budgets", args.budgets,
-            "--out", str(run_dir / "eval.json"))
+            "--out", str(run_dir / EVAL_FILE))
         bundle(run_dir)
         print(f"{name}: bundled in repspec_zoo/weights/{name}, card in model_cards/{name}")
 

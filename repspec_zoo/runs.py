@@ -133,7 +133,6 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-
 def load_model(spec: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
                num_classes: int | None = None) -> nn.Module:
     """The one model loader: a timm model in eval mode, without regularizer hooks (evaluation needs none).

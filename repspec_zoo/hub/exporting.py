@@ -137,6 +137,21 @@ class Export:
     repo_id: str  # the Hub repo its card points at
 
 
+def _read(run_dir: str | os.PathLike) -> Run:
+    try:
+        return read_run(run_dir)
+    except RunError as err:
+        raise ExportError(str(err)) from err
+
+
+def _zoo_name(run: Run) -> str:
+    """The zoo name ``arch.tag`` the run's config (model + regularizer.mode + dataset) stands for."""
+    try:
+        return zoo_model_name(run.config["model"], run.mode, run.dataset)
+    except ValueError as err:
+        raise ExportError(f"{run.path}: {err}") from err
+
+
 def export(run_dir: str | os.PathLike, to: str | os.PathLike, repo_id: str | None = None) -> Export:
     """Write the Hub-ready folder of a training run (weights, config.json, README.md, eval.json).
 
@@ -144,14 +159,11 @@ def export(run_dir: str | os.PathLike, to: str | os.PathLike, repo_id: str | Non
     defaults to the zoo's ``hf_hub_id`` for that name. The folder is written to a temp folder
     and renamed into place, so ``to`` holds the old export or the new one, never a mix.
     """
-    try:
-        run = read_run(run_dir)
-    except RunError as err:
-        raise ExportError(str(err)) from err
-    try:
-        name = zoo_model_name(run.config["model"], run.mode, run.dataset)
-    except ValueError as err:
-        raise ExportError(f"{run.path}: {err}") from err
+    return _export(_read(run_dir), Path(to), repo_id)
+
+
+def _export(run: Run, to: Path, repo_id: str | None) -> Export:
+    name = _zoo_name(run)
     cfg = get_pretrained_cfg(name)
     if run.img_size not in (None, cfg.input_size[-1]):
         raise ExportError(f"{run.path}: trained at img_size={run.img_size}, but {name} is defined at input_size="
@@ -161,13 +173,13 @@ def export(run_dir: str | os.PathLike, to: str | os.PathLike, repo_id: str | Non
     payload = safetensors.torch.save(run.state_dict, metadata={"format": "pt"})
     spec = DATASETS.get(run.dataset)
     meta = _metadata(run, name, model, sha256_hex(payload), spec and spec.class_names)
-    with _staged_dir(Path(to)) as staged:
+    with _staged_dir(to) as staged:
         atomic_write_bytes(staged / WEIGHTS_FILE, payload)
         save_config_for_hf(model, str(staged / CONFIG_FILE), model_config=meta)
         config = read_config(staged / CONFIG_FILE)
         atomic_write_text(staged / CARD_FILE, str(render_card(config, repo_id, spec and spec.hub_id)))
         atomic_write_text(staged / EVAL_FILE, json.dumps(run.evaluation, indent=2))
-    return Export(Path(to), name, repo_id)
+    return Export(to, name, repo_id)
 
 
 def update_bundled_evaluation(name: str, evaluation: dict) -> list[Path]:
@@ -183,11 +195,11 @@ def update_bundled_evaluation(name: str, evaluation: dict) -> list[Path]:
     if not (folders[0] / CONFIG_FILE).is_file():
         raise ExportError(f"{name} has no bundled folder {folders[0]}; `repspec-zoo list-pretrained` shows the "
                           "bundled models")
+    repo_id = get_pretrained_cfg(name).hf_hub_id
     for folder in folders:
         config = read_config(folder / CONFIG_FILE)
         config["eval"] = {k: v for k, v in evaluation.items() if k not in EVAL_DETAIL_KEYS}
         spec = DATASETS.get(config["dataset"])
-        repo_id = get_pretrained_cfg(name).hf_hub_id
         atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2))
         atomic_write_text(folder / EVAL_FILE, json.dumps(evaluation, indent=2))
         atomic_write_text(folder / CARD_FILE, str(render_card(config, repo_id, spec and spec.hub_id)))
@@ -226,17 +238,15 @@ def publish(run_dir: str | os.PathLike, repo_id: str | None = None, endpoint: st
     return commit.commit_url
 
 
-
 def bundle(run_dir: str | os.PathLike) -> str:
     """Export a finished run as a bundled zoo model: weights in ``repspec_zoo/weights/<name>`` (loads
     offline with ``pretrained=True``), and card, config and eval.json copied to ``model_cards/<name>``.
 
     Returns the zoo name ``arch.tag``. Each folder is replaced atomically (the old export or the new one).
     """
-    run = read_run(run_dir)
-    name = zoo_model_name(run.config["model"], run.mode, run.dataset)
-    exported = export(run_dir, bundled_dir(name))
-    card_dir = cards_dir(name)
+    run = _read(run_dir)
+    exported = _export(run, bundled_dir(_zoo_name(run)), None)
+    name, card_dir = exported.name, cards_dir(exported.name)
     card_dir.mkdir(parents=True, exist_ok=True)
     for file in CARD_FILES:
         shutil.copy2(exported.folder / file, card_dir / file)

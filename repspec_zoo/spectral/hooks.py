@@ -38,7 +38,7 @@ from .activation import ActivationTerms
 from .bn import bn_scale, bn_scaled_weight
 from .estimators import ESTIMATORS, EstimatorUnavailable
 from .operator import ConvGeometry
-from .power import conv_power_iteration, matrix_power_iteration, sigma_from_vectors
+from .power import matrix_power_iteration, sigma_from_vectors
 from .select import select_layers
 from .state import LayerState, state_key
 
@@ -229,11 +229,10 @@ class SpectralRegularizer(nn.Module):
         geom = self._geometry(name)
         if geom is None:
             sigma, u, v = matrix_power_iteration(weight, state.u, state.v, n_iter=n_iter)
-        elif name in self._power_fallback:
-            sigma, u, v = conv_power_iteration(weight, geom, state.u, state.v, n_iter=n_iter)
         else:
+            estimator = ESTIMATORS["power"] if name in self._power_fallback else self._estimator
             try:
-                sigma, u, v = self._estimator.refresh(weight, geom, state.u, state.v, n_iter)
+                sigma, u, v = estimator.refresh(weight, geom, state.u, state.v, n_iter)
             except EstimatorUnavailable as err:
                 warnings.warn(f"SpectralRegularizer: estimator {self.estimator!r} cannot measure layer {name!r} "
                               f"({err}); using power iteration on the same operator", stacklevel=3)

@@ -129,7 +129,8 @@ class Trainer:
     def __init__(self, accelerator, cfg: TrainConfig, net, optimizer, train_loader, test_loader, run_dir: Path):
         self.accelerator, self.cfg, self.net, self.optimizer = accelerator, cfg, net, optimizer
         self.train_loader, self.test_loader = train_loader, test_loader
-        self.model = accelerator.unwrap_model(net).model  # the timm model
+        self.plain = accelerator.unwrap_model(net)  # the TrainingModule: jvp/vjp and PGD need it, not the DDP wrapper
+        self.model = self.plain.model  # the timm model
         self.spectral = getattr(self.model, "spectral", None)
         self.regularizer = get_spec(cfg.regularizer.mode).step(cfg.regularizer, self.model)
         self.checkpoints = Checkpoints(Path(run_dir) / CHECKPOINTS_DIR, cfg.checkpoint.keep)
@@ -168,13 +169,12 @@ class Trainer:
     # ------------------------------------------------------------------------- one step
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, penalty_on: bool) -> torch.Tensor:
         """One micro-batch; returns its (cross-entropy * images, correct, penalty * images), without a host sync."""
-        plain = self.accelerator.unwrap_model(self.net)  # jvp/vjp and PGD need the module, not the DDP wrapper
         with self.accelerator.accumulate(self.net):
-            x = self.regularizer.batch(plain, x, y, penalty_on)
+            x = self.regularizer.batch(self.plain, x, y, penalty_on)
             out = self.net(x)
             logits, features = out if isinstance(out, tuple) else (out, None)
             ce = F.cross_entropy(logits, y)
-            penalty = self.regularizer.penalty(plain, x, logits, features, penalty_on)
+            penalty = self.regularizer.penalty(self.plain, x, logits, features, penalty_on)
             self.accelerator.backward(ce if penalty is None else ce + penalty)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
