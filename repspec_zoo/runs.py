@@ -22,6 +22,7 @@ import torch
 import yaml
 from safetensors import SafetensorError
 from torch import nn
+from .errors import UserError
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "EVAL_FILE", "SUMMARY_FILE", "METRICS_FILE", "CHECKPOINTS_DIR",
            "STATE_FILE", "RUN_FILES", "Run", "RunError", "read_run", "load_weights_file", "is_run_dir", "load_model"]
@@ -31,7 +32,7 @@ METRICS_FILE, CHECKPOINTS_DIR, STATE_FILE = "metrics.jsonl", "checkpoints", "tra
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE, SUMMARY_FILE)  # what a finished run holds
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     """A training run directory cannot be read: a file or key is missing or damaged."""
 
 

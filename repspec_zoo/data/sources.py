@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import huggingface_hub.constants as hf_constants
 
+from ..errors import UserError
 from .embedded import EmbeddedSource, IdxFiles
 from .image_datasets import ArrayImageDataset, HFImageDataset, ImageClassificationDataset
 from .registry import DATASETS, SPEC_BY_HUB_ID, DatasetSpec
@@ -33,7 +34,7 @@ _LOCAL_HINT = ("a folder of class subfolders (optionally under train/ and test/ 
                "files (train/test in their folder or file names), or of MNIST-style IDX files")
 
 
-class DatasetUnavailableError(ValueError):
+class DatasetUnavailableError(UserError, ValueError):
     """A Hub dataset could not be read (offline and not cached, unreachable, gated or missing)."""
 
 

@@ -24,6 +24,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from timm.models import get_pretrained_cfg
 from timm.models._hub import save_config_for_hf
 
+from ..errors import UserError
 from .. import __version__
 from ..data import DATASETS
 from ..io import atomic_write_bytes, atomic_write_text
@@ -45,11 +46,11 @@ def cards_dir(name: str) -> Path:
     return bundled_dir(name).parents[2] / "model_cards" / name
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A training run directory cannot be exported: a file or key is missing or inconsistent."""
 
 
-class PublishError(RuntimeError):
+class PublishError(UserError, RuntimeError):
     """The Hub endpoint refused the upload (or cannot be used); nothing was written locally."""
 
 

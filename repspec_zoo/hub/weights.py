@@ -29,6 +29,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntr
 from timm.models import get_arch_pretrained_cfgs, split_model_name_tag
 from timm.models._hub import hf_split
 
+from ..errors import UserError
 from ..runs import WEIGHTS_FILE, RunError, load_weights_file
 
 __all__ = ["WEIGHTS_DIR", "WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE", "EVAL_FILE", "SHA_KEY", "Weights",
@@ -40,11 +41,11 @@ CONFIG_FILE, CARD_FILE, EVAL_FILE = "config.json", "README.md", "eval.json"  # b
 SHA_KEY = "weights_sha256"  # config.json key: sha256 hex digest of WEIGHTS_FILE
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(UserError, RuntimeError):
     """pretrained=True found no weights: not bundled, not in the HF cache, not on the Hub."""
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """Weights were found but are unusable: sha256 mismatch, not safetensors, inconsistent head."""
 
 

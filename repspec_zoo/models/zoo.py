@@ -37,6 +37,7 @@ from timm.models import (PretrainedCfg, generate_default_cfgs, get_arch_pretrain
                          register_model, resolve_pretrained_cfg, split_model_name_tag)
 from timm.models._builder import pretrained_cfg_for_features
 
+from ..errors import UserError
 from ..hub.cards import attack_label, attack_rows
 from ..hub.weights import PretrainedWeightsUnavailable, load_weights, local_config
 from ..regularizers.registry import REGULARIZERS
@@ -47,7 +48,7 @@ __all__ = ["ARCHS", "PretrainedWeightsUnavailable", "UnknownModelError", "Pretra
            "create_model", "list_pretrained"]
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError, ValueError):
     """A model name or pretrained tag that timm's registry does not know."""
 
 

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from ..errors import UserError
 from ..models.registry import ARCHS
 from ..regularizers.registry import REGULARIZERS
 from ..runs import CONFIG_FILE
@@ -42,7 +43,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 _NULLS = ("null", "none", "~", "")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A recipe config (file or override) has an unknown key, a badly typed value or an invalid setting."""
 
 

@@ -17,6 +17,7 @@ import yaml
 from timm.models import is_model
 from torch import nn
 
+from ..errors import UserError
 from ..attacks.normalize import NormalizedModel
 from ..models.registry import ARCHS
 from ..regularizers.registry import get_spec
@@ -30,7 +31,7 @@ __all__ = ["InitError", "build_model", "load_init", "TrainingModule", "build_opt
 _TIMM_PREFIXES = ("hf-hub:", "local-dir:")
 
 
-class InitError(ValueError):
+class InitError(UserError, ValueError):
     """``init`` (--init) cannot be used: missing run, unfinished run, or another architecture."""
 
 
