@@ -6,7 +6,8 @@
     accelerate launch recipes/train.py --config recipes/configs/fmnist_resnet_small_repspectral.yaml \\
         epochs=2 optim.lr=0.05          # overrides: KEY=VALUE or --set KEY=VALUE, dotted for sections
 
-Killed? Run the same command again: it resumes from the newest checkpoint, mid-epoch included.
+Killed? Run the same command again: it resumes from the newest checkpoint, mid-epoch included; a
+checkpoint with a damaged file is set aside (step_N.corrupt, with a warning) for the one before it.
 Branch a run: `--branch-from runs/base/checkpoints/step_0000464 regularizer.mode=rep` starts a new
 run directory from another run's checkpoint (weights, optimizer, RNG, position in training), e.g.
 regularized runs that share the unregularized burn-in of one baseline run.
@@ -29,14 +30,14 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
-from repspec_zoo.data import DatasetUnavailableError
+from repspec_zoo.errors import UserError
 from repspec_zoo.io import atomic_write_text
 from repspec_zoo.regularizers.registry import get_spec
 from repspec_zoo.runs import CHECKPOINTS_DIR, METRICS_FILE, STATE_FILE, SUMMARY_FILE, WEIGHTS_FILE
-from repspec_zoo.training import (Checkpoints, ConfigError, InitError, Trainer, TrainingModule, build_model,
-                                  build_optimizer, check_input, dataset_num_classes, load_config, load_split,
-                                  make_accelerator, make_loaders, quick_eval, run_summary, save_run_config,
-                                  save_weights, summary_table, unsynced_tensors)
+from repspec_zoo.training import (Checkpoints, Trainer, TrainingModule, build_model, build_optimizer, check_input,
+                                  dataset_num_classes, load_config, load_split, make_accelerator, make_loaders,
+                                  quick_eval, run_summary, save_run_config, save_weights, summary_table,
+                                  unsynced_tensors)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -130,5 +131,5 @@ def main(argv: list[str] | None = None) -> dict | None:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, InitError, DatasetUnavailableError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:  # ConfigError, CheckpointError, DatasetUnavailableError, ...
         sys.exit(f"recipes/train.py: error: {err}")

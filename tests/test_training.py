@@ -10,6 +10,7 @@ import gzip
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,7 +28,7 @@ import yaml
 import repspec_zoo  # noqa: F401
 from repspec_zoo.data import DatasetUnavailableError
 from repspec_zoo.regularizers import bss_penalty
-from repspec_zoo.training import (Checkpoints, ConfigError, InitError, TrainConfig, apply_overrides,
+from repspec_zoo.training import (CheckpointError, Checkpoints, ConfigError, InitError, TrainConfig, apply_overrides,
                                   build_model, build_optimizer, load_config, lr_factor)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,6 +242,47 @@ def test_killed_run_resumes_mid_epoch_to_the_same_weights(tmp_path, capsys):
     for got, want in zip(*lines):
         assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-6)
         assert got["train_acc"] == want["train_acc"] and got["step"] == want["step"]
+
+
+# Damage a checkpoint file the way downloads, full disks and cut copies do.
+CORRUPTIONS = {
+    "truncated model.safetensors": ("model.safetensors", lambda b: b[:len(b) // 2]),
+    "truncated train_state.json": ("train_state.json", lambda b: b[:len(b) // 2]),
+    "HTML optimizer.bin": ("optimizer.bin", lambda _: b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>"),
+    "one flipped byte in random_states_0.pkl": ("random_states_0.pkl",  # accelerate's load_state would skip it silently
+                                                lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 1]) + b[len(b) // 2 + 1:]),
+}
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, data_dirs, capsys):
+    """Each damage to the newest checkpoint (step 4 of 4): the same command warns naming it, sets it aside,
+    resumes from step 2 and ends with the weights of the uninterrupted run from step 2; when every
+    checkpoint is damaged it fails naming each folder."""
+    common = ("epochs=2", "batch_size=8", "dataset.train_limit=16", "regularizer.burn_in_epochs=1",
+              "model_kwargs={hidden_dim: 16}", "checkpoint.keep=5")
+    reference = tmp_path / "reference"  # checkpoints at steps 2 and 4 (epoch ends), uninterrupted
+    run_recipe("fmnist_slp_repspectral", reference, *common, data_dir=data_dirs["gray"])
+    want = safetensors.torch.load_file(reference / "model.safetensors")
+    for kind, (name, damage) in CORRUPTIONS.items():
+        run_dir = tmp_path / kind.replace(" ", "_")
+        shutil.copytree(reference, run_dir)
+        newest = run_dir / "checkpoints" / "step_0000004"
+        (newest / name).write_bytes(damage((newest / name).read_bytes()))
+        capsys.readouterr()
+        with pytest.warns(UserWarning, match=rf"checkpoint {re.escape(str(newest))} cannot be resumed from: {name}"):
+            run_recipe("fmnist_slp_repspectral", run_dir, *common, data_dir=data_dirs["gray"])
+        assert "from step_0000002: epoch 2, 0 batches done" in capsys.readouterr().out, kind
+        assert (run_dir / "checkpoints" / "step_0000004.corrupt" / name).is_file(), kind  # kept for inspection
+        got = safetensors.torch.load_file(run_dir / "model.safetensors")
+        assert max((got[k] - want[k]).abs().max().item() for k in want) <= 1e-6, kind
+
+    hopeless = tmp_path / "hopeless"
+    shutil.copytree(reference, hopeless)
+    for step in (2, 4):
+        (hopeless / "checkpoints" / f"step_000000{step}" / "optimizer.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"step_0000004 \(optimizer.bin is unreadable.*step_0000002 \("):
+        run_recipe("fmnist_slp_repspectral", hopeless, *common, data_dir=data_dirs["gray"])
+    assert [p.name for p in Checkpoints(hopeless / "checkpoints", keep=5).all()] == ["step_0000002", "step_0000004"]
 
 
 def test_checkpoint_writes_are_atomic_and_keep_the_newest(tmp_path):
