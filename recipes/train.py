@@ -35,8 +35,8 @@ from repspec_zoo.io import atomic_write_text
 from repspec_zoo.regularizers.registry import get_spec
 from repspec_zoo.runs import CHECKPOINTS_DIR, METRICS_FILE, STATE_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from repspec_zoo.training import (Checkpoints, Trainer, TrainingModule, build_model, build_optimizer, check_input,
-                                  dataset_num_classes, load_config, load_split, make_accelerator, make_loaders,
-                                  quick_eval, run_summary, save_run_config, save_weights, summary_table,
+                                  data_summary, dataset_num_classes, load_config, load_split, make_accelerator,
+                                  make_loaders, quick_eval, run_summary, save_run_config, save_weights, summary_table,
                                   unsynced_tensors)
 
 
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     # 2. model (init weights + new head when fine-tuning, regularizer attached), data shaped for it
     model = build_model(cfg)
     train_set, test_set = load_split(cfg, model, "train"), load_split(cfg, model, "test")
+    accelerator.print(data_summary(cfg, train_set, test_set))
     check_input(model, train_set[0][0], cfg)
     net = TrainingModule(model, return_features=get_spec(cfg.regularizer.mode).needs_features)
     optimizer = build_optimizer(cfg, model)

@@ -221,7 +221,24 @@ def test_undecodable_images_are_named_before_any_item_is_read(tmp_path):
 
     for i in range(6):  # more bad files than the message lists
         (root / "train" / "cat" / f"x{i}.png").write_bytes(b"")
-    with pytest.raises(DataFolderError, match=r"10 of 15 image files cannot be decoded: .* and 5 more\. Delete or replace"):
+    with pytest.raises(DataFolderError, match=r"10 of 15 image files cannot be decoded: .* and 5 more\. Delete"):
+        load_split(root, "train")
+
+
+def test_each_image_is_decoded_once_per_process(tmp_path, monkeypatch):
+    from repspec_zoo.data import folder_checks
+
+    decoded = []
+    decode = folder_checks._decode_error
+    monkeypatch.setattr(folder_checks, "_decode_error", lambda path: decoded.append(path) or decode(path))
+    root = tmp_path / "pets"
+    _write_image_folder(root)
+    dataset_info(root)  # what a training run does first (class count), then each split
+    load_split(root, "train")
+    load_split(root, "test")
+    assert sorted(decoded) == sorted(str(p) for p in root.rglob("*.png")) and len(decoded) == 12
+    (root / "train" / "cat" / "0.png").write_bytes(b"")  # a file changed since: decoded again
+    with pytest.raises(DataFolderError, match="1 of 6 image files cannot be decoded: train/cat/0.png"):
         load_split(root, "train")
 
 

@@ -24,9 +24,10 @@ import safetensors.torch
 import timm
 import torch
 import yaml
+from PIL import Image
 
 import repspec_zoo  # noqa: F401
-from repspec_zoo.data import DatasetUnavailableError
+from repspec_zoo.data import DataFolderError, DatasetUnavailableError
 from repspec_zoo.regularizers import bss_penalty
 from repspec_zoo.training import (CheckpointError, Checkpoints, ConfigError, InitError, TrainConfig, apply_overrides,
                                   build_model, build_optimizer, load_config, lr_factor)
@@ -244,13 +245,18 @@ def test_killed_run_resumes_mid_epoch_to_the_same_weights(tmp_path, capsys):
         assert got["train_acc"] == want["train_acc"] and got["step"] == want["step"]
 
 
-# Damage a checkpoint file the way downloads, full disks and cut copies do.
+def _flip_middle_byte(content: bytes) -> bytes:
+    middle = len(content) // 2
+    return content[:middle] + bytes([content[middle] ^ 1]) + content[middle + 1:]
+
+
+# Damage a checkpoint file the way downloads, full disks and cut copies do (accelerate's load_state would
+# skip a damaged random_states file without a word: the run would go on with other random numbers).
 CORRUPTIONS = {
     "truncated model.safetensors": ("model.safetensors", lambda b: b[:len(b) // 2]),
     "truncated train_state.json": ("train_state.json", lambda b: b[:len(b) // 2]),
     "HTML optimizer.bin": ("optimizer.bin", lambda _: b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>"),
-    "one flipped byte in random_states_0.pkl": ("random_states_0.pkl",  # accelerate's load_state would skip it silently
-                                                lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 1]) + b[len(b) // 2 + 1:]),
+    "one flipped byte in random_states_0.pkl": ("random_states_0.pkl", _flip_middle_byte),
 }
 
 
@@ -376,6 +382,30 @@ def test_init_errors_never_fall_back_to_training_from_scratch(tmp_path, data_dir
                data_dir=data_dirs["gray"])
     with pytest.raises(InitError, match="holds a 'slp' model but this config trains 'resnet50'"):
         run_recipe("finetune_cifar10", tmp_path / "ft2", init=str(other))
+
+
+def test_limits_larger_than_the_split_warn_once_and_the_log_names_the_data_source(tmp_path, data_dirs, capsys):
+    gray = data_dirs["gray"]  # 16 training and 8 test images
+    with pytest.warns(UserWarning) as caught:
+        run_recipe("fmnist_slp_baseline", tmp_path / "run", "epochs=1", "batch_size=16", "model_kwargs={hidden_dim: 8}",
+                   "dataset.train_limit=999999999", "dataset.test_limit=9", data_dir=gray)
+    assert [str(w.message) for w in caught if "_limit=" in str(w.message)] == [
+        f"dataset.train_limit=999999999 is larger than the train split of idx:{gray} (16 images): using all 16",
+        f"dataset.test_limit=9 is larger than the test split of idx:{gray} (8 images): using all 8"]
+    assert f"data: fashion_mnist from idx:{gray}: train 16 images, test 8\n" in capsys.readouterr().out
+
+
+def test_a_damaged_image_stops_the_run_before_training_starts(tmp_path):
+    root = tmp_path / "pets"
+    for split, count in (("train", 8), ("test", 4)):
+        for label in ("cat", "dog"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(count):
+                Image.new("L", (28, 28), 40 if label == "cat" else 200).save(root / split / label / f"{i}.png")
+    (root / "train" / "dog" / "3.png").write_bytes(b"<html><body>Not Found</body></html>")
+    with pytest.raises(DataFolderError, match=r"1 of 16 image files cannot be decoded: train/dog/3\.png"):
+        run_recipe("fmnist_slp_baseline", tmp_path / "run", "epochs=1", "batch_size=8", data_dir=root)
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path, data_dirs):

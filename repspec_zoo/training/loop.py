@@ -142,7 +142,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------- resume / save
     def resume(self) -> Path | None:
-        """Restore the newest readable checkpoint of the run, if any (see ``Checkpoints.newest_good``); returns its path."""
+        """Restore the newest readable checkpoint of the run (``Checkpoints.newest_good``), if any; returns its path."""
         if self.accelerator.is_main_process:
             self.checkpoints.discard_partial()
         self.accelerator.wait_for_everyone()
