@@ -34,10 +34,10 @@ from repspec_zoo.errors import UserError
 from repspec_zoo.io import atomic_write_text
 from repspec_zoo.regularizers.registry import get_spec
 from repspec_zoo.runs import CHECKPOINTS_DIR, METRICS_FILE, STATE_FILE, SUMMARY_FILE, WEIGHTS_FILE
-from repspec_zoo.training import (Checkpoints, Trainer, TrainingModule, build_model, build_optimizer, check_input,
-                                  data_summary, dataset_num_classes, load_config, load_split, make_accelerator,
-                                  make_loaders, quick_eval, run_summary, save_run_config, save_weights, summary_table,
-                                  unsynced_tensors)
+from repspec_zoo.training import (CheckpointError, Checkpoints, Trainer, TrainingModule, build_model,
+                                  build_optimizer, check_input, checkpoint_problem, data_summary, dataset_num_classes,
+                                  load_config, load_split, make_accelerator, make_loaders, quick_eval, run_summary,
+                                  save_run_config, save_weights, summary_table, unsynced_tensors)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -62,6 +62,9 @@ def branch(checkpoint: Path, run_dir: Path, cfg, accelerator) -> None:
     if not (checkpoint / STATE_FILE).is_file():
         raise FileNotFoundError(f"--branch-from {checkpoint}: not a checkpoint folder (no {STATE_FILE}); "
                                 f"pass one of RUN_DIR/checkpoints/step_*")
+    problem = checkpoint_problem(checkpoint)
+    if problem is not None:
+        raise CheckpointError(f"--branch-from {checkpoint}: {problem}; branch from another checkpoint of that run")
     own = Checkpoints(run_dir / CHECKPOINTS_DIR, cfg.checkpoint.keep)
     if own.latest() is None and accelerator.is_main_process:
         staging = own.directory / f".{checkpoint.name}.tmp"  # a killed copy is discarded by resume()

@@ -462,6 +462,12 @@ def test_branched_run_continues_its_source_checkpoint(tmp_path, data_dirs):
     assert rep_lines[0] == source_lines[0] and rep_lines[1]["penalty"] > 0 and source_lines[1]["penalty"] == 0
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
         run_recipe("fmnist_slp_baseline", tmp_path / "bad", *common, "--branch-from", str(source))
+    damaged = tmp_path / "damaged" / first.name
+    shutil.copytree(first, damaged)
+    (damaged / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=rf"--branch-from {re.escape(str(damaged))}: model.safetensors is "
+                                              r"unreadable \(.*header too small"):
+        run_recipe("fmnist_slp_baseline", tmp_path / "bad", *common, "--branch-from", str(damaged))
 
 
 def test_direct_apply_shrinks_sigma_at_the_rate_of_the_formula(tmp_path, data_dirs):
