@@ -46,7 +46,7 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     Each file is read once, without building tensors (load_state then loads them, once):
     ``train_state.json`` must parse as a JSON object; every ``*.safetensors`` header must describe
     exactly the bytes that follow (``safetensors.safe_open``: catches truncated, empty and HTML
-    files); every torch.save file (``*.bin``, ``*.pkl``: zip archives) must pass the CRC-32 of each
+    files); every torch.save file (``*.bin``, ``*.pkl``, ``*.pt``: zip archives) must pass the CRC-32 of each
     member (``zipfile.testzip``), which also catches flipped bytes that ``torch.load`` would not.
     """
     for names in _REQUIRED:
@@ -62,7 +62,7 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
             if path.suffix == ".safetensors":
                 with safetensors.safe_open(path, "pt"):
                     pass
-            elif path.suffix in (".bin", ".pkl"):
+            elif path.suffix in (".bin", ".pkl", ".pt"):
                 with zipfile.ZipFile(path) as archive:
                     damaged = archive.testzip()
                 if damaged is not None:
