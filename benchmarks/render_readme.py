@@ -20,6 +20,7 @@ COMMANDS = {
     "recipe": ("OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_recipe.py --epochs 3 --repeats 4 "
                "dataset.train_limit=2560 dataset.test_limit=256 regularizer.burn_in_epochs=1 eval.attack=none"),
     "gpu_check": "benchmarks/gpu_check.sh",
+    "image_check": "OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_image_check.py",
 }
 GPU_VARIANTS = {"plain": "plain", "every_1": "rep-spectral in the loss, a power update every step",
                 "every_n": "same, a power update every {every} steps",
@@ -98,6 +99,16 @@ def recipe(r: dict) -> list[str]:
             f"| same on CPU time | {r['ratio_cpu']:.3f} | |"]
 
 
+def image_check(r: dict) -> list[str]:
+    rows = [f"Every image of a local folder is decoded once before training ({r['check_workers']} threads); one "
+            f"pass = reading each item of the split once (decode + transform, one thread). Best of {r['repeats']}.",
+            "", "| folder | images | check ms/image | one pass ms/image | check / one pass | goal |",
+            "|---|---:|---:|---:|---:|---:|"]
+    rows += [f"| {name} | {f['images']} | {f['check_ms_per_image']:.3f} | {f['one_pass_ms_per_image']:.3f} | "
+             f"{f['ratio_check_to_one_pass']:.3f} | < 1 |" for name, f in r.items() if isinstance(f, dict)]
+    return rows
+
+
 def _failed(result: dict) -> str | None:
     """Why a section or variant has no numbers (its error, or why it was skipped), else None."""
     return result.get("error") or result.get("skipped")
@@ -146,6 +157,7 @@ def main() -> None:
                                  zoo_attacks),
                                 ("zoo_attacks_leaderboard", "CGBA vs TA in the published leaderboard", zoo_attacks),
                                 ("recipe", "Accelerate recipe overhead", recipe),
+                                ("image_check", "Image folder check before training", image_check),
                                 ("gpu_check", "GPU check: ResNet-50 at 224 on one GPU", gpu_check)):
         result = load(name)
         parts += [f"## {title}", "", f"Command: `{COMMANDS[name]}`", ""]

@@ -6,7 +6,8 @@
     accelerate launch recipes/train.py --config recipes/configs/fmnist_resnet_small_repspectral.yaml \\
         epochs=2 optim.lr=0.05          # overrides: KEY=VALUE or --set KEY=VALUE, dotted for sections
 
-Killed? Run the same command again: it resumes from the newest checkpoint, mid-epoch included.
+Killed? Run the same command again: it resumes from the newest checkpoint, mid-epoch included; a
+checkpoint with a damaged file is set aside (step_N.corrupt, with a warning) for the one before it.
 Branch a run: `--branch-from runs/base/checkpoints/step_0000464 regularizer.mode=rep` starts a new
 run directory from another run's checkpoint (weights, optimizer, RNG, position in training), e.g.
 regularized runs that share the unregularized burn-in of one baseline run.
@@ -29,14 +30,14 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
-from repspec_zoo.data import DatasetUnavailableError
+from repspec_zoo.errors import UserError
 from repspec_zoo.io import atomic_write_text
 from repspec_zoo.regularizers.registry import get_spec
 from repspec_zoo.runs import CHECKPOINTS_DIR, METRICS_FILE, STATE_FILE, SUMMARY_FILE, WEIGHTS_FILE
-from repspec_zoo.training import (Checkpoints, ConfigError, InitError, Trainer, TrainingModule, build_model,
-                                  build_optimizer, check_input, dataset_num_classes, load_config, load_split,
-                                  make_accelerator, make_loaders, quick_eval, run_summary, save_run_config,
-                                  save_weights, summary_table, unsynced_tensors)
+from repspec_zoo.training import (CheckpointError, Checkpoints, Trainer, TrainingModule, build_model,
+                                  build_optimizer, check_input, checkpoint_problem, data_summary, dataset_num_classes,
+                                  load_config, load_split, make_accelerator, make_loaders, quick_eval, run_summary,
+                                  save_run_config, save_weights, summary_table, unsynced_tensors)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -61,6 +62,9 @@ def branch(checkpoint: Path, run_dir: Path, cfg, accelerator) -> None:
     if not (checkpoint / STATE_FILE).is_file():
         raise FileNotFoundError(f"--branch-from {checkpoint}: not a checkpoint folder (no {STATE_FILE}); "
                                 f"pass one of RUN_DIR/checkpoints/step_*")
+    problem = checkpoint_problem(checkpoint)
+    if problem is not None:
+        raise CheckpointError(f"--branch-from {checkpoint}: {problem}; branch from another checkpoint of that run")
     own = Checkpoints(run_dir / CHECKPOINTS_DIR, cfg.checkpoint.keep)
     if own.latest() is None and accelerator.is_main_process:
         staging = own.directory / f".{checkpoint.name}.tmp"  # a killed copy is discarded by resume()
@@ -97,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     # 2. model (init weights + new head when fine-tuning, regularizer attached), data shaped for it
     model = build_model(cfg)
     train_set, test_set = load_split(cfg, model, "train"), load_split(cfg, model, "test")
+    accelerator.print(data_summary(cfg, train_set, test_set))
     check_input(model, train_set[0][0], cfg)
     net = TrainingModule(model, return_features=get_spec(cfg.regularizer.mode).needs_features)
     optimizer = build_optimizer(cfg, model)
@@ -130,5 +135,5 @@ def main(argv: list[str] | None = None) -> dict | None:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, InitError, DatasetUnavailableError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:  # ConfigError, CheckpointError, DatasetUnavailableError, ...
         sys.exit(f"recipes/train.py: error: {err}")

@@ -2,9 +2,12 @@
 
 Importing the package registers the zoo's architectures with timm::
 
-    import timm, repspec_zoo
+    import timm, torch, repspec_zoo
+    import torch.nn.functional as F
+
     model = timm.create_model("resnet18_repspectral", num_classes=10, gamma=1e-3)
-    loss = criterion(model(x), y) + model.spectral.penalty()
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    loss = F.cross_entropy(model(x), y) + model.spectral.penalty()  # + gamma/2 * sum sigma_max^2
 """
 __version__ = "0.1.0"
 

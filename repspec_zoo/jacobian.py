@@ -9,6 +9,8 @@ materializing J (d x m per sample).
 """
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Callable
 
 import torch
@@ -19,8 +21,23 @@ def _unit(t: Tensor) -> Tensor:
     return t / t.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (t.dim() - 1)))
 
 
+@functools.cache
+def _load_jvp_decompositions() -> None:
+    """Import torch's forward-AD decompositions once, without its ``torch.jit.script`` FutureWarning.
+
+    The first forward-mode AD call imports ``torch._decomp.decompositions_for_jvp``, which
+    scripts its decompositions with ``torch.jit.script``: torch's own internal use of an API it has
+    deprecated, so a FutureWarning on every evaluation that neither we nor users can act on.
+    Importing it here under a filter for exactly that message silences it and nothing else.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        import torch._decomp.decompositions_for_jvp  # noqa: F401
+
+
 def jvp(fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """(fn(x), J(x) v) by forward-mode AD."""
+    _load_jvp_decompositions()
     return torch.func.jvp(fn, (x,), (v,))
 
 

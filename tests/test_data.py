@@ -1,8 +1,10 @@
 """repspec_zoo.data: every source -> (float32 (C, H, W) in [0, 1], int label), without the network."""
 import dataclasses
 import gzip
+import io
 import re
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -18,8 +20,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from repspec_zoo.data import (DATASETS, FASHION_MNIST_DIR, DatasetUnavailableError, IdxFiles, as_tensors,
-                              dataset_info, load_split, make_loader, make_transform)
+from repspec_zoo.data import (DATASETS, FASHION_MNIST_DIR, DataFolderError, DatasetUnavailableError, IdxFiles,
+                              as_tensors, dataset_info, load_split, make_loader, make_transform)
 
 needs_debian_fmnist = pytest.mark.skipif(
     not (FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz").is_file(),
@@ -175,6 +177,69 @@ def test_image_folder_split_detection(tmp_path):
     assert len(load_split(tmp_path / "flat", "train")) == 6
     with pytest.raises(ValueError, match="no test split.*it has train"):
         load_split(tmp_path / "flat", "test")
+
+
+def test_image_folder_with_one_class_folder_says_so_and_shows_the_layout(tmp_path):
+    root = tmp_path / "cats"
+    _write_image_folder(root)
+    for split in ("train", "test"):
+        shutil.rmtree(root / split / "dog")
+    with pytest.raises(DataFolderError, match=r"found one class folder \('cat', 3 images\); an image folder needs "
+                                              r"one sub-folder per class, at least two"):
+        load_split(root, "train")
+    with pytest.raises(DataFolderError, match="found one class folder"):
+        dataset_info(root)
+
+
+def test_images_directly_in_split_folders_are_not_taken_for_classes(tmp_path):
+    root = tmp_path / "flat_splits"  # without the check: two "classes", train and test
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), COLORS["cat"]).save(root / split / f"{i}.png")
+    with pytest.raises(DataFolderError, match="class folders found are test, train, which are split folders"):
+        load_split(root, "train")
+
+
+def test_undecodable_images_are_named_before_any_item_is_read(tmp_path):
+    root = tmp_path / "pets"
+    _write_image_folder(root, per_class=4)
+    good = (root / "train" / "dog" / "0.png").read_bytes()
+    jpeg = io.BytesIO()
+    Image.new("RGB", (64, 64), COLORS["dog"]).save(jpeg, format="JPEG")
+    damaged = {"train/cat/0.png": b"<html><body>404</body></html>", "train/cat/1.png": b"",
+               "train/dog/1.png": good[:len(good) // 2],
+               "train/dog/9.jpg": jpeg.getvalue()[:len(jpeg.getvalue()) // 2]}  # Image.verify() passes this one
+    for name, content in damaged.items():
+        (root / name).write_bytes(content)
+    with pytest.raises(DataFolderError) as err:
+        load_split(root, "train")
+    message = str(err.value)
+    assert message.startswith(f"{root}: 4 of 9 image files cannot be decoded: ")
+    assert all(name in message for name in damaged) and "train/cat/2.png" not in message
+    assert len(load_split(root, "test")) == 8  # the other split is fine
+
+    for i in range(6):  # more bad files than the message lists
+        (root / "train" / "cat" / f"x{i}.png").write_bytes(b"")
+    with pytest.raises(DataFolderError, match=r"10 of 15 image files cannot be decoded: .* and 5 more\. Delete"):
+        load_split(root, "train")
+
+
+def test_each_image_is_decoded_once_per_process(tmp_path, monkeypatch):
+    from repspec_zoo.data import folder_checks
+
+    decoded = []
+    decode = folder_checks._decode_error
+    monkeypatch.setattr(folder_checks, "_decode_error", lambda path: decoded.append(path) or decode(path))
+    root = tmp_path / "pets"
+    _write_image_folder(root)
+    dataset_info(root)  # what a training run does first (class count), then each split
+    load_split(root, "train")
+    load_split(root, "test")
+    assert sorted(decoded) == sorted(str(p) for p in root.rglob("*.png")) and len(decoded) == 12
+    (root / "train" / "cat" / "0.png").write_bytes(b"")  # a file changed since: decoded again
+    with pytest.raises(DataFolderError, match="1 of 6 image files cannot be decoded: train/cat/0.png"):
+        load_split(root, "train")
 
 
 def test_registry_name_with_data_dir_reads_local_files_at_the_registry_size(tmp_path):

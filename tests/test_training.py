@@ -10,6 +10,7 @@ import gzip
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,11 +24,12 @@ import safetensors.torch
 import timm
 import torch
 import yaml
+from PIL import Image
 
 import repspec_zoo  # noqa: F401
-from repspec_zoo.data import DatasetUnavailableError
+from repspec_zoo.data import DataFolderError, DatasetUnavailableError
 from repspec_zoo.regularizers import bss_penalty
-from repspec_zoo.training import (Checkpoints, ConfigError, InitError, TrainConfig, apply_overrides,
+from repspec_zoo.training import (CheckpointError, Checkpoints, ConfigError, InitError, TrainConfig, apply_overrides,
                                   build_model, build_optimizer, load_config, lr_factor)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,6 +245,52 @@ def test_killed_run_resumes_mid_epoch_to_the_same_weights(tmp_path, capsys):
         assert got["train_acc"] == want["train_acc"] and got["step"] == want["step"]
 
 
+def _flip_middle_byte(content: bytes) -> bytes:
+    middle = len(content) // 2
+    return content[:middle] + bytes([content[middle] ^ 1]) + content[middle + 1:]
+
+
+# Damage a checkpoint file the way downloads, full disks and cut copies do (accelerate's load_state would
+# skip a damaged random_states file without a word: the run would go on with other random numbers).
+CORRUPTIONS = {
+    "truncated model.safetensors": ("model.safetensors", lambda b: b[:len(b) // 2]),
+    "truncated train_state.json": ("train_state.json", lambda b: b[:len(b) // 2]),
+    "HTML optimizer.bin": ("optimizer.bin", lambda _: b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>"),
+    "one flipped byte in random_states_0.pkl": ("random_states_0.pkl", _flip_middle_byte),
+}
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, data_dirs, capsys):
+    """Each damage to the newest checkpoint (step 4 of 4): the same command warns naming it, sets it aside,
+    resumes from step 2 and ends with the weights of the uninterrupted run from step 2; when every
+    checkpoint is damaged it fails naming each folder."""
+    common = ("epochs=2", "batch_size=8", "dataset.train_limit=16", "regularizer.burn_in_epochs=1",
+              "model_kwargs={hidden_dim: 16}", "checkpoint.keep=5")
+    reference = tmp_path / "reference"  # checkpoints at steps 2 and 4 (epoch ends), uninterrupted
+    run_recipe("fmnist_slp_repspectral", reference, *common, data_dir=data_dirs["gray"])
+    want = safetensors.torch.load_file(reference / "model.safetensors")
+    for kind, (name, damage) in CORRUPTIONS.items():
+        run_dir = tmp_path / kind.replace(" ", "_")
+        shutil.copytree(reference, run_dir)
+        newest = run_dir / "checkpoints" / "step_0000004"
+        (newest / name).write_bytes(damage((newest / name).read_bytes()))
+        capsys.readouterr()
+        with pytest.warns(UserWarning, match=rf"checkpoint {re.escape(str(newest))} cannot be resumed from: {name}"):
+            run_recipe("fmnist_slp_repspectral", run_dir, *common, data_dir=data_dirs["gray"])
+        assert "from step_0000002: epoch 2, 0 batches done" in capsys.readouterr().out, kind
+        assert (run_dir / "checkpoints" / "step_0000004.corrupt" / name).is_file(), kind  # kept for inspection
+        got = safetensors.torch.load_file(run_dir / "model.safetensors")
+        assert max((got[k] - want[k]).abs().max().item() for k in want) <= 1e-6, kind
+
+    hopeless = tmp_path / "hopeless"
+    shutil.copytree(reference, hopeless)
+    for step in (2, 4):
+        (hopeless / "checkpoints" / f"step_000000{step}" / "optimizer.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"step_0000004 \(optimizer.bin is unreadable.*step_0000002 \("):
+        run_recipe("fmnist_slp_repspectral", hopeless, *common, data_dir=data_dirs["gray"])
+    assert [p.name for p in Checkpoints(hopeless / "checkpoints", keep=5).all()] == ["step_0000002", "step_0000004"]
+
+
 def test_checkpoint_writes_are_atomic_and_keep_the_newest(tmp_path):
     class Dies(Exception):
         pass
@@ -336,6 +384,30 @@ def test_init_errors_never_fall_back_to_training_from_scratch(tmp_path, data_dir
         run_recipe("finetune_cifar10", tmp_path / "ft2", init=str(other))
 
 
+def test_limits_larger_than_the_split_warn_once_and_the_log_names_the_data_source(tmp_path, data_dirs, capsys):
+    gray = data_dirs["gray"]  # 16 training and 8 test images
+    with pytest.warns(UserWarning) as caught:
+        run_recipe("fmnist_slp_baseline", tmp_path / "run", "epochs=1", "batch_size=16", "model_kwargs={hidden_dim: 8}",
+                   "dataset.train_limit=999999999", "dataset.test_limit=9", data_dir=gray)
+    assert [str(w.message) for w in caught if "_limit=" in str(w.message)] == [
+        f"dataset.train_limit=999999999 is larger than the train split of idx:{gray} (16 images): using all 16",
+        f"dataset.test_limit=9 is larger than the test split of idx:{gray} (8 images): using all 8"]
+    assert f"data: fashion_mnist from idx:{gray}: train 16 images, test 8\n" in capsys.readouterr().out
+
+
+def test_a_damaged_image_stops_the_run_before_training_starts(tmp_path):
+    root = tmp_path / "pets"
+    for split, count in (("train", 8), ("test", 4)):
+        for label in ("cat", "dog"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(count):
+                Image.new("L", (28, 28), 40 if label == "cat" else 200).save(root / split / label / f"{i}.png")
+    (root / "train" / "dog" / "3.png").write_bytes(b"<html><body>Not Found</body></html>")
+    with pytest.raises(DataFolderError, match=r"1 of 16 image files cannot be decoded: train/dog/3\.png"):
+        run_recipe("fmnist_slp_baseline", tmp_path / "run", "epochs=1", "batch_size=8", data_dir=root)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path, data_dirs):
     run_dir = tmp_path / "run"
     common = ("epochs=1", "batch_size=16", "model_kwargs={hidden_dim: 8}")
@@ -390,6 +462,12 @@ def test_branched_run_continues_its_source_checkpoint(tmp_path, data_dirs):
     assert rep_lines[0] == source_lines[0] and rep_lines[1]["penalty"] > 0 and source_lines[1]["penalty"] == 0
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
         run_recipe("fmnist_slp_baseline", tmp_path / "bad", *common, "--branch-from", str(source))
+    damaged = tmp_path / "damaged" / first.name
+    shutil.copytree(first, damaged)
+    (damaged / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=rf"--branch-from {re.escape(str(damaged))}: model.safetensors is "
+                                              r"unreadable \(.*header too small"):
+        run_recipe("fmnist_slp_baseline", tmp_path / "bad", *common, "--branch-from", str(damaged))
 
 
 def test_direct_apply_shrinks_sigma_at_the_rate_of_the_formula(tmp_path, data_dirs):

@@ -34,12 +34,14 @@ Example::
 Modules: :mod:`.registry` (the dataset table), :mod:`.sources` (resolving a name, reading a split),
 :mod:`.embedded` (IDX files, sklearn digits), :mod:`.image_datasets` (the torch Datasets),
 :mod:`.transforms` (preprocessing), :mod:`.splits` (split names), :mod:`.loading` (load_split,
-dataset_info, as_tensors, make_loader). Importing this package imports neither ``datasets`` nor
+dataset_info, describe_source, as_tensors, make_loader), :mod:`.folder_checks` (an image folder's layout and images,
+checked before use). Importing this package imports neither ``datasets`` nor
 scikit-learn: a source that needs one imports it when it is read.
 """
 from .embedded import FASHION_MNIST_DIR, IdxFiles, SklearnDigits
+from .folder_checks import DataFolderError
 from .image_datasets import ArrayImageDataset, HFImageDataset, ImageClassificationDataset
-from .loading import DatasetInfo, as_tensors, dataset_info, load_split, make_loader
+from .loading import DatasetInfo, as_tensors, dataset_info, describe_source, load_split, make_loader
 from .registry import DATASETS, DatasetSpec
 from .sources import DatasetUnavailableError
 from .splits import SPLITS
@@ -47,6 +49,6 @@ from .transforms import make_transform
 
 __all__ = [
     "DATASETS", "SPLITS", "FASHION_MNIST_DIR", "DatasetSpec", "DatasetInfo", "DatasetUnavailableError",
-    "ImageClassificationDataset", "ArrayImageDataset", "HFImageDataset", "IdxFiles", "SklearnDigits",
-    "load_split", "dataset_info", "make_transform", "as_tensors", "make_loader",
+    "DataFolderError", "ImageClassificationDataset", "ArrayImageDataset", "HFImageDataset", "IdxFiles", "SklearnDigits",
+    "load_split", "dataset_info", "describe_source", "make_transform", "as_tensors", "make_loader",
 ]

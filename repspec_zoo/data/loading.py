@@ -90,6 +90,12 @@ def load_split(name_or_path: str | os.PathLike, split: str = "train", data_dir: 
     return dataset
 
 
+def describe_source(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> str:
+    """Where :func:`load_split` reads a dataset from, without reading it: 'idx:DIR', 'imagefolder:DIR',
+    'parquet:DIR', 'sklearn:load_digits' or 'hub:ORG/NAME' (same arguments as :func:`load_split`)."""
+    return describe(resolve(name_or_path, data_dir))
+
+
 def dataset_info(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> DatasetInfo:
     """Classes, native shape and split sizes of a dataset (same arguments as :func:`load_split`).
 

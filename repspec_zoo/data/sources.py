@@ -21,6 +21,7 @@ import huggingface_hub.constants as hf_constants
 
 from ..errors import UserError
 from .embedded import EmbeddedSource, IdxFiles
+from .folder_checks import check_class_names, check_images, explain_missing_labels
 from .image_datasets import ArrayImageDataset, HFImageDataset, ImageClassificationDataset
 from .registry import DATASETS, SPEC_BY_HUB_ID, DatasetSpec
 from .splits import match_splits
@@ -164,7 +165,10 @@ def open_split(source: Source, source_split: str) -> ImageClassificationDataset:
     elif source.local_dir is not None:
         builder = _local_builder(source.local_dir)
         builder.download_and_prepare()
-        dataset = _hf_dataset(builder.as_dataset(split=source_split), spec, str(source.local_dir))
+        hf = builder.as_dataset(split=source_split)
+        if builder.name == "imagefolder":
+            _check_image_folder(hf, [str(f) for f in builder.config.data_files[source_split]], source.local_dir)
+        dataset = _hf_dataset(hf, spec, str(source.local_dir))
     elif source.hub_id is None:
         dataset = _array_dataset(spec.embedded, source_split, spec)
     else:
@@ -176,6 +180,19 @@ def open_split(source: Source, source_split: str) -> ImageClassificationDataset:
     if len(dataset) == 0:
         raise ValueError(f"{source.name}: split '{source_split}' has no examples")
     return dataset
+
+
+def _check_image_folder(hf: datasets.Dataset, files: list[str], directory: Path) -> None:
+    """Before a split of an image folder is used: one folder per class, and every image decodes."""
+    import datasets
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    images = [f for f in files if Path(f).suffix.lower() in ImageFolder.EXTENSIONS]
+    if "label" not in hf.features:
+        raise explain_missing_labels(images, directory)
+    if isinstance(hf.features["label"], datasets.ClassLabel):  # from folders, not from a metadata file
+        check_class_names(hf.features["label"].names, directory)
+    check_images(images, directory)
 
 
 def _array_dataset(embedded: EmbeddedSource, split: str, spec: DatasetSpec | None) -> ArrayImageDataset:

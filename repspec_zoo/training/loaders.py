@@ -7,6 +7,7 @@ recipe can train on ``xor``: the paper's 4-point toy problem (Yang et al. 2024, 
 from __future__ import annotations
 
 import random
+import warnings
 import zlib
 
 import torch
@@ -17,8 +18,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from .. import data
 from .config import ConfigError, TrainConfig
 
-__all__ = ["XorDataset", "EpochSeededDataset", "dataset_num_classes", "model_data_config", "load_split",
-           "make_loaders", "XOR"]
+__all__ = ["XorDataset", "EpochSeededDataset", "dataset_num_classes", "data_summary", "model_data_config",
+           "load_split", "make_loaders", "XOR"]
 
 XOR = "xor"
 
@@ -76,6 +77,22 @@ def dataset_num_classes(cfg: TrainConfig) -> int:
     if cfg.dataset.name == XOR:
         return 2
     return data.dataset_info(cfg.dataset.name, cfg.dataset.data_dir).num_classes
+
+
+def data_summary(cfg: TrainConfig, train: Dataset, test: Dataset) -> str:
+    """The log line that names where the run's data came from and the split sizes used.
+
+    Warns when ``dataset.train_limit`` / ``test_limit`` exceeds its split (the whole split is used).
+    """
+    if cfg.dataset.name == XOR:
+        source = "the 4 points of the toy problem"
+    else:  # 'idx:DIR', 'imagefolder:DIR', 'parquet:DIR', 'sklearn:load_digits' or 'hub:ORG/NAME'
+        source = data.describe_source(cfg.dataset.name, cfg.dataset.data_dir)
+    for split, dataset, limit in (("train", train, cfg.dataset.train_limit), ("test", test, cfg.dataset.test_limit)):
+        if limit is not None and limit > len(dataset):
+            warnings.warn(f"dataset.{split}_limit={limit} is larger than the {split} split of {source} "
+                          f"({len(dataset)} images): using all {len(dataset)}", stacklevel=2)
+    return f"data: {cfg.dataset.name} from {source}: train {len(train)} images, test {len(test)}"
 
 
 def model_data_config(model: nn.Module, cfg: TrainConfig) -> dict:

@@ -142,11 +142,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------- resume / save
     def resume(self) -> Path | None:
-        """Restore the newest checkpoint of the run, if any; returns its path."""
+        """Restore the newest readable checkpoint of the run (``Checkpoints.newest_good``), if any; returns its path."""
         if self.accelerator.is_main_process:
             self.checkpoints.discard_partial()
         self.accelerator.wait_for_everyone()
-        latest = self.checkpoints.latest()
+        latest = self.checkpoints.newest_good(self.accelerator)
         if latest is not None:
             self.state = TrainState(**self.checkpoints.load(self.accelerator, latest))
         if self.accelerator.is_main_process and self.metrics.path.exists():
