@@ -39,6 +39,7 @@ from timm.models._builder import pretrained_cfg_for_features
 
 from ..errors import UserError
 from ..hub.cards import attack_label, attack_rows
+from ..hub import timm_routes
 from ..hub.weights import PretrainedWeightsUnavailable, load_weights, local_config
 from ..regularizers.registry import REGULARIZERS
 from ..spectral import attach_spectral
@@ -52,6 +53,7 @@ class UnknownModelError(UserError, ValueError):
     """A model name or pretrained tag that timm's registry does not know."""
 
 
+timm_routes.install()  # hf-hub: / local-dir: weights are sha256-verified too
 default_cfgs = generate_default_cfgs({name: pretrained_cfg(arch, tag) for name, arch, _, tag in zoo_names()})
 
 
