@@ -47,7 +47,8 @@ def main() -> None:
         trained = read_run(run_dir)
         name = zoo_model_name(trained.config["model"], trained.mode, trained.dataset)
         arch = name.split(".")[0]
-        run(sys.executable, "-m", "repspec_zoo.cli", "eval", arch, "--checkpoint", os.path.relpath(run_dir / WEIGHTS_FILE, ROOT),
+        run(sys.executable, "-m", "repspec_zoo.cli", "eval", arch,
+            "--checkpoint", os.path.relpath(run_dir / WEIGHTS_FILE, ROOT),
             "--dataset", trained.dataset, "--n", str(args.n), "--budgets", args.budgets,
             "--out", os.path.relpath(run_dir / EVAL_FILE, ROOT))  # eval.json records it: no machine paths
         bundle(run_dir)

@@ -23,6 +23,7 @@ import yaml
 from safetensors import SafetensorError
 from torch import nn
 from .errors import UserError
+from .model_names import check_model_name
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "EVAL_FILE", "SUMMARY_FILE", "METRICS_FILE", "CHECKPOINTS_DIR",
            "STATE_FILE", "RUN_FILES", "Run", "RunError", "read_run", "load_weights_file", "is_run_dir", "load_model"]
@@ -183,9 +184,7 @@ def load_model(spec: str | os.PathLike, checkpoint: str | os.PathLike | None = N
         kwargs = {} if num_classes is None else dict(num_classes=num_classes)
         model = timm.create_model(str(spec), pretrained=False, checkpoint_path=str(checkpoint), **kwargs)
     else:
-        from .models.zoo import create_model  # the zoo imports this module: imported here, not at the top
-
-        model = create_model(str(spec), pretrained=True)  # an unknown name lists the close ones
+        model = timm.create_model(check_model_name(str(spec)), pretrained=True)  # unknown: lists close names
     if hasattr(model, "spectral"):
         model.spectral.remove()
     return model.eval()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
+import timm
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..models.registry import OWN_ARCHS
 from ..regularizers.registry import get_spec
 from ..stats import format_interval
 
@@ -143,15 +143,21 @@ def _hub_name(repo_id: str | None) -> str:
     return f"hf-hub:{repo_id}" if repo_id else "local-dir:PATH/TO/THIS/FOLDER"
 
 
+def needs_repspec_zoo(arch: str) -> bool:
+    """Whether plain timm needs ``import repspec_zoo`` to build ``arch``: repspec_zoo registers it (slp, resnet_small)."""
+    return timm.is_model(arch) and timm.models.model_entrypoint(arch).__module__.startswith("repspec_zoo.")
+
+
 def _usage(config: Mapping, repo_id: str | None) -> str:
     """The card's Python snippet: which import timm needs, and the names that load these weights."""
     arch, name = config["architecture"], config["zoo_name"]
-    if arch in OWN_ARCHS:
+    if needs_repspec_zoo(arch):
         why = f"import repspec_zoo  # required: registers `{arch}` (a repspec_zoo architecture plain timm lacks)"
     else:
         why = (f"import repspec_zoo  # optional: `{arch}` is a timm architecture; the import adds sha256 "
                "verification and the zoo names")
-    lines = ["import timm", why, "", f'model = timm.create_model("{_hub_name(repo_id)}", pretrained=True)  # plain timm']
+    lines = ["import timm", why, "",
+             f'model = timm.create_model("{_hub_name(repo_id)}", pretrained=True)  # plain timm loading']
     if config.get("custom_data"):
         lines.append(f"# {name} was trained on custom data: it is not a zoo name, load it by its repo or folder")
         if not repo_id:

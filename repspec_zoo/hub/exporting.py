@@ -198,7 +198,8 @@ def _pretrained_cfg(run: Run, identity: Identity) -> PretrainedCfg:
     cfg = get_pretrained_cfg(identity.name)
     if run.img_size not in (None, cfg.input_size[-1]):
         raise ExportError(f"{run.path}: trained at img_size={run.img_size}, but {identity.name} is defined at "
-                          f"input_size={cfg.input_size}; its pretrained cfg must describe the weights (add a tag in zoo.py)")
+                          f"input_size={cfg.input_size}; its pretrained cfg must describe the weights "
+                          "(add a tag in zoo.py)")
     return cfg
 
 

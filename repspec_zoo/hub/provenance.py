@@ -64,7 +64,8 @@ def run_identity(run: Run) -> Identity:
     archs = [arch for arch, entry in ARCHS.items() if entry == (base, mode)]
     if not archs:
         raise ValueError(f"the zoo has no arch for model={base!r} with regularizer mode={mode!r}; zoo (model, mode) "
-                         f"pairs: {sorted(set(ARCHS.values()))}. Add one to _BASE_MODES in repspec_zoo/models/registry.py")
+                         f"pairs: {sorted(set(ARCHS.values()))}. Add one to _BASE_MODES in "
+                         "repspec_zoo/models/registry.py")
     recorded = run.summary.get("class_names")
     class_names = tuple(recorded) if recorded else None
     data_dir = run.data_dir
@@ -92,6 +93,8 @@ def _portable_text(text: str, root: Path) -> str:
     """Absolute paths in a value or command line (also as ``--opt=/path``) made portable."""
     if "/" not in text:
         return text
+    if os.path.isabs(text) and " -" not in text:  # one path (spaces and all), not a command line
+        return _portable_path(text, root)
     try:
         tokens = shlex.split(text)
     except ValueError:  # not a command line (unbalanced quotes): one value

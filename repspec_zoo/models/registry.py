@@ -14,11 +14,9 @@ from timm.models import PretrainedCfg, get_pretrained_cfg
 
 from ..regularizers.registry import REGULARIZERS
 
-__all__ = ["OWN_ARCHS", "HF_ORG", "ARCHS", "TAGS", "BASE_TAGS", "Tag", "zoo_names", "zoo_model_name", "pretrained_cfg",
+__all__ = ["HF_ORG", "ARCHS", "TAGS", "BASE_TAGS", "Tag", "zoo_names", "zoo_model_name", "pretrained_cfg",
            "base_pretrained_cfg"]
 
-#: base archs defined by repspec_zoo (tiny.py), which plain timm cannot build without `import repspec_zoo`
-OWN_ARCHS = ("slp", "resnet_small")
 HF_ORG = "repspec-zoo"  # the one Hub namespace of the zoo's weights: repo = f"{HF_ORG}/{arch}.{tag}"
 PAPER_IDS = ("arXiv:2405.17181", "arXiv:2111.07492")  # rep-spectral (Yang et al. 2024), Tangent Attack (Ma et al. 2021)
 PAPER_NAME = "Spectral regularization for adversarially-robust representation learning"
