@@ -86,11 +86,12 @@ def test_stale_staging_folders_of_killed_exports_are_removed(tmp_path):
     parent = tmp_path / "exports"
     stale = [parent / f".{NAME}.abc123.tmp", parent / f".{NAME}.999999999.x1.old"]  # older format; a dead process
     alive = parent / f".{NAME}.{os.getpid()}.y2.tmp"  # an export still running in this process
-    others = [parent / ".other.1.tmp", parent / f".{NAME}.note.tmp"]  # another name's; a file, not a folder
-    for folder in (*stale, alive, others[0]):
+    others = [parent / ".other.1.tmp", parent / f".{NAME}.v2.{os.getpid() + 1}.z3.tmp",  # other names' (NAME.v2)
+              parent / f".{NAME}.note.tmp"]  # a file, not a folder
+    for folder in (*stale, alive, *others[:2]):
         folder.mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(b"half")
-    others[1].write_text("not ours")
+    others[2].write_text("not ours")
     exporting.export(run, parent / NAME)
     assert [p.exists() for p in stale] == [False, False]
     assert alive.is_dir() and all(p.exists() for p in others)
@@ -198,6 +199,7 @@ def test_portable_paths():
     assert provenance.portable("gamma/2 * sum, Roth et al.'s") == "gamma/2 * sum, Roth et al.'s"
 
 
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout (git ls-files)")
 def test_committed_results_and_cards_hold_no_machine_paths():
     tracked = subprocess.run(["git", "ls-files", "*.json", "model_cards/*.md", "repspec_zoo/weights/*.md",
                               "results/*.md", "benchmarks/*.md"], cwd=ROOT, capture_output=True, text=True,
@@ -205,3 +207,21 @@ def test_committed_results_and_cards_hold_no_machine_paths():
     assert tracked
     pattern = re.compile(r"(?<![\w.])/(?:work|home|root|Users|tmp)/")
     assert [f for f in tracked if pattern.search((ROOT / f).read_text(errors="ignore"))] == []
+
+
+def test_run_json_records_what_the_run_trained_on(tmp_path):
+    """run.json's class_names and data_dir: a --data-dir folder's own classes, not its recipe dataset's."""
+    from PIL import Image
+
+    from repspec_zoo.training import apply_overrides, load_config, run_summary
+
+    for split in ("train", "test"):
+        for name, color in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (12, 10), color).save(tmp_path / split / name / "0.png")
+    cfg = load_config(ROOT / "recipes" / "configs" / "fmnist_slp_baseline_zoo.yaml")
+    summary = run_summary(cfg, [], {}, ["recipes/train.py"], 0.0, 1, [])
+    assert (summary["class_names"][0], summary["data_dir"], summary["model_name"]) == \
+        ("T-shirt/top", None, "slp_baseline.fmnist")
+    custom = run_summary(apply_overrides(cfg, [f"dataset.data_dir={tmp_path}"]), [], {}, ["recipes/train.py"], 0.0, 1, [])
+    assert (custom["class_names"], custom["data_dir"], custom["model_name"]) == (["cat", "dog"], str(tmp_path), "slp")

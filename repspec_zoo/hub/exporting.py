@@ -9,10 +9,10 @@ The folder layout is in :mod:`repspec_zoo.hub.weights`. Example::
 from __future__ import annotations
 
 import contextlib
-import glob
 import importlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -121,13 +121,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_staging(target: Path) -> None:
-    """Delete the hidden ``.NAME.PID.*.tmp`` / ``.old`` folders that a killed export of ``target`` left beside
-    it: those of processes that are gone (and of older exports, which recorded no process id)."""
-    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
-        if not (leftover.is_dir() and leftover.suffix in (".tmp", ".old")):
-            continue
-        pid = leftover.name[len(target.name) + 2:].split(".")[0]
-        if not (pid.isdigit() and _pid_alive(int(pid))):
+    """Delete the hidden ``.NAME.PID.XXXXXXXX.tmp`` / ``.old`` folders that a killed export of ``target`` left
+    beside it: those of processes that are gone, and those of older exports (``.NAME.XXXXXXXX.tmp``, no pid)."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(\d+)\.)?[a-z0-9_]+\.(?:tmp|old)")  # not NAME.x's
+    for leftover in target.parent.iterdir():
+        found = pattern.fullmatch(leftover.name)
+        if found and leftover.is_dir() and not (found[1] and _pid_alive(int(found[1]))):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
