@@ -125,8 +125,9 @@ def _commands(config: Mapping, repo_id: str | None) -> str:
     evaluation = config.get("eval") or {}
     settings = ""
     if evaluation.get("budgets") and evaluation.get("n_requested"):  # an EvalResult from repspec-zoo eval
-        settings = (f" --dataset {evaluation.get('dataset', config.get('dataset'))} --n {evaluation['n_requested']} "
-                    f"--budgets {','.join(map(str, evaluation['budgets']))} "
+        local = f" --data-dir PATH/TO/{config['dataset']}" if config.get("custom_data") else ""  # the folder it read
+        settings = (f" --dataset {evaluation.get('dataset', config.get('dataset'))}{local} "
+                    f"--n {evaluation['n_requested']} --budgets {','.join(map(str, evaluation['budgets']))} "
                     f"--attack {','.join(evaluation.get('attacks') or [evaluation.get('attack', 'ta')])} "
                     f"--seed {evaluation.get('settings', {}).get('seed', 0)}")
     produced_by = (evaluation.get("settings") or {}).get("command")  # e.g. the leaderboard that wrote it
@@ -144,7 +145,8 @@ def _hub_name(repo_id: str | None) -> str:
 
 
 def needs_repspec_zoo(arch: str) -> bool:
-    """Whether plain timm needs ``import repspec_zoo`` to build ``arch``: repspec_zoo registers it (slp, resnet_small)."""
+    """Whether plain timm needs ``import repspec_zoo`` to build ``arch``: repspec_zoo registers it (slp,
+    resnet_small)."""
     return timm.is_model(arch) and timm.models.model_entrypoint(arch).__module__.startswith("repspec_zoo.")
 
 
