@@ -13,7 +13,8 @@ A zoo model's weights live in a folder laid out like its Hub repo (written by
 
 Resolution for ``pretrained=True`` (see repspec_zoo.models.zoo): the folder bundled in the
 package (``repspec_zoo/weights/<arch>.<tag>/``), then the Hugging Face cache / Hub repo; the
-sha256 in config.json is checked before the weights are used.
+sha256 in config.json is checked before the weights are used. timm's own ``hf-hub:ORG/NAME`` and
+``local-dir:PATH`` names get the same check (:mod:`.timm_routes`).
 """
 from __future__ import annotations
 
