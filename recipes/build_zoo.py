@@ -2,7 +2,8 @@
 
     python recipes/build_zoo.py            # = make zoo
 
-For each Fashion-MNIST config (slp and resnet_small; baseline, ll-spectral, rep-spectral):
+For each Fashion-MNIST config (slp and resnet_small; baseline, ll-spectral, rep-spectral; the slp ones are
+the ``*_zoo`` configs, the 10-epoch settings the bundled slp models record):
 1. train with recipes/train.py into runs/zoo/<config> (resumes / skips a finished run);
 2. benchmark it with `repspec-zoo eval` (clean accuracy on the whole test split, Tangent
    Attack on N correctly classified test images) -> runs/zoo/<config>/eval.json;
@@ -12,13 +13,14 @@ For each Fashion-MNIST config (slp and resnet_small; baseline, ll-spectral, rep-
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = [f"fmnist_{arch}_{mode}" for arch in ("slp", "resnet_small") for mode in ("baseline", "llspectral",
-                                                                                    "repspectral")]
+CONFIGS = [f"fmnist_{arch}_{mode}{suffix}" for arch, suffix in (("slp", "_zoo"), ("resnet_small", ""))
+           for mode in ("baseline", "llspectral", "repspectral")]
 
 
 def run(*command: str) -> None:
@@ -40,13 +42,15 @@ def main() -> None:
     for config in args.configs:
         run_dir = ROOT / "runs" / "zoo" / config
         if not (run_dir / SUMMARY_FILE).is_file():
-            run(sys.executable, "recipes/train.py", "--config", f"recipes/configs/{config}.yaml", "--output", str(run_dir))
+            run(sys.executable, "recipes/train.py", "--config", f"recipes/configs/{config}.yaml", "--output",
+                os.path.relpath(run_dir, ROOT))
         trained = read_run(run_dir)
         name = zoo_model_name(trained.config["model"], trained.mode, trained.dataset)
         arch = name.split(".")[0]
-        run(sys.executable, "-m", "repspec_zoo.cli", "eval", arch, "--checkpoint", str(run_dir / WEIGHTS_FILE),
+        run(sys.executable, "-m", "repspec_zoo.cli", "eval", arch,
+            "--checkpoint", os.path.relpath(run_dir / WEIGHTS_FILE, ROOT),
             "--dataset", trained.dataset, "--n", str(args.n), "--budgets", args.budgets,
-            "--out", str(run_dir / EVAL_FILE))
+            "--out", os.path.relpath(run_dir / EVAL_FILE, ROOT))  # eval.json records it: no machine paths
         bundle(run_dir)
         print(f"{name}: bundled in repspec_zoo/weights/{name}, card in model_cards/{name}")
 

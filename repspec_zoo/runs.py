@@ -23,6 +23,7 @@ import yaml
 from safetensors import SafetensorError
 from torch import nn
 from .errors import UserError
+from .model_names import check_model_name
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "EVAL_FILE", "SUMMARY_FILE", "METRICS_FILE", "CHECKPOINTS_DIR",
            "STATE_FILE", "RUN_FILES", "Run", "RunError", "read_run", "load_weights_file", "is_run_dir", "load_model"]
@@ -36,12 +37,25 @@ class RunError(UserError, ValueError):
     """A training run directory cannot be read: a file or key is missing or damaged."""
 
 
-def load_weights_file(data: bytes, path: Path, fix: str) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file's bytes; RunError naming ``path`` and ``fix`` if unreadable."""
+def _damage(data: bytes) -> str:
+    """What an unreadable weights file most likely is: the usual failed downloads and killed writes."""
+    if not data:
+        return "it is empty (0 bytes)"
+    if data.lstrip()[:1] == b"<":
+        return "it is an HTML/XML page, not weights (a login or error page saved by a failed download)"
+    return f"it is truncated or damaged ({len(data)} bytes)"
+
+
+def load_weights_file(data: bytes, path: Path, fix: str, error: type[UserError] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file's bytes.
+
+    An unreadable file (empty, truncated, an HTML page) raises ``error`` (default RunError): one
+    sentence naming ``path``, what the file looks like, and ``fix``.
+    """
     try:
         return safetensors.torch.load(data)
     except SafetensorError as err:
-        raise RunError(f"{path} is not a valid safetensors file ({err}); it may be truncated. {fix}") from err
+        raise (error or RunError)(f"{path} is not a valid safetensors file: {_damage(data)} ({err}). {fix}") from err
 
 
 @dataclass
@@ -75,6 +89,12 @@ class Run:
             raise RunError(f"{self.path / WEIGHTS_FILE} does not fit timm {base!r} with num_classes={num_classes} "
                            f"({CONFIG_FILE}): {err}") from err
         return model
+
+    @property
+    def data_dir(self) -> str | None:
+        """The local folder the run read its data from instead of its dataset's source (--data-dir), if any."""
+        dataset = self.config["dataset"]
+        return dataset.get("data_dir") if isinstance(dataset, dict) else None
 
     @property
     def img_size(self) -> int | None:
@@ -164,7 +184,7 @@ def load_model(spec: str | os.PathLike, checkpoint: str | os.PathLike | None = N
         kwargs = {} if num_classes is None else dict(num_classes=num_classes)
         model = timm.create_model(str(spec), pretrained=False, checkpoint_path=str(checkpoint), **kwargs)
     else:
-        model = timm.create_model(str(spec), pretrained=True)
+        model = timm.create_model(check_model_name(str(spec)), pretrained=True)  # unknown: lists close names
     if hasattr(model, "spectral"):
         model.spectral.remove()
     return model.eval()

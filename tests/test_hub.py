@@ -250,8 +250,8 @@ BAD_RUNS = {  # case: (how the run is broken, what the error must say)
     "no regularizer": (lambda run: edit_config(run, regularizer=None), r"lacks \['regularizer'\]"),
     "other img_size": (lambda run: edit_config(run, dataset={"name": "fashion_mnist", "img_size": 32}),
                        r"trained at img_size=32, but resnet_small_repspectral.fmnist is defined at input_size="),
-    "unknown dataset": (lambda run: edit_config(run, dataset={"name": "mnist"}),
-                        r"no tag for resnet_small trained on dataset='mnist'.*TAGS / BASE_TAGS"),
+    "no zoo arch": (lambda run: edit_config(run, regularizer={"mode": "bss"}),
+                    r"no arch for model='resnet_small' with regularizer mode='bss'.*_BASE_MODES"),
 }
 
 
@@ -265,15 +265,18 @@ def test_bad_runs_are_clear_errors_and_write_nothing(tmp_path, case):
     assert not (tmp_path / "cards").exists() or list((tmp_path / "cards").iterdir()) == []
 
 
-def test_export_replaces_an_export_but_never_another_folder(tmp_path):
+def test_export_replaces_an_export_only_with_force_and_never_another_folder(tmp_path):
     run, _ = make_run(tmp_path / "run")
     out = tmp_path / "cards" / NAME
     exporting.export(run, out)
     (out / "stale.txt").write_text("from an older export")
-    exporting.export(run, out)
+    with pytest.raises(exporting.ExportError, match=rf"{out} already holds an exported model; pass --force"):
+        exporting.export(run, out)
+    assert (out / "stale.txt").exists()
+    cli.main(["export", str(run), "--to", str(out), "--force"])
     assert not (out / "stale.txt").exists() and sorted(p.name for p in (tmp_path / "cards").iterdir()) == [NAME]
     with pytest.raises(exporting.ExportError, match="exists and is not an exported zoo model"):
-        exporting.export(run, tmp_path / "cards")
+        exporting.export(run, tmp_path / "cards", force=True)
     assert (out / "config.json").is_file()
 
 

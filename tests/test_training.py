@@ -134,10 +134,10 @@ def test_shipped_config_runs_two_steps(name, shipped_run):
     direct = mode in ("rep", "ll") and cfg["regularizer"]["apply"] == "direct"  # a step outside the loss
     assert summary["steps"] == 2 and [r["step"] for r in records] == [1, 2]
     assert summary["arch"] == cfg["model"] and summary["regularizer"]["mode"] == mode
-    assert (mode == "none") or "gamma/2" in summary["regularizer"]["convention"]
+    assert mode in ("none", "adv", "ddsnr") or "gamma/2" in summary["regularizer"]["convention"]  # Roth's: no gamma
     assert [r["penalty_on"] for r in records] == [False, True]
     assert records[0]["penalty"] == 0.0
-    assert (records[1]["penalty"] > 0) == (mode != "none" and not direct)
+    assert (records[1]["penalty"] > 0) == (mode not in ("none", "adv") and not direct)  # adv: a data change, no term
     assert all(np.isfinite(r["train_loss"]) for r in records)
     evaluation = json.loads((run_dir / "eval.json").read_text())
     assert 0.0 <= evaluation["clean_acc"] <= 1.0 and evaluation["n_test"] == (4 if name == "xor_toy" else 8)

@@ -10,7 +10,8 @@ from ..hub.exporting import ExportError, PublishError, publish
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="repspec-zoo publish", description=__doc__)
     parser.add_argument("run_dir", help="training run directory (config.yaml, model.safetensors, eval.json, run.json)")
-    parser.add_argument("--repo-id", help="Hub repo org/name (default: the zoo's hf_hub_id for the run)")
+    parser.add_argument("--repo-id", help="Hub repo org/name (default: the zoo's hf_hub_id for the run; required for a "
+                                          "run on custom data)")
     parser.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
     parser.add_argument("--private", action="store_true", help="create the repo private")
     args = parser.parse_args(argv)

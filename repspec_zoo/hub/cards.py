@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
+import timm
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..regularizers.registry import get_spec
@@ -114,7 +115,7 @@ def _card_data(config: Mapping, dataset_hub_id: str | None) -> ModelCardData:
     )
 
 
-def _commands(config: Mapping, repo_id: str) -> str:
+def _commands(config: Mapping, repo_id: str | None) -> str:
     """Training, evaluation (with the settings eval.json records) and export commands."""
     training = config.get("training") or {}
     command = training.get("command")
@@ -124,18 +125,51 @@ def _commands(config: Mapping, repo_id: str) -> str:
     evaluation = config.get("eval") or {}
     settings = ""
     if evaluation.get("budgets") and evaluation.get("n_requested"):  # an EvalResult from repspec-zoo eval
-        settings = (f" --dataset {evaluation.get('dataset', config.get('dataset'))} --n {evaluation['n_requested']} "
-                    f"--budgets {','.join(map(str, evaluation['budgets']))} "
+        local = f" --data-dir PATH/TO/{config['dataset']}" if config.get("custom_data") else ""  # the folder it read
+        settings = (f" --dataset {evaluation.get('dataset', config.get('dataset'))}{local} "
+                    f"--n {evaluation['n_requested']} --budgets {','.join(map(str, evaluation['budgets']))} "
                     f"--attack {','.join(evaluation.get('attacks') or [evaluation.get('attack', 'ta')])} "
                     f"--seed {evaluation.get('settings', {}).get('seed', 0)}")
     produced_by = (evaluation.get("settings") or {}).get("command")  # e.g. the leaderboard that wrote it
-    evaluate = f"{produced_by}  # wrote this card's evaluation" if produced_by else f"repspec-zoo eval hf-hub:{repo_id}{settings}"
-    return "\n".join([train, evaluate,
-                      f"repspec-zoo export RUN_DIR --to model_cards/{config['zoo_name']}",
-                      "# all of the above for every bundled model: python recipes/build_zoo.py"])
+    evaluate = (f"{produced_by}  # wrote this card's evaluation" if produced_by
+                else f"repspec-zoo eval {_hub_name(repo_id)}{settings}")
+    lines = [train, evaluate, f"repspec-zoo export RUN_DIR --to runs/export/{config['zoo_name']}"]
+    if not config.get("custom_data"):
+        lines.append("# all of the above for every bundled model: python recipes/build_zoo.py")
+    return "\n".join(lines)
 
 
-def _body(config: Mapping, repo_id: str) -> str:
+def _hub_name(repo_id: str | None) -> str:
+    """How timm names these weights: the Hub repo, or (not published) this folder."""
+    return f"hf-hub:{repo_id}" if repo_id else "local-dir:PATH/TO/THIS/FOLDER"
+
+
+def needs_repspec_zoo(arch: str) -> bool:
+    """Whether plain timm needs ``import repspec_zoo`` to build ``arch``: repspec_zoo registers it (slp,
+    resnet_small)."""
+    return timm.is_model(arch) and timm.models.model_entrypoint(arch).__module__.startswith("repspec_zoo.")
+
+
+def _usage(config: Mapping, repo_id: str | None) -> str:
+    """The card's Python snippet: which import timm needs, and the names that load these weights."""
+    arch, name = config["architecture"], config["zoo_name"]
+    if needs_repspec_zoo(arch):
+        why = f"import repspec_zoo  # required: registers `{arch}` (a repspec_zoo architecture plain timm lacks)"
+    else:
+        why = (f"import repspec_zoo  # optional: `{arch}` is a timm architecture; the import adds sha256 "
+               "verification and the zoo names")
+    lines = ["import timm", why, "",
+             f'model = timm.create_model("{_hub_name(repo_id)}", pretrained=True)  # plain timm loading']
+    if config.get("custom_data"):
+        lines.append(f"# {name} was trained on custom data: it is not a zoo name, load it by its repo or folder")
+        if not repo_id:
+            lines.append(f"# publish it with: repspec-zoo publish RUN_DIR --repo-id ORG/{name}")
+    else:
+        lines.append(f'model = timm.create_model("{name}", pretrained=True)  # by zoo name, weights verified by sha256')
+    return "\n".join(lines)
+
+
+def _body(config: Mapping, repo_id: str | None) -> str:
     cfg, name = config["pretrained_cfg"], config["zoo_name"]
     c, h, w = cfg["input_size"]
     return f"""
@@ -150,7 +184,7 @@ with hard-label (Tangent Attack, CGBA) and white-box minimal-norm attacks.
 - Architecture: timm `{config["architecture"]}`, {config["num_classes"]} classes, {config["num_features"]} features.
 - Input: {c}x{h}x{w} images with pixels in [0, 1], normalized inside the model wrapper with
   mean {tuple(cfg["mean"])}, std {tuple(cfg["std"])}.
-- Dataset: `{config["dataset"]}`.
+- Dataset: `{config["dataset"]}`{" (custom data, not one of the zoo's datasets)" if config.get("custom_data") else ""}.
 - Regularizer: {get_spec(config["regularizer"]["mode"]).card(config["regularizer"])}
 - Weights: `model.safetensors`, sha256 `{config["weights_sha256"]}` (verified on load by repspec_zoo).
 - Papers: {", ".join(cfg.get("paper_ids", ()))} (rep-spectral; Tangent Attack).
@@ -166,11 +200,7 @@ an attack broke, medians over all of them (an unbroken sample counts as infinite
 ## Usage
 
 ```python
-import timm
-import repspec_zoo  # registers the zoo (needed for its small architectures)
-
-model = timm.create_model("hf-hub:{repo_id}", pretrained=True)  # plain timm loading
-model = timm.create_model("{name}", pretrained=True)  # by zoo name, weights verified by sha256
+{_usage(config, repo_id)}
 ```
 
 ## Reproduce
@@ -181,13 +211,14 @@ model = timm.create_model("{name}", pretrained=True)  # by zoo name, weights ver
 """
 
 
-def render_card(config: Mapping, repo_id: str, dataset_hub_id: str | None = None) -> ModelCard:
+def render_card(config: Mapping, repo_id: str | None, dataset_hub_id: str | None = None) -> ModelCard:
     """The model card of an exported zoo model.
 
     Args:
         config: the export's config.json (timm keys + zoo metadata: zoo_name, dataset,
             regularizer, eval, weights_sha256, optional training with a ``command``).
-        repo_id: the Hub repo the card's usage snippet loads from.
+        repo_id: the Hub repo the card's usage snippet loads from (None: not published; a custom-data
+            run exported without --repo-id).
         dataset_hub_id: the Hub id of the dataset, for the card's ``datasets`` metadata.
     """
     data = _card_data(config, dataset_hub_id)

@@ -2,18 +2,20 @@
 
 The folder layout is in :mod:`repspec_zoo.hub.weights`. Example::
 
-    export("runs/fmnist_rep", "model_cards/resnet_small_repspectral.fmnist")
+    export("runs/fmnist_rep", "runs/export/resnet_small_repspectral.fmnist")
     publish("runs/fmnist_rep", repo_id="me/resnet_small_repspectral.fmnist", endpoint="https://hub.example")
     bundle("runs/zoo/fmnist_slp_repspectral")   # into repspec_zoo/weights/<name> and model_cards/<name>
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -21,18 +23,19 @@ import safetensors.torch
 import torch
 from huggingface_hub import HfApi, constants as hf_constants
 from huggingface_hub.errors import HfHubHTTPError
-from timm.models import get_pretrained_cfg
+from timm.models import PretrainedCfg, get_pretrained_cfg
 from timm.models._hub import save_config_for_hf
 
 from ..errors import UserError
 from .. import __version__
 from ..data import DATASETS
 from ..io import atomic_write_bytes, atomic_write_text
-from ..models.registry import base_pretrained_cfg, zoo_model_name
-from ..regularizers.registry import SPECTRAL_SETTINGS, get_spec
+from ..models.registry import base_pretrained_cfg
+from ..regularizers.registry import REGULARIZERS, SPECTRAL_SETTINGS, get_spec
 from ..runs import CONFIG_FILE as CONFIG_YAML, WEIGHTS_FILE, Run, RunError, read_run
 from ..spectral import GAMMA_CONVENTION, select_layers
 from .cards import render_card
+from .provenance import Identity, portable, run_identity
 from .weights import CARD_FILE, CONFIG_FILE, EVAL_FILE, SHA_KEY, bundled_dir, read_config, sha256_hex
 
 __all__ = ["ExportError", "PublishError", "Export", "export", "bundle", "update_bundled_evaluation", "publish"]
@@ -88,16 +91,17 @@ def _regularizer(run: Run, model: torch.nn.Module) -> dict:
     return {"mode": run.mode, "gamma": float(given["gamma"]), "convention": GAMMA_CONVENTION, "layers": layers, **extra}
 
 
-def _metadata(run: Run, name: str, model: torch.nn.Module, sha: str, label_names) -> dict:
-    """Our top-level config.json keys (timm reads only its own keys and ignores these)."""
+def _metadata(run: Run, identity: Identity, model: torch.nn.Module, sha: str) -> dict:
+    """Our top-level config.json keys (timm reads only its own keys and ignores these); no machine paths."""
     meta = {
-        "zoo_name": name, "repspec_zoo_version": __version__, "dataset": run.dataset,
-        "regularizer": _regularizer(run, model), "recipe": run.config,
-        "eval": {k: v for k, v in run.evaluation.items() if k not in EVAL_DETAIL_KEYS},
-        "training": run.summary, SHA_KEY: sha,
+        "zoo_name": identity.name, "repspec_zoo_version": __version__, "dataset": identity.dataset,
+        **({"custom_data": True} if identity.custom else {}),
+        "regularizer": _regularizer(run, model), "recipe": portable(run.config),
+        "eval": portable({k: v for k, v in run.evaluation.items() if k not in EVAL_DETAIL_KEYS}),
+        "training": portable(run.summary), SHA_KEY: sha,
     }
-    if label_names:
-        meta["label_names"] = list(label_names)  # a timm key: class names for plain timm users
+    if identity.class_names:
+        meta["label_names"] = list(identity.class_names)  # a timm key: class names for plain timm users
     return meta
 
 
@@ -106,19 +110,47 @@ def _is_export(folder: Path) -> bool:
     return config.is_file() and "zoo_name" in read_config(config)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_staging(target: Path) -> None:
+    """Delete the hidden ``.NAME.PID.XXXXXXXX.tmp`` / ``.old`` folders that a killed export of ``target`` left
+    beside it: those of processes that are gone, and those of older exports (``.NAME.XXXXXXXX.tmp``, no pid)."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(\d+)\.)?[a-z0-9_]+\.(?:tmp|old)")  # not NAME.x's
+    for leftover in target.parent.iterdir():
+        found = pattern.fullmatch(leftover.name)
+        if found and leftover.is_dir() and not (found[1] and _pid_alive(int(found[1]))):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def _staged_dir(target: Path) -> Iterator[Path]:
-    """A temp folder beside ``target`` that replaces it on success and is deleted on error."""
+def _staged_dir(target: Path, force: bool) -> Iterator[Path]:
+    """A temp folder beside ``target`` that replaces it on success and is deleted on error.
+
+    An existing export in ``target`` is replaced only with ``force``; any other non-empty folder never.
+    """
     if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or _is_export(target))):
         raise ExportError(f"{target} exists and is not an exported zoo model; export to a new folder "
-                          f"(e.g. model_cards/<name>) so nothing else is replaced")
+                          f"(e.g. runs/export/<name>) so nothing else is replaced")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise ExportError(f"{target} already holds an exported model; pass --force (force=True) to replace it, "
+                          "or export to a new folder")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    _remove_stale_staging(target)
+    prefix = f".{target.name}.{os.getpid()}."  # the pid tells a later export whether this one is still running
+    staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix, suffix=".tmp"))
     staged.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
     try:
         yield staged
         if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix, suffix=".old"))
             os.replace(target, old / target.name)
             os.replace(staged, target)
             shutil.rmtree(old)
@@ -131,11 +163,11 @@ def _staged_dir(target: Path) -> Iterator[Path]:
 
 @dataclass
 class Export:
-    """An exported zoo model folder."""
+    """An exported model folder."""
 
     folder: Path
-    name: str     # zoo name arch.tag
-    repo_id: str  # the Hub repo its card points at
+    name: str            # arch.tag: a zoo name, or arch.SLUG for a run on custom data (hub/provenance.py)
+    repo_id: str | None  # the Hub repo its card points at (None: a custom-data run exported without --repo-id)
 
 
 def _read(run_dir: str | os.PathLike) -> Run:
@@ -145,42 +177,59 @@ def _read(run_dir: str | os.PathLike) -> Run:
         raise ExportError(str(err)) from err
 
 
-def _zoo_name(run: Run) -> str:
-    """The zoo name ``arch.tag`` the run's config (model + regularizer.mode + dataset) stands for."""
+def _identity(run: Run) -> Identity:
     try:
-        return zoo_model_name(run.config["model"], run.mode, run.dataset)
+        return run_identity(run)
     except ValueError as err:
         raise ExportError(f"{run.path}: {err}") from err
 
 
-def export(run_dir: str | os.PathLike, to: str | os.PathLike, repo_id: str | None = None) -> Export:
+def _pretrained_cfg(run: Run, identity: Identity) -> PretrainedCfg:
+    """The zoo name's pretrained cfg; for custom data the arch's, with the run's classes and data."""
+    if identity.custom:
+        cfg = get_pretrained_cfg(identity.arch)
+        c, h, w = cfg.input_size
+        size = (c, run.img_size, run.img_size) if run.img_size else (c, h, w)
+        description = REGULARIZERS[run.mode].description.format(base=run.config["model"], dataset=identity.dataset)
+        return replace(cfg, tag=identity.tag, hf_hub_id=None, num_classes=int(run.config["num_classes"]),
+                       input_size=size, pool_size=cfg.pool_size if size == cfg.input_size else None,
+                       description=description)
+    cfg = get_pretrained_cfg(identity.name)
+    if run.img_size not in (None, cfg.input_size[-1]):
+        raise ExportError(f"{run.path}: trained at img_size={run.img_size}, but {identity.name} is defined at "
+                          f"input_size={cfg.input_size}; its pretrained cfg must describe the weights "
+                          "(add a tag in zoo.py)")
+    return cfg
+
+
+def export(run_dir: str | os.PathLike, to: str | os.PathLike, repo_id: str | None = None,
+           force: bool = False) -> Export:
     """Write the Hub-ready folder of a training run (weights, config.json, README.md, eval.json).
 
-    The zoo name comes from the run's config (model + regularizer.mode + dataset); ``repo_id``
-    defaults to the zoo's ``hf_hub_id`` for that name. The folder is written to a temp folder
-    and renamed into place, so ``to`` holds the old export or the new one, never a mix.
+    The name, dataset and class names come from what the run was trained on (hub/provenance.py):
+    a zoo name for zoo data, ``arch.SLUG`` for custom data. ``repo_id`` defaults to the zoo's
+    ``hf_hub_id`` for a zoo name and to none for custom data. An existing export in ``to`` is
+    replaced only with ``force``. The folder is written to a temp folder and renamed into place, so
+    ``to`` holds the old export or the new one, never a mix.
     """
-    return _export(_read(run_dir), Path(to), repo_id)
+    return _export(_read(run_dir), Path(to), repo_id, force)
 
 
-def _export(run: Run, to: Path, repo_id: str | None) -> Export:
-    name = _zoo_name(run)
-    cfg = get_pretrained_cfg(name)
-    if run.img_size not in (None, cfg.input_size[-1]):
-        raise ExportError(f"{run.path}: trained at img_size={run.img_size}, but {name} is defined at input_size="
-                          f"{cfg.input_size}; its pretrained cfg must describe the weights (add a tag in zoo.py)")
-    repo_id = repo_id or cfg.hf_hub_id
+def _export(run: Run, to: Path, repo_id: str | None, force: bool) -> Export:
+    identity = _identity(run)
+    cfg = _pretrained_cfg(run, identity)
+    repo_id = repo_id or (None if identity.custom else cfg.hf_hub_id)
     model = _build_checked(run, base_pretrained_cfg(cfg, run.config["model"]))
     payload = safetensors.torch.save(run.state_dict, metadata={"format": "pt"})
-    spec = DATASETS.get(run.dataset)
-    meta = _metadata(run, name, model, sha256_hex(payload), spec and spec.class_names)
-    with _staged_dir(to) as staged:
+    meta = _metadata(run, identity, model, sha256_hex(payload))
+    spec = None if identity.custom else DATASETS.get(identity.dataset)
+    with _staged_dir(to, force) as staged:
         atomic_write_bytes(staged / WEIGHTS_FILE, payload)
         save_config_for_hf(model, str(staged / CONFIG_FILE), model_config=meta)
         config = read_config(staged / CONFIG_FILE)
         atomic_write_text(staged / CARD_FILE, str(render_card(config, repo_id, spec and spec.hub_id)))
-        atomic_write_text(staged / EVAL_FILE, json.dumps(run.evaluation, indent=2))
-    return Export(to, name, repo_id)
+        atomic_write_text(staged / EVAL_FILE, json.dumps(portable(run.evaluation), indent=2))
+    return Export(to, identity.name, repo_id)
 
 
 def update_bundled_evaluation(name: str, evaluation: dict) -> list[Path]:
@@ -196,7 +245,7 @@ def update_bundled_evaluation(name: str, evaluation: dict) -> list[Path]:
     if not (folders[0] / CONFIG_FILE).is_file():
         raise ExportError(f"{name} has no bundled folder {folders[0]}; `repspec-zoo list-pretrained` shows the "
                           "bundled models")
-    repo_id = get_pretrained_cfg(name).hf_hub_id
+    repo_id, evaluation = get_pretrained_cfg(name).hf_hub_id, portable(evaluation)
     for folder in folders:
         config = read_config(folder / CONFIG_FILE)
         config["eval"] = {k: v for k, v in evaluation.items() if k not in EVAL_DETAIL_KEYS}
@@ -207,25 +256,43 @@ def update_bundled_evaluation(name: str, evaluation: dict) -> list[Path]:
     return folders
 
 
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The network failures (no connection, timeout) of the HTTP client huggingface_hub uses: httpx2,
+    httpx or requests, depending on its version."""
+    found = []
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "RequestException")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            continue
+    return tuple(found)
+
+
 def publish(run_dir: str | os.PathLike, repo_id: str | None = None, endpoint: str | None = None,
             private: bool = False, token: str | None = None) -> str:
     """Export a run to a temp folder and upload it to a Hub repo (created if needed).
 
     Args:
         run_dir: the training run directory.
-        repo_id: ``org/name``; default the zoo's ``hf_hub_id`` for the run.
+        repo_id: ``org/name``; default the zoo's ``hf_hub_id`` for a zoo-data run. A run on custom
+            data (hub/provenance.py) needs one: it is not the zoo's model.
         endpoint: Hub URL; default ``HF_ENDPOINT`` or huggingface.co.
         private: create the repo private (an existing repo keeps its visibility).
         token: write token; default the saved login / ``HF_TOKEN``.
 
-    Returns the commit URL. PublishError if the endpoint refuses; nothing is left locally.
+    Returns the commit URL. PublishError if the endpoint refuses or cannot be reached; nothing is left locally.
     """
     if hf_constants.HF_HUB_OFFLINE:
         raise PublishError("HF_HUB_OFFLINE=1 is set, so nothing can be uploaded: unset it to publish "
                            "(or use repspec-zoo export to write the folder locally)")
+    run = _read(run_dir)
+    identity = _identity(run)
+    if identity.custom and not repo_id:
+        raise PublishError(f"{run.path} was trained on custom data ({identity.dataset}), so it is {identity.name}, "
+                           "not a zoo model, and has no zoo repo: pass --repo-id ORG/NAME (repo_id=) to publish it")
     api = HfApi(endpoint=endpoint, token=token)
     with tempfile.TemporaryDirectory(prefix="repspec-publish-") as tmp:
-        exported = export(run_dir, Path(tmp) / "model", repo_id=repo_id)
+        exported = _export(run, Path(tmp) / "model", repo_id, force=False)
         try:
             api.create_repo(exported.repo_id, private=private, exist_ok=True)
             commit = api.upload_folder(repo_id=exported.repo_id, folder_path=exported.folder,
@@ -236,6 +303,10 @@ def publish(run_dir: str | os.PathLike, repo_id: str | None = None, endpoint: st
                 f"{api.endpoint} refused to publish {exported.name} to {exported.repo_id}: {err}\nCheck that "
                 f"your token (HF_TOKEN or `hf auth login`) may write to {namespace!r}, or pass another "
                 "--repo-id / --endpoint. Nothing was written locally.") from err
+        except _transport_errors() as err:
+            raise PublishError(f"cannot reach the Hub endpoint {api.endpoint} ({type(err).__name__}: {err}); check "
+                               "--endpoint (or HF_ENDPOINT) and the network, then publish again (nothing was "
+                               "uploaded or written locally)") from err
     return commit.commit_url
 
 
@@ -246,7 +317,11 @@ def bundle(run_dir: str | os.PathLike) -> str:
     Returns the zoo name ``arch.tag``. Each folder is replaced atomically (the old export or the new one).
     """
     run = _read(run_dir)
-    exported = _export(run, bundled_dir(_zoo_name(run)), None)
+    identity = _identity(run)
+    if identity.custom:
+        raise ExportError(f"{run.path} was trained on custom data ({identity.dataset}); only zoo-data runs are "
+                          "bundled with the package: use repspec-zoo export instead")
+    exported = _export(run, bundled_dir(identity.name), None, force=True)
     name, card_dir = exported.name, cards_dir(exported.name)
     card_dir.mkdir(parents=True, exist_ok=True)
     for file in CARD_FILES:

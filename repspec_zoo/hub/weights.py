@@ -13,7 +13,8 @@ A zoo model's weights live in a folder laid out like its Hub repo (written by
 
 Resolution for ``pretrained=True`` (see repspec_zoo.models.zoo): the folder bundled in the
 package (``repspec_zoo/weights/<arch>.<tag>/``), then the Hugging Face cache / Hub repo; the
-sha256 in config.json is checked before the weights are used.
+sha256 in config.json is checked before the weights are used. timm's own ``hf-hub:ORG/NAME`` and
+``local-dir:PATH`` names get the same check (:mod:`.timm_routes`).
 """
 from __future__ import annotations
 
@@ -30,15 +31,17 @@ from timm.models import get_arch_pretrained_cfgs, split_model_name_tag
 from timm.models._hub import hf_split
 
 from ..errors import UserError
-from ..runs import WEIGHTS_FILE, RunError, load_weights_file
+from ..runs import WEIGHTS_FILE, load_weights_file
 
 __all__ = ["WEIGHTS_DIR", "WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE", "EVAL_FILE", "SHA_KEY", "Weights",
-           "PretrainedWeightsUnavailable", "PretrainedWeightsError", "sha256_hex", "parse_safetensors", "read_config",
-           "read_weights", "bundled_dir", "load_weights", "local_config"]
+           "PretrainedWeightsUnavailable", "PretrainedWeightsError", "sha256_hex", "read_config",
+           "read_weights", "hub_file", "bundled_dir", "load_weights", "local_config"]
 
 WEIGHTS_DIR = Path(__file__).parents[1] / "weights"  # bundled weights: WEIGHTS_DIR / "<arch>.<tag>" / files
 CONFIG_FILE, CARD_FILE, EVAL_FILE = "config.json", "README.md", "eval.json"  # beside WEIGHTS_FILE in an export
 SHA_KEY = "weights_sha256"  # config.json key: sha256 hex digest of WEIGHTS_FILE
+REFETCH = ("Delete it (a Hugging Face cache copy: `hf cache rm model/<repo id>`) and download or export it again "
+           "(repspec-zoo export RUN_DIR --to DIR)")
 
 
 class PretrainedWeightsUnavailable(UserError, RuntimeError):
@@ -51,14 +54,6 @@ class PretrainedWeightsError(UserError, RuntimeError):
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def parse_safetensors(data: bytes, path: Path, fix: str) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file's bytes; PretrainedWeightsError naming ``path`` and ``fix`` if unreadable."""
-    try:
-        return load_weights_file(data, path, fix)
-    except RunError as err:
-        raise PretrainedWeightsError(str(err)) from err
 
 
 def read_config(path: Path) -> dict:
@@ -96,20 +91,22 @@ class Weights:
 
 
 def read_weights(config_path: Path, weights_path: Path) -> Weights:
-    """Read config.json + model.safetensors and verify the weights against its sha256."""
+    """Read config.json + model.safetensors and verify the weights against its sha256.
+
+    PretrainedWeightsError, naming the file and saying to delete it and fetch it again, when the
+    file is unreadable (empty, truncated, an HTML page) or its sha256 is not the recorded one.
+    """
     config = read_config(config_path)
-    data = weights_path.read_bytes()
     expected = config.get(SHA_KEY)
     if not expected:
         raise PretrainedWeightsError(f"{config_path} records no {SHA_KEY!r}, so {weights_path} cannot be verified; "
                                      "export the weights with repspec-zoo export")
+    data = weights_path.read_bytes()
+    state_dict = load_weights_file(data, weights_path, REFETCH, PretrainedWeightsError)
     actual = sha256_hex(data)
     if actual != expected:
-        raise PretrainedWeightsError(
-            f"{weights_path}: sha256 {actual} does not match {expected} recorded in {config_path}: the file is "
-            "corrupted or was modified. Delete it (a Hugging Face cache copy: `hf cache rm model/<repo id>`) and "
-            "download or export it again")
-    state_dict = parse_safetensors(data, weights_path, "Delete it and download or export it again")
+        raise PretrainedWeightsError(f"{weights_path}: sha256 {actual} does not match {expected} recorded in "
+                                     f"{config_path}: the file is corrupted or was modified. {REFETCH}")
     _check_head(config, state_dict, weights_path)
     return Weights(state_dict, config, str(weights_path))
 
@@ -132,10 +129,10 @@ def _hub_reason(err: Exception, repo_id: str) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0]}"
 
 
-def _download(hf_hub_id: str, cache_dir) -> tuple[Path, Path]:
+def hub_file(hf_hub_id: str, filename: str, cache_dir=None) -> Path:
+    """Local path of ``filename`` of Hub repo ``hf_hub_id`` (``org/name[@revision]``): HF cache, else downloaded."""
     repo_id, revision = hf_split(hf_hub_id)
-    return tuple(Path(hf_hub_download(repo_id, f, revision=revision, cache_dir=cache_dir))  # type: ignore[return-value]
-                 for f in (CONFIG_FILE, WEIGHTS_FILE))
+    return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
 
 
 def _unavailable(name: str, tried: list[str]) -> PretrainedWeightsUnavailable:
@@ -164,7 +161,7 @@ def load_weights(name: str, hf_hub_id: str | None, cache_dir: str | os.PathLike 
     tried = [f"bundled: {folder} (not shipped with this install)"]
     if hf_hub_id:
         try:
-            return read_weights(*_download(hf_hub_id, cache_dir))
+            return read_weights(hub_file(hf_hub_id, CONFIG_FILE, cache_dir), hub_file(hf_hub_id, WEIGHTS_FILE, cache_dir))
         except (HfHubHTTPError, EntryNotFoundError) as err:
             tried.append(f"Hugging Face Hub {hf_hub_id}: {_hub_reason(err, hf_hub_id)}")
     raise _unavailable(name, tried)

@@ -19,6 +19,7 @@ import torch
 from accelerate.utils import gather_object
 from torch import nn
 
+from .. import data
 from ..attacks.normalize import NormalizedModel
 from ..io import atomic_write_bytes, atomic_write_text
 from ..models.registry import zoo_model_name
@@ -66,20 +67,33 @@ def regularizer_summary(cfg: TrainConfig) -> dict:
 
 
 def _model_name(cfg: TrainConfig) -> str:
-    """The zoo name for (arch, regularizer, dataset) if the zoo has one, else a descriptive name."""
+    """The zoo name for (arch, regularizer, dataset) if the zoo has one and the run read the dataset's own data
+    (no --data-dir), else a descriptive name."""
     try:
-        return zoo_model_name(cfg.model, cfg.regularizer.mode, cfg.dataset.name)
+        if cfg.dataset.data_dir is None:
+            return zoo_model_name(cfg.model, cfg.regularizer.mode, cfg.dataset.name)
     except ValueError:
-        return cfg.model if cfg.regularizer.mode == "none" else f"{cfg.model}+{cfg.regularizer.mode}"
+        pass
+    return cfg.model if cfg.regularizer.mode == "none" else f"{cfg.model}+{cfg.regularizer.mode}"
+
+
+def _class_names(cfg: TrainConfig) -> list[str] | None:
+    """The class names of the data the run trained on (a --data-dir folder's own), None where unknown."""
+    if cfg.dataset.name == XOR:
+        return None
+    names = data.dataset_info(cfg.dataset.name, cfg.dataset.data_dir).class_names
+    return list(names) if names else None
 
 
 def run_summary(cfg: TrainConfig, records: list[dict], evaluation: dict, command: list[str], wall_time_s: float,
                 num_processes: int, unsynced: list[str]) -> dict:
-    """The content of ``run.json``."""
+    """The content of ``run.json``; ``class_names`` and ``data_dir`` say what the run trained on (export names the
+    run by them, hub/provenance.py)."""
     final = records[-1] if records else {}
     return {
         "model_name": _model_name(cfg), "arch": cfg.model, "num_classes": cfg.num_classes, "init": cfg.init,
-        "regularizer": regularizer_summary(cfg), "dataset": cfg.dataset.name, "epochs": cfg.epochs,
+        "regularizer": regularizer_summary(cfg), "dataset": cfg.dataset.name, "data_dir": cfg.dataset.data_dir,
+        "class_names": _class_names(cfg), "epochs": cfg.epochs,
         "steps": final.get("step", 0), "batch_size": cfg.batch_size, "final": final, "eval": evaluation,
         "command": shlex.join(command), "num_processes": num_processes,
         "mixed_precision": cfg.mixed_precision, "wall_time_s": wall_time_s,

@@ -1,0 +1,45 @@
+"""Every bundled zoo model has a recipe config in recipes/configs/ that re-trains it with the settings it records."""
+import json
+from pathlib import Path
+
+import pytest
+
+from repspec_zoo.hub import weights as hub_weights
+from repspec_zoo.models.registry import zoo_model_name
+from repspec_zoo.training import config_to_dict, load_config
+from repspec_zoo.training.config import flatten_config
+
+CONFIGS = Path(__file__).parents[1] / "recipes" / "configs"
+IGNORED = ("num_classes", "eval.")  # the data's class count (train.py reads it); the end-of-run check, not training
+BUNDLED = sorted(p.name for p in hub_weights.WEIGHTS_DIR.iterdir() if (p / hub_weights.CONFIG_FILE).is_file())
+
+
+def recipes_of_zoo_names() -> dict[str, list[Path]]:
+    """zoo name arch.tag -> the shipped configs that train it (model + regularizer.mode + dataset)."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        cfg = load_config(path)
+        try:
+            name = zoo_model_name(cfg.model, cfg.regularizer.mode, cfg.dataset.name)
+        except ValueError:  # not a zoo model (e.g. fine-tuning on another dataset)
+            continue
+        found.setdefault(name, []).append(path)
+    return found
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_model_is_retrained_by_a_recipe_config(name):
+    """The recorded recipe (config.json `recipe`, the run's resolved config) equals a shipped config's,
+    key by key: every training setting (keys added to the config schema since keep their defaults and are not
+    compared; nor is the end-of-run evaluation, which trains nothing)."""
+    recorded = flatten_config(json.loads((hub_weights.WEIGHTS_DIR / name / hub_weights.CONFIG_FILE).read_text())["recipe"])
+    candidates = recipes_of_zoo_names().get(name, [])
+    assert candidates, f"no config in recipes/configs/ trains {name}"
+    mismatches = {}
+    for path in candidates:
+        resolved = flatten_config(config_to_dict(load_config(path)))
+        mismatches[path.name] = {k: (v, resolved.get(k, "<absent>")) for k, v in recorded.items()
+                                 if not k.startswith(IGNORED) and resolved.get(k, "<absent>") != v}
+        if not mismatches[path.name]:
+            return
+    pytest.fail(f"{name}: no shipped config matches its recorded recipe; (recorded, config) per key: {mismatches}")
