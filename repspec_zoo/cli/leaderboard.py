@@ -16,11 +16,12 @@ from ..eval import resolve_attacks
 from ..eval_result import EvalResult
 from ..leaderboard import (bundled_models, common_indices, evaluate_job, finished, load_zoo_model, report)
 from ..argtypes import parse_attacks, parse_budgets
+from . import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="repspec-zoo leaderboard", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="repspec-zoo leaderboard", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", help="zoo names (default: every bundled model trained on --dataset)")
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--n", type=int, default=50, help="test images attacked per model (the same for every model)")

@@ -1,9 +1,8 @@
 """`repspec-zoo list-pretrained`: the zoo's pretrained models and what this machine has of them (no network)."""
 from __future__ import annotations
 
-import argparse
-
 from ..models.zoo import list_pretrained
+from . import Parser
 
 
 def _fmt(value, width: int, spec: str) -> str:
@@ -11,7 +10,7 @@ def _fmt(value, width: int, spec: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    argparse.ArgumentParser(prog="repspec-zoo list-pretrained", description=__doc__).parse_args(argv)
+    Parser(prog="repspec-zoo list-pretrained", description=__doc__).parse_args(argv)
     print(f"{'name':36s} {'dataset':14s} {'gamma':>7s} {'clean_acc':>9s} {'l2 mean':>8s} {'success':>7s} "
           f"{'@queries':>8s}  {'source':8s} attack")
     for row in list_pretrained():
