@@ -105,7 +105,7 @@ def _guess_arch(keys: set[str]) -> str | None:
     return None
 
 
-def _misfit(model: nn.Module, state: dict[str, torch.Tensor], spec: str, path: Path) -> str:
+def _misfit(model: nn.Module, state: dict[str, torch.Tensor], spec: str, path: Path, err: Exception) -> str:
     """Why ``state`` does not load into ``model`` (built as ``spec``), in one sentence with the fix."""
     want = model.state_dict()
     if sum(k.startswith("model.") for k in state) > len(state) // 2 and not any(k.startswith("model.") for k in want):
@@ -120,6 +120,8 @@ def _misfit(model: nn.Module, state: dict[str, torch.Tensor], spec: str, path: P
         return (f"--checkpoint {path} is not a {spec} checkpoint: {found}; pass the architecture it was trained as "
                 f"(the run's {CONFIG_FILE} says model: ...) or the run directory itself")
     wrong = [k for k in want if state[k].shape != want[k].shape]
+    if not wrong:
+        return f"--checkpoint {path} does not load into {spec}: {err}"
     head = model.pretrained_cfg.get("classifier") or ""
     if wrong and all(k.startswith(f"{head}.") for k in wrong):
         key = wrong[0]
@@ -185,7 +187,7 @@ def load_model(spec: str | os.PathLike, checkpoint: str | os.PathLike | None = N
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ModelLoadError(_misfit(model, state, spec, path)) from err
+        raise ModelLoadError(_misfit(model, state, spec, path, err)) from err
     return model
 
 

@@ -10,9 +10,10 @@ the success rate. ``--attack`` takes one attack, a comma-separated list or ``ens
 several, each sample's distance is the best over them (an upper bound on the minimal distance).
 
 The zoo's own architectures (slp, resnet_small and every *_repspectral / *_llspectral /
-*_baseline / ... name) exist in timm only after ``import repspec_zoo``, which this command does;
-in your own code import it before ``timm.create_model`` (also for ``hf-hub:repspec-zoo/...``).
-Plain timm architectures (resnet18, ``hf-hub:timm/...``) need no import.
+*_baseline / *_advtrained / *_ddsnr name) exist in timm only after ``import repspec_zoo``, which
+this command does; in your own code import it before ``timm.create_model``, also for the
+``hf-hub:repspec-zoo/`` repos of slp and resnet_small models. Plain timm architectures
+(resnet18, ``hf-hub:timm/...``) need no import.
 
 Runtime: the attacks dominate, about n x budget model queries per hard-label attack. The command
 prints that total up front and each attack's progress bar shows its ETA; on 2 CPU cores the
