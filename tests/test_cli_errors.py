@@ -167,12 +167,19 @@ def test_publish_error_is_one_line(files, capsys, monkeypatch):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "repspec_zoo.cli", "eval", "slp", "--checkpoint",
-                           str(tmp_path / "nothing.safetensors"), "--debug"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "repspec_zoo.cli", "--debug", "eval", "slp", "--checkpoint",
+                           str(tmp_path / "nothing.safetensors")], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
     assert done.returncode == 1
     assert "Traceback (most recent call last)" in done.stderr
     assert "ModelLoadError: --checkpoint" in done.stderr and "nothing.safetensors does not exist" in done.stderr
+
+
+def test_debug_after_the_command_raises_the_error(tmp_path):
+    from repspec_zoo.loader import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="nothing.safetensors does not exist"):
+        cli.main(["eval", "slp", "--debug", "--checkpoint", str(tmp_path / "nothing.safetensors")])
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):

@@ -22,8 +22,8 @@ class UsageError(UserError):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse.ArgumentParser of a subcommand: takes ``--debug`` and raises `UsageError` instead
-    of printing the usage block, so that a bad option reads as one line like every other error."""
+    """argparse.ArgumentParser of a subcommand: lists ``--debug`` (which `main` takes anywhere) and
+    raises `UsageError` instead of printing the usage block, so a bad option reads as one line."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -85,6 +85,8 @@ def _run(command: str, rest: list[str]):
 def main(argv=None):
     """Run ``repspec-zoo COMMAND ...``; an expected error becomes one line on stderr and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]  # before or after the command
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return None
@@ -92,7 +94,7 @@ def main(argv=None):
     try:
         return _run(command, rest)
     except UserError as err:
-        if "--debug" in argv:
+        if debug:
             raise
         message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         print(f"repspec-zoo {command if command in COMMANDS else ''}".rstrip() + f": error: {message}",
