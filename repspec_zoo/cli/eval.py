@@ -93,13 +93,13 @@ def _warn_other_dataset(model, dataset: str | None) -> None:
 
 def main(argv=None):
     args = resolve_defaults(build_parser().parse_args(argv))
-    dataset = args.dataset or args.data_dir or "fashion_mnist"
-    info = data.dataset_info(dataset, data_dir=args.data_dir)
+    name = args.dataset or args.data_dir or "fashion_mnist"  # what the title names: the data actually read
+    info = data.dataset_info(name, data_dir=args.data_dir)
     model = load_model(args.model, args.checkpoint, num_classes=info.num_classes if args.checkpoint else None)
-    _warn_other_dataset(model, args.dataset or (None if args.data_dir else dataset))
+    _warn_other_dataset(model, args.dataset or (None if args.data_dir else name))
     in_chans, height = model.pretrained_cfg["input_size"][:2]
-    split = data.load_split(dataset, args.split, data_dir=args.data_dir, image_size=height,
-                            channels=in_chans, limit=args.limit, seed=args.seed)
+    dataset = data.load_split(name, args.split, data_dir=args.data_dir, image_size=height,
+                              channels=in_chans, limit=args.limit, seed=args.seed)
 
     from accelerate import Accelerator
 
@@ -109,7 +109,7 @@ def main(argv=None):
               f"{'+'.join(args.attack)}: up to {args.n * max(args.budgets):,} model queries per hard-label attack "
               "(each attack's progress bar shows its ETA)", flush=True)
     wrapped = NormalizedModel(model).to(accelerator.device)
-    result = evaluate(wrapped, split, model_name=args.model, dataset_name=dataset, split=args.split,
+    result = evaluate(wrapped, dataset, model_name=args.model, dataset_name=name, split=args.split,
                       n=args.n, budgets=args.budgets, attack=args.attack or None, seed=args.seed,
                       batch_size=args.batch_size, max_iter=args.max_iter, lemma1=not args.no_lemma1,
                       accelerator=accelerator, start_pool=None if args.no_start_pool else "rest")
