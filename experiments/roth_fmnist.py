@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from repspec_zoo.runs import EVAL_FILE, SUMMARY_FILE, load_model
+from repspec_zoo.loader import load_model
+from repspec_zoo.runs import EVAL_FILE, SUMMARY_FILE
 
 from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, load_results, parallel_map, run_all,
                      split_tensors, write_json)

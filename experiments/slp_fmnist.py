@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from repspec_zoo.runs import load_model
+from repspec_zoo.loader import load_model
 from repspec_zoo.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results,

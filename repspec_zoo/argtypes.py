@@ -5,7 +5,7 @@ import argparse
 
 from .eval import resolve_attacks
 
-__all__ = ["parse_budgets", "parse_attacks"]
+__all__ = ["parse_budgets", "parse_attacks", "positive_int", "nonnegative_int"]
 
 
 def parse_budgets(text: str) -> list[int]:
@@ -25,3 +25,23 @@ def parse_attacks(text: str) -> list[str]:
         return resolve_attacks(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err))
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts that must be >= 1 (--n, --limit, --batch-size, ...)."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type of counts that may be 0 (--max-iter)."""
+    return _int_at_least(text, 0)

@@ -38,6 +38,7 @@ from . import __version__, stats
 from .attacks import ATTACKS, AttackSettings, StartPool, predict_labels, run_attack
 from .attacks.oracle import check_images as check_values
 from .bounds import bracket, certified_radius, lemma1_estimate, unwrap
+from .errors import UserError
 from .eval_result import EvalResult
 
 #: the attacks of ``attack="ensemble"``: the two strongest hard-label attacks and two white-box
@@ -90,6 +91,10 @@ def _stats(values: Tensor) -> dict:
                 per_sample=values.tolist())
 
 
+class DataMismatchError(UserError, ValueError):
+    """The data's classes do not match the model's head."""
+
+
 def check_images(x: Tensor, model: nn.Module | None = None, box: bool = True) -> None:
     """Clear errors for images the model cannot take: NaN, outside [0,1] (``box``: the attacks
     search that box) and, given the model, wrong channels/size (one trial forward)."""
@@ -108,6 +113,18 @@ def check_images(x: Tensor, model: nn.Module | None = None, box: bool = True) ->
     except RuntimeError as err:
         raise ValueError(f"the model cannot take images of shape {tuple(x.shape[1:])} (expects {want}); "
                          f"resize them with image_size= / --image-size. Original error: {err}") from err
+
+
+def check_classes(model: nn.Module, dataset, dataset_name: str) -> None:
+    """DataMismatchError when the model's head and the dataset's class list differ in size: every
+    label would index the wrong logit, and accuracy would be meaningless rather than low."""
+    classes = getattr(dataset, "class_names", None)
+    width = getattr(unwrap(model)[0], "num_classes", None)
+    if classes and width and len(classes) != width:
+        shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+        raise DataMismatchError(f"the model has a {width}-class head but {dataset_name} has {len(classes)} classes "
+                                f"({shown}); evaluate it on data with the classes it was trained on, or train or "
+                                "fine-tune a model for these classes")
 
 
 def _batches(dataset, batch_size: int):
@@ -246,6 +263,7 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
     main = accelerator is None or accelerator.is_local_main_process
     attack_settings = AttackSettings(seed=seed, batch_size=batch_size, max_iter=max_iter, progress=progress and main)
     model.eval()
+    check_classes(model, dataset, dataset_name)
     device = next(model.parameters()).device
     correct, y_all = predict_split(model, dataset, batch_size, device, box=bool(names))
     result = EvalResult(model=model_name, dataset=dataset_name, split=split, n_test=len(y_all),

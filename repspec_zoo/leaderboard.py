@@ -32,7 +32,7 @@ from .eval_result import EvalResult, json_clean
 from .io import atomic_write_text
 from .models.registry import ARCHS, zoo_model_name
 from .models.zoo import list_pretrained
-from .runs import load_model
+from .loader import load_model
 from .plots import plot_distance_curves, plot_robust_accuracy
 
 

@@ -1,4 +1,4 @@
-"""The training run directory: its file names, reading it back, and the one model loader.
+"""The training run directory: its file names and reading it back (`repspec_zoo.loader` loads models).
 
 ``recipes/train.py`` writes, into ``runs/<run>``::
 
@@ -23,10 +23,9 @@ import yaml
 from safetensors import SafetensorError
 from torch import nn
 from .errors import UserError
-from .model_names import check_model_name
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "EVAL_FILE", "SUMMARY_FILE", "METRICS_FILE", "CHECKPOINTS_DIR",
-           "STATE_FILE", "RUN_FILES", "Run", "RunError", "read_run", "load_weights_file", "is_run_dir", "load_model"]
+           "STATE_FILE", "RUN_FILES", "Run", "RunError", "read_run", "load_weights_file", "is_run_dir"]
 
 CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE, SUMMARY_FILE = "config.yaml", "model.safetensors", "eval.json", "run.json"
 METRICS_FILE, CHECKPOINTS_DIR, STATE_FILE = "metrics.jsonl", "checkpoints", "train_state.json"
@@ -152,39 +151,3 @@ def read_run(run_dir: str | os.PathLike) -> Run:
 def is_run_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a training run directory (it holds config.yaml)."""
     return (Path(path) / CONFIG_FILE).is_file()
-
-
-def load_model(spec: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
-               num_classes: int | None = None) -> nn.Module:
-    """The one model loader: a timm model in eval mode, without regularizer hooks (evaluation needs none).
-
-    Args:
-        spec: a training run directory (its final weights), a zoo or timm name (``arch`` or
-            ``arch.tag``: pretrained weights, sha256-verified for zoo names), ``hf-hub:org/name``
-            or ``local-dir:PATH``.
-        checkpoint: a weights file (.safetensors or a torch state dict) loaded into the architecture
-            of the name ``spec`` instead of its pretrained weights.
-        num_classes: head size of the architecture built for ``checkpoint`` (default: the name's).
-
-    Example::
-
-        model = load_model("runs/fmnist_rep")                          # a run directory
-        model = load_model("slp_repspectral.fmnist")                   # bundled / Hub zoo weights
-        model = load_model("slp_repspectral", checkpoint="w.safetensors")
-    """
-    if is_run_dir(spec):
-        if checkpoint is not None:
-            raise ValueError(f"{spec} is a run directory, which holds its weights; give a model name with a checkpoint")
-        model = read_run(spec).build_model()
-    elif checkpoint is not None:
-        checkpoint = Path(checkpoint)
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist; pass the {WEIGHTS_FILE} of a training run "
-                                    f"(runs/<name>/{WEIGHTS_FILE}) or the run directory itself")
-        kwargs = {} if num_classes is None else dict(num_classes=num_classes)
-        model = timm.create_model(str(spec), pretrained=False, checkpoint_path=str(checkpoint), **kwargs)
-    else:
-        model = timm.create_model(check_model_name(str(spec)), pretrained=True)  # unknown: lists close names
-    if hasattr(model, "spectral"):
-        model.spectral.remove()
-    return model.eval()

@@ -11,7 +11,7 @@ import timm
 from huggingface_hub import ModelCard, try_to_load_from_cache
 
 import repspec_zoo
-from repspec_zoo import cli, runs
+from repspec_zoo import cli, loader, runs
 from repspec_zoo.hub import cards, exporting, provenance, weights as hub_weights
 from repspec_zoo.models.registry import HF_ORG
 from repspec_zoo.models.zoo import UnknownModelError
@@ -175,7 +175,7 @@ def test_list_pretrained_shows_what_is_here_and_how_to_see_the_rest(tmp_path, ca
 
 def test_load_model_suggests_close_names():
     with pytest.raises(UnknownModelError, match=r"did you mean resnet_small_repspectral"):
-        runs.load_model("resnet_small_repspectrall.fmnist")
+        loader.load_model("resnet_small_repspectrall.fmnist")
 
 
 @pytest.mark.parametrize("arch, needed", [("slp", True), ("resnet18", False)])

@@ -1,10 +1,36 @@
 """`repspec-zoo` command line: one module with ``main(argv)`` per subcommand (``python -m repspec_zoo.cli``).
 
-The subcommands import the library; the library never imports this package."""
+The subcommands import the library; the library never imports this package. Every subcommand
+answers an expected error (a `repspec_zoo.errors.UserError`, or a bad option) with one line,
+``repspec-zoo CMD: error: MESSAGE``, and exit status 2; ``--debug`` anywhere on the command line
+shows the traceback instead. Any other exception is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
+
+from ..errors import UserError
+
+#: exit status of an expected error (argparse's usage-error status)
+ERROR_STATUS = 2
+
+
+class UsageError(UserError):
+    """A command line argparse rejects (unknown option, bad value, missing argument)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse.ArgumentParser of a subcommand: lists ``--debug`` (which `main` takes anywhere) and
+    raises `UsageError` instead of printing the usage block, so a bad option reads as one line."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
+
+    def error(self, message: str):
+        raise UsageError(f"{message}; see '{self.prog} --help'")
 
 
 def _list(argv) -> None:
@@ -34,24 +60,43 @@ COMMANDS = {
 }
 
 
-def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        width = max(map(len, COMMANDS))
-        lines = "\n".join(f"  {name:{width}s}  {help_}" for name, (help_, _) in COMMANDS.items())
-        msg = f"usage: repspec-zoo COMMAND [options]\n\ncommands:\n{lines}\n\n'repspec-zoo COMMAND --help' for options"
-        if argv and argv[0] not in ("-h", "--help"):
-            sys.exit(f"repspec-zoo: unknown command {argv[0]!r}\n\n{msg}")
-        print(msg)
-        return
-    command, rest = argv[0], argv[1:]
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = "\n".join(f"  {name:{width}s}  {help_}" for name, (help_, _) in COMMANDS.items())
+    return (f"usage: repspec-zoo COMMAND [options]\n\ncommands:\n{lines}\n\n'repspec-zoo COMMAND --help' for "
+            "options; --debug shows the traceback of an error")
+
+
+def _run(command: str, rest: list[str]):
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, list(COMMANDS), n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise UsageError(f"unknown command {command!r}; {hint}'repspec-zoo --help' lists the commands")
     import repspec_zoo  # noqa: F401  (registers the zoo with timm)
 
     if command == "list":
-        argparse.ArgumentParser(prog="repspec-zoo list", description=_list.__doc__).parse_args(rest)
-        _list(rest)
-        return
+        Parser(prog="repspec-zoo list", description=_list.__doc__).parse_args(rest)
+        return _list(rest)
     import importlib
 
-    importlib.import_module(COMMANDS[command][1]).main(rest)
+    return importlib.import_module(COMMANDS[command][1]).main(rest)
 
+
+def main(argv=None):
+    """Run ``repspec-zoo COMMAND ...``; an expected error becomes one line on stderr and exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]  # before or after the command
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return None
+    command, rest = argv[0], argv[1:]
+    try:
+        return _run(command, rest)
+    except UserError as err:
+        if debug:
+            raise
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"repspec-zoo {command if command in COMMANDS else ''}".rstrip() + f": error: {message}",
+              file=sys.stderr)
+        raise SystemExit(ERROR_STATUS) from None

@@ -25,7 +25,9 @@ from .. import analysis, data
 from ..attacks import NormalizedModel
 from ..io import atomic_write_text
 from ..plots import plot_analysis
-from ..runs import load_model
+from ..argtypes import positive_int
+from ..loader import load_model
+from . import Parser
 
 
 def _floats(text: str) -> list[float]:
@@ -47,37 +49,27 @@ def _analyses(text: str) -> list[str]:
     return names
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="repspec-zoo analyze", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="repspec-zoo analyze", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="zoo/timm name, hf-hub:org/name or local-dir:PATH")
     p.add_argument("--checkpoint", help="weights file for MODEL's architecture (.safetensors)")
     p.add_argument("--dataset", default="fashion_mnist", help="registry name, Hub dataset id or local folder")
     p.add_argument("--data-dir", help="read the dataset from this local folder")
     p.add_argument("--split", default="test", choices=data.SPLITS)
-    p.add_argument("--n", type=_positive, default=20, help="test points (seeded, class-stratified subset)")
+    p.add_argument("--n", type=positive_int, default=20, help="test points (seeded, class-stratified subset)")
     p.add_argument("--analyses", type=_analyses, default=list(analysis.ANALYSES),
                    help=f"comma-separated subset of {','.join(analysis.ANALYSES)}")
-    p.add_argument("--top-k", type=_positive, default=10, help="singular values/vectors kept per point")
+    p.add_argument("--top-k", type=positive_int, default=10, help="singular values/vectors kept per point")
     p.add_argument("--method", default="auto", choices=("auto", "full", "topk"),
                    help="full SVD of the extracted Jacobian, top-k subspace iteration, or auto by d*K")
     p.add_argument("--attack-eps", type=float, default=1.0, help="PGD radius of the perturbations analysed")
     p.add_argument("--eps-list", type=_floats, default=[0.0, 0.5, 1.0, 1.5, 2.0, 3.0],
                    help="radii of the robust-accuracy curve")
     p.add_argument("--norms", type=_floats, default=[0.0, 0.5, 1.0, 2.0, 3.0, 4.0], help="||z|| grid for linearity")
-    p.add_argument("--pgd-steps", type=_positive, default=10)
-    p.add_argument("--power-iters", type=_positive, default=30, help="power/subspace iteration steps")
-    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--pgd-steps", type=positive_int, default=10)
+    p.add_argument("--power-iters", type=positive_int, default=30, help="power/subspace iteration steps")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output folder for analysis.json and the PNGs")
     return p

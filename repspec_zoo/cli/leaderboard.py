@@ -16,11 +16,12 @@ from ..eval import resolve_attacks
 from ..eval_result import EvalResult
 from ..leaderboard import (bundled_models, common_indices, evaluate_job, finished, load_zoo_model, report)
 from ..argtypes import parse_attacks, parse_budgets
+from . import Parser, UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="repspec-zoo leaderboard", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="repspec-zoo leaderboard", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", help="zoo names (default: every bundled model trained on --dataset)")
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--n", type=int, default=50, help="test images attacked per model (the same for every model)")
@@ -49,10 +50,10 @@ def main(argv=None) -> dict[str, EvalResult]:
         print(report(results, args.out, meta, args.update_readme, args.update_cards))
         return results
     if not args.attack:
-        raise SystemExit("repspec-zoo leaderboard: error: --attack none leaves nothing to rank; name an attack")
+        raise UsageError("--attack none leaves nothing to rank; name an attack")
     names = args.models or bundled_models(args.dataset)
     if not names:
-        raise SystemExit(f"no bundled zoo weights for dataset {args.dataset!r}; `repspec-zoo list-pretrained` "
+        raise UsageError(f"no bundled zoo weights for dataset {args.dataset!r}; `repspec-zoo list-pretrained` "
                          "shows what exists, or pass --models NAME ...")
     x, y = data.as_tensors(data.load_split(args.dataset, "test"))
     start = time.perf_counter()

@@ -2,9 +2,8 @@
 Face cache), with their numbers; --all adds the zoo names whose weights are not here (no network either way)."""
 from __future__ import annotations
 
-import argparse
-
 from ..models.zoo import list_pretrained
+from . import Parser
 
 
 def _fmt(value, width: int, spec: str) -> str:
@@ -12,7 +11,7 @@ def _fmt(value, width: int, spec: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="repspec-zoo list-pretrained", description=__doc__)
+    parser = Parser(prog="repspec-zoo list-pretrained", description=__doc__)
     parser.add_argument("--all", action="store_true", help="also list the zoo names whose weights are not on this "
                                                            "machine (the first pretrained=True downloads them)")
     args = parser.parse_args(argv)

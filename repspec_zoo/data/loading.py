@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .image_datasets import ImageClassificationDataset
-from .sources import Source, describe, open_split, resolve, split_map
+from .sources import DatasetUnavailableError, Source, describe, open_split, resolve, split_map
 from .splits import SPLIT_CANDIDATES, SPLITS
 from .transforms import make_transform
 
@@ -78,8 +78,9 @@ def load_split(name_or_path: str | os.PathLike, split: str = "train", data_dir: 
     source = resolve(name_or_path, data_dir)
     available = split_map(source)
     if split not in available:
-        raise ValueError(f"{source.name} has no {split} split (looked for {' or '.join(SPLIT_CANDIDATES[split])}; "
-                         f"it has {', '.join(available)}). Add a {split}/ folder or file, or ask for another split.")
+        raise DatasetUnavailableError(f"{source.name} has no {split} split (looked for "
+                                      f"{' or '.join(SPLIT_CANDIDATES[split])}; it has {', '.join(available)}). "
+                                      f"Add a {split}/ folder or file, or ask for another split.")
     dataset = open_split(source, available[split])
     if limit is not None and limit < len(dataset):
         dataset = dataset.subset(_stratified_indices(dataset.labels, limit, seed))

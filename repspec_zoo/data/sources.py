@@ -36,7 +36,12 @@ _LOCAL_HINT = ("a folder of class subfolders (optionally under train/ and test/ 
 
 
 class DatasetUnavailableError(UserError, ValueError):
-    """A Hub dataset could not be read (offline and not cached, unreachable, gated or missing)."""
+    """A dataset cannot be read: an unknown name, a local folder without data, a Hub dataset offline
+    and not cached, unreachable, gated or missing."""
+
+
+class DataDirNotFoundError(DatasetUnavailableError, FileNotFoundError):
+    """A local dataset folder that does not exist (or is a file)."""
 
 
 # --------------------------------------------------------------------------- resolving a name
@@ -70,7 +75,7 @@ def resolve(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None)
         return Source(name, None, _existing_dir(name, "dataset path"), None)
     if _HUB_ID.match(name):
         return Source(name, SPEC_BY_HUB_ID.get(name), None, name)
-    raise ValueError(
+    raise DatasetUnavailableError(
         f"unknown dataset {name!r}. Known names: {', '.join(DATASETS)}. Also accepted: a local directory "
         f"(PATH or {_LOCAL_PREFIX}PATH) holding {_LOCAL_HINT}; a Hugging Face Hub dataset id 'org/name' "
         f"(or {_HUB_PREFIX}org/name); or a known name plus --data-dir PATH for local files.")
@@ -80,7 +85,7 @@ def _existing_dir(path: str | os.PathLike, what: str) -> Path:
     directory = Path(path).expanduser()
     if not directory.is_dir():
         state = "is a file, not a directory" if directory.exists() else "does not exist"
-        raise FileNotFoundError(f"{what}: {directory} {state}. Point --data-dir (data_dir=) at {_LOCAL_HINT}.")
+        raise DataDirNotFoundError(f"{what}: {directory} {state}. Point --data-dir (data_dir=) at {_LOCAL_HINT}.")
     return directory
 
 
@@ -95,7 +100,7 @@ def _local_format(directory: Path) -> str:
         suffix = path.suffix.lower()
         if suffix == ".parquet" or suffix in image_suffixes:
             return "parquet" if suffix == ".parquet" else "imagefolder"
-    raise ValueError(f"{directory} holds no parquet files, images or IDX files; expected {_LOCAL_HINT}")
+    raise DatasetUnavailableError(f"{directory} holds no parquet files, images or IDX files; expected {_LOCAL_HINT}")
 
 
 def describe(source: Source) -> str:
