@@ -22,6 +22,7 @@ __all__ = ["DataFolderError", "check_class_names", "check_images", "explain_miss
 
 _SPLIT_FOLDERS = {"train", "test", "val", "valid", "validation"}  # folder names the builder reads as splits
 _SHOWN = 5  # bad files named in the message
+_BAR_FROM = 2000  # images: below this the check takes well under a second, so no progress bar
 _decoded: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of files that decoded in this process
 
 
@@ -74,7 +75,7 @@ def check_images(files: Sequence[str], directory: Path) -> None:
     todo = [f for f in files if keys[f] not in _decoded]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         errors = list(tqdm(pool.map(_decode_error, todo), total=len(todo), desc="checking images", unit="image",
-                           leave=False, disable=not todo))
+                           leave=False, disable=len(todo) < _BAR_FROM))
     bad = [(f, err) for f, err in zip(todo, errors) if err is not None]
     _decoded.update(keys[f] for f, err in zip(todo, errors) if err is None)
     if bad:
