@@ -136,4 +136,5 @@ if __name__ == "__main__":
     try:
         main()
     except (UserError, FileNotFoundError) as err:  # ConfigError, CheckpointError, DatasetUnavailableError, ...
-        sys.exit(f"recipes/train.py: error: {err}")
+        print(f"recipes/train.py: error: {err}", file=sys.stderr)
+        sys.exit(2)  # the status of argparse's usage errors, as the repspec-zoo CLI

@@ -503,3 +503,13 @@ def test_regularizer_layers_picks_exactly_the_named_layers():
         == ["fc1", "head"]
     with pytest.raises(ConfigError, match="non-empty list of layer names"):
         load_config(CONFIG_DIR / "fmnist_slp_llspectral.yaml", ["regularizer.layers=[]"])
+
+
+def test_a_config_error_is_one_line_with_exit_status_2(tmp_path):
+    """recipes/train.py answers a user's mistake as the repspec-zoo CLI does: one line on stderr, status 2."""
+    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "train.py"), "--config",
+                           str(ROOT / "recipes" / "configs" / "fmnist_slp_baseline.yaml"), "optim.lrr=0.1",
+                           "--output", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("recipes/train.py: error: unknown config key 'optim.lrr'")
