@@ -8,6 +8,7 @@ import torch
 
 from repspec_zoo import SpectralRegularizer
 from repspec_zoo.spectral.fft import conv_fft_sigma, conv_fft_upper_bound
+from repspec_zoo.spectral import gram
 from repspec_zoo.spectral.gram import conv_gram_bound, gram_schatten_bound
 from repspec_zoo.spectral.operator import ConvGeometry, conv_apply
 from repspec_zoo.training import build_model, load_config
@@ -32,6 +33,20 @@ def test_schatten_bound_is_the_schatten_norm_batched_real_and_complex():
     # the rescaling keeps float32 finite where the plain Gram powers overflow ((1e20)^(2^6) >> float max)
     big = torch.diag(torch.tensor([3e20, 1e20]))
     assert gram_schatten_bound(big, 6).item() == pytest.approx(3e20, rel=1e-5)
+
+
+@pytest.mark.parametrize('n_iter', [0, 2, 6])
+def test_pruned_maximum_is_the_maximum(n_iter):
+    # 60 matrices with top singular values within 5% (pruning must keep every candidate) and a few far below
+    g = torch.Generator().manual_seed(1)
+    mats = torch.complex(torch.randn(60, 8, 5, generator=g, dtype=F64), torch.randn(60, 8, 5, generator=g, dtype=F64))
+    top = torch.linalg.svdvals(mats)[:, :1, None]
+    mats = mats / top * (1 + 0.05 * torch.rand(60, 1, 1, generator=g, dtype=F64))
+    mats[:10] *= 0.3
+    full = gram_schatten_bound(mats, n_iter)
+    best, i = gram._max_bound(mats, n_iter, None)
+    assert best.item() == pytest.approx(full.max().item(), rel=1e-12) and i == int(full.argmax())
+    assert gram._max_bound(mats, n_iter, full.max() * 1.01) == (-float("inf"), -1)  # a higher known maximum
 
 
 @pytest.mark.parametrize('make,in_shape', as_params(FFT_CASES))
