@@ -46,7 +46,7 @@ def spectral(r: dict) -> list[str]:
     rows += [f"| power iteration from random vectors, {k} steps: median / max rel. error | "
              f"{v['median']:.2e} / {v['max']:.2e} | |" for k, v in pe.items() if k.startswith("k=")]
     warm = pe["warm_1_step_after_sgd_update"]
-    rows.append(f"| one warm-started step after an SGD update: median / max rel. error | "
+    rows.append(f"| one warm-started step after an SGD update: median / max rel. error (why: the Gram section) | "
                 f"{warm['median']:.2e} / {warm['max']:.2e} | |")
     return rows
 

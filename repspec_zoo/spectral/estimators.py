@@ -11,8 +11,9 @@ differentiable ``sigma = <u, A(W) v>`` (:func:`.power.sigma_from_vectors`) whate
   (no warm start; ``n_iter`` is ignored).
 * ``'gram'``: the Gram-iteration upper bound (:mod:`.gram`) on the layer's own operator (zero padding: via
   the circular conv on a grid ``N >= n + 2p``; every stride, group and dilation), recomputed with autograd
-  by every ``penalty()`` (deterministic, nothing to warm-start: ``every`` and ``n_iter`` do not apply, and
-  ``u``, ``v`` stay unused). The penalty then bounds the true ``sum sigma^2`` from above.
+  by every ``penalty()``, so the penalty bounds the true ``sum sigma^2`` from above. Deterministic, nothing to
+  warm-start: ``n_iter`` does not apply and ``u``, ``v`` stay unused; ``step()`` alone (burn-in) refreshes
+  only the logged value, every ``every`` steps.
 
 To add one: write ``refresh(weight, geom, u, v, n_iter) -> (sigma, u, v)`` and add it to
 :data:`ESTIMATORS`; an estimator whose value is itself differentiable also gives ``differentiable(weight,
