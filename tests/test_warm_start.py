@@ -10,7 +10,7 @@ import torch
 from repspec_zoo.spectral.operator import ConvGeometry, conv_apply
 from repspec_zoo.spectral.power import conv_power_iteration
 
-from spectral_cases import F64, converge_conv, dense_of
+from spectral_cases import F64, dense_of
 
 GEOM = ConvGeometry((3, 8, 8), padding=1)
 
@@ -21,9 +21,10 @@ def _top_pair(weight):
 
 
 def _warm_error(w0, update, scale, steps=1):
-    """(|<v0, v1>|, relative error of `steps` warm power steps on w0 + scale * update) from w0's top pair."""
-    sigma0, _ = _top_pair(w0)
-    _, u0, v0, _ = converge_conv(w0, GEOM, sigma0)
+    """(|<v0, v1>|, relative error of `steps` warm power steps on w0 + scale * update) from w0's exact top pair."""
+    _, v0 = _top_pair(w0)
+    v0 = v0.reshape(GEOM.in_shape)
+    u0 = conv_apply(w0, GEOM, v0)
     w1 = w0 + scale * update
     sigma1, v1 = _top_pair(w1)
     warm = conv_power_iteration(w1, GEOM, u0, v0, n_iter=steps)[0].item()
