@@ -78,6 +78,34 @@ def test_bound_never_below_the_real_operator_norm(make, in_shape):
     assert conv_gram_bound(conv.weight, geom, 12).item() == pytest.approx(symbol, rel=1e-9)
 
 
+TINY_INPUTS = [  # inputs small next to the kernel: some taps never meet the input and are cropped
+    ('2d-k3-p1-1x1', lambda: c2(3, 4, 3, padding=1), (3, 1, 1)),
+    ('2d-k3-p1-1x4', lambda: c2(2, 3, 3, padding=1, seed=1), (2, 1, 4)),
+    ('2d-k3-s2-p1-2x2', lambda: c2(2, 3, 3, stride=2, padding=1), (2, 2, 2)),
+    ('2d-k3-dil2-p2-2x3', lambda: c2(2, 2, 3, padding=2, dilation=2), (2, 2, 3)),
+    ('2d-k5-s3-p2-3x3', lambda: c2(2, 2, 5, stride=3, padding=2, seed=2), (2, 3, 3)),
+    ('1d-k5-p2-L2', lambda: c1(2, 3, 5, padding=2), (2, 2)),
+]
+
+
+@pytest.mark.parametrize('make,in_shape', as_params(TINY_INPUTS))
+def test_taps_that_never_meet_the_input_do_not_count(make, in_shape):
+    conv = make()
+    geom = ConvGeometry.from_module(conv, in_shape)
+    true = top_sigma(module_dense(conv, in_shape))
+    weight = conv.weight.detach().requires_grad_()
+    for t in STEPS:
+        assert conv_gram_bound(weight, geom, t).item() >= true * (1 - 1e-12)
+    assert conv_fft_upper_bound(weight, geom).item() >= true * (1 - 1e-12)
+    if in_shape[1:] == (1, 1):  # the centre tap alone: exact
+        assert conv_gram_bound(weight, geom, 12).item() == pytest.approx(true, rel=1e-12)
+        assert conv_fft_upper_bound(weight, geom).item() == pytest.approx(true, rel=1e-12)
+        grad, = torch.autograd.grad(conv_gram_bound(weight, geom), weight)
+        off_centre = grad.clone()
+        off_centre[:, :, 1, 1] = 0
+        assert grad[:, :, 1, 1].abs().sum() > 0 and off_centre.abs().max() == 0
+
+
 def test_circular_norm_on_the_own_grid_does_not_bound_zero_padding():
     """Why a zero-padded layer is bounded on the grid N >= n + 2p and not on n: kernel [1, 0, -1], n = 2, padding 1.
     Circularly, both outer taps land on the same input entry and cancel (norm 0); zero-padded, the operator

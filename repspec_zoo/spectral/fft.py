@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .operator import ConvGeometry, _check_weight, _circular_index, conv_apply
+from .operator import ConvGeometry, _check_weight, _circular_index, _reaching_taps, conv_apply
 from .power import _compute_dtype, _no_autocast, _normalize
 
 __all__ = ['conv_fft_sigma', 'conv_fft_upper_bound']
@@ -324,8 +324,9 @@ def conv_fft_upper_bound(
     ``N`` divisible by the stride (the smallest such ``N`` is used). The valid outputs never reach the
     wrap-around, so the zero-padded operator is ``R C E`` with ``E`` an isometric embedding, ``C`` the
     circular conv on ``N`` and ``R`` a row selection; hence ``sigma <= sigma_max(C)``, computed exactly by
-    the symbol. Cheap and deterministic; tight on large inputs, loose on tiny ones (for an exact value
-    use :func:`conv_power_iteration`). For circular geometries the exact :func:`conv_fft_sigma` value is
+    the symbol. Taps that never meet the input are cropped first (``operator._reaching_taps``). Cheap and
+    deterministic; tight on large inputs, loose on tiny ones (for an exact value use
+    :func:`conv_power_iteration`). For circular geometries the exact :func:`conv_fft_sigma` value is
     returned when it applies; otherwise the bound carries the norm of the circular-padding map.
 
     Args:
@@ -352,6 +353,7 @@ def conv_fft_upper_bound(
     _check_weight(weight, geom)
     if _block_circulant(geom, tuple(weight.shape[2:])):
         return conv_fft_sigma(weight, geom, vectors=False, dtype=dtype)[0]
+    weight, geom = _reaching_taps(weight, geom)
     grid, factor = _bounding_grid(geom)
     cdtype = _compute_dtype(weight.dtype, dtype)
     with torch.no_grad(), _no_autocast(weight.device):

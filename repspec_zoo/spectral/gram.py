@@ -33,7 +33,9 @@ Which operator. The paper iterates on the rfft of the kernel zero-padded to the 
   stride), ``C_N`` the circular conv there and ``R`` a row selection (valid outputs never wrap), so
   ``||zero-padded conv on n|| <= ||C_N|| <= bound`` (:func:`.fft.conv_fft_upper_bound` is the exact
   ``||C_N||``). The circular norm on the layer's own ``n`` is *not* an upper bound on the zero-padded norm
-  in general (tests/test_gram.py has a counterexample), hence the larger grid.
+  in general (tests/test_gram.py has a counterexample), hence the larger grid. Taps that never meet the
+  input are cropped first (``operator._reaching_taps``: a 3x3 conv on a 1x1 input is its centre tap).
+  Loose where ``n`` is small next to the kernel (``N`` much larger than ``n``); tight as ``n`` grows.
 * Strides: the polyphase symbol ``M(w)`` (C_out x C_in*s*s on the ``(n/s)^2`` grid) is the strided
   operator's exact block diagonalization, tighter than bounding by the unstrided conv. Groups: the symbol
   is block-diagonal, the bound is the max over groups (batched with the frequencies). Dilation: taps at
@@ -53,7 +55,7 @@ import torch
 from torch import Tensor
 
 from .fft import _block_circulant, _bounding_grid, _symbol_chunks
-from .operator import ConvGeometry, _check_weight
+from .operator import ConvGeometry, _check_weight, _reaching_taps
 from .power import _compute_dtype, _no_autocast
 
 __all__ = ['GRAM_ITERS', 'gram_schatten_bound', 'conv_gram_bound']
@@ -158,8 +160,11 @@ def conv_gram_bound(weight: Tensor, geom: ConvGeometry, n_iter: int = GRAM_ITERS
     _check_weight(weight, geom)
     if n_iter < 0:
         raise ValueError(f"conv_gram_bound: n_iter={n_iter} must be >= 0 (Gram steps).")
-    ks = tuple(weight.shape[2:])
-    grid, factor = (geom.in_spatial, 1.0) if _block_circulant(geom, ks) else _bounding_grid(geom)
+    if _block_circulant(geom, tuple(weight.shape[2:])):
+        grid, factor = geom.in_spatial, 1.0
+    else:
+        weight, geom = _reaching_taps(weight, geom)  # differentiable: unused taps get a zero gradient
+        grid, factor = _bounding_grid(geom)
     with _no_autocast(weight.device):
         w = weight.to(_compute_dtype(weight.dtype, dtype))
         best, where = None, None
