@@ -171,8 +171,9 @@ def gram(r: dict) -> list[str]:
                      f"{t['power_over_dense_max']:.4f}."]
             worst = max((x for x in n["layers"] if "dense" in x), key=lambda x: x["gram"] / x["dense"])
             rows.append(f"The bound is loose where the input is small next to the kernel: {worst['name']} sees "
-                        f"{'x'.join(map(str, worst['in_shape']))} inputs, so the circular grid N >= n + 2p carries "
-                        f"taps the zero-padded layer never applies (gram / dense {worst['gram'] / worst['dense']:.2f}).")
+                        f"{'x'.join(map(str, worst['in_shape']))} inputs, where the zero-padded operator is far from "
+                        f"the circular conv on N >= n + 2p (gram / dense {worst['gram'] / worst['dense']:.2f}; taps "
+                        "that never meet the input are cropped, so 1x1 inputs are exact).")
     c = r["convergence"]
     rows += ["", f"Convergence with the number of Gram steps T (Schatten 2^(T+1) norm of each symbol matrix), "
              f"bound / fft - 1 over the {c['model']} {c['size']}x{c['size']} convs (float64):", "",

@@ -49,6 +49,20 @@ def test_pruned_maximum_is_the_maximum(n_iter):
     assert gram._max_bound(mats, n_iter, full.max() * 1.01) == (-float("inf"), -1)  # a higher known maximum
 
 
+
+@pytest.mark.parametrize('dtype', [torch.float32, F64])
+def test_pruning_keeps_a_maximum_of_rank_one_matrices(dtype):
+    # rank one (e.g. every symbol matrix of a conv with one input channel): upper == lower in exact arithmetic,
+    # and rounding must not drop every matrix
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        mats = torch.randn(3, 5, 1, generator=g, dtype=dtype) @ torch.randn(3, 1, 4, generator=g, dtype=dtype)
+        for n_iter in (2, 4, 6):
+            best, i = gram._max_bound(mats, n_iter, None)
+            full = gram_schatten_bound(mats, n_iter)
+            assert i >= 0 and best.item() == pytest.approx(full.max().item(), rel=1e-5)
+
+
 @pytest.mark.parametrize('make,in_shape', as_params(FFT_CASES))
 def test_bound_never_below_the_exact_circular_norm_and_converges_to_it(make, in_shape):
     conv = make()

@@ -118,8 +118,11 @@ def _max_bound(mats: Tensor, n_iter: int, floor: Tensor | None) -> tuple[Tensor,
         if t >= 1:
             upper = norm2 ** (0.5 * 2.0 ** -t) * log_scale.exp()
             lower = (norm2 / trace.clamp_min(torch.finfo(trace.dtype).tiny)) ** 2.0 ** -t * log_scale.exp()
-            threshold = lower.max() if floor is None else torch.maximum(lower.max(), floor)
+            best_lower = lower.max()
+            threshold = best_lower if floor is None else torch.maximum(best_lower, floor)
             keep = upper >= threshold
+            if floor is None or best_lower >= floor:  # the matrix that sets the threshold stays, whatever the
+                keep[lower.argmax()] = True  # rounding (upper == lower for a rank-one matrix)
             if not keep.any():
                 return torch.tensor(-math.inf), -1
             if not keep.all():
