@@ -61,7 +61,7 @@ from .power import _compute_dtype, _no_autocast
 __all__ = ['GRAM_ITERS', 'gram_schatten_bound', 'conv_gram_bound']
 
 # Schatten-128 norms: at most 0.9% (median 0.2%) above the exact symbol norm on the ResNet-50 convs at 224, at most
-# 0.5% (median 6e-5) on ResNet-18 at 32 (benchmarks/results_gram.json)
+# 0.7% (median 6e-5) on ResNet-18 at 32 (benchmarks/results_gram.json)
 GRAM_ITERS = 6
 
 
