@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .operator import ConvGeometry, _check_weight, _circular_index, conv_apply
+from .operator import ConvGeometry, _check_weight, _circular_index, _reaching_taps, conv_apply
 from .power import _compute_dtype, _no_autocast, _normalize
 
 __all__ = ['conv_fft_sigma', 'conv_fft_upper_bound']
@@ -91,6 +91,54 @@ def _top_eigenvalues(gram: Tensor, known: Tensor | None) -> Tensor:
     return out
 
 
+def _freq_sizes(grid: tuple[int, ...], stride: tuple[int, ...]) -> tuple[int, ...]:
+    """Frequencies per dim of the symbol on ``grid``: the coarse grid ``n/s``, the rfft half in the last dim."""
+    coarse = tuple(n // s for n, s in zip(grid, stride))
+    return coarse[:-1] + (coarse[-1] // 2 + 1,)
+
+
+def _symbol_phases(ks: tuple[int, ...], grid: tuple[int, ...], stride: tuple[int, ...],
+                   dilation: tuple[int, ...], device) -> Tensor:
+    """The DFT of the taps, (freq*phase, taps) complex128: ``phases[(f, i), k] = exp(-2 pi j w_f . a_k / m)``
+    if tap ``k`` falls in polyphase component ``i``, else 0 (frequency, tap and phase indices flattened in C
+    order). Built as a product over dims of ``P_d[w, k, i]``; conventions in :func:`_symbol_top`."""
+    coarse = tuple(n // s for n, s in zip(grid, stride))
+    fsizes = _freq_sizes(grid, stride)
+    phases = torch.ones((1, 1, 1), dtype=torch.complex128, device=device)
+    for k, n, s, d, m, nf in zip(ks, grid, stride, dilation, coarse, fsizes):
+        t = (torch.arange(k, device=device) * d) % n
+        w = torch.arange(nf, device=device, dtype=torch.float64)
+        p = torch.zeros((nf, k, s), dtype=torch.complex128, device=device)
+        p[:, torch.arange(k, device=device), t % s] = torch.exp((-2j * math.pi / m) * w[:, None] * (t // s)[None, :])
+        a, b, c = phases.shape
+        phases = (phases[:, None, :, None, :, None] * p[None, :, None, :, None, :]).reshape(a * nf, b * k, c * s)
+    n_freq = phases.shape[0]
+    return phases.permute(0, 2, 1).reshape(n_freq * math.prod(stride), -1)
+
+
+def _symbol_chunks(weight: Tensor, grid: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
+                   groups: int, freqs: range | None = None):
+    """Yield ``(start, mt)``: ``mt[f, g] = M_g(w_{start+f})^T`` of shape (freq, groups, C_in/groups*prod(stride),
+    C_out/groups), the transposed symbol matrices of :func:`_symbol_top` at the flat frequency indices ``freqs``
+    (default all, see :func:`_freq_sizes`), at most ``_SYMBOL_CHUNK_ELEMS`` complex entries at a time.
+    Differentiable in ``weight`` (one complex GEMM per chunk)."""
+    c_out, c_in_g = weight.shape[:2]
+    n_phase = math.prod(stride)
+    ctype = torch.complex128 if weight.dtype == torch.float64 else torch.complex64
+    # rows (freq, phase), cols taps
+    phases = _symbol_phases(tuple(weight.shape[2:]), grid, stride, dilation, weight.device).to(ctype)
+    kernel = weight.reshape(c_out, c_in_g, -1).permute(2, 1, 0).reshape(-1, c_in_g * c_out).to(ctype)
+    co_g, ci_star = c_out // groups, c_in_g * n_phase
+    freqs = range(phases.shape[0] // n_phase) if freqs is None else freqs
+    chunk = max(1, _SYMBOL_CHUNK_ELEMS // (n_phase * c_in_g * c_out))
+    for start in range(freqs.start, freqs.stop, chunk):
+        stop = min(start + chunk, freqs.stop)
+        # mt[f, (phase, ci), co] = M(w_f)^T
+        mt = (phases[start * n_phase:stop * n_phase] @ kernel).reshape(stop - start, n_phase, c_in_g, groups, co_g)
+        mt = mt.permute(0, 3, 1, 2, 4) if groups > 1 else mt.reshape(stop - start, 1, n_phase, c_in_g, co_g)
+        yield start, mt.reshape(stop - start, groups, ci_star, co_g)
+
+
 def _symbol_top(weight: Tensor, grid: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
                 groups: int, want_vector: bool):
     """sigma_max of the circular conv on ``grid`` (no shift) via its DFT symbol.
@@ -107,8 +155,9 @@ def _symbol_top(weight: Tensor, grid: tuple[int, ...], stride: tuple[int, ...], 
     The symbol is evaluated as a DFT of the k*k taps -- the values rfftn of the zero-padded polyphase
     kernels would give, but as one GEMM ``phases (freq*phase, taps) @ kernel (taps, C_in*C_out)`` whose
     output is already laid out as ``M(w)^T`` per frequency (no transposes of the big tensor), chunked
-    over frequencies to bound memory. ``M(w)`` is reduced to the Gram matrix of its smaller side, whose
-    top eigenvalue is ``sigma^2`` (eigvalsh: faster than svdvals on CPU; see _top_eigenvalues).
+    over frequencies to bound memory (:func:`_symbol_chunks`). ``M(w)`` is reduced to the Gram matrix of
+    its smaller side, whose top eigenvalue is ``sigma^2`` (eigvalsh: faster than svdvals on CPU; see
+    _top_eigenvalues).
 
     Returns ``(sigma, best)`` where ``best = (freq, group, z)`` (top right singular vector ``z`` of
     ``M(freq)`` in layout ``(C_in/groups, *stride)``) if ``want_vector``, else None.
@@ -116,7 +165,6 @@ def _symbol_top(weight: Tensor, grid: tuple[int, ...], stride: tuple[int, ...], 
     nd = len(grid)
     c_out, c_in_g = weight.shape[:2]
     ks = tuple(weight.shape[2:])
-    coarse = tuple(n // s for n, s in zip(grid, stride))
     n_phase = math.prod(stride)
     ctype = torch.complex128 if weight.dtype == torch.float64 else torch.complex64
     dev = weight.device
@@ -131,32 +179,11 @@ def _symbol_top(weight: Tensor, grid: tuple[int, ...], stride: tuple[int, ...], 
         zf[:, 0] = z
         return sigma, ((0,) * nd, g, zf.reshape((c_in_g,) + stride))
 
-    # phases[f, k, i] = exp(-2 pi j w_f . a_k / m) if tap k falls in polyphase component i, else 0; built as
-    # a product over dims of P_d[w, k, i] (frequency, tap and phase indices flattened in C order)
-    fsizes = coarse[:-1] + (coarse[-1] // 2 + 1,)  # rfft half-spectrum in the last dim
-    phases = torch.ones((1, 1, 1), dtype=torch.complex128, device=dev)
-    for k, n, s, d, m, nf in zip(ks, grid, stride, dilation, coarse, fsizes):
-        t = (torch.arange(k, device=dev) * d) % n
-        w = torch.arange(nf, device=dev, dtype=torch.float64)
-        p = torch.zeros((nf, k, s), dtype=torch.complex128, device=dev)
-        p[:, torch.arange(k, device=dev), t % s] = torch.exp((-2j * math.pi / m) * w[:, None] * (t // s)[None, :])
-        a, b, c = phases.shape
-        phases = (phases[:, None, :, None, :, None] * p[None, :, None, :, None, :]).reshape(a * nf, b * k, c * s)
-    n_freq = phases.shape[0]
-    phases = phases.permute(0, 2, 1).to(ctype).reshape(n_freq * n_phase, -1)  # rows (freq, phase), cols taps
-    kernel = weight.reshape(c_out, c_in_g, -1).permute(2, 1, 0).reshape(-1, c_in_g * c_out).to(ctype)
-    co_g, ci_star = c_out // groups, c_in_g * n_phase
-    chunk = max(1, _SYMBOL_CHUNK_ELEMS // (n_phase * c_in_g * c_out))
-
     best_eig, best = None, None
-    for start in range(0, n_freq, chunk):
-        stop = min(start + chunk, n_freq)
-        # mt[f, (phase, ci), co] = M(w_f)^T
-        mt = (phases[start * n_phase:stop * n_phase] @ kernel).reshape(stop - start, n_phase, c_in_g, groups, co_g)
-        mt = mt.permute(0, 3, 1, 2, 4) if groups > 1 else mt.reshape(stop - start, 1, n_phase, c_in_g, co_g)
-        mt = mt.reshape(stop - start, groups, ci_star, co_g)
+    for start, mt in _symbol_chunks(weight, grid, stride, dilation, groups):
+        co_g, ci_star = mt.shape[-1], mt.shape[-2]
         gram = mt.mH @ mt if co_g <= ci_star else mt @ mt.mH  # conj of M M^H / M^H M: same eigenvalues
-        eig = _top_eigenvalues(gram.reshape((-1,) + gram.shape[2:]), best_eig).reshape(stop - start, groups)
+        eig = _top_eigenvalues(gram.reshape((-1,) + gram.shape[2:]), best_eig).reshape(mt.shape[:2])
         top = eig.max()
         if best_eig is None or top > best_eig:
             best_eig = top
@@ -168,7 +195,7 @@ def _symbol_top(weight: Tensor, grid: tuple[int, ...], stride: tuple[int, ...], 
         return sigma, None
     f_idx, g, mat = best
     freq = []
-    for size in reversed(fsizes):  # unravel the flat frequency index (C order)
+    for size in reversed(_freq_sizes(grid, stride)):  # unravel the flat frequency index (C order)
         f_idx, r = divmod(f_idx, size)
         freq.append(r)
     z = _top_right_singular_vector(mat)  # of M(freq), layout (phase, ci)
@@ -297,8 +324,9 @@ def conv_fft_upper_bound(
     ``N`` divisible by the stride (the smallest such ``N`` is used). The valid outputs never reach the
     wrap-around, so the zero-padded operator is ``R C E`` with ``E`` an isometric embedding, ``C`` the
     circular conv on ``N`` and ``R`` a row selection; hence ``sigma <= sigma_max(C)``, computed exactly by
-    the symbol. Cheap and deterministic; tight on large inputs, loose on tiny ones (for an exact value
-    use :func:`conv_power_iteration`). For circular geometries the exact :func:`conv_fft_sigma` value is
+    the symbol. Taps that never meet the input are cropped first (``operator._reaching_taps``). Cheap and
+    deterministic; tight on large inputs, loose on tiny ones (for an exact value use
+    :func:`conv_power_iteration`). For circular geometries the exact :func:`conv_fft_sigma` value is
     returned when it applies; otherwise the bound carries the norm of the circular-padding map.
 
     Args:
@@ -323,18 +351,36 @@ def conv_fft_upper_bound(
     if weight is None:
         raise ValueError("conv_fft_upper_bound: weight=None is only allowed when geom is a conv module.")
     _check_weight(weight, geom)
-    ks = tuple(weight.shape[2:])
-    out = geom.out_spatial(ks)
-    factor = 1.0
-    if geom.padding_mode == 'circular':
-        if all(n % s == 0 and o == n // s for n, s, o in zip(geom.in_spatial, geom.stride, out)):
-            return conv_fft_sigma(weight, geom, vectors=False, dtype=dtype)[0]
-        # circular padding copies an input entry up to `reps` times: ||pad|| = sqrt(prod max reps)
-        for n, lo, hi in zip(geom.in_spatial, geom.padding, geom.padding_hi):
-            factor *= float(torch.bincount(_circular_index(n, lo, hi, 'cpu'), minlength=n).max())
-        factor = math.sqrt(factor)
-    grid = tuple(-(-n_pad // s) * s for n_pad, s in zip(geom.padded_spatial, geom.stride))
+    if _block_circulant(geom, tuple(weight.shape[2:])):
+        return conv_fft_sigma(weight, geom, vectors=False, dtype=dtype)[0]
+    weight, geom = _reaching_taps(weight, geom)
+    grid, factor = _bounding_grid(geom)
     cdtype = _compute_dtype(weight.dtype, dtype)
     with torch.no_grad(), _no_autocast(weight.device):
         sigma, _ = _symbol_top(weight.detach().to(cdtype), grid, geom.stride, geom.dilation, geom.groups, False)
     return sigma * factor
+
+
+def _block_circulant(geom: ConvGeometry, ks: tuple[int, ...]) -> bool:
+    """Whether ``geom`` is a circular conv on its own grid: circular padding, sizes divisible by the stride,
+    output size ``n/s`` (then its symbol on ``in_spatial`` gives the exact norm)."""
+    out = geom.out_spatial(ks)
+    return geom.padding_mode == 'circular' and all(
+        n % s == 0 and o == n // s for n, s, o in zip(geom.in_spatial, geom.stride, out))
+
+
+def _bounding_grid(geom: ConvGeometry) -> tuple[tuple[int, ...], float]:
+    """``(grid, factor)`` with ``sigma_max(geom's operator) <= factor * sigma_max(circular conv on grid)``.
+
+    The padded input (size ``n + lo + hi``) is embedded in the smallest grid ``N >= n + lo + hi`` divisible by
+    the stride, where the valid outputs never wrap around (see :func:`conv_fft_upper_bound`); a circular
+    padding that repeats input entries carries its own norm ``sqrt(prod_d max repeats)`` as ``factor``
+    (1 for zero padding). For a :func:`_block_circulant` geometry the own grid is exact instead.
+    """
+    factor = 1.0
+    if geom.padding_mode == 'circular':
+        # circular padding copies an input entry up to `reps` times: ||pad|| = sqrt(prod max reps)
+        for n, lo, hi in zip(geom.in_spatial, geom.padding, geom.padding_hi):
+            factor *= float(torch.bincount(_circular_index(n, lo, hi, 'cpu'), minlength=n).max())
+        factor = math.sqrt(factor)
+    return tuple(-(-n_pad // s) * s for n_pad, s in zip(geom.padded_spatial, geom.stride)), factor

@@ -60,8 +60,9 @@ class SpectralRegularizer(nn.Module):
             the paper uses 160 for ResNet-50 on ImageNet).
         estimator: how conv layers are measured (Linear layers always use power iteration), one
             of :data:`.estimators.ESTIMATORS`: ``'power'`` (power iteration on the real operator;
-            exact for zero padding) or ``'fft'`` (exact sigma of the circular-padded operator
-            from its DFT symbol at every update).
+            exact for zero padding), ``'fft'`` (exact sigma of the circular-padded operator
+            from its DFT symbol at every update) or ``'gram'`` (a Gram-iteration upper bound on the
+            layer's own operator, recomputed with autograd by every ``penalty()``).
         bn_aware: penalize the norm of BN∘conv (eval-mode BN scale folded into the kernel),
             which is what bounds the feature Jacobian of a BatchNorm network.
         n_power_iter: power-iteration steps per update.
@@ -243,6 +244,24 @@ class SpectralRegularizer(nn.Module):
         state.sigma.copy_(sigma)
         state.needs_warmup = False
 
+    def _differentiable(self, name: str):
+        """The estimator's own differentiable sigma for this conv layer, or None (then ``<u, A(W) v>``)."""
+        if name in self._power_fallback or not isinstance(self._layers[name], _CONVS):
+            return None
+        return self._estimator.differentiable
+
+    def _sigma(self, name: str) -> Tensor:
+        """The layer's sigma with autograd to its weight: the estimator's own, or ``<u, A(W) v>``."""
+        state = self._state(name)
+        weight = self._weight(name).to(state.u.dtype)
+        measure = self._differentiable(name)
+        if measure is not None:
+            state.needs_warmup = False
+            return measure(weight, self._geometry(name))
+        if state.needs_warmup:  # eval-mode use before any step: get usable vectors first
+            self._power_update(name, self.warmup_iters)
+        return sigma_from_vectors(weight, state.u, state.v, self._geometry(name))
+
     # ---------------------------------------------------------------------------- public
     @torch.no_grad()
     def step(self) -> bool:
@@ -251,11 +270,16 @@ class SpectralRegularizer(nn.Module):
         Returns whether an update ran. ``penalty()`` calls this in training mode; call it
         yourself during a burn-in phase in which the penalty is not added to the loss.
         """
+        return self._advance(skip_differentiable=False)
+
+    def _advance(self, skip_differentiable: bool) -> bool:
         due = self._step % self.every == 0
         self._step += 1
         self.num_steps.add_(1)
         for name, _ in list(self._active_layers()):
             state = self._state(name)
+            if skip_differentiable and self._differentiable(name) is not None:
+                continue  # penalty() computes it itself, with autograd
             if state.needs_warmup:
                 self._power_update(name, self.warmup_iters)
             elif due:
@@ -274,17 +298,13 @@ class SpectralRegularizer(nn.Module):
         With ``activation_term`` the activation terms of the latest training forward are added
         inside the sum (and consumed: call once per forward)."""
         if self.training and torch.is_grad_enabled():
-            self.step()
+            self._advance(skip_differentiable=True)
         sigmas = []
         device_type = self.num_steps.device.type
         with torch.autocast(device_type=device_type, enabled=False):
             for name, _ in list(self._active_layers()):
-                state = self._state(name)
-                if state.needs_warmup:  # eval-mode use before any step: get usable vectors first
-                    self._power_update(name, self.warmup_iters)
-                weight = self._weight(name).to(state.u.dtype)
-                sigma = sigma_from_vectors(weight, state.u, state.v, self._geometry(name))
-                state.sigma.copy_(sigma.detach())
+                sigma = self._sigma(name)
+                self._state(name).sigma.copy_(sigma.detach())
                 sigmas.append(sigma)
         total = torch.stack(sigmas).square().sum()
         activations = self._activations.pop_sum(total.dtype) if self._activations is not None else None
@@ -307,13 +327,12 @@ class SpectralRegularizer(nn.Module):
         lam = 0.5 * self.gamma
         before = {}
         for name, module in list(self._active_layers()):
-            self._power_update(name, max(n_iter, self.warmup_iters) if self._state(name).needs_warmup
-                               else n_iter)
-            state = self._state(name)
+            if self._differentiable(name) is None:
+                self._power_update(name, max(n_iter, self.warmup_iters) if self._state(name).needs_warmup
+                                   else n_iter)
             with torch.enable_grad(), torch.autocast(device_type=self.num_steps.device.type, enabled=False):
                 weight = module.weight
-                sigma = sigma_from_vectors(self._weight(name).to(state.u.dtype), state.u, state.v,
-                                           self._geometry(name))
+                sigma = self._sigma(name)
                 grad, = torch.autograd.grad(sigma.square(), weight)
             with torch.no_grad():
                 weight.sub_(lam * grad.to(weight.dtype))

@@ -26,7 +26,7 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -221,6 +221,36 @@ def _check_weight(weight: Tensor, geom: ConvGeometry) -> None:
     if weight.shape[1] * g != c_in or weight.shape[0] % g:
         raise ValueError(f"kernel of shape {tuple(weight.shape)} with groups={g} does not fit C_in={c_in}: need "
                          f"weight.shape[1] * groups == C_in and groups | C_out.")
+
+
+def _reaching_taps(weight: Tensor, geom: ConvGeometry) -> tuple[Tensor, ConvGeometry]:
+    """The kernel cropped to the taps that meet the input, with a geometry whose operator contains the original.
+
+    With zero padding, tap ``j`` of a dim (stride ``s``, dilation ``d``, low padding ``lo``) reads input
+    ``o*s + j*d - lo`` for the outputs ``o < out``: it meets the input ``[0, n)`` only if ``lo - (out-1)*s <= j*d
+    <= n - 1 + lo``; other taps multiply padding zeros only. Cropping them (padding ``lo - first*d``, and the
+    smallest ``padding_hi >= 0`` that keeps ``out`` outputs) gives the same operator, or one with extra output
+    rows where ``padding_hi`` cannot shrink enough, whose norm is no smaller. The symbol bounds on a grid
+    ``N >= n + lo + hi`` (:mod:`.fft`, :mod:`.gram`) would apply the unused taps: e.g. a 3x3 conv on a 1x1 input
+    (ResNet-18's last stage at 32x32) is its centre tap alone. Other padding modes are returned unchanged.
+    """
+    if geom.padding_mode != 'zeros':
+        return weight, geom
+    ks = tuple(weight.shape[2:])
+    index, lows, highs = [], [], []
+    for k, n, lo, s, d, out in zip(ks, geom.in_spatial, geom.padding, geom.stride, geom.dilation,
+                                   geom.out_spatial(ks)):
+        first = min(max(0, -(-(lo - (out - 1) * s) // d)), lo // d)  # keep lo - first*d >= 0
+        last = min(k - 1, (n - 1 + lo) // d)
+        if last < first:  # no tap meets the input (a zero operator): keep the dim as it is
+            first, last = 0, k - 1
+        low = lo - first * d
+        index.append(slice(first, last + 1))
+        lows.append(low)
+        highs.append(max(0, (out - 1) * s + d * (last - first) + 1 - n - low))
+    if all(i == slice(0, k) for i, k in zip(index, ks)):
+        return weight, geom
+    return weight[(slice(None), slice(None), *index)], replace(geom, padding=tuple(lows), padding_hi=tuple(highs))
 
 
 def _batched(x: Tensor, shape: tuple[int, ...], name: str) -> tuple[Tensor, bool]:

@@ -80,7 +80,8 @@ class RegularizerConfig:
     every: int = 1  # rep/ll: 'loss': a power-iteration update every this many optimizer steps; 'direct': a direct step
     activation_term: bool = False  # rep/ll, apply=loss: add the authors' eig-ub term mean_x max_j act'(z_j)^2
     layers: list | None = None  # rep/ll: penalize exactly these layer names, e.g. [head] (the authors' MLP "ll" walk)
-    estimator: str = "power"  # rep/ll: 'power' (the zero-padded conv operator timm computes) or 'fft' (circular padding)
+    estimator: str = "power"  # rep/ll: 'power' (the zero-padded conv operator timm computes), 'fft' (circular padding)
+    # or 'gram' (an upper bound on the zero-padded norm)
     bn_aware: bool = False  # rep/ll: penalize the norm of BN∘conv instead of the conv alone
     bss_eta: float = 1e-3  # bss strength: penalty = bss_eta * sum of the bss_k smallest squared singular values
     bss_k: int = 1  # bss: how many of the smallest singular values of the (batch x features) matrix are penalized
