@@ -1,23 +1,24 @@
 """The paper's self-supervised setting at CPU scale: SimCLR on Fashion-MNIST with and without rep-/ll-spectral.
 
-    python -m experiments.ssl_fmnist      # 2 seeds x {none, rep, ll}: about an hour on one busy core
+    python -m experiments.ssl_fmnist      # 2 seeds x {none, rep, ll}: about an hour, 2 one-thread workers on
+                                          # 2 cores shared with 6 other jobs
 
 Pretraining: ``recipes/configs/fmnist_simclr_resnet_small_{baseline,repspectral,llspectral}.yaml``
-(small ResNet, SimCLR on 8,000 unlabelled Fashion-MNIST images, 9 epochs, batch 256, lr 0.3
+(small ResNet, SimCLR on 5,000 unlabelled Fashion-MNIST images, 9 epochs, batch 256, lr 0.3
 undecayed until the last epoch; rep-spectral on the backbone's convs, ll-spectral on those and
 the projector, gamma 2e-3, in the last third of the epochs). The rep and ll runs branch from the
 baseline's checkpoint at the end of the burn-in, so the three backbones of a seed share their
 first two thirds.
 Linear probe (:mod:`repspec_zoo.probe`, scikit-learn logistic regression on the frozen, standardized
-64 backbone features): fitted on ``--probe-train`` Fashion-MNIST training images, accuracy on the
-10,000 test images; the transfer probe is fitted on the 1,437 sklearn digits (8x8, resized to
+64 backbone features): fitted on ``--probe-train`` Fashion-MNIST training images, accuracy on
+``--probe-test`` test images; the transfer probe is fitted on the 1,437 sklearn digits (8x8, resized to
 28x28) and scored on the other 360. The probe-accuracy curve: the same Fashion-MNIST probe on the
 baseline's checkpoints after each epoch of ``--curve-epochs`` (epoch 0: a random-init backbone).
 Robustness of backbone + Fashion-MNIST probe: every final model on the SAME ``--n`` test images
 (correctly classified by all), the Tangent Attack (hard-label, every image gets a start) at
 ``--budgets`` and FMN (white-box minimal-norm, adv-lib), the best of both per image; L2 in [0,1]
-pixels of the 28x28 input. CGBA/ALMA and attacks on the digits transfer probe are left out for CPU
-time. Paired comparisons: rep vs none and ll vs none, per seed and pooled.
+pixels of the 28x28 input. CGBA/ALMA, larger budgets and attacks on the digits transfer probe are
+left out for CPU time (the machine's 2 cores are shared by several jobs). Paired comparisons: rep vs none and ll vs none, per seed and pooled.
 
 Writes results/experiments/ssl_fmnist/: results.json, README.md, probe_curve.png and boxplots.png.
 Every step is resumable: finished runs are skipped, killed ones resume, and each model's probe and
@@ -40,7 +41,7 @@ from repspec_zoo.runs import WEIGHTS_FILE, load_model
 from repspec_zoo.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, checkpoint_at_epoch, load_results,
-                     paired_rows, paired_table, run_all, split_tensors, table, write_json)
+                     paired_rows, paired_table, parallel_map, run_all, split_tensors, table, write_json)
 
 CONFIGS = {"none": "fmnist_simclr_resnet_small_baseline", "rep": "fmnist_simclr_resnet_small_repspectral",
            "ll": "fmnist_simclr_resnet_small_llspectral"}
@@ -104,9 +105,12 @@ def conv_sigma_sq(backbone) -> float:
     return sum(s * s for s in conv_sigmas(backbone).values())
 
 
-def evaluate_attacks(probe_model, test, indices, budgets, name: str) -> dict:
+def evaluate_attacks(job: tuple) -> dict:
+    """Worker: TA + FMN distances of one backbone + probe on the shared test images."""
+    probe_model, indices, budgets, name = job
     from repspec_zoo.eval import evaluate
 
+    test = split_tensors("fashion_mnist", "test")
     result = evaluate(probe_model, test, model_name=name, dataset_name="fashion_mnist", n=len(indices),
                       indices=indices, budgets=budgets, attack="ta,fmn", seed=0, lemma1=False, progress=False)
     return dict(clean_acc=result.clean_acc, n_samples=result.n_samples, distance=result.distance,
@@ -156,7 +160,7 @@ def report(saved: dict, out: Path) -> str:
     for e in curve_epochs:
         curve_lines.append(f"| {e} | " + " | ".join(f"{by[s, e]['fashion_mnist']:.4f} / {by[s, e]['digits']:.4f}"
                                                     for s in seeds) + " |")
-    lines = ["| arm | seed | probe acc (10k test) | success @" + q + " [95% CI] | median L2 [95% CI] | "
+    lines = ["| arm | seed | probe acc (10k test images) | success @" + q + " [95% CI] | median L2 [95% CI] | "
              "mean L2 (broken) [95% CI] |", "|" + "---|" * 6]
     for r in sorted(attacks, key=lambda r: (ARMS.index(r["arm"]), r["seed"])):
         d = r["distance"]
@@ -179,7 +183,8 @@ def report(saved: dict, out: Path) -> str:
         f"{saved['train_limit']} unlabelled images, rep/ll in the last {epochs - saved['burn_in']} (branched from the "
         f"baseline's epoch-{saved['burn_in']} checkpoint). Extra overrides: `{' '.join(saved['overrides']) or 'none'}`. "
         f"Linear probe: logistic regression (scikit-learn, C = 1) on the frozen, standardized backbone features, fitted on "
-        f"{saved['probe_train']} Fashion-MNIST training images and scored on the 10,000 test images; the transfer probe is "
+        f"{saved['probe_train']} Fashion-MNIST training images and scored on {saved['probe_test']} test images; the transfer "
+        f"probe is "
         f"fitted on the 1,437 sklearn digits and scored on the other 360. Attacks on backbone + Fashion-MNIST probe: the "
         f"same {n} test images (correctly classified by all {len(attacks)} models), the Tangent Attack (budgets "
         f"{', '.join(map(str, saved['budgets']))}; every image gets a start) and FMN (white-box), the best of both per "
@@ -201,12 +206,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.ssl_fmnist", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--n", type=int, default=60, help="shared correctly classified test images attacked")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[250, 500, 1000], help="the last is reported")
-    parser.add_argument("--probe-train", type=int, default=10000, help="Fashion-MNIST images the probe is fitted on")
-    parser.add_argument("--curve-epochs", type=int, nargs="+", default=[0, 1, 2, 3, 5, 7, 9],
+    parser.add_argument("--n", type=int, default=40, help="shared correctly classified test images attacked")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[250, 500], help="the last is reported")
+    parser.add_argument("--probe-train", type=int, default=5000, help="Fashion-MNIST images the probe is fitted on")
+    parser.add_argument("--probe-test", type=int, default=5000, help="Fashion-MNIST test images the probe is scored on")
+    parser.add_argument("--curve-epochs", type=int, nargs="+", default=[0, 1, 3, 5, 7, 9],
                         help="baseline epochs the probe curve reads (0: random init)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel one-thread training runs")
+    parser.add_argument("--workers", type=int, default=2, help="parallel one-thread processes (training, attacks)")
     parser.add_argument("--overrides", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides of every run")
     parser.add_argument("--report-only", action="store_true", help="re-render README.md and the plots from results.json")
     parser.add_argument("--runs", type=Path, default=RUNS / "ssl_fmnist")
@@ -226,13 +232,11 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = load_config(ROOT / "recipes" / "configs" / f"{CONFIGS['rep']}.yaml", args.overrides)
     fmnist_test = split_tensors("fashion_mnist", "test")
-    splits = {"fashion_mnist": (split_tensors("fashion_mnist", "train", limit=args.probe_train, seed=0), fmnist_test),
+    probe_test = split_tensors("fashion_mnist", "test", limit=args.probe_test, seed=0)
+    splits = {"fashion_mnist": (split_tensors("fashion_mnist", "train", limit=args.probe_train, seed=0), probe_test),
               "digits": (split_tensors("digits", "train", image_size=28, channels=1),
                          split_tensors("digits", "test", image_size=28, channels=1))}
     cache = args.runs / "cache"
-    curve = [dict(seed=seed, epoch=e, **_cached(cache / f"curve_seed{seed}_epoch{e}.json", lambda: probe_accuracies(
-                 backbone_at(runs[seed, "none"].output, e if e < cfg.epochs else None, seed), splits)))
-             for seed in args.seeds for e in args.curve_epochs if e <= cfg.epochs]
     finals, probes = [], {}
     for (seed, arm), run in runs.items():
         backbone = backbone_at(run.output, None, seed)
@@ -240,16 +244,25 @@ def main(argv: list[str] | None = None) -> None:
                            **_cached(cache / f"final_seed{seed}_{arm}.json", lambda: dict(
                                probe_accuracies(backbone, splits), sigma_sq=conv_sigma_sq(backbone_at(run.output, None, seed))))))
         probes[seed, arm] = fit_probe(backbone, splits["fashion_mnist"][0]).model
+    final_of = {(r["seed"], r["arm"]): r for r in finals}
+    curve = [dict(seed=seed, epoch=e, **(
+                 {k: final_of[seed, "none"][k] for k in splits} if e == cfg.epochs else  # the final backbone
+                 _cached(cache / f"curve_seed{seed}_epoch{e}.json", lambda: probe_accuracies(
+                     backbone_at(runs[seed, "none"].output, e, seed), splits))))
+             for seed in args.seeds for e in args.curve_epochs if e <= cfg.epochs]
     indices = common_indices(probes, *fmnist_test, args.n, seed=0, batch_size=512).tolist()
     budgets = sorted(args.budgets)
-    attacks = [dict(seed=seed, arm=arm, **_cached(cache / f"attack_seed{seed}_{arm}_n{args.n}.json", lambda: (
-                   evaluate_attacks(model, fmnist_test, indices, budgets, f"{arm}/seed{seed}"))))
-               for (seed, arm), model in probes.items()]
+    todo = [key for key in probes if not (cache / f"attack_seed{key[0]}_{key[1]}_n{args.n}.json").is_file()]
+    computed = dict(zip(todo, parallel_map(evaluate_attacks, [(probes[k], indices, budgets, f"{k[1]}/seed{k[0]}")
+                                                              for k in todo], args.workers, "attacking")))
+    attacks = [dict(seed=seed, arm=arm, **_cached(cache / f"attack_seed{seed}_{arm}_n{args.n}.json",
+                                                  lambda: computed[seed, arm]))
+               for seed, arm in probes]
     from repspec_zoo.eval_result import json_clean
 
     saved = dict(command=command, budgets=budgets, overrides=args.overrides, epochs=cfg.epochs,
                  burn_in=cfg.regularizer.burn_in_epochs, train_limit=cfg.dataset.train_limit,
-                 probe_train=args.probe_train, curve=curve, finals=finals, attacks=json_clean(attacks))
+                 probe_train=args.probe_train, probe_test=args.probe_test, curve=curve, finals=finals, attacks=json_clean(attacks))
     args.out.mkdir(parents=True, exist_ok=True)
     report(saved, args.out)
     write_json(args.out / "results.json", saved)
