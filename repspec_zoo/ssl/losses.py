@@ -56,6 +56,6 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float, eps: float = 
 
 @torch.no_grad()
 def view_matches(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    """How many rows of z1 have their own image's z2 as the most cosine-similar row of z2 (a count)."""
+    """(N,) bool: whether row i of z1 has its own image's z2 as the most cosine-similar row of z2."""
     similarity = F.normalize(z1, dim=1) @ F.normalize(z2, dim=1).T
-    return (similarity.argmax(1) == torch.arange(len(z1), device=z1.device)).sum()
+    return similarity.argmax(1) == torch.arange(len(z1), device=z1.device)

@@ -91,13 +91,15 @@ class SSLTrainer(Trainer):
         """One micro-batch of views (B, 2, C, H, W); returns (loss * images, view matches, penalty * images)."""
         with self.accelerator.accumulate(self.net):
             z1, z2 = self.net(x)
-            loss = self.objective(_all_gather(z1, self.accelerator), _all_gather(z2, self.accelerator))
+            z1, z2 = _all_gather(z1, self.accelerator), _all_gather(z2, self.accelerator)
+            loss = self.objective(z1, z2)
             penalty = self.regularizer.penalty(self.plain, x, None, None, penalty_on)
             self.accelerator.backward(loss if penalty is None else loss + penalty)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        n = len(y)  # this process's images: the sums over processes count the global batch once
-        return torch.stack([loss.detach() * n, view_matches(z1.detach(), z2.detach()).to(loss.dtype),
+        n = len(y)  # this process's images (its rows of the global batch): the sums over processes count each once
+        own = slice(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n)
+        return torch.stack([loss.detach() * n, view_matches(z1.detach(), z2.detach())[own].sum().to(loss.dtype),
                             loss.new_zeros(()) if penalty is None else penalty.detach() * n])
 
     @torch.no_grad()
