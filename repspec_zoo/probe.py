@@ -148,6 +148,10 @@ def fit_probe(backbone: nn.Module, train, *, method: str = "logistic", C: float 
         raise ProbeError(f"probe C={C!r} must be > 0 (the inverse L2 strength of the linear head)")
     wrapped = backbone if isinstance(backbone, NormalizedModel) else NormalizedModel(backbone)
     features, labels = extract_features(wrapped, train, batch_size)
+    if not torch.isfinite(features).all():
+        raise ProbeError(f"{type(wrapped.model).__name__} gives non-finite features on the probe's training images "
+                         "(NaN or inf weights or BatchNorm statistics, e.g. a diverged run); train it again with a lower "
+                         "lr or in float32 (mixed_precision: \"no\")")
     if len(labels.unique()) < 2:
         raise ProbeError(f"the probe's training split has {len(labels.unique())} class(es); a linear probe needs "
                          "labelled images of at least two classes")

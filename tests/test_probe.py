@@ -67,6 +67,10 @@ def test_probe_rejects_bad_inputs(fmnist):
     backbone = timm.create_model("resnet_small", num_classes=0)
     with pytest.raises(ProbeError, match="at least two classes"):
         fit_probe(backbone, (train[0][:10], torch.zeros(10, dtype=torch.long)))
+    broken = timm.create_model("resnet_small", num_classes=0).eval()
+    broken.bn1.running_var.fill_(float("nan"))
+    with pytest.raises(ProbeError, match="non-finite features"):
+        fit_probe(broken, train)
     with pytest.raises(ProbeError, match="choose one of"):
         fit_probe(backbone, train, method="svm")
 
