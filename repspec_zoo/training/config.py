@@ -65,7 +65,6 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "sgd"  # 'sgd' (momentum) or 'lars' (SimCLR / Barlow Twins: SGD with a per-layer trust ratio)
     lr: float = 0.1  # SGD learning rate of the head, and of the backbone unless backbone_lr is set
     backbone_lr: float | None = None  # learning rate of everything but the head; None = lr (paper fine-tuning: lr / 5)
     lr_base_batch: int | None = None  # lr values are per this many images and scale linearly with batch_size; None = as given
@@ -75,6 +74,7 @@ class OptimConfig:
     step_epochs: int = 30  # 'step': multiply the lr by `decay` every this many epochs
     decay: float = 0.1  # 'step': factor per decay
     t_max: int = 200  # 'cosine': lr = lr0 * (1 + cos(pi * epoch / t_max)) / 2, torch's CosineAnnealingLR per epoch
+    optimizer: str = "sgd"  # 'sgd' (momentum) or 'lars' (SimCLR / Barlow Twins: SGD with a per-layer trust ratio)
 
 
 @dataclass
