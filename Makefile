@@ -50,6 +50,7 @@ experiments: setup
 	$(PY) -m experiments.slp_fmnist
 	$(PY) -m experiments.transfer_digits
 	$(PY) -m experiments.roth_fmnist
+	$(PY) -m experiments.ssl_fmnist
 	$(PY) -m experiments.render_readme
 
 test: setup

@@ -9,7 +9,7 @@ from repspec_zoo.leaderboard import update_readme
 
 from .common import RESULTS, ROOT
 
-EXPERIMENTS = ("xor_toy", "slp_fmnist", "transfer_digits", "roth_fmnist")
+EXPERIMENTS = ("xor_toy", "slp_fmnist", "transfer_digits", "roth_fmnist", "ssl_fmnist")
 
 
 def section(name: str) -> str:

@@ -5,6 +5,8 @@
         --init runs/imagenet_resnet50_repspectral --output runs/cifar10_from_rep
     accelerate launch recipes/train.py --config recipes/configs/fmnist_resnet_small_repspectral.yaml \\
         epochs=2 optim.lr=0.05          # overrides: KEY=VALUE or --set KEY=VALUE, dotted for sections
+    accelerate launch recipes/train.py --config recipes/configs/fmnist_simclr_resnet_small_repspectral.yaml
+                                        # self-supervised (ssl.method): saves the headless backbone
 
 Killed? Run the same command again: it resumes from the newest checkpoint, mid-epoch included; a
 checkpoint with a damaged file is set aside (step_N.corrupt, with a warning) for the one before it.
@@ -33,6 +35,8 @@ import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
 from repspec_zoo.errors import UserError
 from repspec_zoo.io import atomic_write_text
 from repspec_zoo.regularizers.registry import get_spec
+from repspec_zoo.ssl import SSLModule, build_ssl_model
+from repspec_zoo.ssl.trainer import SSLTrainer, probe_eval, ssl_train_split
 from repspec_zoo.runs import CHECKPOINTS_DIR, METRICS_FILE, STATE_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from repspec_zoo.training import (CheckpointError, Checkpoints, Trainer, TrainingModule, build_model,
                                   build_optimizer, check_input, checkpoint_problem, data_summary, dataset_num_classes,
@@ -94,22 +98,29 @@ def main(argv: list[str] | None = None) -> dict | None:
     set_seed(cfg.seed)
     if args.branch_from is not None:
         branch(args.branch_from, run_dir, cfg, accelerator)
-    cfg.num_classes = cfg.num_classes or dataset_num_classes(cfg)
+    ssl = cfg.ssl.method is not None
+    cfg.num_classes = 0 if ssl else cfg.num_classes or dataset_num_classes(cfg)  # SSL: a backbone without head
     resuming = Checkpoints(run_dir / "checkpoints", cfg.checkpoint.keep).latest() is not None
     save_run_config(cfg, run_dir, resuming, write=accelerator.is_main_process)
 
     # 2. model (init weights + new head when fine-tuning, regularizer attached), data shaped for it
-    model = build_model(cfg)
-    train_set, test_set = load_split(cfg, model, "train"), load_split(cfg, model, "test")
+    if ssl:  # backbone + projection head on two views per image (repspec_zoo.ssl)
+        model = build_ssl_model(cfg)
+        train_set, test_set = ssl_train_split(cfg, model), load_split(cfg, model, "test")
+        check_input(model, test_set[0][0], cfg)
+        net = SSLModule(model)
+    else:
+        model = build_model(cfg)
+        train_set, test_set = load_split(cfg, model, "train"), load_split(cfg, model, "test")
+        check_input(model, train_set[0][0], cfg)
+        net = TrainingModule(model, return_features=get_spec(cfg.regularizer.mode).needs_features)
     accelerator.print(data_summary(cfg, train_set, test_set))
-    check_input(model, train_set[0][0], cfg)
-    net = TrainingModule(model, return_features=get_spec(cfg.regularizer.mode).needs_features)
     optimizer = build_optimizer(cfg, model)
     train_loader, test_loader = make_loaders(cfg, train_set, test_set, accelerator.num_processes)
     net, optimizer, train_loader, test_loader = accelerator.prepare(net, optimizer, train_loader, test_loader)
 
     # 3. train, resuming from the newest checkpoint of the run directory
-    trainer = Trainer(accelerator, cfg, net, optimizer, train_loader, test_loader, run_dir)
+    trainer = (SSLTrainer if ssl else Trainer)(accelerator, cfg, net, optimizer, train_loader, test_loader, run_dir)
     resumed = trainer.resume()
     if resumed is not None:
         accelerator.print(f"resuming {run_dir} from {resumed.name}: epoch {trainer.state.epoch + 1}, "
@@ -120,8 +131,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     unsynced = unsynced_tensors(accelerator, trainer.model)
     summary = None
     if accelerator.is_main_process:
-        save_weights(trainer.model, run_dir / WEIGHTS_FILE)
-        evaluation = quick_eval(trainer.model, cfg, run_dir)
+        final = trainer.model.backbone if ssl else trainer.model  # SSL: the projection head is not published
+        save_weights(final, run_dir / WEIGHTS_FILE)
+        evaluation = probe_eval(final, cfg, run_dir) if ssl else quick_eval(final, cfg, run_dir)
         summary = run_summary(cfg, records, evaluation, ["recipes/train.py", *argv], time.time() - started,
                               accelerator.num_processes, unsynced)
         atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))

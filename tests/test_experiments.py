@@ -71,6 +71,18 @@ def test_slp_plan_branches_ll_and_rep_from_the_configured_burn_in(tmp_path):
     assert "regularizer.layers=[head]" in runs[3, "ll_head"].overrides and runs[3, "ll_head"].after == [base]
 
 
+def test_ssl_plan_branches_rep_and_ll_from_the_baseline_burn_in(tmp_path):
+    from experiments import ssl_fmnist
+
+    runs = ssl_fmnist.plan([0, 1], tmp_path, ["epochs=6", "regularizer.burn_in_epochs=4"])
+    assert set(runs) == {(s, a) for s in (0, 1) for a in ("none", "rep", "ll")}
+    base = runs[1, "none"]
+    assert base.branch_from is None and "seed=1" in base.overrides and "eval.attack=none" in base.overrides
+    for arm in ("rep", "ll"):
+        assert runs[1, arm].branch_from == (base.output, 4) and runs[1, arm].after == [base]
+        assert runs[1, arm].config == f"fmnist_simclr_resnet_small_{arm}spectral"
+
+
 def test_logistic_head_is_sklearns_fit_on_the_frozen_features():
     from sklearn.linear_model import LogisticRegression
 

@@ -50,6 +50,7 @@ COMMANDS = {
                     "repspec_zoo.cli.leaderboard"),
     "list": ("list the zoo's architectures", None),
     "eval": ("benchmark any backbone: clean accuracy and black-box attack distances", "repspec_zoo.cli.eval"),
+    "probe": ("fit a linear probe on a frozen backbone, then its accuracy and attack distances", "repspec_zoo.cli.probe"),
     "analyze": ("Jacobian spectra, PGD alignment, linearity and robust accuracy of any backbone",
                 "repspec_zoo.cli.analyze"),
     "list-pretrained": ("list the zoo's pretrained models: dataset, gamma, accuracy, TA distance, source",

@@ -1,7 +1,8 @@
 """Recipe configuration: one dataclass per section, loaded from YAML, overridden from the command line.
 
 A recipe YAML mirrors :class:`TrainConfig`: top-level keys plus the sections ``dataset``,
-``optim``, ``regularizer`` and ``checkpoint``. Overrides are ``key=value`` with dotted keys for
+``optim``, ``regularizer``, ``checkpoint``, ``eval`` and ``ssl`` (self-supervised pretraining,
+:mod:`repspec_zoo.ssl`). Overrides are ``key=value`` with dotted keys for
 sections (``optim.lr=0.05``, ``dataset.train_limit=512``); values are read as YAML, except for
 text fields, which take the value verbatim (so ``mixed_precision=no`` means the string ``'no'``).
 
@@ -32,14 +33,18 @@ from ..regularizers.registry import REGULARIZERS
 from ..runs import CONFIG_FILE
 from ..spectral.estimators import ESTIMATORS as SPECTRAL_ESTIMATORS
 
-__all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "RegularizerConfig", "CheckpointConfig", "TrainConfig",
+__all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "RegularizerConfig", "CheckpointConfig", "SSLConfig",
+           "TrainConfig",
            "load_config", "apply_overrides", "config_to_dict"]
 
 SCHEDULES = ("constant", "step", "cosine")
+OPTIMIZERS = ("sgd", "lars")
 APPLY = ("loss", "direct")
 ESTIMATORS = tuple(SPECTRAL_ESTIMATORS)
 ATTACKS = ("ta", "gta", "hsja", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+SSL_METHODS = ("simclr", "barlow_twins")
+SSL_REGULARIZERS = ("none", "rep", "ll")  # the others read labels or logits, which self-supervised steps have not
 _NULLS = ("null", "none", "~", "")
 
 
@@ -69,6 +74,7 @@ class OptimConfig:
     step_epochs: int = 30  # 'step': multiply the lr by `decay` every this many epochs
     decay: float = 0.1  # 'step': factor per decay
     t_max: int = 200  # 'cosine': lr = lr0 * (1 + cos(pi * epoch / t_max)) / 2, torch's CosineAnnealingLR per epoch
+    optimizer: str = "sgd"  # 'sgd' (momentum) or 'lars' (SimCLR / Barlow Twins: SGD with a per-layer trust ratio)
 
 
 @dataclass
@@ -107,6 +113,16 @@ class EvalConfig:
 
 
 @dataclass
+class SSLConfig:
+    method: str | None = None  # self-supervised pretraining: 'simclr' or 'barlow_twins'; None = supervised (labels)
+    projector: list = field(default_factory=lambda: [512, 128])  # projection head dims after the backbone features
+    temperature: float = 0.5  # simclr: NT-Xent temperature tau
+    lambd: float = 5e-3  # barlow_twins: weight of the off-diagonal cross-correlation terms
+    crop_scale_min: float = 0.08  # smallest random-resized-crop area (fraction of the image)
+    color_strength: float = 1.0  # colour-jitter strength s (brightness/contrast/saturation 0.8 s, hue 0.2 s)
+
+
+@dataclass
 class TrainConfig:
     model: str = "resnet_small"  # base timm architecture (timm.list_models()); the regularizer is attached to it
     model_kwargs: dict = field(default_factory=dict)  # extra timm.create_model kwargs, e.g. {hidden_dim: 8}
@@ -123,6 +139,7 @@ class TrainConfig:
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)  # penalty and its schedule
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # when and how many checkpoints
     eval: EvalConfig = field(default_factory=EvalConfig)  # the quick evaluation written to RUN_DIR/eval.json
+    ssl: SSLConfig = field(default_factory=SSLConfig)  # self-supervised pretraining (repspec_zoo.ssl)
 
     @property
     def micro_batch_size(self) -> int:
@@ -262,7 +279,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     d, o, r, c = cfg.dataset, cfg.optim, cfg.regularizer, cfg.checkpoint
     problems = [
         *_choice(cfg.mixed_precision, MIXED_PRECISION, "mixed_precision"),
-        *_choice(o.schedule, SCHEDULES, "optim.schedule"),
+        *_choice(o.schedule, SCHEDULES, "optim.schedule"), *_choice(o.optimizer, OPTIMIZERS, "optim.optimizer"),
         *_choice(r.mode, tuple(REGULARIZERS), "regularizer.mode"),
         *_choice(r.estimator, ESTIMATORS, "regularizer.estimator"),
         *_choice(r.apply, APPLY, "regularizer.apply"),
@@ -305,9 +322,28 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         problems.append(f"regularizer.layers={r.layers!r}: a non-empty list of layer names, e.g. [head] or [fc1, head]")
     if r.activation_term and r.mode in REGULARIZERS and not REGULARIZERS[r.mode].spectral:
         problems.append(f"regularizer.activation_term=true needs mode rep or ll, not {r.mode!r}")
+    problems += _ssl_problems(cfg)
     if problems:
         raise ConfigError("invalid recipe config:\n  " + "\n  ".join(problems))
     return cfg
+
+
+def _ssl_problems(cfg: TrainConfig) -> list[str]:
+    s = cfg.ssl
+    if s.method is None:
+        return []
+    problems = [*_choice(s.method, SSL_METHODS, "ssl.method"), *_choice(cfg.regularizer.mode, SSL_REGULARIZERS,
+                                                                          "regularizer.mode (with ssl.method)")]
+    if not s.projector or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in s.projector):
+        problems.append(f"ssl.projector={s.projector!r}: a non-empty list of layer widths, e.g. [512, 128]")
+    problems += [f"ssl.{key}={getattr(s, key)!r}: must be > 0" for key in ("temperature", "lambd", "color_strength")
+                 if not getattr(s, key) > 0]
+    if not 0 < s.crop_scale_min <= 1:
+        problems.append(f"ssl.crop_scale_min={s.crop_scale_min!r}: a fraction of the image area in (0, 1]")
+    if cfg.batch_size // cfg.grad_accum_steps < 2:
+        problems.append("ssl.method needs at least 2 images per forward pass (other images are the negatives / "
+                        "the batch statistics); raise batch_size")
+    return problems
 
 
 # ----------------------------------------------------------------------------- run directory

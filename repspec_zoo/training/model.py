@@ -15,6 +15,7 @@ import timm
 import torch
 import yaml
 from timm.models import is_model
+from timm.optim import Lars
 from torch import nn
 
 from ..errors import UserError
@@ -25,7 +26,7 @@ from ..runs import CONFIG_FILE as RUN_CONFIG_FILE, WEIGHTS_FILE
 from ..spectral import attach_spectral
 from .config import ConfigError, OptimConfig, TrainConfig
 
-__all__ = ["InitError", "build_model", "load_init", "TrainingModule", "build_optimizer", "lr_factor", "check_input",
+__all__ = ["InitError", "build_model", "attach_regularizer", "load_init", "TrainingModule", "build_optimizer", "lr_factor", "check_input",
            "plain_state_dict", "head_parameters"]
 
 _TIMM_PREFIXES = ("hf-hub:", "local-dir:")
@@ -47,6 +48,11 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     else:
         model = load_init(cfg)
         model.reset_classifier(cfg.num_classes)
+    return attach_regularizer(model, cfg)
+
+
+def attach_regularizer(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``model`` with the configured rep/ll regularizer attached as ``model.spectral`` (other modes: as is)."""
     r = cfg.regularizer
     if get_spec(r.mode).spectral:
         attach_spectral(model, mode=r.mode, gamma=r.gamma, every=r.every * cfg.grad_accum_steps,
@@ -173,8 +179,8 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for h in heads if isinstance(h, nn.Module) for p in h.parameters()]
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.SGD:
-    """SGD with parameter groups 'backbone' (lr = backbone_lr or lr) and 'head' (lr), both linearly scaled.
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (or ``optim.optimizer: lars``, timm's LARS) with parameter groups 'backbone' (lr = backbone_lr or lr) and 'head' (lr), both linearly scaled.
 
     With ``optim.lr_base_batch`` set, the configured lrs are per that many images and are
     multiplied by batch_size / lr_base_batch. Each group keeps its scaled lr as ``base_lr``;
@@ -188,9 +194,18 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.SGD:
              lr=(o.backbone_lr or o.lr) * scale),
         dict(name="head", params=[p for p in model.parameters() if id(p) in head_ids], lr=o.lr * scale),
     ]
+    if o.optimizer == "lars":
+        # LARS as SimCLR and Barlow Twins train with it: biases and norm parameters (1-d) get neither weight
+        # decay nor the trust ratio (timm's Lars adapts only groups with weight decay), trust coefficient 1e-3
+        groups = [dict(g, name=g["name"] + ("_1d" if flat else ""), weight_decay=0.0 if flat else o.weight_decay,
+                       params=[p for p in g["params"] if (p.ndim <= 1) == flat])
+                  for g in groups for flat in (False, True)]
     for group in groups:
         group["base_lr"] = group["lr"]
-    return torch.optim.SGD([g for g in groups if g["params"]], momentum=o.momentum, weight_decay=o.weight_decay)
+    groups = [g for g in groups if g["params"]]
+    if o.optimizer == "lars":
+        return Lars(groups, momentum=o.momentum, weight_decay=o.weight_decay, trust_coeff=1e-3)
+    return torch.optim.SGD(groups, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
 def lr_factor(optim: OptimConfig, epoch: int) -> float:

@@ -1,0 +1,273 @@
+"""The paper's self-supervised setting at CPU scale: SimCLR on Fashion-MNIST with and without rep-/ll-spectral.
+
+    python -m experiments.ssl_fmnist      # 2 seeds x {none, rep, ll}: about an hour, 2 one-thread workers on
+                                          # 2 cores shared with 6 other jobs
+
+Pretraining: ``recipes/configs/fmnist_simclr_resnet_small_{baseline,repspectral,llspectral}.yaml``
+(small ResNet, SimCLR on 5,000 unlabelled Fashion-MNIST images, 9 epochs, batch 256, lr 0.3
+undecayed until the last epoch; rep-spectral on the backbone's convs, ll-spectral on those and
+the projector, gamma 2e-3, in the last third of the epochs). The rep and ll runs branch from the
+baseline's checkpoint at the end of the burn-in, so the three backbones of a seed share their
+first two thirds.
+Linear probe (:mod:`repspec_zoo.probe`, scikit-learn logistic regression on the frozen, standardized
+64 backbone features): fitted on ``--probe-train`` Fashion-MNIST training images, accuracy on
+``--probe-test`` test images; the transfer probe is fitted on the 1,437 sklearn digits (8x8, resized to
+28x28) and scored on the other 360. The probe-accuracy curve: the same Fashion-MNIST probe on the
+baseline's checkpoints after each epoch of ``--curve-epochs`` (epoch 0: a random-init backbone).
+Robustness of backbone + Fashion-MNIST probe: every final model on the SAME ``--n`` test images
+(correctly classified by all), the Tangent Attack (hard-label, every image gets a start) at
+``--budgets`` and FMN (white-box minimal-norm, adv-lib), the best of both per image; L2 in [0,1]
+pixels of the 28x28 input. CGBA/ALMA, larger budgets and attacks on the digits transfer probe are
+left out for CPU time (the machine's 2 cores are shared by several jobs). Paired comparisons: rep vs none and ll vs none, per seed and pooled.
+
+Writes results/experiments/ssl_fmnist/: results.json, README.md, probe_curve.png and boxplots.png.
+Every step is resumable: finished runs are skipped, killed ones resume, and each model's probe and
+attack results are cached in the runs folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import safetensors.torch
+import timm
+import torch
+
+from repspec_zoo.runs import WEIGHTS_FILE, load_model
+from repspec_zoo.stats import format_interval
+
+from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, checkpoint_at_epoch, load_results,
+                     paired_rows, paired_table, parallel_map, run_all, split_tensors, table, write_json)
+
+CONFIGS = {"none": "fmnist_simclr_resnet_small_baseline", "rep": "fmnist_simclr_resnet_small_repspectral",
+           "ll": "fmnist_simclr_resnet_small_llspectral"}
+ARMS = tuple(CONFIGS)
+
+
+def plan(seeds: list[int], runs_dir: Path, overrides: list[str]) -> dict:
+    """{(seed, arm): Run}: the baseline, and rep / ll branched from its burn-in checkpoint."""
+    burn_in = burn_in_epochs(CONFIGS["rep"], overrides)
+    runs = {}
+    for seed in seeds:
+        common = [f"seed={seed}", "eval.attack=none", *overrides]
+        base = runs[seed, "none"] = Run(CONFIGS["none"], runs_dir / f"seed{seed}" / "none", common)
+        for arm in ("rep", "ll"):
+            runs[seed, arm] = Run(CONFIGS[arm], runs_dir / f"seed{seed}" / arm, common, after=[base],
+                                  branch_from=(base.output, burn_in))
+    return runs
+
+
+def backbone_at(run_dir: Path, epoch: int | None, seed: int) -> torch.nn.Module:
+    """The run's backbone after ``epoch`` (None: the final weights; 0: a random init seeded by ``seed``)."""
+    if epoch is None:
+        return load_model(run_dir)
+    torch.manual_seed(seed)
+    backbone = timm.create_model("resnet_small", num_classes=0)
+    if epoch:
+        state = safetensors.torch.load_file(checkpoint_at_epoch(run_dir, epoch) / WEIGHTS_FILE)
+        backbone.load_state_dict({k.removeprefix("model.backbone."): v for k, v in state.items()
+                                  if k.startswith("model.backbone.")})
+    return backbone.eval()
+
+
+def _cached(path: Path, compute):
+    """``compute()``'s JSON-able result, kept in ``path`` so that a re-run skips it."""
+    from repspec_zoo.eval_result import json_clean, json_restore
+
+    if path.is_file():
+        return json_restore(json.loads(path.read_text()))
+    value = compute()
+    write_json(path, json_clean(value))
+    return value
+
+
+def probe_accuracies(backbone, splits: dict) -> dict:
+    """Fashion-MNIST and digits probe accuracies of one backbone (probes fitted on each training split)."""
+    from repspec_zoo.probe import fit_probe
+
+    out = {}
+    for name, (train, test) in splits.items():
+        probe = fit_probe(backbone, train)
+        with torch.no_grad():
+            out[name] = float((probe.model(test[0]).argmax(1) == test[1]).double().mean())
+        out[f"{name}_train"] = probe.train_acc
+    return out
+
+
+def conv_sigma_sq(backbone) -> float:
+    """sum over the backbone's convs of sigma_max^2 (zero-padded operator at the 28x28 input, 300 power steps)."""
+    from .transfer_digits import conv_sigmas
+
+    return sum(s * s for s in conv_sigmas(backbone).values())
+
+
+def evaluate_attacks(job: tuple) -> dict:
+    """Worker: TA + FMN distances of one backbone + probe on the shared test images."""
+    probe_model, indices, budgets, name = job
+    from repspec_zoo.eval import evaluate
+
+    test = split_tensors("fashion_mnist", "test")
+    result = evaluate(probe_model, test, model_name=name, dataset_name="fashion_mnist", n=len(indices),
+                      indices=indices, budgets=budgets, attack="ta,fmn", seed=0, lemma1=False, progress=False)
+    return dict(clean_acc=result.clean_acc, n_samples=result.n_samples, distance=result.distance,
+                by_attack={a: {k: v for k, v in part.items() if k != "params"} for a, part in result.by_attack.items()},
+                wall_time_s=result.wall_time_s, index=result.per_sample["index"], l2=result.per_sample["l2"])
+
+
+def _curve_plot(curve: list[dict], finals: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, title in zip(axes, ("fashion_mnist", "digits"), ("Fashion-MNIST probe", "digits transfer probe")):
+        for seed in sorted({r["seed"] for r in curve}):
+            points = sorted((r["epoch"], r[key]) for r in curve if r["seed"] == seed)
+            ax.plot(*zip(*points), marker="o", label=f"none, seed {seed}")
+        for arm, marker in (("rep", "s"), ("ll", "^")):
+            last = [(r["epoch"], r[key]) for r in finals if r["arm"] == arm]
+            ax.scatter(*zip(*last), marker=marker, s=45, zorder=3, label=f"{arm} (end)")
+        ax.set_xlabel("SimCLR epoch (0 = random init)")
+        ax.set_ylabel("probe test accuracy")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(saved: dict, out: Path) -> str:
+    """README.md (tables, curve, paired comparisons) and the plots, from results.json."""
+    from repspec_zoo.eval_result import json_restore
+
+    finals, curve, attacks = saved["finals"], saved["curve"], json_restore(saved["attacks"])
+    epochs = saved["epochs"]
+    q = str(max(saved["budgets"]))
+    acc = table([dict(r, arm=r["arm"]) for r in sorted(finals, key=lambda r: ARMS.index(r["arm"]))], ["arm"],
+                {"fashion_mnist": "Fashion-MNIST probe acc", "digits": "digits transfer probe acc",
+                 "sigma_sq": "sum conv sigma^2"}, digits=3)
+    seeds = sorted({r["seed"] for r in curve})
+    curve_epochs = sorted({r["epoch"] for r in curve})
+    by = {(r["seed"], r["epoch"]): r for r in curve}
+    curve_lines = ["| epoch | " + " | ".join(f"seed {s}: FMNIST / digits" for s in seeds) + " |",
+                   "|---|" + "---|" * len(seeds)]
+    for e in curve_epochs:
+        curve_lines.append(f"| {e} | " + " | ".join(f"{by[s, e]['fashion_mnist']:.4f} / {by[s, e]['digits']:.4f}"
+                                                    for s in seeds) + " |")
+    lines = ["| arm | seed | probe acc (10k test images) | success @" + q + " [95% CI] | median L2 [95% CI] | "
+             "mean L2 (broken) [95% CI] |", "|" + "---|" * 6]
+    for r in sorted(attacks, key=lambda r: (ARMS.index(r["arm"]), r["seed"])):
+        d = r["distance"]
+        lines.append(f"| {r['arm']} | {r['seed']} | {r['clean_acc']:.4f} | "
+                     f"{format_interval(d['success_rate'], 3)} ({d['n_success']}/{d['n_samples']}) | "
+                     f"{format_interval(d['l2_median'], 3)} | {format_interval(d['l2_mean'], 3)} |")
+    best = {(r["arm"], r["seed"]): [float(v) for v in r["l2"][q]] for r in attacks}
+    paired = paired_rows(best, "none", 0)
+    saved["paired"] = paired
+    box_plot({f"best of TA+FMN, L2 @{q} per test image": {
+                 arm: [d for (a, _), v in best.items() if a == arm for d in v if math.isfinite(d)] for arm in ARMS}},
+             out / "boxplots.png", "SimCLR backbone + linear probe, Fashion-MNIST: pretraining regularizer")
+    _curve_plot(curve, finals, out / "probe_curve.png")
+    last_two = [e for e in curve_epochs if e > 0][-2:]
+    gain = [by[s, last_two[1]]["fashion_mnist"] - by[s, last_two[0]]["fashion_mnist"] for s in seeds]
+    n = attacks[0]["n_samples"]
+    readme = (
+        f"# SimCLR on Fashion-MNIST with rep-/ll-spectral: linear probe and its robustness\n\n"
+        f"Written by `{saved['command']}`. {len(seeds)} seeds; {epochs} SimCLR epochs on "
+        f"{saved['train_limit']} unlabelled images, rep/ll in the last {epochs - saved['burn_in']} (branched from the "
+        f"baseline's epoch-{saved['burn_in']} checkpoint). Extra overrides: `{' '.join(saved['overrides']) or 'none'}`. "
+        f"Linear probe: logistic regression (scikit-learn, C = 1) on the frozen, standardized backbone features, fitted on "
+        f"{saved['probe_train']} Fashion-MNIST training images and scored on {saved['probe_test']} test images; the transfer "
+        f"probe is "
+        f"fitted on the 1,437 sklearn digits and scored on the other 360. Attacks on backbone + Fashion-MNIST probe: the "
+        f"same {n} test images (correctly classified by all {len(attacks)} models), the Tangent Attack (budgets "
+        f"{', '.join(map(str, saved['budgets']))}; every image gets a start) and FMN (white-box), the best of both per "
+        f"image; L2 in [0,1] pixel units of the 28x28 input; medians count an unbroken image as +inf. 95% CIs: "
+        f"Clopper-Pearson (success), bootstrap (median, mean, paired differences).\n\n"
+        f"## Probe accuracy and conv norms (mean ± std over seeds)\n\n{acc}\n\n"
+        f"sum conv sigma^2: over the 9 backbone convs, zero-padded operator at the 28x28 input, 300 power steps.\n\n"
+        f"## How close to its plateau is the probe? (the baseline's checkpoints)\n\n" + "\n".join(curve_lines) +
+        f"\n\nFashion-MNIST probe gain from epoch {last_two[0]} to {last_two[1]}: "
+        f"{', '.join(f'{g:+.4f}' for g in gain)} (per seed).\n\n![probe accuracy over epochs](probe_curve.png)\n\n"
+        f"## Robustness of backbone + probe\n\n" + "\n".join(lines) +
+        f"\n\n## Paired comparisons (same images; positive = the arm needs larger perturbations)\n\n"
+        f"{paired_table(paired, ['seed'])}\n\n![box plots](boxplots.png)\n")
+    (out / "README.md").write_text(readme)
+    return readme
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m experiments.ssl_fmnist", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--n", type=int, default=40, help="shared correctly classified test images attacked")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[250, 500], help="the last is reported")
+    parser.add_argument("--probe-train", type=int, default=5000, help="Fashion-MNIST images the probe is fitted on")
+    parser.add_argument("--probe-test", type=int, default=5000, help="Fashion-MNIST test images the probe is scored on")
+    parser.add_argument("--curve-epochs", type=int, nargs="+", default=[0, 1, 3, 5, 7, 9],
+                        help="baseline epochs the probe curve reads (0: random init)")
+    parser.add_argument("--workers", type=int, default=2, help="parallel one-thread processes (training, attacks)")
+    parser.add_argument("--overrides", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides of every run")
+    parser.add_argument("--report-only", action="store_true", help="re-render README.md and the plots from results.json")
+    parser.add_argument("--runs", type=Path, default=RUNS / "ssl_fmnist")
+    parser.add_argument("--out", type=Path, default=RESULTS / "ssl_fmnist")
+    args = parser.parse_args(argv)
+    command = ("python -m experiments.ssl_fmnist " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    if args.report_only:
+        print(report(load_results(args.out), args.out))
+        return
+    torch.set_num_threads(1)
+    runs = plan(args.seeds, args.runs, args.overrides)
+    run_all(runs.values(), args.workers)
+
+    from repspec_zoo.leaderboard import common_indices
+    from repspec_zoo.probe import fit_probe
+    from repspec_zoo.training import load_config
+
+    cfg = load_config(ROOT / "recipes" / "configs" / f"{CONFIGS['rep']}.yaml", args.overrides)
+    fmnist_test = split_tensors("fashion_mnist", "test")
+    probe_test = split_tensors("fashion_mnist", "test", limit=args.probe_test, seed=0)
+    splits = {"fashion_mnist": (split_tensors("fashion_mnist", "train", limit=args.probe_train, seed=0), probe_test),
+              "digits": (split_tensors("digits", "train", image_size=28, channels=1),
+                         split_tensors("digits", "test", image_size=28, channels=1))}
+    cache = args.runs / "cache"
+    finals, probes = [], {}
+    for (seed, arm), run in runs.items():
+        backbone = backbone_at(run.output, None, seed)
+        finals.append(dict(seed=seed, arm=arm, epoch=cfg.epochs, run=Path(os.path.relpath(run.output, ROOT)).as_posix(),
+                           **_cached(cache / f"final_seed{seed}_{arm}.json", lambda: dict(
+                               probe_accuracies(backbone, splits), sigma_sq=conv_sigma_sq(backbone_at(run.output, None, seed))))))
+        probes[seed, arm] = fit_probe(backbone, splits["fashion_mnist"][0]).model
+    final_of = {(r["seed"], r["arm"]): r for r in finals}
+    curve = [dict(seed=seed, epoch=e, **(
+                 {k: final_of[seed, "none"][k] for k in splits} if e == cfg.epochs else  # the final backbone
+                 _cached(cache / f"curve_seed{seed}_epoch{e}.json", lambda: probe_accuracies(
+                     backbone_at(runs[seed, "none"].output, e, seed), splits))))
+             for seed in args.seeds for e in args.curve_epochs if e <= cfg.epochs]
+    indices = common_indices(probes, *fmnist_test, args.n, seed=0, batch_size=512).tolist()
+    budgets = sorted(args.budgets)
+    todo = [key for key in probes if not (cache / f"attack_seed{key[0]}_{key[1]}_n{args.n}.json").is_file()]
+    computed = dict(zip(todo, parallel_map(evaluate_attacks, [(probes[k], indices, budgets, f"{k[1]}/seed{k[0]}")
+                                                              for k in todo], args.workers, "attacking")))
+    attacks = [dict(seed=seed, arm=arm, **_cached(cache / f"attack_seed{seed}_{arm}_n{args.n}.json",
+                                                  lambda: computed[seed, arm]))
+               for seed, arm in probes]
+    from repspec_zoo.eval_result import json_clean
+
+    saved = dict(command=command, budgets=budgets, overrides=args.overrides, epochs=cfg.epochs,
+                 burn_in=cfg.regularizer.burn_in_epochs, train_limit=cfg.dataset.train_limit,
+                 probe_train=args.probe_train, probe_test=args.probe_test, curve=curve, finals=finals, attacks=json_clean(attacks))
+    args.out.mkdir(parents=True, exist_ok=True)
+    report(saved, args.out)
+    write_json(args.out / "results.json", saved)
+    print((args.out / "README.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
