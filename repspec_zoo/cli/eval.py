@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256, help="rows per model call")
     p.add_argument("--no-lemma1", action="store_true", help="skip the Lemma-1 local estimate")
+    p.add_argument("--no-compile", action="store_true",
+                   help="evaluate eagerly, without torch.compile (for debugging; results agree up to boundary ties)")
     p.add_argument("--out", type=Path, help="write the EvalResult JSON here")
     return p
 
@@ -76,7 +78,7 @@ def main(argv=None):
     from accelerate import Accelerator
 
     accelerator = Accelerator()
-    wrapped = NormalizedModel(model).to(accelerator.device)
+    wrapped = NormalizedModel(model).to(accelerator.device).eval().fast_eval(compile=not args.no_compile)
     result = evaluate(wrapped, dataset, model_name=args.model, dataset_name=args.dataset, split=args.split,
                       n=args.n, budgets=args.budgets, attack=args.attack or None, seed=args.seed,
                       batch_size=args.batch_size, max_iter=args.max_iter, lemma1=not args.no_lemma1,
