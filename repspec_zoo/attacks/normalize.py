@@ -98,13 +98,11 @@ class NormalizedModel(nn.Module):
         sizes 0 and 1 are specialized, CPU convolutions add batch >= 16), and a smaller batch
         would compile a second graph."""
         rows, given = len(x), x
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
         with torch.inference_mode():  # the graph is traced for inference tensors: a copy made here is one
             if rows < MIN_COMPILED_ROWS:
                 x = torch.cat([x, x[:1].expand(MIN_COMPILED_ROWS - rows, *x.shape[1:])])
-            elif not x.is_inference():
-                x = x.clone()
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=layout) if x.is_inference() else x.clone(memory_format=layout)
         torch._dynamo.mark_dynamic(x, 0)
         key = (*x.shape[1:], x.dtype, x.device)
         start = time.perf_counter()
@@ -132,10 +130,10 @@ class NormalizedModel(nn.Module):
         return self.model(self.normalize(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         if self._compiled is not None and len(x) and not torch.is_grad_enabled():
             return self._compiled_logits(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self._logits(x)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", type=parse_attacks, default=resolve_attacks("ensemble"),
                    help="attack name, comma-separated list or 'ensemble' (default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=1000, help="rows per model call")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="rows per model call (256: the compiled forward's throughput peak, benchmarks/README.md)")
     p.add_argument("--workers", type=int, default=1,
                    help="models evaluated in parallel processes, one torch thread each (default 1: one process)")
     p.add_argument("--no-compile", action="store_true",
