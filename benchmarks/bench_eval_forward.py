@@ -44,7 +44,7 @@ from repspec_zoo.runs import load_model
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results_eval_forward.json")
 MODELS = ("resnet_small_baseline.fmnist", "slp_baseline.fmnist")
-BATCH_SIZES = (64, 256, 1000)
+BATCH_SIZES = (64, 128, 256, 1000)
 LEADERBOARD_ARGS = ["--models", *MODELS, "--n", "20", "--budgets", "500"]
 
 
@@ -169,8 +169,10 @@ def leaderboard(old_root: Path, repeats: int) -> dict:
     for _ in range(repeats):
         for label, root in (("old", old_root), ("new", ROOT)):
             with tempfile.TemporaryDirectory() as out:
-                cmd = [sys.executable, "-c", "import resource, sys, time; from repspec_zoo.cli import main; "
-                       "t = time.perf_counter(); main(sys.argv[1:]); "
+                # `python -m repspec_zoo.cli leaderboard ...`, then its own wall time and peak RSS (compiler
+                # processes excluded)
+                cmd = [sys.executable, "-c", "import resource, runpy, sys, time; t = time.perf_counter(); "
+                       "runpy.run_module('repspec_zoo.cli', run_name='__main__', alter_sys=True); "
                        "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
                        "leaderboard", *LEADERBOARD_ARGS, "--out", out]
                 env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
