@@ -14,6 +14,8 @@ HERE = Path(__file__).resolve().parent
 COMMANDS = {
     "spectral": "PYTHONPATH=. python benchmarks/bench_spectral.py --steps 15",
     "attack": "PYTHONPATH=. python benchmarks/bench_attack.py",
+    "eval_forward": ("OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_eval_forward.py "
+                     "--leaderboard-old OLD_CHECKOUT"),
     "zoo_attacks": ("PYTHONPATH=. python benchmarks/bench_zoo_attacks.py --models slp_baseline.fmnist "
                     "resnet_small_baseline.fmnist --n 20 --workers 1"),
     "zoo_attacks_leaderboard": "PYTHONPATH=. python benchmarks/bench_zoo_attacks.py --from results/leaderboard",
@@ -66,6 +68,44 @@ def attack(r: dict) -> list[str]:
             "|---|" + "---:|" * len(r["quality"]["ta"]["l2_mean"])]
     for name, q in r["quality"].items():
         rows.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in q["l2_mean"].values()) + " |")
+    return rows
+
+
+def eval_forward(r: dict) -> list[str]:
+    s, sizes = r["setup"], [str(b) for b in r["setup"]["batch_sizes"]]
+    rows = [f"No-grad logits of the bundled models, {s['threads']} thread, torch {s['torch']}, median of {s['rounds']} "
+            f"interleaved rounds (load average {s['load_avg_start']:.1f} at the start, {s['load_avg_end']:.1f} at the "
+            "end). rows/s (ratio to eager at the same batch size) [peak resident memory of the process, GB]; "
+            "`compiled` = `NormalizedModel.fast_eval()`, the default of `repspec-zoo eval` and `leaderboard` "
+            "(channels_last for convnets, torch.compile, inference mode).", "",
+            "| model | variant | compile (s) | max logit diff vs eager | " + " | ".join(f"batch {b}" for b in sizes) + " |",
+            "|---|---|---:|---:|" + "---:|" * len(sizes)]
+    for name, m in r["forward"].items():
+        for variant, table in m["by_variant"].items():
+            cells = " | ".join(f"{table[b]['rows_per_s']:.0f} ({table[b]['vs_eager']:.2f}x) [{table[b]['peak_rss_gb']:.2f}]"
+                               for b in sizes)
+            compile_s = f"{m['compile_s']:.1f}" if variant == "compiled" else ""
+            rows.append(f"| {name} | {variant} | {compile_s} | {m['max_logit_diff_vs_eager'][variant]:.1e} | {cells} |")
+    a = r["agreement"]
+    rows += ["", f"Attacks {a['attack']} at {a['budgets'][-1]} queries on the same images, eager vs compiled "
+             "(per-sample best distance):", "",
+             "| model | n | distance differs | differs by > 1e-3 relative (or success differs) | max rel. change | "
+             "mean L2 eager / compiled | wall eager / compiled incl. compile (s) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, m in a["models"].items():
+        rows.append(f"| {name} | {m['n']} | {m['changed_fraction']:.2f} | {m['moved_fraction']:.2f} | "
+                    f"{m['changed_max_rel']:.1e} | {m['mean_l2']['eager']:.4f} / {m['mean_l2']['compiled']:.4f} | "
+                    f"{m['wall_s']['eager']:.0f} / {m['wall_s']['compiled_incl_compile']:.0f} |")
+    t = r["training"]
+    rows += ["", "| measure | result |", "|---|---:|",
+             f"| training step of {t['model']}, batch {t['batch']} (forward + backward + SGD): compiled / eager time | "
+             f"{t['compiled_over_eager']:.2f} |",
+             f"| its eager step (s) / compile time (s) | {t['eager_s_per_step']:.3f} / {t['compile_s']:.0f} |"]
+    if "leaderboard" in r:
+        lb = r["leaderboard"]
+        for label, runs in lb["runs"].items():
+            rows.append(f"| `repspec-zoo leaderboard {' '.join(lb['args'])}`, {label} code: wall (s) [peak RSS, GB] | "
+                        + ", ".join(f"{x['wall_s']:.0f} [{x['peak_rss_gb']:.2f}]" for x in runs) + " |")
+        rows.append(f"| same, wall time old / new | {lb['old_over_new_wall']:.2f}x |")
     return rows
 
 
@@ -251,6 +291,8 @@ def main() -> None:
              "run; absolute seconds are indicative only.", ""]
     for name, title, render in (("spectral", "Operator norms and the regularizer", spectral),
                                 ("attack", "Batched decision-based attacks", attack),
+                                ("eval_forward", "The evaluation forward: eager, channels_last, torch.compile",
+                                 eval_forward),
                                 ("zoo_attacks", "Hard-label attacks on the zoo models: CGBA vs TA, G-TA, HSJA",
                                  zoo_attacks),
                                 ("zoo_attacks_leaderboard", "CGBA vs TA in the published leaderboard", zoo_attacks),

@@ -53,9 +53,10 @@ def family_baseline(name: str, dataset: str) -> str | None:
         return None
 
 
-def load_zoo_model(name: str) -> NormalizedModel:
-    """A bundled / cached zoo model in [0,1] input space, eval mode, without regularizer hooks."""
-    return NormalizedModel(load_model(name)).eval()
+def load_zoo_model(name: str, compile: bool = True) -> NormalizedModel:
+    """A bundled / cached zoo model in [0,1] input space, eval mode, without regularizer hooks, with
+    the fast evaluation forward (`NormalizedModel.fast_eval`; ``compile=False``: eager)."""
+    return NormalizedModel(load_model(name)).eval().fast_eval(compile=compile)
 
 
 def common_indices(models: dict[str, NormalizedModel], x: torch.Tensor, y: torch.Tensor, n: int, seed: int,
@@ -217,7 +218,7 @@ def evaluate_job(job: dict, model: NormalizedModel | None = None, test=None) -> 
     worker = model is None
     if worker:
         torch.set_num_threads(1)
-        model = load_zoo_model(job["name"])
+        model = load_zoo_model(job["name"], job["compile"])
         test = data.as_tensors(data.load_split(job["dataset"], "test"))
     result = evaluate(model, test, model_name=job["name"], dataset_name=job["dataset"], budgets=job["budgets"],
                       attack=job["attacks"], seed=job["seed"], batch_size=job["batch_size"], indices=job["index"],

@@ -46,6 +46,24 @@ def test_jacobian_power_iteration_matches_svd_of_jacrev():
         torch.testing.assert_close(jac @ v[i], sigma[i] * u[i])
 
 
+def test_power_iteration_keeps_no_autograd_history(monkeypatch):
+    """Parameters that require grad put jv on the autograd graph; a step's vector must not carry it
+    into the next step (that chain held every step's activations: 1.4 GB in a 2-model leaderboard)."""
+    from repspec_zoo import jacobian
+
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4))
+    assert all(p.requires_grad for p in net.parameters())
+    seen, real_jvp = [], jacobian.jvp
+
+    def recording_jvp(fn, x, v):
+        seen.append(v.grad_fn is None and not v.requires_grad)
+        return real_jvp(fn, x, v)
+
+    monkeypatch.setattr(jacobian, "jvp", recording_jvp)
+    jacobian_top_singular(net, torch.randn(3, 6), n_iter=4)
+    assert seen == [True] * 5
+
+
 def test_linear_features_lemma1_equals_certified_radius():
     model = small_slp(act="identity")
     x, y = self_labelled(model, n=8)

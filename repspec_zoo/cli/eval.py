@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=256, help="rows per model call")
     p.add_argument("--no-lemma1", action="store_true", help="skip the Lemma-1 local estimate")
+    p.add_argument("--no-compile", action="store_true",
+                   help="evaluate eagerly, without torch.compile (for debugging; results agree up to boundary ties)")
     p.add_argument("--out", type=Path, help="write the EvalResult JSON here")
     return p
 
@@ -108,7 +110,7 @@ def main(argv=None):
         print(f"attacking {args.n} correctly classified images x {max(args.budgets)} queries with "
               f"{'+'.join(args.attack)}: up to {args.n * max(args.budgets):,} model queries per hard-label attack "
               "(each attack's progress bar shows its ETA)", flush=True)
-    wrapped = NormalizedModel(model).to(accelerator.device)
+    wrapped = NormalizedModel(model).to(accelerator.device).eval().fast_eval(compile=not args.no_compile)
     result = evaluate(wrapped, dataset, model_name=args.model, dataset_name=name, split=args.split,
                       n=args.n, budgets=args.budgets, attack=args.attack or None, seed=args.seed,
                       batch_size=args.batch_size, max_iter=args.max_iter, lemma1=not args.no_lemma1,

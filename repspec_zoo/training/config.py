@@ -133,6 +133,7 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step, each of batch_size / grad_accum_steps images
     seed: int = 0  # seeds model init, data order and augmentation
     mixed_precision: str = "no"  # accelerate mixed precision: 'no', 'fp16' or 'bf16' (quote 'no' in YAML)
+    compile: bool = False  # torch.compile the model (inductor, through Accelerate), as timm's train.py --torchcompile
     log_every_steps: int = 50  # tensorboard loss point every this many optimizer steps
     dataset: DataConfig = field(default_factory=DataConfig)  # what to train and test on
     optim: OptimConfig = field(default_factory=OptimConfig)  # SGD and its learning-rate schedule

@@ -43,7 +43,8 @@ accelerate.optimizer.is_lomo_available = functools.cache(accelerate.optimizer.is
 
 
 def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
-    """Accelerator for the run: devices, mixed precision, gradient accumulation, RUN_DIR/tensorboard.
+    """Accelerator for the run: devices, mixed precision, gradient accumulation, torch.compile (``cfg.compile``),
+    RUN_DIR/tensorboard.
 
     Each global micro-batch is split across processes (``split_batches``) and shuffled by a
     sampler seeded with ``cfg.seed + epoch``, so a run sees the same batches on any number of
@@ -51,6 +52,7 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     """
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
+        dynamo_backend="inductor" if cfg.compile else "no",  # prepare() compiles the model
         log_with="tensorboard", project_dir=str(run_dir),
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=cfg.seed))
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)

@@ -1,0 +1,214 @@
+"""Speed and memory of the evaluation forward: eager vs channels_last vs torch.compile (NormalizedModel.fast_eval).
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_eval_forward.py
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_eval_forward.py --leaderboard-old OLD_CHECKOUT
+
+One process, one thread, everything interleaved so that the ratios share the machine's load:
+  1. forward: rows/s of the no-grad logits of each bundled model at several batch sizes, for
+     ``eager`` (the forward before fast_eval), ``channels_last`` (fast_eval(compile=False)) and
+     ``compiled`` (fast_eval()); rounds alternate variants and batch sizes, the median round is
+     reported, with the peak resident memory of each measurement (VmHWM, reset before it), the
+     compile time and the largest logit difference from eager on 1000 test images;
+  2. agreement: the same attacks on the same images with the eager and the compiled model: the
+     fraction of samples whose best distance changes and by how much (boundary ties);
+  3. training: step time (forward + backward + SGD step) of the small ResNet, torch.compile'd / eager;
+  4. leaderboard (``--leaderboard-old``): the reduced demo (`LEADERBOARD_ARGS`) run as a command
+     with the code of an older checkout and with this one, alternately: wall time and peak memory.
+Writes benchmarks/results_eval_forward.json (atomically).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
+from repspec_zoo import data
+from repspec_zoo.attacks import NormalizedModel
+from repspec_zoo.eval import evaluate
+from repspec_zoo.io import atomic_write_text
+from repspec_zoo.leaderboard import common_indices, load_zoo_model
+from repspec_zoo.runs import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).with_name("results_eval_forward.json")
+MODELS = ("resnet_small_baseline.fmnist", "slp_baseline.fmnist")
+BATCH_SIZES = (64, 128, 256, 1000)
+LEADERBOARD_ARGS = ["--models", *MODELS, "--n", "20", "--budgets", "500"]
+
+
+def plain(name: str) -> NormalizedModel:
+    """The zoo model as evaluated before fast_eval: eager, contiguous (NCHW) memory format."""
+    return NormalizedModel(load_model(name)).eval()
+
+
+def peak_gb() -> float:
+    """Peak resident memory of this process since the last `reset_peak` (VmHWM), GB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := current RSS
+
+
+def rows_per_s(model, x: torch.Tensor, seconds: float) -> float:
+    with torch.no_grad():
+        model(x)
+        rows, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model(x)
+            rows += len(x)
+        return rows / (time.perf_counter() - start)
+
+
+def forward(x: torch.Tensor, rounds: int, seconds: float) -> dict:
+    out = {}
+    for name in MODELS:
+        eager = plain(name)
+        variants = {"eager": eager, "channels_last": copy.deepcopy(eager).fast_eval(compile=False),
+                    "compiled": copy.deepcopy(eager).fast_eval()}
+        start = time.perf_counter()
+        with torch.no_grad():
+            variants["compiled"](x[:BATCH_SIZES[0]])
+        compile_s = time.perf_counter() - start
+        with torch.no_grad():
+            ref = eager(x[:1000])
+            diff = {k: float((m(x[:1000]) - ref).abs().max()) for k, m in variants.items()}
+        rates = {(k, b): [] for k in variants for b in BATCH_SIZES}
+        peaks = {key: 0.0 for key in rates}
+        for _ in range(rounds):
+            for b in BATCH_SIZES:
+                for k, m in variants.items():
+                    reset_peak()
+                    rates[k, b].append(rows_per_s(m, x[:b], seconds))
+                    peaks[k, b] = max(peaks[k, b], peak_gb())
+        table = {k: {str(b): dict(rows_per_s=statistics.median(rates[k, b]), peak_rss_gb=peaks[k, b],
+                                  vs_eager=statistics.median(r / e for r, e in zip(rates[k, b], rates["eager", b])))
+                     for b in BATCH_SIZES} for k in variants}
+        out[name] = dict(compile_s=compile_s, max_logit_diff_vs_eager=diff, by_variant=table)
+        print(name, json.dumps(out[name], indent=1), flush=True)
+    return out
+
+
+def agreement(x, y, n: int, budgets: list[int], attack: str) -> dict:
+    out = {}
+    models = {name: plain(name) for name in MODELS}
+    index = common_indices(models, x, y, n, 0, 256).tolist()
+    for name in MODELS:
+        runs = {}
+        for label, model in (("eager", plain(name)), ("compiled", load_zoo_model(name))):
+            start = time.perf_counter()
+            result = evaluate(model, (x, y), model_name=name, budgets=budgets, attack=attack, indices=index,
+                              batch_size=256, lemma1=False, progress=False)
+            runs[label] = (torch.tensor([float(v) for v in result.per_sample["l2"][str(budgets[-1])]]),
+                           time.perf_counter() - start)
+        (a, wall_a), (b, wall_b) = runs["eager"], runs["compiled"]
+        both = torch.isfinite(a) & torch.isfinite(b)
+        changed = (a != b) & ~(torch.isinf(a) & torch.isinf(b))
+        rel = ((b - a).abs() / a)[both & changed]
+        moved = (torch.isfinite(a) != torch.isfinite(b)) | (both & ((b - a).abs() > 1e-3 * a))
+        out[name] = dict(n=len(a), changed_fraction=float(changed.float().mean()),
+                         moved_fraction=float(moved.float().mean()),
+                         changed_max_rel=float(rel.max()) if len(rel) else 0.0,
+                         changed_median_rel=float(rel.median()) if len(rel) else 0.0,
+                         success_changed=int((torch.isfinite(a) != torch.isfinite(b)).sum()),
+                         mean_l2=dict(eager=float(a[both].mean()), compiled=float(b[both].mean())),
+                         wall_s=dict(eager=wall_a, compiled_incl_compile=wall_b))
+        print(name, out[name], flush=True)
+    return dict(attack=attack, budgets=budgets, models=out)
+
+
+def training(x, y, steps: int, rounds: int, batch: int = 128) -> dict:
+    def make():
+        torch.manual_seed(0)
+        return repspec_zoo.models.zoo.create_model("resnet_small", num_classes=10).train()
+
+    eager, compiled = make(), torch.compile(make())
+    opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in (("eager", eager), ("compiled", compiled))}
+    xb, yb = x[:batch], y[:batch]
+
+    def step(model, opt):
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    start = time.perf_counter()
+    step(compiled, opts["compiled"])
+    compile_s = time.perf_counter() - start
+    times = {"eager": [], "compiled": []}
+    for _ in range(rounds):
+        for k, m in (("eager", eager), ("compiled", compiled)):
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(m, opts[k])
+            times[k].append((time.perf_counter() - start) / steps)
+    ratio = statistics.median(c / e for c, e in zip(times["compiled"], times["eager"]))
+    return dict(model="resnet_small", batch=batch, compile_s=compile_s, eager_s_per_step=statistics.median(times["eager"]),
+                compiled_s_per_step=statistics.median(times["compiled"]), compiled_over_eager=ratio)
+
+
+def leaderboard(old_root: Path, repeats: int) -> dict:
+    """The reduced demo as a command, old code and this code alternately: wall seconds and peak RSS (GB)."""
+    runs = {"old": [], "new": []}
+    for _ in range(repeats):
+        for label, root in (("old", old_root), ("new", ROOT)):
+            with tempfile.TemporaryDirectory() as out:
+                # `python -m repspec_zoo.cli leaderboard ...`, then its own wall time and peak RSS (compiler
+                # processes excluded)
+                cmd = [sys.executable, "-c", "import resource, runpy, sys, time; t = time.perf_counter(); "
+                       "runpy.run_module('repspec_zoo.cli', run_name='__main__', alter_sys=True); "
+                       "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
+                       "leaderboard", *LEADERBOARD_ARGS, "--out", out]
+                env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+                text = subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True).stdout
+            wall, rss_kb = text.rsplit("BENCH", 1)[1].split()
+            runs[label].append(dict(wall_s=float(wall), peak_rss_gb=int(rss_kb) / 2 ** 20))
+            print(label, runs[label][-1], flush=True)
+    return dict(args=LEADERBOARD_ARGS, runs=runs,
+                old_over_new_wall=statistics.median(o["wall_s"] / n["wall_s"] for o, n in zip(runs["old"], runs["new"])))
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=0.5, help="per measurement")
+    ap.add_argument("--n", type=int, default=20, help="attacked images per model (agreement)")
+    ap.add_argument("--budgets", default="500")
+    ap.add_argument("--attack", default="ta,cgba,fmn")
+    ap.add_argument("--leaderboard-old", type=Path, help="a checkout of the code to compare the reduced demo against")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    x, y = data.as_tensors(data.load_split("fashion_mnist", "test"))
+    results = dict(setup=dict(threads=1, torch=torch.__version__, models=MODELS, batch_sizes=BATCH_SIZES,
+                              rounds=args.rounds, load_avg_start=os.getloadavg()[0]))
+    results["forward"] = forward(x, args.rounds, args.seconds)
+    results["agreement"] = agreement(x, y, args.n, [int(q) for q in args.budgets.split(",")], args.attack)
+    results["training"] = training(x, y, steps=5, rounds=args.rounds)
+    print(results["training"], flush=True)
+    if args.leaderboard_old:
+        results["leaderboard"] = leaderboard(args.leaderboard_old, repeats=1)
+    results["setup"]["load_avg_end"] = os.getloadavg()[0]
+    atomic_write_text(args.out, json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
