@@ -40,17 +40,19 @@ from ..argtypes import nonnegative_int, parse_attacks, parse_budgets, positive_i
 from . import Parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="repspec-zoo eval", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """MODEL, --checkpoint, --dataset, --data-dir, --limit: what `eval` and `probe` read."""
     p.add_argument("model", help="zoo/timm name, hf-hub:org/name, local-dir:PATH or a training run directory")
     p.add_argument("--checkpoint", help="weights file for MODEL's architecture (.safetensors)")
     p.add_argument("--dataset", help="registry name (fashion_mnist, digits, cifar10, ...), a Hub dataset id or a "
                                      "local folder (default: fashion_mnist, or the --data-dir folder)")
     p.add_argument("--data-dir", help="read the dataset from this local folder (image folder or parquet); with "
                                       "--dataset NAME, NAME only supplies column names, size and class names")
-    p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--limit", type=positive_int, help="evaluate clean accuracy on a seeded subset of this many images")
+
+
+def add_attack_arguments(p: argparse.ArgumentParser) -> None:
+    """The robustness evaluation's options, shared by `eval` and `probe` (see resolve_defaults)."""
     p.add_argument("--n", type=positive_int, default=100, help="correctly classified samples to attack")
     p.add_argument("--budgets", type=parse_budgets, help="comma-separated query budgets (default 1000,5000,10000)")
     p.add_argument("--attack", type=parse_attacks, help="ta, gta, hsja, cgba, fmn, alma, ddn, a comma-separated list, "
@@ -62,12 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
                         f"budgets {','.join(map(str, PAPER['budgets']))} (explicit flags still win)")
     p.add_argument("--no-start-pool", action="store_true",
                    help="noise starts only, as the reference attacks (samples noise cannot start on go unattacked)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the subsets, the attacked images and the attacks")
     p.add_argument("--batch-size", type=positive_int, default=256, help="rows per model call")
-    p.add_argument("--no-lemma1", action="store_true", help="skip the Lemma-1 local estimate")
     p.add_argument("--no-compile", action="store_true",
                    help="evaluate eagerly, without torch.compile (for debugging; results agree up to boundary ties)")
     p.add_argument("--out", type=Path, help="write the EvalResult JSON here")
+
+
+def data_name(args: argparse.Namespace) -> str:
+    """The data actually read, as results name it: --dataset, else the --data-dir folder, else fashion_mnist."""
+    return args.dataset or args.data_dir or "fashion_mnist"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="repspec-zoo eval", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_arguments(p)
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    add_attack_arguments(p)
+    p.add_argument("--no-lemma1", action="store_true", help="skip the Lemma-1 local estimate")
     return p
 
 
@@ -95,7 +110,7 @@ def _warn_other_dataset(model, dataset: str | None) -> None:
 
 def main(argv=None):
     args = resolve_defaults(build_parser().parse_args(argv))
-    name = args.dataset or args.data_dir or "fashion_mnist"  # what the title names: the data actually read
+    name = data_name(args)
     info = data.dataset_info(name, data_dir=args.data_dir)
     model = load_model(args.model, args.checkpoint, num_classes=info.num_classes if args.checkpoint else None)
     _warn_other_dataset(model, args.dataset or (None if args.data_dir else name))

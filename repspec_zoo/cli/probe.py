@@ -17,54 +17,45 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from .. import data
-from ..argtypes import parse_attacks, parse_budgets
 from ..eval import evaluate
-from ..probe import PROBE_METHODS, fit_probe
 from ..loader import load_model
+from ..probe import PROBE_METHODS, fit_probe
+from . import Parser
+from .eval import add_attack_arguments, add_input_arguments, data_name, resolve_defaults
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="repspec-zoo probe", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="zoo/timm name, hf-hub:org/name, local-dir:PATH or a training run directory")
-    p.add_argument("--checkpoint", help="weights file for MODEL's architecture (.safetensors)")
-    p.add_argument("--dataset", default="fashion_mnist",
-                   help="registry name (fashion_mnist, digits, cifar10, ...), a Hub dataset id or a local folder")
-    p.add_argument("--data-dir", help="read the dataset from this local folder (image folder or parquet)")
+    p = Parser(prog="repspec-zoo probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_arguments(p)
     p.add_argument("--train-limit", type=int, help="fit the probe on a seeded class-stratified subset of this many "
                                                    "training images (default: all)")
-    p.add_argument("--limit", type=int, help="evaluate on a seeded subset of this many test images (default: all)")
     p.add_argument("--method", default="logistic", choices=PROBE_METHODS, help="how the linear head is fitted")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the head (sklearn's C)")
-    p.add_argument("--n", type=int, default=100, help="correctly classified test images to attack")
-    p.add_argument("--budgets", type=parse_budgets, default=[1000, 5000, 10000], help="comma-separated query budgets")
-    p.add_argument("--attack", type=parse_attacks, default=["ta"],
-                   help="ta, gta, hsja, cgba, fmn, alma, ddn, a comma-separated list, 'ensemble' or 'none'")
-    p.add_argument("--seed", type=int, default=0, help="seeds the subsets, the attacked images and the attacks")
-    p.add_argument("--batch-size", type=int, default=256, help="rows per model call")
-    p.add_argument("--out", type=Path, help="write the EvalResult JSON here")
+    add_attack_arguments(p)
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    info = data.dataset_info(args.dataset, data_dir=args.data_dir)
+    args = resolve_defaults(build_parser().parse_args(argv))
+    name = data_name(args)
+    info = data.dataset_info(name, data_dir=args.data_dir)
     backbone = load_model(args.model, args.checkpoint, num_classes=0 if args.checkpoint else None)
     in_chans, height = backbone.pretrained_cfg["input_size"][:2]
 
-    def split(name: str, limit: int | None):
-        return data.load_split(args.dataset, name, data_dir=args.data_dir, image_size=height, channels=in_chans,
+    def split(which: str, limit: int | None):
+        return data.load_split(name, which, data_dir=args.data_dir, image_size=height, channels=in_chans,
                                limit=limit, seed=args.seed)
 
     probe = fit_probe(backbone, split("train", args.train_limit), method=args.method, C=args.C,
                       batch_size=args.batch_size, seed=args.seed)
-    result = evaluate(probe.model, split("test", args.limit), model_name=f"{args.model} + linear probe",
-                      dataset_name=args.dataset, n=args.n, budgets=args.budgets, attack=args.attack or None,
-                      seed=args.seed, batch_size=args.batch_size, lemma1=False)
-    result.settings.update(checkpoint=args.checkpoint, data_dir=args.data_dir, limit=args.limit,
+    model = probe.model.eval().fast_eval(compile=not args.no_compile)
+    result = evaluate(model, split("test", args.limit), model_name=f"{args.model} + linear probe",
+                      dataset_name=name, n=args.n, budgets=args.budgets, attack=args.attack or None,
+                      seed=args.seed, batch_size=args.batch_size, max_iter=args.max_iter, lemma1=False,
+                      start_pool=None if args.no_start_pool else "rest")
+    result.settings.update(checkpoint=args.checkpoint, data_dir=args.data_dir, limit=args.limit, paper=args.paper,
                            probe=dict(probe.info(), classes=info.num_classes))
     print(f"linear probe ({probe.method}, C={probe.C:g}) on {probe.n_train} training images: "
           f"train accuracy {probe.train_acc:.4f}")
