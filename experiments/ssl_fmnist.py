@@ -37,7 +37,8 @@ import safetensors.torch
 import timm
 import torch
 
-from repspec_zoo.runs import WEIGHTS_FILE, load_model
+from repspec_zoo.loader import load_model
+from repspec_zoo.runs import WEIGHTS_FILE
 from repspec_zoo.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, checkpoint_at_epoch, load_results,

@@ -13,7 +13,7 @@ from repspec_zoo.attacks import NormalizedModel
 from repspec_zoo.cli import main as cli_main
 from repspec_zoo.data import as_tensors, load_split
 from repspec_zoo.probe import ProbeError, fit_probe
-from repspec_zoo.runs import load_model
+from repspec_zoo.loader import load_model
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from .. import data
 from ..argtypes import parse_attacks, parse_budgets
 from ..eval import evaluate
 from ..probe import PROBE_METHODS, fit_probe
-from ..runs import load_model
+from ..loader import load_model
 
 
 def build_parser() -> argparse.ArgumentParser:
