@@ -1,6 +1,7 @@
 """Self-supervised backbones in the zoo: the ``.fmnist_simclr`` tag, their export and card, the bundled weights."""
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -15,6 +16,8 @@ from repspec_zoo.hub import exporting, weights as hub_weights
 from repspec_zoo.leaderboard import bundled_models
 from repspec_zoo.models.registry import zoo_model_name, zoo_names
 from repspec_zoo.models.zoo import list_pretrained
+from repspec_zoo.training import load_config
+from repspec_zoo.training.report import run_summary
 
 ARCHS = {"none": "resnet_small_baseline", "rep": "resnet_small_repspectral", "ll": "resnet_small_llspectral"}
 BACKBONES = [f"{arch}.fmnist_simclr" for arch in ARCHS.values()]
@@ -39,6 +42,12 @@ def test_simclr_tag_names_headless_backbones_of_the_ssl_modes_only():
     assert not {"resnet_small_advtrained.fmnist_simclr", "resnet_small_ddsnr.fmnist_simclr"} & names
     with pytest.raises(ValueError, match="self-supervised by ssl.method='barlow_twins'"):
         zoo_model_name("resnet_small", "rep", "fashion_mnist", ssl="barlow_twins")
+
+
+def test_an_ssl_recipe_run_records_the_simclr_zoo_name():
+    cfg = load_config(Path(__file__).parents[1] / "recipes/configs/fmnist_simclr_resnet_small_repspectral.yaml")
+    summary = run_summary(cfg, [], {}, ["recipes/train.py"], 0.0, 1, [])
+    assert summary["model_name"] == "resnet_small_repspectral.fmnist_simclr"  # run.json, as trained
 
 
 def make_ssl_run(path, evaluation=PROBE_EVAL):
