@@ -30,15 +30,17 @@ from .stats import format_interval
 from .eval import evaluate, predict_split
 from .eval_result import EvalResult, json_clean
 from .io import atomic_write_text
-from .models.registry import ARCHS, zoo_model_name
+from .models.registry import ARCHS, TAGS, zoo_model_name
 from .models.zoo import list_pretrained
 from .loader import load_model
 from .plots import plot_distance_curves, plot_robust_accuracy
 
 
 def bundled_models(dataset: str) -> list[str]:
-    """Zoo names whose weights ship inside the package and were trained on ``dataset``."""
-    return [row.name for row in list_pretrained() if row.source == "bundled" and row.dataset == dataset]
+    """Zoo names of classifiers whose weights ship inside the package and were trained on ``dataset``
+    (headless self-supervised backbones have no classifier to attack: `repspec-zoo probe` evaluates them)."""
+    return [row.name for row in list_pretrained() if row.source == "bundled" and row.dataset == dataset
+            and TAGS[row.name.split(".")[1]].num_classes > 0]
 
 
 def family_baseline(name: str, dataset: str) -> str | None:

@@ -19,7 +19,7 @@ head: a plain timm classifier that :func:`repspec_zoo.eval.evaluate` takes as an
 
 Example::
 
-    backbone = repspec_zoo.loader.load_model("runs/ssl")              # headless (num_classes=0) or not
+    backbone = repspec_zoo.loader.load_model("runs/ssl")            # headless (num_classes=0) or not
     probe = fit_probe(backbone, train_split)                         # (X, Y) tensors or a Dataset
     result = evaluate(probe.model, test_split, attack="ta")          # clean accuracy + attacks
 """

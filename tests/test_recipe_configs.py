@@ -20,7 +20,7 @@ def recipes_of_zoo_names() -> dict[str, list[Path]]:
     for path in sorted(CONFIGS.glob("*.yaml")):
         cfg = load_config(path)
         try:
-            name = zoo_model_name(cfg.model, cfg.regularizer.mode, cfg.dataset.name)
+            name = zoo_model_name(cfg.model, cfg.regularizer.mode, cfg.dataset.name, cfg.ssl.method)
         except ValueError:  # not a zoo model (e.g. fine-tuning on another dataset)
             continue
         found.setdefault(name, []).append(path)

@@ -10,7 +10,7 @@ import repspec_zoo
 from repspec_zoo import cli
 from repspec_zoo.hub import weights as hub_weights
 from repspec_zoo.models import ARCHS, PretrainedWeightsUnavailable
-from repspec_zoo.models.registry import BASE_TAGS, TAGS, zoo_model_name
+from repspec_zoo.models.registry import BASE_TAGS, TAGS, arch_tags, zoo_model_name
 from repspec_zoo.models.zoo import UnknownModelError
 from repspec_zoo.regularizers.registry import SPECTRAL_MODES
 
@@ -166,7 +166,7 @@ def test_unknown_tag_lists_the_tags():
 
 def test_every_zoo_model_has_pretrained_cfgs_under_one_namespace():
     names = timm.list_pretrained(ZOO_PATTERNS)
-    assert sorted(names) == sorted(f"{a}.{t}" for a, (b, _) in ARCHS.items() for t in BASE_TAGS[b])
+    assert sorted(names) == sorted(f"{a}.{t}" for a in ARCHS for t in arch_tags(a))
     for name in names:
         cfg = timm.models.get_pretrained_cfg(name)
         tag = TAGS[name.split(".")[1]]

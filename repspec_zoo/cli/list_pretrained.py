@@ -17,10 +17,10 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     rows = list_pretrained()
     shown = rows if args.all else [row for row in rows if row.source != "hub"]
-    print(f"{'name':36s} {'dataset':14s} {'gamma':>7s} {'clean_acc':>9s} {'l2 mean':>8s} {'success':>7s} "
+    print(f"{'name':38s} {'dataset':14s} {'gamma':>7s} {'clean_acc':>9s} {'l2 mean':>8s} {'success':>7s} "
           f"{'@queries':>8s}  {'source':8s} attack")
     for row in shown:
-        print(f"{row.name:36s} {row.dataset:14s} {_fmt(row.gamma, 7, '.0e')} {_fmt(row.clean_acc, 9, '.4f')} "
+        print(f"{row.name:38s} {row.dataset:14s} {_fmt(row.gamma, 7, '.0e')} {_fmt(row.clean_acc, 9, '.4f')} "
               f"{_fmt(row.l2_mean, 8, '.4f')} {_fmt(row.success_rate, 7, '.3f')} {_fmt(row.queries, 8, 'd')}  "
               f"{row.source:8s} {row.attack or '-'}")
     if len(shown) < len(rows):

@@ -18,6 +18,17 @@ from ..regularizers.registry import get_spec
 from ..stats import format_interval
 
 TASK = "image-classification"
+FEATURES_TASK = "image-feature-extraction"  # the Hub pipeline of a headless backbone
+
+
+def ssl_method(config: Mapping) -> str | None:
+    """The self-supervised method (``ssl.method``) an export's recipe pretrained with; None: supervised."""
+    return ((config.get("recipe") or {}).get("ssl") or {}).get("method")
+
+
+def probe_settings(evaluation: Mapping) -> Mapping | None:
+    """The linear probe an evaluation fitted on frozen features (``repspec-zoo probe``), None for a model's own head."""
+    return (evaluation.get("settings") or {}).get("probe")
 
 
 def attack_rows(evaluation: Mapping) -> list[tuple[int | None, float, float | None]]:
@@ -48,7 +59,9 @@ def attack_label(evaluation: Mapping) -> tuple[str, str]:
 def _eval_results(config: Mapping, dataset_hub_id: str | None) -> list[EvalResult]:
     evaluation, dataset = config["eval"], config["dataset"]
     common = dict(task_type=TASK, dataset_type=dataset_hub_id or dataset, dataset_name=dataset, dataset_split="test")
-    results = [EvalResult(metric_type="accuracy", metric_value=float(evaluation["clean_acc"]), **common)]
+    accuracy = "linear-probe accuracy" if probe_settings(evaluation) else None
+    results = [EvalResult(metric_type="accuracy", metric_value=float(evaluation["clean_acc"]), **common,
+                          metric_name=accuracy)]
     prefix, label = attack_label(evaluation)
     for queries, mean, median in attack_rows(evaluation):
         metric_config = None if queries is None else f"queries={queries}"
@@ -72,7 +85,12 @@ def _eval_results(config: Mapping, dataset_hub_id: str | None) -> list[EvalResul
 
 
 def _evaluation_table(evaluation: Mapping) -> str:
-    lines = ["| metric | value |", "|---|---|", f"| clean accuracy | {float(evaluation['clean_acc']):.4f} |"]
+    probe = probe_settings(evaluation)
+    lines = ["| metric | value |", "|---|---|"]
+    if probe:
+        lines += [f"| linear probe: {probe['method']}, C={probe['C']:g}, fitted on training images | {probe['n_train']} |",
+                  f"| linear probe training accuracy | {float(probe['train_acc']):.4f} |"]
+    lines.append(f"| {'linear-probe ' if probe else ''}clean accuracy | {float(evaluation['clean_acc']):.4f} |")
     _, label = attack_label(evaluation)
     if "n_samples" in evaluation:
         lines.append(f"| attacked samples (correctly classified) | {evaluation['n_samples']} |")
@@ -108,9 +126,10 @@ def _evaluation_table(evaluation: Mapping) -> str:
 
 def _card_data(config: Mapping, dataset_hub_id: str | None) -> ModelCardData:
     tags = [TASK, "timm", "repspec-zoo", "adversarial-robustness", *get_spec(config["regularizer"]["mode"]).hub_tags]
+    tags += ["self-supervised", ssl_method(config)] if ssl_method(config) else []
     return ModelCardData(
         model_name=config["zoo_name"], license=config["pretrained_cfg"].get("license"), library_name="timm",
-        pipeline_tag=TASK, tags=tags, datasets=[dataset_hub_id] if dataset_hub_id else None,
+        pipeline_tag=FEATURES_TASK if config["num_classes"] == 0 else TASK, tags=tags, datasets=[dataset_hub_id] if dataset_hub_id else None,
         eval_results=_eval_results(config, dataset_hub_id),
     )
 
@@ -131,8 +150,13 @@ def _commands(config: Mapping, repo_id: str | None) -> str:
                     f"--attack {','.join(evaluation.get('attacks') or [evaluation.get('attack', 'ta')])} "
                     f"--seed {evaluation.get('settings', {}).get('seed', 0)}")
     produced_by = (evaluation.get("settings") or {}).get("command")  # e.g. the leaderboard that wrote it
+    probe = probe_settings(evaluation)
+    if probe and settings:  # backbone + a fitted probe: `repspec-zoo probe` with the fit's settings
+        limit = (evaluation.get("settings") or {}).get("limit")
+        settings += (f" --train-limit {probe['n_train']} --method {probe['method']} --C {probe['C']:g}"
+                     + (f" --limit {limit}" if limit else ""))
     evaluate = (f"{produced_by}  # wrote this card's evaluation" if produced_by
-                else f"repspec-zoo eval {_hub_name(repo_id)}{settings}")
+                else f"repspec-zoo {'probe' if probe else 'eval'} {_hub_name(repo_id)}{settings}")
     lines = [train, evaluate, f"repspec-zoo export RUN_DIR --to runs/export/{config['zoo_name']}"]
     if not config.get("custom_data"):
         lines.append("# all of the above for every bundled model: python recipes/build_zoo.py")
@@ -166,7 +190,27 @@ def _usage(config: Mapping, repo_id: str | None) -> str:
             lines.append(f"# publish it with: repspec-zoo publish RUN_DIR --repo-id ORG/{name}")
     else:
         lines.append(f'model = timm.create_model("{name}", pretrained=True)  # by zoo name, weights verified by sha256')
+    if config["num_classes"] == 0:
+        lines.append(f"features = model(images)  # (B, {config['num_features']}): a backbone without a head, for probing")
     return "\n".join(lines)
+
+
+def _ssl_section(config: Mapping) -> str:
+    """What a headless self-supervised backbone is for, and how its evaluation was made."""
+    method = ssl_method(config)
+    if config["num_classes"] != 0 or not method:
+        return ""
+    name, dataset = config["zoo_name"], config["dataset"]
+    return f"""
+## Self-supervised backbone (no trained head)
+
+These weights are a {method} backbone pretrained without labels: the projection head of the
+pretraining is not included, and no classifier was trained, so the model outputs its
+{config["num_features"]} features. Use it by fitting a linear probe on the frozen features:
+`repspec-zoo probe {name} --dataset {dataset} --out probe.json` fits a logistic-regression head,
+then measures clean accuracy and attacks backbone + probe (the settings of this card's evaluation
+are under Reproduce). The evaluation below is of such a probe{", and its robustness numbers are of backbone + probe" if config["eval"].get("n_samples") else ""}.
+"""
 
 
 def _body(config: Mapping, repo_id: str | None) -> str:
@@ -181,14 +225,15 @@ with hard-label (Tangent Attack, CGBA) and white-box minimal-norm attacks.
 
 ## Model details
 
-- Architecture: timm `{config["architecture"]}`, {config["num_classes"]} classes, {config["num_features"]} features.
+- Architecture: timm `{config["architecture"]}`, {f'{config["num_classes"]} classes' if config["num_classes"] else
+                                                   "no classifier head"}, {config["num_features"]} features.
 - Input: {c}x{h}x{w} images with pixels in [0, 1], normalized inside the model wrapper with
   mean {tuple(cfg["mean"])}, std {tuple(cfg["std"])}.
 - Dataset: `{config["dataset"]}`{" (custom data, not one of the zoo's datasets)" if config.get("custom_data") else ""}.
 - Regularizer: {get_spec(config["regularizer"]["mode"]).card(config["regularizer"])}
 - Weights: `model.safetensors`, sha256 `{config["weights_sha256"]}` (verified on load by repspec_zoo).
 - Papers: {", ".join(cfg.get("paper_ids", ()))} (rep-spectral; Tangent Attack).
-
+{_ssl_section(config)}
 ## Evaluation
 
 {_evaluation_table(config["eval"])}

@@ -3,8 +3,9 @@
 A run's identity comes from what it was trained on (its config.yaml and run.json), never from
 the recipe it started from:
 
-* zoo data (no ``dataset.data_dir``, and a dataset that is one of the base arch's zoo tags):
-  the zoo name ``arch.tag``, registered with timm; its card points at the zoo's Hub repo;
+* zoo data (no ``dataset.data_dir``, and a dataset that is one of the base arch's zoo tags, of the
+  run's ``ssl.method`` for a self-supervised run: ``.fmnist_simclr``): the zoo name ``arch.tag``,
+  registered with timm; its card points at the zoo's Hub repo;
 * custom data (a ``--data-dir`` folder, a Hub dataset, a registry dataset the arch has no tag
   for): the custom name ``arch.SLUG``, SLUG being the folder's (dataset's) name in lower case with
   every run of other characters than ``a-z0-9`` as ``_`` (plus ``_custom`` where that is a zoo tag,
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DATASETS
-from ..models.registry import ARCHS, BASE_TAGS, TAGS
+from ..models.registry import ARCHS, TAGS, arch_tags
 from ..runs import Run
 
 __all__ = ["Identity", "run_identity", "portable"]
@@ -69,7 +70,8 @@ def run_identity(run: Run) -> Identity:
     recorded = run.summary.get("class_names")
     class_names = tuple(recorded) if recorded else None
     data_dir = run.data_dir
-    tags = [tag for tag in BASE_TAGS[base] if TAGS[tag].dataset == run.dataset]
+    ssl = (run.config.get("ssl") or {}).get("method")  # a self-supervised run: a headless backbone's tag
+    tags = [tag for tag in arch_tags(archs[0]) if (TAGS[tag].dataset, TAGS[tag].ssl) == (run.dataset, ssl)]
     if data_dir is None and tags:
         spec = DATASETS[run.dataset]
         return Identity(archs[0], tags[0], run.dataset, class_names or spec.class_names, custom=False)

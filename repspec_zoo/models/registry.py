@@ -3,7 +3,9 @@
 A zoo arch is a base timm architecture trained with one regularizer mode
 (:mod:`repspec_zoo.regularizers.registry`), named ``{base}_{spec.arch_suffix}``
 (``resnet50_repspectral``); a pretrained tag names the data the weights were trained on
-(``.in1k``, ``.fmnist``). So a zoo model name is ``arch.tag``.
+(``.in1k``, ``.fmnist``). So a zoo model name is ``arch.tag``. A self-supervised tag
+(``.fmnist_simclr``) names a headless backbone (``num_classes: 0``) pretrained without labels by
+its ``ssl`` method, published for linear probing (``repspec-zoo probe``).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from timm.models import PretrainedCfg, get_pretrained_cfg
 
 from ..regularizers.registry import REGULARIZERS
 
-__all__ = ["HF_ORG", "ARCHS", "TAGS", "BASE_TAGS", "Tag", "zoo_names", "zoo_model_name", "pretrained_cfg",
+__all__ = ["HF_ORG", "ARCHS", "TAGS", "BASE_TAGS", "SSL_MODES", "Tag", "arch_tags", "zoo_names", "zoo_model_name", "pretrained_cfg",
            "base_pretrained_cfg"]
 
 HF_ORG = "repspec-zoo"  # the one Hub namespace of the zoo's weights: repo = f"{HF_ORG}/{arch}.{tag}"
@@ -45,6 +47,7 @@ class Tag:
     mean: tuple[float, ...]           # normalization inside the model wrapper
     std: tuple[float, ...]
     crop_pct: float = 1.0             # eval center-crop fraction
+    ssl: str | None = None            # self-supervised method (ssl.method) of a headless backbone; None: supervised
 
 
 TAGS: dict[str, Tag] = {
@@ -52,21 +55,41 @@ TAGS: dict[str, Tag] = {
     "digits": Tag("digits", 10, (1, 8, 8), (0.0,), (1.0,)),
     "cifar10": Tag("cifar10", 10, (3, 32, 32), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
     "in1k": Tag("imagenet1k", 1000, (3, 224, 224), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=0.875),
+    "fmnist_simclr": Tag("fashion_mnist", 0, (1, 28, 28), (0.0,), (1.0,), ssl="simclr"),
 }
+
+#: the regularizer modes a self-supervised step can train with (the others read labels or logits)
+SSL_MODES = ("none", "rep", "ll")
 
 #: base arch -> its tags, the first is the default. slp flattens a fixed input size, so it has
 #: only the 28x28 tag (tiny.py's slp cfg does not mark fixed_input_size).
 BASE_TAGS: dict[str, tuple[str, ...]] = {
     "slp": ("fmnist",),
-    "resnet_small": ("fmnist", "digits"),
+    "resnet_small": ("fmnist", "digits", "fmnist_simclr"),
     "resnet18": ("cifar10",),
     "resnet50": ("in1k",),
 }
 
 
+def arch_tags(arch: str) -> tuple[str, ...]:
+    """The pretrained tags of a zoo arch: its base's, less the self-supervised ones for modes SSL cannot train."""
+    base, mode = ARCHS[arch]
+    return tuple(tag for tag in BASE_TAGS[base] if TAGS[tag].ssl is None or mode in SSL_MODES)
+
+
 def zoo_names() -> list[tuple[str, str, str, str]]:
     """``(name arch.tag, arch, mode, tag)`` of every zoo model with a pretrained cfg, in listing order."""
-    return [(f"{arch}.{tag}", arch, mode, tag) for arch, (base, mode) in ARCHS.items() for tag in BASE_TAGS[base]]
+    return [(f"{arch}.{tag}", arch, mode, tag) for arch, (base, mode) in ARCHS.items() for tag in arch_tags(arch)]
+
+
+def _description(arch: str, tag: str) -> str:
+    base, mode = ARCHS[arch]
+    data = TAGS[tag]
+    description = REGULARIZERS[mode].description.format(base=base, dataset=data.dataset)
+    if data.ssl is None:
+        return description
+    return (f"{description}: a {data.ssl} self-supervised backbone without a classifier head (features only), "
+            f"for linear probing with `repspec-zoo probe {arch}.{tag} --dataset {data.dataset}`")
 
 
 def pretrained_cfg(arch: str, tag: str) -> dict:
@@ -78,14 +101,15 @@ def pretrained_cfg(arch: str, tag: str) -> dict:
         mean=data.mean, std=data.std, crop_pct=data.crop_pct, interpolation="bilinear",
         pool_size=base_cfg.pool_size if base_cfg.input_size == data.input_size else None,
         first_conv=base_cfg.first_conv, classifier=base_cfg.classifier, license="apache-2.0",
-        description=spec.description.format(base=base, dataset=data.dataset),
+        description=_description(arch, tag),
         paper_ids=PAPER_IDS, paper_name=PAPER_NAME,
         notes=(spec.note, "inputs in [0, 1]; attack distances are L2 distances in [0, 1] pixel space"),
     )
 
 
-def zoo_model_name(base: str, mode: str, dataset: str) -> str:
-    """The zoo name ``arch.tag`` of weights of ``base`` trained with regularizer ``mode`` on ``dataset``.
+def zoo_model_name(base: str, mode: str, dataset: str, ssl: str | None = None) -> str:
+    """The zoo name ``arch.tag`` of weights of ``base`` trained with regularizer ``mode`` on ``dataset``
+    (self-supervised by ``ssl``, an ``ssl.method``; None: supervised).
 
     Raises ValueError naming the tables to extend when the zoo has no such model.
     """
@@ -94,10 +118,11 @@ def zoo_model_name(base: str, mode: str, dataset: str) -> str:
         known = sorted(set(ARCHS.values()))
         raise ValueError(f"the zoo has no arch for model={base!r} with regularizer mode={mode!r}; "
                          f"zoo (model, mode) pairs: {known}. Add one to _BASE_MODES in repspec_zoo/models/registry.py")
-    tags = [tag for tag in BASE_TAGS[base] if TAGS[tag].dataset == dataset]
+    tags = [tag for tag in arch_tags(archs[0]) if (TAGS[tag].dataset, TAGS[tag].ssl) == (dataset, ssl)]
     if not tags:
-        known = {tag: TAGS[tag].dataset for tag in BASE_TAGS[base]}
-        raise ValueError(f"the zoo has no tag for {base} trained on dataset={dataset!r}; its tags (tag: dataset) are "
+        known = {tag: TAGS[tag].dataset + (f" ({TAGS[tag].ssl})" if TAGS[tag].ssl else "") for tag in arch_tags(archs[0])}
+        how = f" self-supervised by ssl.method={ssl!r}" if ssl else ""
+        raise ValueError(f"the zoo has no tag for {base} trained{how} on dataset={dataset!r}; its tags (tag: dataset) are "
                          f"{known}. Add one to TAGS / BASE_TAGS in repspec_zoo/models/registry.py")
     return f"{archs[0]}.{tags[0]}"
 

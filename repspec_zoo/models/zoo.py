@@ -64,7 +64,7 @@ class PretrainedRow:
     name: str                  # arch.tag
     dataset: str               # repspec_zoo.data.DATASETS name
     gamma: float | None        # spectral strength, paper convention (0 for baselines); None: unknown here or adv/ddsnr
-    clean_acc: float | None    # test accuracy, fraction 0..1; None: weights not on this machine
+    clean_acc: float | None    # test accuracy (a headless backbone's: of a linear probe), 0..1; None: weights not here
     attack: str | None         # the evaluation's attack, e.g. 'TA' or 'best of TA+CGBA+FMN+ALMA'
     l2_mean: float | None      # its mean L2 distance in [0, 1] pixel space over the broken samples, at `queries`
     success_rate: float | None  # fraction 0..1 of the attacked samples broken, at `queries`
@@ -77,12 +77,13 @@ def _row(name: str, mode: str, tag: str) -> PretrainedRow:
     hf_hub_id = get_pretrained_cfg(name).hf_hub_id
     source, config = local_config(name, hf_hub_id)
     gamma, acc, attack, queries, l2, success = (0.0 if mode == "none" else None), None, None, None, None, None
+    headless = TAGS[tag].num_classes == 0  # a self-supervised backbone: its numbers are of a fitted linear probe
     if config is not None:
         evaluation = config.get("eval", {})
         gamma, acc = config["regularizer"].get("gamma"), evaluation.get("clean_acc")  # adv/ddsnr: no gamma
         queries, l2 = (attack_rows(evaluation) or [(None, None, None)])[-1][:2]
         if l2 is not None:
-            attack = attack_label(evaluation)[1]
+            attack = attack_label(evaluation)[1] + (" on backbone + linear probe" if headless else "")
             success = (evaluation.get("success_rate") or {}).get(str(queries))
     return PretrainedRow(name, TAGS[tag].dataset, gamma, acc, attack, l2, success, queries, source, hf_hub_id)
 

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 import yaml
 
 from ..errors import UserError
-from ..models.registry import ARCHS
+from ..models.registry import ARCHS, SSL_MODES
 from ..regularizers.registry import REGULARIZERS
 from ..runs import CONFIG_FILE
 from ..spectral.estimators import ESTIMATORS as SPECTRAL_ESTIMATORS
@@ -44,7 +44,7 @@ ESTIMATORS = tuple(SPECTRAL_ESTIMATORS)
 ATTACKS = ("ta", "gta", "hsja", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 SSL_METHODS = ("simclr", "barlow_twins")
-SSL_REGULARIZERS = ("none", "rep", "ll")  # the others read labels or logits, which self-supervised steps have not
+SSL_REGULARIZERS = SSL_MODES  # the others read labels or logits, which self-supervised steps have not
 _NULLS = ("null", "none", "~", "")
 
 

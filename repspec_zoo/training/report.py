@@ -71,7 +71,7 @@ def _model_name(cfg: TrainConfig) -> str:
     (no --data-dir), else a descriptive name."""
     try:
         if cfg.dataset.data_dir is None:
-            return zoo_model_name(cfg.model, cfg.regularizer.mode, cfg.dataset.name)
+            return zoo_model_name(cfg.model, cfg.regularizer.mode, cfg.dataset.name, cfg.ssl.method)
     except ValueError:
         pass
     return cfg.model if cfg.regularizer.mode == "none" else f"{cfg.model}+{cfg.regularizer.mode}"
