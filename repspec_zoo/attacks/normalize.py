@@ -2,6 +2,7 @@
 the fast evaluation forward)."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Sequence
 
@@ -80,6 +81,9 @@ class NormalizedModel(nn.Module):
             self.channels_last = True
         self._compiled = None
         if compile:
+            # inductor's CPU build looks for a CUDA toolkit and logs "No CUDA runtime is found" on
+            # every compile where nvcc is installed without a GPU: not a problem of ours, so quiet it
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             try:
                 self._compiled = torch.compile(self._logits)
             except Exception as err:  # noqa: BLE001  (any failure means: stay eager)
