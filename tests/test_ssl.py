@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import safetensors.torch
@@ -20,9 +14,9 @@ import repspec_zoo  # noqa: F401
 from repspec_zoo.ssl import SSLModule, barlow_twins, build_ssl_model, nt_xent, view_matches
 from repspec_zoo.ssl.augment import simclr_augmentation
 from repspec_zoo.ssl.trainer import knn_accuracy
-from repspec_zoo.training import Checkpoints, ConfigError, TrainConfig, apply_overrides, build_optimizer
+from repspec_zoo.training import ConfigError, TrainConfig, apply_overrides, build_optimizer
 
-from test_training import CONFIG_DIR, RECIPE, ROOT, _reset_accelerate, run_recipe, write_idx
+from test_training import CONFIG_DIR, ROOT, kill_then_resume, run_recipe, write_idx
 
 
 def _pair(n: int = 6, d: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,31 +122,8 @@ def _resume_overrides(data_dir) -> list[str]:
 
 def test_killed_ssl_run_resumes_mid_epoch_to_the_same_weights(tmp_path, capsys):
     data_dir = write_idx(tmp_path / "idx", n_train=96, n_test=8)
-    config = CONFIG_DIR / "fmnist_simclr_resnet_small_repspectral.yaml"
-    killed = tmp_path / "killed"
-    argv = ["--config", str(config), "--output", str(killed), *_resume_overrides(data_dir)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    process = subprocess.Popen([sys.executable, str(ROOT / "recipes" / "train.py"), *argv], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first = killed / "checkpoints" / "step_0000005"
-    deadline = time.monotonic() + 240
-    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    _, stderr = process.communicate()
-    assert first.exists(), f"no checkpoint appeared before the kill; stderr: {stderr.decode()[-2000:]}"
-    assert not (killed / "model.safetensors").exists()
-    for later in Checkpoints(killed / "checkpoints", keep=5).all():
-        if later.name > first.name:
-            shutil.rmtree(later)
-    _reset_accelerate()
-    try:
-        RECIPE.main(argv)
-    finally:
-        _reset_accelerate()
-    assert "from step_0000005: epoch 1, 10 batches done" in capsys.readouterr().out
-    reference = tmp_path / "reference"
-    run_recipe(config, reference, *_resume_overrides(data_dir))
+    killed, reference = kill_then_resume(CONFIG_DIR / "fmnist_simclr_resnet_small_repspectral.yaml", tmp_path,
+                                         _resume_overrides(data_dir), capsys)
     a = safetensors.torch.load_file(killed / "model.safetensors")
     b = safetensors.torch.load_file(reference / "model.safetensors")
     assert a.keys() == b.keys()

@@ -206,11 +206,12 @@ def _resume_overrides(data_dir: Path) -> list[str]:
             "log_every_steps=1"]
 
 
-def test_killed_run_resumes_mid_epoch_to_the_same_weights(tmp_path, capsys):
-    data_dir = write_idx(tmp_path / "idx", n_train=96, n_test=8)
-    config = CONFIG_DIR / "fmnist_resnet_small_repspectral.yaml"
+def kill_then_resume(config: Path, tmp_path: Path, overrides: list[str], capsys) -> tuple[Path, Path]:
+    """Run ``recipes/train.py`` in a subprocess, SIGKILL it once step 5 of 12 is checkpointed, run the same
+    command again in-process (it must resume from step 5), then an uninterrupted reference run.
+    Returns (resumed run directory, reference run directory)."""
     killed = tmp_path / "killed"
-    argv = ["--config", str(config), "--output", str(killed), *_resume_overrides(data_dir)]
+    argv = ["--config", str(config), "--output", str(killed), *overrides]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     process = subprocess.Popen([sys.executable, str(ROOT / "recipes" / "train.py"), *argv], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -234,7 +235,14 @@ def test_killed_run_resumes_mid_epoch_to_the_same_weights(tmp_path, capsys):
         _reset_accelerate()
     assert "from step_0000005: epoch 1, 10 batches done" in capsys.readouterr().out  # 5 steps x 2 micro-batches
     reference = tmp_path / "reference"
-    run_recipe(config, reference, *_resume_overrides(data_dir))
+    run_recipe(config, reference, *overrides)
+    return killed, reference
+
+
+def test_killed_run_resumes_mid_epoch_to_the_same_weights(tmp_path, capsys):
+    data_dir = write_idx(tmp_path / "idx", n_train=96, n_test=8)
+    killed, reference = kill_then_resume(CONFIG_DIR / "fmnist_resnet_small_repspectral.yaml", tmp_path,
+                                         _resume_overrides(data_dir), capsys)
     a = safetensors.torch.load_file(killed / "model.safetensors")
     b = safetensors.torch.load_file(reference / "model.safetensors")
     assert a.keys() == b.keys()
