@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .model_names import check_model_name
+from .models.zoo import check_model_name
 from .models.registry import ARCHS
 from .runs import CHECKPOINTS_DIR, CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, is_run_dir, load_weights_file, read_run
 

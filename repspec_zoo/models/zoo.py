@@ -28,15 +28,16 @@ load your own weights instead, as in timm.
 """
 from __future__ import annotations
 
+import difflib
 import warnings
 from dataclasses import dataclass
 
 import timm
-from timm.models import (PretrainedCfg, generate_default_cfgs, get_pretrained_cfg, register_model,
-                         resolve_pretrained_cfg)
+from timm.models import (PretrainedCfg, generate_default_cfgs, get_arch_pretrained_cfgs, get_pretrained_cfg,
+                         register_model, resolve_pretrained_cfg, split_model_name_tag)
 from timm.models._builder import pretrained_cfg_for_features
 
-from ..model_names import UnknownModelError, check_model_name, check_tag
+from ..errors import UserError
 from ..hub.cards import attack_label, attack_rows
 from ..hub import timm_routes
 from ..hub.weights import PretrainedWeightsUnavailable, load_weights, local_config
@@ -49,6 +50,39 @@ __all__ = ["ARCHS", "PretrainedWeightsUnavailable", "UnknownModelError", "Pretra
 
 
 timm_routes.install()  # hf-hub: / local-dir: weights are sha256-verified too
+
+
+class UnknownModelError(UserError, ValueError):
+    """A model name or pretrained tag that timm's registry does not know."""
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if timm can create it; else raise UnknownModelError with close matches.
+
+    ``hf-hub:`` and ``local-dir:`` names pass through (timm resolves them). An unknown tag of a
+    known architecture lists that architecture's tags.
+    """
+    if ":" in name:
+        return name
+    arch, tag = split_model_name_tag(name)
+    if arch not in timm.list_models():
+        known = dict.fromkeys(timm.list_models() + timm.list_pretrained())
+        close = difflib.get_close_matches(name, list(known), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}{hint} Zoo models: repspec_zoo.list_pretrained(); "
+                                "all architectures: timm.list_models()")
+    if tag:
+        check_tag(arch, tag)
+    return name
+
+
+def check_tag(arch: str, tag: str) -> None:
+    tagged = list(get_arch_pretrained_cfgs(arch))
+    if f"{arch}.{tag}" not in tagged:
+        listed = ", ".join(tagged) if tagged else "none (use the name without a tag)"
+        raise UnknownModelError(f"unknown pretrained tag {tag!r} for {arch}; its pretrained names are: {listed}")
+
+
 default_cfgs = generate_default_cfgs({name: pretrained_cfg(arch, tag) for name, arch, _, tag in zoo_names()})
 
 
