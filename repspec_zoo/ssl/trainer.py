@@ -19,19 +19,16 @@ evaluates backbone + a linear probe fitted on the training split (:mod:`repspec_
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .. import data
-from ..io import atomic_write_text
-from ..runs import EVAL_FILE
 from ..training.loaders import EpochSeededDataset, load_split, model_data_config
 from ..training.loop import Trainer
+from ..training.report import write_quick_eval
 from .augment import TwoViews, simclr_augmentation
 from .losses import barlow_twins, nt_xent, view_matches
 
@@ -119,15 +116,9 @@ def probe_eval(backbone, cfg, run_dir: str | os.PathLike) -> dict:
     """``RUN_DIR/eval.json`` of a self-supervised run: backbone + a logistic-regression probe fitted on the
     training split (``dataset.train_limit`` images, eval transform), evaluated as the recipes' quick
     evaluation (test accuracy, ``eval.attack`` on ``eval.n`` images at ``eval.budget``)."""
-    from ..eval import evaluate
     from ..probe import fit_probe
 
     plain = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, augment=False))
     probe = fit_probe(backbone, load_split(plain, backbone, "train"), batch_size=cfg.micro_batch_size)
-    attack = None if cfg.eval.attack == "none" or cfg.eval.n == 0 else cfg.eval.attack
-    result = evaluate(probe.model, load_split(plain, backbone, "test"), model_name=f"{cfg.model} + linear probe",
-                      dataset_name=cfg.dataset.name, n=max(cfg.eval.n, 1), budgets=[cfg.eval.budget], attack=attack,
-                      seed=cfg.seed, batch_size=cfg.micro_batch_size, lemma1=False, progress=False)
-    result.settings.update(probe=probe.info())
-    atomic_write_text(Path(run_dir) / EVAL_FILE, result.to_json())
-    return json.loads(result.to_json())
+    return write_quick_eval(probe.model, load_split(plain, backbone, "test"), cfg, run_dir,
+                            f"{cfg.model} + linear probe", probe=probe.info())

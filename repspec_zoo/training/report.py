@@ -47,16 +47,23 @@ def quick_eval(model: nn.Module, cfg: TrainConfig, run_dir: str | os.PathLike) -
     normalization inside ``NormalizedModel``). ``repspec-zoo eval`` runs the full benchmark.
     Runs on the calling process only.
     """
-    from ..eval import evaluate
-
     test_set = load_split(cfg, model, "test")
     device = next(model.parameters()).device
-    classifier = NormalizedModel(model).to(device).eval()
+    return write_quick_eval(NormalizedModel(model).to(device).eval(), test_set, cfg, run_dir, _model_name(cfg))
+
+
+def write_quick_eval(classifier: nn.Module, test_set, cfg: TrainConfig, run_dir: str | os.PathLike,
+                     model_name: str, **settings) -> dict:
+    """Evaluate ``classifier`` (images in [0, 1]) as the recipes' quick evaluation -> ``RUN_DIR/eval.json``
+    (``settings`` added to the EvalResult's); returns what it wrote."""
+    from ..eval import evaluate
+
     # the XOR toy's inputs are the points (+-1, +-1), not images in the [0,1] box the attacks search
     attack = None if cfg.eval.attack == "none" or cfg.eval.n == 0 or cfg.dataset.name == XOR else cfg.eval.attack
-    result = evaluate(classifier, test_set, model_name=_model_name(cfg), dataset_name=cfg.dataset.name,
+    result = evaluate(classifier, test_set, model_name=model_name, dataset_name=cfg.dataset.name,
                       n=max(cfg.eval.n, 1), budgets=[cfg.eval.budget], attack=attack, seed=cfg.seed,
                       batch_size=cfg.micro_batch_size, lemma1=False, progress=False)
+    result.settings.update(settings)
     atomic_write_text(Path(run_dir) / EVAL_FILE, result.to_json())
     return json.loads(result.to_json())
 
