@@ -16,7 +16,7 @@ from repspec_zoo.ssl.augment import simclr_augmentation
 from repspec_zoo.ssl.trainer import knn_accuracy
 from repspec_zoo.training import ConfigError, TrainConfig, apply_overrides, build_optimizer
 
-from test_training import CONFIG_DIR, ROOT, kill_then_resume, run_recipe, write_idx
+from test_training import CONFIG_DIR, ROOT, kill_then_resume, resume_overrides, run_recipe, write_idx
 
 
 def _pair(n: int = 6, d: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,17 +113,11 @@ def test_simclr_views_differ_stay_in_the_unit_box_and_repeat_with_the_seed():
     assert gray.shape == (1, 28, 28)
 
 
-def _resume_overrides(data_dir) -> list[str]:
-    # 12 optimizer steps per epoch (96 images / 8), 2 micro-batches each; checkpoints every 5 steps
-    return ["--data-dir", str(data_dir), "epochs=2", "batch_size=8", "grad_accum_steps=2", "dataset.train_limit=96",
-            "dataset.test_limit=8", "regularizer.burn_in_epochs=1", "checkpoint.every_steps=5", "checkpoint.keep=5",
-            "ssl.projector=[32,16]", "eval.n=2", "eval.budget=40"]
-
-
 def test_killed_ssl_run_resumes_mid_epoch_to_the_same_weights(tmp_path, capsys):
     data_dir = write_idx(tmp_path / "idx", n_train=96, n_test=8)
+    overrides = resume_overrides(data_dir, "ssl.projector=[32,16]", "eval.n=2", "eval.budget=40")
     killed, reference = kill_then_resume(CONFIG_DIR / "fmnist_simclr_resnet_small_repspectral.yaml", tmp_path,
-                                         _resume_overrides(data_dir), capsys)
+                                         overrides, capsys)
     a = safetensors.torch.load_file(killed / "model.safetensors")
     b = safetensors.torch.load_file(reference / "model.safetensors")
     assert a.keys() == b.keys()

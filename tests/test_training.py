@@ -199,11 +199,12 @@ def test_bss_penalty_is_eta_times_the_k_smallest_squared_singular_values():
 
 
 # ----------------------------------------------------------------------------- resume after SIGKILL
-def _resume_overrides(data_dir: Path) -> list[str]:
+def resume_overrides(data_dir: Path, *extra: str) -> list[str]:
+    """The kill/resume runs' settings (see kill_then_resume), then ``extra``."""
     # 12 optimizer steps per epoch (96 images / 8), 2 micro-batches each; checkpoints every 5 steps
     return ["--data-dir", str(data_dir), "epochs=2", "batch_size=8", "grad_accum_steps=2", "dataset.train_limit=96",
             "dataset.test_limit=8", "regularizer.burn_in_epochs=1", "checkpoint.every_steps=5", "checkpoint.keep=5",
-            "log_every_steps=1"]
+            *extra]
 
 
 def kill_then_resume(config: Path, tmp_path: Path, overrides: list[str], capsys) -> tuple[Path, Path]:
@@ -242,7 +243,7 @@ def kill_then_resume(config: Path, tmp_path: Path, overrides: list[str], capsys)
 def test_killed_run_resumes_mid_epoch_to_the_same_weights(tmp_path, capsys):
     data_dir = write_idx(tmp_path / "idx", n_train=96, n_test=8)
     killed, reference = kill_then_resume(CONFIG_DIR / "fmnist_resnet_small_repspectral.yaml", tmp_path,
-                                         _resume_overrides(data_dir), capsys)
+                                         resume_overrides(data_dir, "log_every_steps=1"), capsys)
     a = safetensors.torch.load_file(killed / "model.safetensors")
     b = safetensors.torch.load_file(reference / "model.safetensors")
     assert a.keys() == b.keys()
