@@ -122,14 +122,12 @@ def _misfit(model: nn.Module, state: dict[str, torch.Tensor], spec: str, path: P
     wrong = [k for k in want if state[k].shape != want[k].shape]
     if not wrong:
         return f"--checkpoint {path} does not load into {spec}: {err}"
-    head = model.pretrained_cfg.get("classifier") or ""
-    if wrong and all(k.startswith(f"{head}.") for k in wrong):
-        key = wrong[0]
+    head, key = model.pretrained_cfg.get("classifier") or "", wrong[0]
+    if all(k.startswith(f"{head}.") for k in wrong):
         return (f"--checkpoint {path} has a {state[key].shape[0]}-class head ({key} {tuple(state[key].shape)}) but "
                 f"{spec} was built for {want[key].shape[0]} classes ({tuple(want[key].shape)}; repspec-zoo eval takes "
                 f"the data's class count); evaluate it on the {state[key].shape[0]}-class data it was trained on "
                 "(--dataset / --data-dir)")
-    key = wrong[0]
     return (f"--checkpoint {path} does not fit {spec}: {key} is {tuple(state[key].shape)} in the file and "
             f"{tuple(want[key].shape)} in the model, so it was trained with other model settings (model_kwargs); "
             "pass the run directory, whose config records them")
