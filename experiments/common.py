@@ -164,6 +164,17 @@ def checkpoint_at_epoch(run_dir: Path, epoch: int) -> Path:
                             "raise checkpoint.keep so that it survives")
 
 
+def weights_at_epoch(run_dir: Path, epoch: int, module: str = "model.") -> dict[str, torch.Tensor]:
+    """The weights of the training wrapper's ``module`` (a key prefix) in the checkpoint at the end of
+    ``epoch``, the prefix removed and regularizer buffers dropped: a state dict for the plain model."""
+    import safetensors.torch
+
+    from repspec_zoo.runs import WEIGHTS_FILE
+
+    state = safetensors.torch.load_file(checkpoint_at_epoch(run_dir, epoch) / WEIGHTS_FILE)
+    return {k.removeprefix(module): v for k, v in state.items() if k.startswith(module) and ".spectral." not in k}
+
+
 @torch.no_grad()
 def sigma_max(weight: torch.Tensor) -> float:
     """Largest singular value of a Linear weight (dense SVD; exact)."""

@@ -33,16 +33,14 @@ import os
 import sys
 from pathlib import Path
 
-import safetensors.torch
 import timm
 import torch
 
 from repspec_zoo.loader import load_model
-from repspec_zoo.runs import WEIGHTS_FILE
 from repspec_zoo.stats import format_interval
 
-from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, checkpoint_at_epoch, load_results,
-                     paired_rows, paired_table, parallel_map, run_all, split_tensors, table, write_json)
+from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
+                     parallel_map, run_all, split_tensors, table, weights_at_epoch, write_json)
 
 CONFIGS = {"none": "fmnist_simclr_resnet_small_baseline", "rep": "fmnist_simclr_resnet_small_repspectral",
            "ll": "fmnist_simclr_resnet_small_llspectral"}
@@ -69,9 +67,7 @@ def backbone_at(run_dir: Path, epoch: int | None, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     backbone = timm.create_model("resnet_small", num_classes=0)
     if epoch:
-        state = safetensors.torch.load_file(checkpoint_at_epoch(run_dir, epoch) / WEIGHTS_FILE)
-        backbone.load_state_dict({k.removeprefix("model.backbone."): v for k, v in state.items()
-                                  if k.startswith("model.backbone.")})
+        backbone.load_state_dict(weights_at_epoch(run_dir, epoch, module="model.backbone."))
     return backbone.eval()
 
 

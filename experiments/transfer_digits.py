@@ -35,11 +35,10 @@ from pathlib import Path
 import torch
 
 from repspec_zoo.loader import load_model
-from repspec_zoo.runs import WEIGHTS_FILE
 from repspec_zoo.stats import format_interval
 
-from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, checkpoint_at_epoch, load_results,
-                     paired_rows, paired_table, parallel_map, run_all, split_tensors, table, write_json)
+from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
+                     parallel_map, run_all, split_tensors, table, weights_at_epoch, write_json)
 
 PRETRAIN_CONFIGS = {"none": "fmnist_resnet_small_baseline", "rep": "fmnist_resnet_small_repspectral"}
 #: the penalty for the last third of pretraining, the lr undecayed while it acts, the authors' strength
@@ -83,13 +82,10 @@ def conv_sigmas(model: torch.nn.Module, n_iter: int = 300) -> dict[str, float]:
 def pretrain_sigmas(job: tuple) -> dict:
     """Worker: conv sigmas of one seed's backbones at the branch point and at the end."""
     seed, base_dir, rep_dir, burn_in = job
-    import safetensors.torch
     import timm
 
     branch = timm.create_model("resnet_small", num_classes=10)
-    state = safetensors.torch.load_file(checkpoint_at_epoch(base_dir, burn_in) / WEIGHTS_FILE)
-    branch.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
-                            if k.startswith("model.") and ".spectral." not in k})
+    branch.load_state_dict(weights_at_epoch(base_dir, burn_in))
     out = dict(seed=seed, branch=conv_sigmas(branch))
     for pre, run_dir in (("none", base_dir), ("rep", rep_dir)):
         out[pre] = conv_sigmas(load_model(run_dir))
