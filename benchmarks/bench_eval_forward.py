@@ -39,7 +39,7 @@ from repspec_zoo.attacks import NormalizedModel
 from repspec_zoo.eval import evaluate
 from repspec_zoo.io import atomic_write_text
 from repspec_zoo.leaderboard import common_indices, load_zoo_model
-from repspec_zoo.runs import load_model
+from repspec_zoo.loader import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results_eval_forward.json")

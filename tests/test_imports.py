@@ -105,3 +105,20 @@ def test_the_library_never_imports_the_command_line():
     scripts = [p for folder in ("experiments", "benchmarks", "recipes") for p in (ROOT.parent / folder).glob("*.py")]
     assert [p.name for p in scripts if "import repspec_zoo.cli" in p.read_text()
             or "from repspec_zoo.cli" in p.read_text()] == []
+
+
+def test_scripts_import_names_that_exist():
+    """Every ``from repspec_zoo... import NAME`` in the experiments, benchmarks and recipes names
+    something that module has (a moved function breaks a script no test runs, e.g. a benchmark)."""
+    import importlib
+
+    scripts = [p for folder in ("experiments", "benchmarks", "recipes") for p in (ROOT.parent / folder).glob("*.py")]
+    missing = []
+    for path in scripts:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("repspec_zoo"):
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}: {node.module}.{alias.name}" for alias in node.names
+                            if not hasattr(module, alias.name)
+                            and importlib.util.find_spec(f"{node.module}.{alias.name}") is None]
+    assert missing == []
