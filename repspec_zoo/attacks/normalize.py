@@ -60,10 +60,15 @@ class NormalizedModel(nn.Module):
         self.channels_last = False  # inputs go in channels_last (set by fast_eval for convnets)
         self._compiled = None  # torch.compile'd logits for calls without autograd; None: eager
         self._compiled_inputs: set[tuple] = set()  # (C, H, W, dtype, device) compiled so far
+        self._folded = []  # what fast_eval's BatchNorm folding replaced (fold.fold_batchnorm)
 
     def fast_eval(self, compile: bool = True) -> "NormalizedModel":
         """Make the forward of evaluation the fastest correct one; returns ``self``.
 
+        * every eval-mode BatchNorm that directly follows a convolution is folded into it
+          (`fold.fold_batchnorm`, in place: the wrapped model is for evaluation from then on and
+          ``train()`` refuses); the logits of two random inputs are compared before and after,
+          and a fold that changes them beyond float rounding is undone with one printed line;
         * channels_last memory format for a net with 2-d convolutions (oneDNN's fast layout on
           CPU, tensor cores' on GPU), weights now and every input in `forward`;
         * ``compile``: calls without autograd (the attacks' oracle, accuracy, verification) run
@@ -76,6 +81,7 @@ class NormalizedModel(nn.Module):
         Logits agree with the eager float32 forward to about 1e-5 (other summation orders), so
         only points within that of the decision boundary can change label.
         """
+        self._fold_batchnorm()
         if any(isinstance(m, nn.Conv2d) for m in self.model.modules()):
             self.to(memory_format=torch.channels_last)
             self.channels_last = True
@@ -89,6 +95,39 @@ class NormalizedModel(nn.Module):
             except Exception as err:  # noqa: BLE001  (any failure means: stay eager)
                 self._fall_back(err)
         return self
+
+    def _fold_batchnorm(self) -> None:
+        """`fold.fold_batchnorm` on the wrapped model, checked on two random inputs of its timm
+        ``input_size`` (when it has one): logits must agree to 1e-4 of their scale."""
+        from .fold import fold_batchnorm, unfold_batchnorm
+
+        if self.training:
+            raise ValueError("fast_eval is for evaluation: call .eval() first")
+        name = type(self.model).__name__
+        size = (getattr(self.model, "pretrained_cfg", None) or {}).get("input_size")
+        param = next(self.model.parameters(), None)
+        probe = None if size is None or param is None else torch.rand(
+            2, *size, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
+        try:
+            with torch.no_grad():
+                before = None if probe is None else self._logits(probe)
+                self._folded = fold_batchnorm(self.model)
+                if before is not None and self._folded:
+                    after = self._logits(probe)
+                    if not torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max())):
+                        unfold_batchnorm(self.model, self._folded)
+                        self._folded = []
+                        print(f"folding BatchNorm into the convolutions of {name} changed its logits by up to "
+                              f"{float((after - before).abs().max()):.2g}; evaluating it unfolded", flush=True)
+        except Exception as err:  # noqa: BLE001  (a model torch.fx cannot trace stays unfolded)
+            first_line = (str(err).strip().splitlines() or [""])[0][:200]
+            print(f"BatchNorm not folded for {name} ({type(err).__name__}: {first_line})", flush=True)
+
+    def train(self, mode: bool = True) -> "NormalizedModel":
+        if mode and self._folded:
+            raise RuntimeError("this model's BatchNorm was folded into its convolutions by fast_eval (evaluation "
+                               "only); load the model again to train it")
+        return super().train(mode)
 
     def _fall_back(self, err: Exception) -> None:
         first_line = (str(err).strip().splitlines() or [""])[0][:200]
