@@ -1,19 +1,23 @@
-"""Speed and memory of the evaluation forward: eager vs channels_last vs torch.compile (NormalizedModel.fast_eval).
+"""Speed and memory of the evaluation forward: eager vs channels_last vs BatchNorm folded vs torch.compile.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_eval_forward.py
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_eval_forward.py --leaderboard-old OLD_CHECKOUT
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_eval_forward.py --old OLD_CHECKOUT --demo
 
 One process, one thread, everything interleaved so that the ratios share the machine's load:
   1. forward: rows/s of the no-grad logits of each bundled model at several batch sizes, for
-     ``eager`` (the forward before fast_eval), ``channels_last`` (fast_eval(compile=False)) and
-     ``compiled`` (fast_eval()); rounds alternate variants and batch sizes, the median round is
-     reported, with the peak resident memory of each measurement (VmHWM, reset before it), the
-     compile time and the largest logit difference from eager on 1000 test images;
-  2. agreement: the same attacks on the same images with the eager and the compiled model: the
+     ``eager`` (the forward before fast_eval), ``channels_last`` (that layout alone), ``folded``
+     (fast_eval(): channels_last + BatchNorm folded into the convs) and ``compiled``
+     (fast_eval(compile=True): folded + torch.compile); rounds alternate variants and batch sizes, the median
+     round is reported, with the peak resident memory of each measurement (VmHWM, reset before
+     it), the compile time and the largest logit difference from eager on 1000 test images;
+  2. gradient: rows/s of forward + input-gradient backward (what the white-box attacks run, at
+     the demo's 50 rows) for the same variants (compiled: torch.compile with autograd);
+  3. agreement: the same attacks on the same images with the eager and the fast_eval model: the
      fraction of samples whose best distance changes and by how much (boundary ties);
-  3. training: step time (forward + backward + SGD step) of the small ResNet, torch.compile'd / eager;
-  4. leaderboard (``--leaderboard-old``): the reduced demo (`LEADERBOARD_ARGS`) run as a command
-     with the code of an older checkout and with this one, alternately: wall time and peak memory.
+  4. training: step time (forward + backward + SGD step) of the small ResNet, torch.compile'd / eager;
+  5. commands (``--old``): the reduced leaderboard (`LEADERBOARD_ARGS`, one thread) and with
+     ``--demo`` also `make demo`'s full leaderboard (its two threads), run with the code of an
+     older checkout and with this one, alternately: wall time and peak memory.
 Writes benchmarks/results_eval_forward.json (atomically).
 """
 from __future__ import annotations
@@ -53,6 +57,19 @@ def plain(name: str) -> NormalizedModel:
     return NormalizedModel(load_model(name)).eval()
 
 
+def channels_last_only(eager: NormalizedModel) -> NormalizedModel:
+    """The eager model in channels_last memory format, inputs converted in `forward`; nothing folded."""
+    model = copy.deepcopy(eager).to(memory_format=torch.channels_last)
+    model.channels_last = True
+    return model
+
+
+def variants_of(name: str) -> dict[str, NormalizedModel]:
+    eager = plain(name)
+    return {"eager": eager, "channels_last": channels_last_only(eager),
+            "folded": copy.deepcopy(eager).fast_eval(), "compiled": copy.deepcopy(eager).fast_eval(compile=True)}
+
+
 def peak_gb() -> float:
     """Peak resident memory of this process since the last `reset_peak` (VmHWM), GB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -78,9 +95,8 @@ def rows_per_s(model, x: torch.Tensor, seconds: float) -> float:
 def forward(x: torch.Tensor, rounds: int, seconds: float) -> dict:
     out = {}
     for name in MODELS:
-        eager = plain(name)
-        variants = {"eager": eager, "channels_last": copy.deepcopy(eager).fast_eval(compile=False),
-                    "compiled": copy.deepcopy(eager).fast_eval()}
+        variants = variants_of(name)
+        eager = variants["eager"]
         start = time.perf_counter()
         with torch.no_grad():
             variants["compiled"](x[:BATCH_SIZES[0]])
@@ -104,19 +120,52 @@ def forward(x: torch.Tensor, rounds: int, seconds: float) -> dict:
     return out
 
 
+def gradient(x: torch.Tensor, y: torch.Tensor, rounds: int, seconds: float, rows: int = 50) -> dict:
+    """rows/s of forward + backward to the input (parameters frozen, as in the white-box attacks)."""
+    out = {}
+    xb, yb = x[:rows], y[:rows]
+
+    def rate(fn) -> float:
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            u = xb.clone().requires_grad_()
+            torch.autograd.grad(F.cross_entropy(fn(u), yb), u)
+            done += rows
+        return done / (time.perf_counter() - start)
+
+    for name in MODELS:
+        variants = variants_of(name)
+        for model in variants.values():
+            model.requires_grad_(False)
+        folded = variants.pop("compiled")  # the same model; its compiled forward serves no-grad calls only
+        fns = dict(variants, compiled=torch.compile(folded.forward, dynamic=True))
+        start = time.perf_counter()
+        rate(fns["compiled"])
+        compile_s = time.perf_counter() - start
+        rates = {k: [] for k in fns}
+        for _ in range(rounds):
+            for k, fn in fns.items():
+                rates[k].append(rate(fn))
+        out[name] = dict(rows=rows, compile_s=compile_s, by_variant={
+            k: dict(rows_per_s=statistics.median(r),
+                    vs_eager=statistics.median(a / e for a, e in zip(r, rates["eager"]))) for k, r in rates.items()})
+        print(name, "gradient", json.dumps(out[name]), flush=True)
+    return out
+
+
 def agreement(x, y, n: int, budgets: list[int], attack: str) -> dict:
     out = {}
     models = {name: plain(name) for name in MODELS}
     index = common_indices(models, x, y, n, 0, 256).tolist()
     for name in MODELS:
         runs = {}
-        for label, model in (("eager", plain(name)), ("compiled", load_zoo_model(name))):
+        for label, model in (("eager", plain(name)), ("fast", load_zoo_model(name))):
             start = time.perf_counter()
             result = evaluate(model, (x, y), model_name=name, budgets=budgets, attack=attack, indices=index,
                               batch_size=256, lemma1=False, progress=False)
             runs[label] = (torch.tensor([float(v) for v in result.per_sample["l2"][str(budgets[-1])]]),
                            time.perf_counter() - start)
-        (a, wall_a), (b, wall_b) = runs["eager"], runs["compiled"]
+        (a, wall_a), (b, wall_b) = runs["eager"], runs["fast"]
         both = torch.isfinite(a) & torch.isfinite(b)
         changed = (a != b) & ~(torch.isinf(a) & torch.isinf(b))
         rel = ((b - a).abs() / a)[both & changed]
@@ -126,8 +175,8 @@ def agreement(x, y, n: int, budgets: list[int], attack: str) -> dict:
                          changed_max_rel=float(rel.max()) if len(rel) else 0.0,
                          changed_median_rel=float(rel.median()) if len(rel) else 0.0,
                          success_changed=int((torch.isfinite(a) != torch.isfinite(b)).sum()),
-                         mean_l2=dict(eager=float(a[both].mean()), compiled=float(b[both].mean())),
-                         wall_s=dict(eager=wall_a, compiled_incl_compile=wall_b))
+                         mean_l2=dict(eager=float(a[both].mean()), fast=float(b[both].mean())),
+                         wall_s=dict(eager=wall_a, fast_incl_compile=wall_b))
         print(name, out[name], flush=True)
     return dict(attack=attack, budgets=budgets, models=out)
 
@@ -163,24 +212,23 @@ def training(x, y, steps: int, rounds: int, batch: int = 128) -> dict:
                 compiled_s_per_step=statistics.median(times["compiled"]), compiled_over_eager=ratio)
 
 
-def leaderboard(old_root: Path, repeats: int) -> dict:
-    """The reduced demo as a command, old code and this code alternately: wall seconds and peak RSS (GB)."""
+def command(old_root: Path, args: list[str], threads: int, repeats: int) -> dict:
+    """`repspec-zoo leaderboard ARGS` with the old code and with this code alternately: wall seconds
+    and peak RSS (GB) of the command's own process (compiler subprocesses excluded)."""
     runs = {"old": [], "new": []}
     for _ in range(repeats):
         for label, root in (("old", old_root), ("new", ROOT)):
             with tempfile.TemporaryDirectory() as out:
-                # `python -m repspec_zoo.cli leaderboard ...`, then its own wall time and peak RSS (compiler
-                # processes excluded)
                 cmd = [sys.executable, "-c", "import resource, runpy, sys, time; t = time.perf_counter(); "
                        "runpy.run_module('repspec_zoo.cli', run_name='__main__', alter_sys=True); "
                        "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
-                       "leaderboard", *LEADERBOARD_ARGS, "--out", out]
-                env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+                       "leaderboard", *args, "--out", out]
+                env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS=str(threads))
                 text = subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True).stdout
             wall, rss_kb = text.rsplit("BENCH", 1)[1].split()
             runs[label].append(dict(wall_s=float(wall), peak_rss_gb=int(rss_kb) / 2 ** 20))
-            print(label, runs[label][-1], flush=True)
-    return dict(args=LEADERBOARD_ARGS, runs=runs,
+            print(label, args, runs[label][-1], flush=True)
+    return dict(args=args, threads=threads, runs=runs,
                 old_over_new_wall=statistics.median(o["wall_s"] / n["wall_s"] for o, n in zip(runs["old"], runs["new"])))
 
 
@@ -191,7 +239,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=20, help="attacked images per model (agreement)")
     ap.add_argument("--budgets", default="500")
     ap.add_argument("--attack", default="ta,cgba,fmn")
-    ap.add_argument("--leaderboard-old", type=Path, help="a checkout of the code to compare the reduced demo against")
+    ap.add_argument("--old", type=Path, help="a checkout of older code to run the leaderboard commands against")
+    ap.add_argument("--demo", action="store_true", help="with --old: also `make demo`'s full leaderboard (minutes)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -199,11 +248,14 @@ def main(argv=None) -> dict:
     results = dict(setup=dict(threads=1, torch=torch.__version__, models=MODELS, batch_sizes=BATCH_SIZES,
                               rounds=args.rounds, load_avg_start=os.getloadavg()[0]))
     results["forward"] = forward(x, args.rounds, args.seconds)
+    results["gradient"] = gradient(x, y, args.rounds, args.seconds)
     results["agreement"] = agreement(x, y, args.n, [int(q) for q in args.budgets.split(",")], args.attack)
     results["training"] = training(x, y, steps=5, rounds=args.rounds)
     print(results["training"], flush=True)
-    if args.leaderboard_old:
-        results["leaderboard"] = leaderboard(args.leaderboard_old, repeats=1)
+    if args.old:
+        results["leaderboard"] = command(args.old, LEADERBOARD_ARGS, threads=1, repeats=1)
+        if args.demo:  # the Makefile's demo: every bundled model, default n / budgets / attacks, 2 threads
+            results["demo"] = command(args.old, [], threads=2, repeats=1)
     results["setup"]["load_avg_end"] = os.getloadavg()[0]
     atomic_write_text(args.out, json.dumps(results, indent=1))
     print(f"wrote {args.out}")

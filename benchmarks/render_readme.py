@@ -15,7 +15,7 @@ COMMANDS = {
     "spectral": "PYTHONPATH=. python benchmarks/bench_spectral.py --steps 15",
     "attack": "PYTHONPATH=. python benchmarks/bench_attack.py",
     "eval_forward": ("OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_eval_forward.py "
-                     "--leaderboard-old OLD_CHECKOUT"),
+                     "--old OLD_CHECKOUT --demo"),
     "zoo_attacks": ("PYTHONPATH=. python benchmarks/bench_zoo_attacks.py --models slp_baseline.fmnist "
                     "resnet_small_baseline.fmnist --n 20 --workers 1"),
     "zoo_attacks_leaderboard": "PYTHONPATH=. python benchmarks/bench_zoo_attacks.py --from results/leaderboard",
@@ -75,9 +75,10 @@ def eval_forward(r: dict) -> list[str]:
     s, sizes = r["setup"], [str(b) for b in r["setup"]["batch_sizes"]]
     rows = [f"No-grad logits of the bundled models, {s['threads']} thread, torch {s['torch']}, median of {s['rounds']} "
             f"interleaved rounds (load average {s['load_avg_start']:.1f} at the start, {s['load_avg_end']:.1f} at the "
-            "end). rows/s (ratio to eager at the same batch size) [peak resident memory of the process, GB]; "
-            "`compiled` = `NormalizedModel.fast_eval()`, the default of `repspec-zoo eval` and `leaderboard` "
-            "(channels_last for convnets, torch.compile, inference mode).", "",
+            "end). rows/s (ratio to eager at the same batch size) [peak resident memory of the process, GB]. "
+            "`channels_last`: that memory format alone; `folded`: channels_last + BatchNorm folded into the convs "
+            "(`fast_eval()`, the default of `repspec-zoo eval`, `probe` and `leaderboard`); `compiled`: folded + "
+            "torch.compile (`fast_eval(compile=True)`, `--compile`).", "",
             "| model | variant | compile (s) | max logit diff vs eager | " + " | ".join(f"batch {b}" for b in sizes) + " |",
             "|---|---|---:|---:|" + "---:|" * len(sizes)]
     for name, m in r["forward"].items():
@@ -86,26 +87,37 @@ def eval_forward(r: dict) -> list[str]:
                                for b in sizes)
             compile_s = f"{m['compile_s']:.1f}" if variant == "compiled" else ""
             rows.append(f"| {name} | {variant} | {compile_s} | {m['max_logit_diff_vs_eager'][variant]:.1e} | {cells} |")
+    g = r["gradient"]
+    variants = list(next(iter(g.values()))["by_variant"])
+    rows += ["", f"Forward + backward to the input (what FMN and ALMA run; parameters frozen), "
+             f"{next(iter(g.values()))['rows']} rows: rows/s (ratio to eager). `compiled` here is torch.compile with "
+             "autograd on the folded model (not used: the compile column is its cost per model).", "",
+             "| model | compile (s) | " + " | ".join(variants) + " |", "|---|---:|" + "---:|" * len(variants)]
+    for name, m in g.items():
+        rows.append(f"| {name} | {m['compile_s']:.1f} | " + " | ".join(
+            f"{m['by_variant'][v]['rows_per_s']:.0f} ({m['by_variant'][v]['vs_eager']:.2f}x)" for v in variants) + " |")
     a = r["agreement"]
-    rows += ["", f"Attacks {a['attack']} at {a['budgets'][-1]} queries on the same images, eager vs compiled "
+    rows += ["", f"Attacks {a['attack']} at {a['budgets'][-1]} queries on the same images, eager vs `fast_eval()` "
              "(per-sample best distance):", "",
              "| model | n | distance differs | differs by > 1e-3 relative (or success differs) | max rel. change | "
-             "mean L2 eager / compiled | wall eager / compiled incl. compile (s) |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "mean L2 eager / fast | wall eager / fast incl. compile (s) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, m in a["models"].items():
         rows.append(f"| {name} | {m['n']} | {m['changed_fraction']:.2f} | {m['moved_fraction']:.2f} | "
-                    f"{m['changed_max_rel']:.1e} | {m['mean_l2']['eager']:.4f} / {m['mean_l2']['compiled']:.4f} | "
-                    f"{m['wall_s']['eager']:.0f} / {m['wall_s']['compiled_incl_compile']:.0f} |")
+                    f"{m['changed_max_rel']:.1e} | {m['mean_l2']['eager']:.4f} / {m['mean_l2']['fast']:.4f} | "
+                    f"{m['wall_s']['eager']:.0f} / {m['wall_s']['fast_incl_compile']:.0f} |")
     t = r["training"]
     rows += ["", "| measure | result |", "|---|---:|",
              f"| training step of {t['model']}, batch {t['batch']} (forward + backward + SGD): compiled / eager time | "
              f"{t['compiled_over_eager']:.2f} |",
              f"| its eager step (s) / compile time (s) | {t['eager_s_per_step']:.3f} / {t['compile_s']:.0f} |"]
-    if "leaderboard" in r:
-        lb = r["leaderboard"]
-        for label, runs in lb["runs"].items():
-            rows.append(f"| `repspec-zoo leaderboard {' '.join(lb['args'])}`, {label} code: wall (s) [peak RSS, GB] | "
-                        + ", ".join(f"{x['wall_s']:.0f} [{x['peak_rss_gb']:.2f}]" for x in runs) + " |")
-        rows.append(f"| same, wall time old / new | {lb['old_over_new_wall']:.2f}x |")
+    for key in ("leaderboard", "demo"):
+        if key in r:
+            c = r[key]
+            what = f"`repspec-zoo leaderboard {' '.join(c['args'])}`" if c["args"] else "`make demo` (full leaderboard)"
+            for label, runs in c["runs"].items():
+                rows.append(f"| {what}, {c['threads']} thread(s), {label} code: wall (s) [peak RSS, GB] | "
+                            + ", ".join(f"{x['wall_s']:.0f} [{x['peak_rss_gb']:.2f}]" for x in runs) + " |")
+            rows.append(f"| same, wall time old / new | {c['old_over_new_wall']:.2f}x |")
     return rows
 
 
@@ -291,7 +303,7 @@ def main() -> None:
              "run; absolute seconds are indicative only.", ""]
     for name, title, render in (("spectral", "Operator norms and the regularizer", spectral),
                                 ("attack", "Batched decision-based attacks", attack),
-                                ("eval_forward", "The evaluation forward: eager, channels_last, torch.compile",
+                                ("eval_forward", "The evaluation forward: eager, channels_last, BatchNorm folded, torch.compile",
                                  eval_forward),
                                 ("zoo_attacks", "Hard-label attacks on the zoo models: CGBA vs TA, G-TA, HSJA",
                                  zoo_attacks),

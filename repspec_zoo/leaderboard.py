@@ -55,9 +55,9 @@ def family_baseline(name: str, dataset: str) -> str | None:
         return None
 
 
-def load_zoo_model(name: str, compile: bool = True) -> NormalizedModel:
+def load_zoo_model(name: str, compile: bool = False) -> NormalizedModel:
     """A bundled / cached zoo model in [0,1] input space, eval mode, without regularizer hooks, with
-    the fast evaluation forward (`NormalizedModel.fast_eval`; ``compile=False``: eager)."""
+    the fast evaluation forward (`NormalizedModel.fast_eval`; ``compile=True`` adds torch.compile)."""
     return NormalizedModel(load_model(name)).eval().fast_eval(compile=compile)
 
 

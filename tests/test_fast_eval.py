@@ -1,5 +1,5 @@
 """The fast evaluation forward (NormalizedModel.fast_eval: channels_last, torch.compile, inference mode),
-its eager fallback, --no-compile, and the training recipe's ``compile`` option."""
+its eager fallback, --compile, and the training recipe's ``compile`` option."""
 from __future__ import annotations
 
 import copy
@@ -27,7 +27,7 @@ def tiny_convnet(seed: int = 0) -> NormalizedModel:
 
 def test_compiled_channels_last_logits_equal_eager_for_every_batch_size(capsys):
     eager = tiny_convnet()
-    fast = copy.deepcopy(eager).fast_eval()
+    fast = copy.deepcopy(eager).fast_eval(compile=True)
     assert fast.channels_last and fast.model[0].weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -55,7 +55,7 @@ def test_compile_failure_prints_one_line_and_evaluates_eagerly(monkeypatch, caps
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     eager, x = tiny_convnet(), torch.rand(6, 1, 8, 8)
-    fast = copy.deepcopy(eager).fast_eval()
+    fast = copy.deepcopy(eager).fast_eval(compile=True)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), eager(x), rtol=0, atol=1e-5)
     assert capsys.readouterr().out == ("torch.compile failed for Sequential (RuntimeError: no C++ compiler here); "
@@ -73,7 +73,7 @@ def test_failure_inside_the_compiled_call_falls_back_once(monkeypatch, capsys):
 
     monkeypatch.setattr(torch, "compile", compile_that_fails_when_run)
     eager, x = tiny_convnet(), torch.rand(20, 1, 8, 8)
-    fast = copy.deepcopy(eager).fast_eval()
+    fast = copy.deepcopy(eager).fast_eval(compile=True)
     with torch.no_grad():
         first, second = fast(x), fast(x[:3])
     torch.testing.assert_close(first, eager(x).detach(), rtol=0, atol=1e-5)
@@ -88,31 +88,31 @@ def test_an_input_the_model_cannot_take_raises_its_own_error_not_a_fallback(monk
         return run
 
     monkeypatch.setattr(torch, "compile", compile_that_fails_when_run)
-    fast = tiny_convnet().fast_eval()
+    fast = tiny_convnet().fast_eval(compile=True)
     with torch.no_grad(), pytest.raises(ValueError, match=r"expects images \(N, 1, H, W\)"):
         fast(torch.rand(4, 3, 8, 8))
     assert capsys.readouterr().out == "" and fast._compiled is not None
 
 
-def test_cli_eval_compiles_by_default_and_not_with_no_compile(tmp_path, capsys):
+def test_cli_eval_compiles_only_with_compile(tmp_path, capsys):
     from repspec_zoo.cli.eval import main
 
     net = timm.create_model("slp", num_classes=10)
     save_file(net.state_dict(), str(tmp_path / "model.safetensors"))
     args = ["slp", "--checkpoint", str(tmp_path / "model.safetensors"), "--dataset", "digits", "--limit", "40",
             "--n", "2", "--budgets", "30", "--attack", "ta", "--no-lemma1"]
-    eager = main([*args, "--no-compile"])
+    eager = main(args)
     assert "compiled the evaluation forward" not in capsys.readouterr().out
-    compiled = main(args)
+    compiled = main([*args, "--compile"])
     assert "compiled the evaluation forward of SingleHiddenLayerNet for 1x28x28 inputs" in capsys.readouterr().out
     assert compiled.clean_acc == eager.clean_acc and compiled.per_sample["index"] == eager.per_sample["index"]
 
 
-def test_leaderboard_takes_no_compile():
+def test_leaderboard_takes_compile():
     from repspec_zoo.cli.leaderboard import build_parser
 
-    assert build_parser().parse_args(["--no-compile"]).no_compile
-    assert not build_parser().parse_args([]).no_compile
+    assert build_parser().parse_args(["--compile"]).compile
+    assert not build_parser().parse_args([]).compile
 
 
 def test_training_compile_option_is_a_validated_bool():

@@ -62,7 +62,7 @@ class NormalizedModel(nn.Module):
         self._compiled_inputs: set[tuple] = set()  # (C, H, W, dtype, device) compiled so far
         self._folded = []  # what fast_eval's BatchNorm folding replaced (fold.fold_batchnorm)
 
-    def fast_eval(self, compile: bool = True) -> "NormalizedModel":
+    def fast_eval(self, compile: bool = False) -> "NormalizedModel":
         """Make the forward of evaluation the fastest correct one; returns ``self``.
 
         * every eval-mode BatchNorm that directly follows a convolution is folded into it
@@ -76,7 +76,10 @@ class NormalizedModel(nn.Module):
           dynamic, so it compiles once per model and input shape (C, H, W) whatever the batch
           size; how long that took is printed once. Calls with autograd (white-box attacks,
           Lemma-1, certified radii) stay eager. If compiling fails, one printed line says why
-          and the model stays eager.
+          and the model stays eager. Off by default: once BatchNorm is folded, the compiled
+          forward of the bundled models is no faster on CPU (0.9-1.0x on the small ResNet and the
+          single-hidden-layer net, benchmarks/README.md) and costs seconds per model and about
+          0.1 GB of compiler memory; on a GPU it may pay off.
 
         Logits agree with the eager float32 forward to about 1e-5 (other summation orders), so
         only points within that of the decision boundary can change label.

@@ -66,8 +66,9 @@ def add_attack_arguments(p: argparse.ArgumentParser) -> None:
                    help="noise starts only, as the reference attacks (samples noise cannot start on go unattacked)")
     p.add_argument("--seed", type=int, default=0, help="seeds the subsets, the attacked images and the attacks")
     p.add_argument("--batch-size", type=positive_int, default=256, help="rows per model call")
-    p.add_argument("--no-compile", action="store_true",
-                   help="evaluate eagerly, without torch.compile (for debugging; results agree up to boundary ties)")
+    p.add_argument("--compile", action="store_true",
+                   help="also torch.compile the no-grad forward (no faster than the default folded forward on the "
+                        "CPU models measured in benchmarks/README.md; may pay off on a GPU)")
     p.add_argument("--out", type=Path, help="write the EvalResult JSON here")
 
 
@@ -125,7 +126,7 @@ def main(argv=None):
         print(f"attacking {args.n} correctly classified images x {max(args.budgets)} queries with "
               f"{'+'.join(args.attack)}: up to {args.n * max(args.budgets):,} model queries per hard-label attack "
               "(each attack's progress bar shows its ETA)", flush=True)
-    wrapped = NormalizedModel(model).to(accelerator.device).eval().fast_eval(compile=not args.no_compile)
+    wrapped = NormalizedModel(model).to(accelerator.device).eval().fast_eval(compile=args.compile)
     result = evaluate(wrapped, dataset, model_name=args.model, dataset_name=name, split=args.split,
                       n=args.n, budgets=args.budgets, attack=args.attack or None, seed=args.seed,
                       batch_size=args.batch_size, max_iter=args.max_iter, lemma1=not args.no_lemma1,

@@ -30,12 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attack name, comma-separated list or 'ensemble' (default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256,
-                   help="rows per model call (256: within about 10%% of the best compiled rows/s of the bundled "
+                   help="rows per model call (256: within about 10%% of the best rows/s of the bundled "
                         "models, 4x less activation memory than 1000; benchmarks/README.md)")
     p.add_argument("--workers", type=int, default=1,
                    help="models evaluated in parallel processes, one torch thread each (default 1: one process)")
-    p.add_argument("--no-compile", action="store_true",
-                   help="evaluate eagerly, without torch.compile (for debugging; results agree up to boundary ties)")
+    p.add_argument("--compile", action="store_true",
+                   help="also torch.compile the no-grad forward (no faster than the default folded forward on the "
+                        "CPU models measured in benchmarks/README.md; may pay off on a GPU)")
     p.add_argument("--out", type=Path, default=Path("results/leaderboard"))
     p.add_argument("--update-readme", type=Path, help="fill this README's leaderboard markers with the tables")
     p.add_argument("--report-only", action="store_true",
@@ -61,12 +62,12 @@ def main(argv=None) -> dict[str, EvalResult]:
                          "shows what exists, or pass --models NAME ...")
     x, y = data.as_tensors(data.load_split(args.dataset, "test"))
     start = time.perf_counter()
-    models = {name: load_zoo_model(name, compile=not args.no_compile) for name in names}
+    models = {name: load_zoo_model(name, compile=args.compile) for name in names}
     index = common_indices(models, x, y, args.n, args.seed, args.batch_size).tolist()
     print(f"attacking the same {len(index)} test images (classified correctly by all {len(models)} models) "
           f"with {'+'.join(args.attack)}")
     settings = dict(dataset=args.dataset, index=index, budgets=args.budgets, attacks=args.attack, seed=args.seed,
-                    batch_size=args.batch_size, out=args.out, compile=not args.no_compile)
+                    batch_size=args.batch_size, out=args.out, compile=args.compile)
     done = {name: kept for name in names if (kept := finished(args.out / f"{name}.json", settings))}
     for name in done:
         print(f"{name}: kept {args.out / f'{name}.json'} (same images, budgets, attacks and seed)")

@@ -50,7 +50,7 @@ def main(argv=None):
 
     probe = fit_probe(backbone, split("train", args.train_limit), method=args.method, C=args.C,
                       batch_size=args.batch_size, seed=args.seed)
-    model = probe.model.eval().fast_eval(compile=not args.no_compile)
+    model = probe.model.eval().fast_eval(compile=args.compile)
     result = evaluate(model, split("test", args.limit), model_name=f"{args.model} + linear probe",
                       dataset_name=name, n=args.n, budgets=args.budgets, attack=args.attack or None,
                       seed=args.seed, batch_size=args.batch_size, max_iter=args.max_iter, lemma1=False,
