@@ -25,10 +25,18 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy import stats as _st
 
 __all__ = ["Interval", "STANDARD_L2_EPS", "standard_eps", "distance_summary", "paired_comparison",
            "robust_accuracy", "robust_accuracy_curve", "to_jsonable"]
+
+
+def _scipy_stats():
+    """scipy.stats, imported on first use: ``import repspec_zoo`` (every timm user of the zoo's
+    models) would otherwise pay about 0.7 s and 60 MB for it."""
+    from scipy import stats
+
+    return stats
+
 
 # Standard L2 radii in [0,1] pixel space, by dataset registry name.
 STANDARD_L2_EPS: dict[str, float] = {
@@ -147,7 +155,7 @@ def _median(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def _proportion(k: int, n: int, confidence: float) -> Interval:
-    ci = _st.binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
+    ci = _scipy_stats().binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
     return Interval(k / n, float(ci.low), float(ci.high), confidence, "clopper-pearson")
 
 
@@ -163,7 +171,7 @@ def _bootstrap(data: tuple[np.ndarray, ...], statistic, confidence: float, n_res
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():  # DegenerateDataWarning / RuntimeWarning: we check the bounds
             warnings.simplefilter("ignore")
-            ci = _st.bootstrap(data, statistic, method=method, rng=np.random.default_rng(seed),
+            ci = _scipy_stats().bootstrap(data, statistic, method=method, rng=np.random.default_rng(seed),
                                **kwargs).confidence_interval
         if np.isfinite(ci.low) and np.isfinite(ci.high):
             break
@@ -178,7 +186,7 @@ def _median_interval(x: np.ndarray, confidence: float, n_resamples: int, seed: i
         return Interval(estimate, math.nan, math.nan, confidence, "none (n < 2)")
     with warnings.catch_warnings():  # scipy's own percentile step may see inf - inf; we recompute it
         warnings.simplefilter("ignore")
-        res = _st.bootstrap((x,), _median, n_resamples=n_resamples, confidence_level=confidence,
+        res = _scipy_stats().bootstrap((x,), _median, n_resamples=n_resamples, confidence_level=confidence,
                             vectorized=True, method="percentile", rng=np.random.default_rng(seed),
                             batch=_BOOTSTRAP_BATCH)
     alpha = 1 - confidence
@@ -292,7 +300,7 @@ def paired_comparison(a: Any, b: Any, confidence: float = 0.95, n_resamples: int
     n_used = int(np.count_nonzero(d))
     statistic = p_value = None
     if n_used:
-        res = _st.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
+        res = _scipy_stats().wilcoxon(d, zero_method="wilcox", alternative="two-sided")
         statistic, p_value = float(res.statistic), float(res.pvalue)
     out["wilcoxon"] = {"statistic": statistic, "p_value": p_value, "n_used": n_used}
 

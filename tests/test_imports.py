@@ -122,3 +122,15 @@ def test_scripts_import_names_that_exist():
                             if not hasattr(module, alias.name)
                             and importlib.util.find_spec(f"{node.module}.{alias.name}") is None]
     assert missing == []
+
+
+def test_the_timm_plugin_import_stays_light():
+    """``import repspec_zoo`` (what a timm user runs to get the zoo's models) loads none of the
+    evaluation's heavy dependencies; they are imported where used."""
+    import subprocess
+    import sys
+
+    heavy = ["scipy", "sklearn", "matplotlib", "accelerate", "datasets", "adv_lib"]
+    code = f"import sys, repspec_zoo; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
