@@ -40,7 +40,7 @@ import torch.nn.functional as F
 import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
 from repspec_zoo import data
 from repspec_zoo.attacks import NormalizedModel
-from repspec_zoo.eval import evaluate
+from repspec_zoo.eval import EVAL_BATCH_SIZE, evaluate
 from repspec_zoo.io import atomic_write_text
 from repspec_zoo.leaderboard import common_indices, load_zoo_model
 from repspec_zoo.loader import load_model
@@ -156,13 +156,13 @@ def gradient(x: torch.Tensor, y: torch.Tensor, rounds: int, seconds: float, rows
 def agreement(x, y, n: int, budgets: list[int], attack: str) -> dict:
     out = {}
     models = {name: plain(name) for name in MODELS}
-    index = common_indices(models, x, y, n, 0, 256).tolist()
+    index = common_indices(models, x, y, n, 0, EVAL_BATCH_SIZE).tolist()
     for name in MODELS:
         runs = {}
         for label, model in (("eager", plain(name)), ("fast", load_zoo_model(name))):
             start = time.perf_counter()
             result = evaluate(model, (x, y), model_name=name, budgets=budgets, attack=attack, indices=index,
-                              batch_size=256, lemma1=False, progress=False)
+                              batch_size=EVAL_BATCH_SIZE, lemma1=False, progress=False)
             runs[label] = (torch.tensor([float(v) for v in result.per_sample["l2"][str(budgets[-1])]]),
                            time.perf_counter() - start)
         (a, wall_a), (b, wall_b) = runs["eager"], runs["fast"]
@@ -176,7 +176,7 @@ def agreement(x, y, n: int, budgets: list[int], attack: str) -> dict:
                          changed_median_rel=float(rel.median()) if len(rel) else 0.0,
                          success_changed=int((torch.isfinite(a) != torch.isfinite(b)).sum()),
                          mean_l2=dict(eager=float(a[both].mean()), fast=float(b[both].mean())),
-                         wall_s=dict(eager=wall_a, fast_incl_compile=wall_b))
+                         wall_s=dict(eager=wall_a, fast_incl_setup=wall_b))
         print(name, out[name], flush=True)
     return dict(attack=attack, budgets=budgets, models=out)
 

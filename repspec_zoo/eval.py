@@ -44,6 +44,9 @@ from .eval_result import EvalResult
 #: the attacks of ``attack="ensemble"``: the two strongest hard-label attacks and two white-box
 #: minimal-norm attacks; the reported distance is the per-sample minimum over them
 ENSEMBLE = ("ta", "cgba", "fmn", "alma")
+#: rows per model call: the best folded-forward rows/s of the bundled models (within noise of 64
+#: and 256) at half the activation memory of 256 (benchmarks/README.md, evaluation forward)
+EVAL_BATCH_SIZE = 128
 #: the rep-spectral paper's evaluation: TA with T = 40 iterations (B_t = 100 sqrt(t) probes,
 #: about 17k queries per sample); the budgets are where its distances are read off
 PAPER = dict(attack="ta", max_iter=40, budgets=(1000, 2000, 5000, 10000, 20000))
@@ -227,7 +230,7 @@ def _convergence(part: dict, budgets: list[int]) -> dict | None:
 
 def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, model_name: str = "model",
              dataset_name: str = "dataset", split: str = "test", n: int = 100, budgets: Sequence[int] = (1000,),
-             attack: str | Sequence[str] | None = "ta", seed: int = 0, batch_size: int = 256,
+             attack: str | Sequence[str] | None = "ta", seed: int = 0, batch_size: int = EVAL_BATCH_SIZE,
              max_iter: int | None = None, lemma1: bool = True, progress: bool = True, accelerator=None,
              indices: Sequence[int] | Tensor | None = None, start_pool: str | StartPool | None = "rest") -> EvalResult:
     """Clean accuracy, attack distances per budget, their statistics and bracket for ``model``.

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .. import data
 from ..attacks import NormalizedModel
-from ..eval import PAPER, evaluate, resolve_attacks
+from ..eval import EVAL_BATCH_SIZE, PAPER, evaluate, resolve_attacks
 from ..models.registry import ARCHS, TAGS
 from ..loader import load_model
 from ..argtypes import nonnegative_int, parse_attacks, parse_budgets, positive_int
@@ -65,7 +65,8 @@ def add_attack_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-start-pool", action="store_true",
                    help="noise starts only, as the reference attacks (samples noise cannot start on go unattacked)")
     p.add_argument("--seed", type=int, default=0, help="seeds the subsets, the attacked images and the attacks")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="rows per model call")
+    p.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE,
+                   help=f"rows per model call (default {EVAL_BATCH_SIZE}: the fastest measured, benchmarks/README.md)")
     p.add_argument("--compile", action="store_true",
                    help="also torch.compile the no-grad forward (no faster than the default folded forward on the "
                         "CPU models measured in benchmarks/README.md; may pay off on a GPU)")

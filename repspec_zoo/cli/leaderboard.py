@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from .. import data
-from ..eval import resolve_attacks
+from ..eval import EVAL_BATCH_SIZE, resolve_attacks
 from ..eval_result import EvalResult
 from ..leaderboard import (bundled_models, common_indices, evaluate_job, finished, load_zoo_model, report)
-from ..argtypes import parse_attacks, parse_budgets
+from ..argtypes import parse_attacks, parse_budgets, positive_int
 from . import Parser, UsageError
 
 
@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", type=parse_attacks, default=resolve_attacks("ensemble"),
                    help="attack name, comma-separated list or 'ensemble' (default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=256,
-                   help="rows per model call (256: within about 10%% of the best rows/s of the bundled "
-                        "models, 4x less activation memory than 1000; benchmarks/README.md)")
+    p.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE,
+                   help=f"rows per model call (default {EVAL_BATCH_SIZE}: the fastest measured, at half the "
+                        "activation memory of 256; benchmarks/README.md)")
     p.add_argument("--workers", type=int, default=1,
                    help="models evaluated in parallel processes, one torch thread each (default 1: one process)")
     p.add_argument("--compile", action="store_true",
