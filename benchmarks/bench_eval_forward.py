@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results_eval_forward.json")
 MODELS = ("resnet_small_baseline.fmnist", "slp_baseline.fmnist")
 BATCH_SIZES = (64, 128, 256, 1000)
+SECTIONS = ("forward", "gradient", "agreement", "training", "commands")
 LEADERBOARD_ARGS = ["--models", *MODELS, "--n", "20", "--budgets", "500"]
 
 
@@ -212,21 +213,39 @@ def training(x, y, steps: int, rounds: int, batch: int = 128) -> dict:
                 compiled_s_per_step=statistics.median(times["compiled"]), compiled_over_eager=ratio)
 
 
+# the command's own process: wall time, peak RSS (ru_maxrss) and peak anonymous memory (RssAnon,
+# sampled every 5 ms). RSS also counts the shared libraries' file pages (torch's CUDA build maps
+# 0.4-0.6 GB of them on a CPU machine, more when they sit in the page cache after an install);
+# RssAnon is what the process itself allocated, the part the code controls.
+CHILD = """
+import resource, runpy, threading, time
+peak = [0]
+def sample():
+    while True:
+        for line in open('/proc/self/status'):
+            if line.startswith('RssAnon:'):
+                peak[0] = max(peak[0], int(line.split()[1]))
+        time.sleep(0.005)
+threading.Thread(target=sample, daemon=True).start()
+t = time.perf_counter()
+runpy.run_module('repspec_zoo.cli', run_name='__main__', alter_sys=True)
+print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, peak[0])
+"""
+
+
 def command(old_root: Path, args: list[str], threads: int, repeats: int) -> dict:
-    """`repspec-zoo leaderboard ARGS` with the old code and with this code alternately: wall seconds
-    and peak RSS (GB) of the command's own process (compiler subprocesses excluded)."""
+    """`repspec-zoo leaderboard ARGS` with the old code and with this code alternately: wall seconds,
+    peak RSS and peak anonymous memory (GB) of the command's own process (see `CHILD`)."""
     runs = {"old": [], "new": []}
     for _ in range(repeats):
         for label, root in (("old", old_root), ("new", ROOT)):
             with tempfile.TemporaryDirectory() as out:
-                cmd = [sys.executable, "-c", "import resource, runpy, sys, time; t = time.perf_counter(); "
-                       "runpy.run_module('repspec_zoo.cli', run_name='__main__', alter_sys=True); "
-                       "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
-                       "leaderboard", *args, "--out", out]
+                cmd = [sys.executable, "-c", CHILD, "leaderboard", *args, "--out", out]
                 env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS=str(threads))
                 text = subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True).stdout
-            wall, rss_kb = text.rsplit("BENCH", 1)[1].split()
-            runs[label].append(dict(wall_s=float(wall), peak_rss_gb=int(rss_kb) / 2 ** 20))
+            wall, rss_kb, anon_kb = text.rsplit("BENCH", 1)[1].split()
+            runs[label].append(dict(wall_s=float(wall), peak_rss_gb=int(rss_kb) / 2 ** 20,
+                                    peak_anon_gb=int(anon_kb) / 2 ** 20))
             print(label, args, runs[label][-1], flush=True)
     return dict(args=args, threads=threads, runs=runs,
                 old_over_new_wall=statistics.median(o["wall_s"] / n["wall_s"] for o, n in zip(runs["old"], runs["new"])))
@@ -242,21 +261,31 @@ def main(argv=None) -> dict:
     ap.add_argument("--old", type=Path, help="a checkout of older code to run the leaderboard commands against")
     ap.add_argument("--demo", action="store_true", help="with --old: also `make demo`'s full leaderboard (minutes)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help="comma-separated subset of " + ",".join(SECTIONS) + "; the other sections of an existing "
+                         "--out are kept")
     args = ap.parse_args(argv)
+    sections = args.sections.split(",")
     torch.set_num_threads(1)
     x, y = data.as_tensors(data.load_split("fashion_mnist", "test"))
-    results = dict(setup=dict(threads=1, torch=torch.__version__, models=MODELS, batch_sizes=BATCH_SIZES,
-                              rounds=args.rounds, load_avg_start=os.getloadavg()[0]))
-    results["forward"] = forward(x, args.rounds, args.seconds)
-    results["gradient"] = gradient(x, y, args.rounds, args.seconds)
-    results["agreement"] = agreement(x, y, args.n, [int(q) for q in args.budgets.split(",")], args.attack)
-    results["training"] = training(x, y, steps=5, rounds=args.rounds)
-    print(results["training"], flush=True)
-    if args.old:
+    results = json.loads(args.out.read_text()) if args.out.is_file() and set(sections) != set(SECTIONS) else {}
+    results["setup"] = dict(results.get("setup", {}), threads=1, torch=torch.__version__, models=MODELS,
+                            batch_sizes=BATCH_SIZES, rounds=args.rounds)
+    results["setup"][f"load_avg_start_{sections[0]}"] = os.getloadavg()[0]
+    if "forward" in sections:
+        results["forward"] = forward(x, args.rounds, args.seconds)
+    if "gradient" in sections:
+        results["gradient"] = gradient(x, y, args.rounds, args.seconds)
+    if "agreement" in sections:
+        results["agreement"] = agreement(x, y, args.n, [int(q) for q in args.budgets.split(",")], args.attack)
+    if "training" in sections:
+        results["training"] = training(x, y, steps=5, rounds=args.rounds)
+        print(results["training"], flush=True)
+    if "commands" in sections and args.old:
         results["leaderboard"] = command(args.old, LEADERBOARD_ARGS, threads=1, repeats=1)
         if args.demo:  # the Makefile's demo: every bundled model, default n / budgets / attacks, 2 threads
             results["demo"] = command(args.old, [], threads=2, repeats=1)
-    results["setup"]["load_avg_end"] = os.getloadavg()[0]
+    results["setup"][f"load_avg_end_{sections[-1]}"] = os.getloadavg()[0]
     atomic_write_text(args.out, json.dumps(results, indent=1))
     print(f"wrote {args.out}")
     return results

@@ -72,10 +72,13 @@ def attack(r: dict) -> list[str]:
 
 
 def eval_forward(r: dict) -> list[str]:
+    from repspec_zoo.eval import EVAL_BATCH_SIZE  # the evaluation's default batch (torch loads only here)
+
     s, sizes = r["setup"], [str(b) for b in r["setup"]["batch_sizes"]]
     rows = [f"No-grad logits of the bundled models, {s['threads']} thread, torch {s['torch']}, median of {s['rounds']} "
-            f"interleaved rounds (load average {s['load_avg_start']:.1f} at the start, {s['load_avg_end']:.1f} at the "
-            "end). rows/s (ratio to eager at the same batch size) [peak resident memory of the process, GB]. "
+            "interleaved rounds (load average " + ", ".join(
+                f"{v:.1f} at the {k.split('_')[2]} of " + (k.split("_", 3)[3:] or ["the run"])[0]
+                for k, v in s.items() if k.startswith("load_avg_")) + "). rows/s (ratio to eager at the same batch size) [peak resident memory of the process, GB]. "
             "`channels_last`: that memory format alone; `folded`: channels_last + BatchNorm folded into the convs "
             "(`fast_eval()`, the default of `repspec-zoo eval`, `probe` and `leaderboard`); `compiled`: folded + "
             "torch.compile (`fast_eval(compile=True)`, `--compile`).", "",
@@ -106,7 +109,11 @@ def eval_forward(r: dict) -> list[str]:
                     f"{m['changed_max_rel']:.1e} | {m['mean_l2']['eager']:.4f} / {m['mean_l2']['fast']:.4f} | "
                     f"{m['wall_s']['eager']:.0f} / {m['wall_s']['fast_incl_setup']:.0f} |")
     t = r["training"]
-    rows += ["", "| measure | result |", "|---|---:|",
+    rows += ["", "| measure | result |", "|---|---:|"]
+    rows += [f"| {name}: rows/s of the default forward (folded, batch {EVAL_BATCH_SIZE}) / the old leaderboard's "
+             f"(eager, batch 1000) | {m['by_variant']['folded'][str(EVAL_BATCH_SIZE)]['rows_per_s'] / m['by_variant']['eager']['1000']['rows_per_s']:.2f}x |"
+             for name, m in r["forward"].items()]
+    rows += [
              f"| training step of {t['model']}, batch {t['batch']} (forward + backward + SGD): compiled / eager time | "
              f"{t['compiled_over_eager']:.2f} |",
              f"| its eager step (s) / compile time (s) | {t['eager_s_per_step']:.3f} / {t['compile_s']:.0f} |"]
@@ -115,9 +122,15 @@ def eval_forward(r: dict) -> list[str]:
             c = r[key]
             what = f"`repspec-zoo leaderboard {' '.join(c['args'])}`" if c["args"] else "`make demo` (full leaderboard)"
             for label, runs in c["runs"].items():
-                rows.append(f"| {what}, {c['threads']} thread(s), {label} code: wall (s) [peak RSS, GB] | "
-                            + ", ".join(f"{x['wall_s']:.0f} [{x['peak_rss_gb']:.2f}]" for x in runs) + " |")
+                rows.append(f"| {what}, {c['threads']} thread(s), {label} code: wall (s) [peak RSS / peak anonymous "
+                            "memory, GB] | " + ", ".join(f"{x['wall_s']:.0f} [{x['peak_rss_gb']:.2f} / "
+                                                         f"{x['peak_anon_gb']:.2f}]" for x in runs) + " |")
             rows.append(f"| same, wall time old / new | {c['old_over_new_wall']:.2f}x |")
+    if "leaderboard" in r:
+        rows += ["", "Peak RSS includes the shared libraries' file pages: torch's CUDA build maps 0.4-0.6 GB of them "
+                 "on a CPU machine, more while they sit in the page cache (after an install), so it moves between "
+                 "machines and runs. Peak anonymous memory (RssAnon, sampled every 5 ms) is what the process "
+                 "allocated itself."]
     return rows
 
 

@@ -77,9 +77,9 @@ class NormalizedModel(nn.Module):
           size; how long that took is printed once. Calls with autograd (white-box attacks,
           Lemma-1, certified radii) stay eager. If compiling fails, one printed line says why
           and the model stays eager. Off by default: once BatchNorm is folded, the compiled
-          forward of the bundled models is no faster on CPU (0.9-1.0x on the small ResNet and the
-          single-hidden-layer net, benchmarks/README.md) and costs seconds per model and about
-          0.1 GB of compiler memory; on a GPU it may pay off.
+          forward of the bundled models is no faster on CPU (0.97-1.02x the folded rows/s on the
+          small ResNet and the single-hidden-layer net, benchmarks/README.md) and costs seconds
+          per model and compiler memory; on a GPU it may pay off (untested).
 
         Logits agree with the eager float32 forward to about 1e-5 (other summation orders), so
         only points within that of the decision boundary can change label.
