@@ -123,8 +123,7 @@ class NormalizedModel(nn.Module):
                         print(f"folding BatchNorm into the convolutions of {name} changed its logits by up to "
                               f"{float((after - before).abs().max()):.2g}; evaluating it unfolded", flush=True)
         except Exception as err:  # noqa: BLE001  (a model torch.fx cannot trace stays unfolded)
-            first_line = (str(err).strip().splitlines() or [""])[0][:200]
-            print(f"BatchNorm not folded for {name} ({type(err).__name__}: {first_line})", flush=True)
+            print(f"BatchNorm not folded for {name} ({_first_line(err)})", flush=True)
 
     def train(self, mode: bool = True) -> "NormalizedModel":
         if mode and self._folded:
@@ -133,9 +132,8 @@ class NormalizedModel(nn.Module):
         return super().train(mode)
 
     def _fall_back(self, err: Exception) -> None:
-        first_line = (str(err).strip().splitlines() or [""])[0][:200]
-        print(f"torch.compile failed for {type(self.model).__name__} ({type(err).__name__}: {first_line}); "
-              "evaluating it eagerly", flush=True)
+        print(f"torch.compile failed for {type(self.model).__name__} ({_first_line(err)}); evaluating it eagerly",
+              flush=True)
         self._compiled = None
 
     def _compiled_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,6 +189,11 @@ class NormalizedModel(nn.Module):
             raise ValueError(f"{type(net).__name__} has no forward_features/forward_head, so its pre-logit features "
                              "are unknown; features need a timm model")
         return net.forward_head(net.forward_features(self.normalize(x)), pre_logits=True)
+
+
+def _first_line(err: Exception) -> str:
+    """``Type: first line of the message`` (at most 200 characters), for one-line fallback notes."""
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
 
 
 def as_normalized(model: nn.Module, channels: int) -> NormalizedModel:

@@ -65,12 +65,18 @@ def add_attack_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-start-pool", action="store_true",
                    help="noise starts only, as the reference attacks (samples noise cannot start on go unattacked)")
     p.add_argument("--seed", type=int, default=0, help="seeds the subsets, the attacked images and the attacks")
+    add_forward_arguments(p)
+    p.add_argument("--out", type=Path, help="write the EvalResult JSON here")
+
+
+def add_forward_arguments(p: argparse.ArgumentParser) -> None:
+    """--batch-size and --compile: how the model's forward runs (eval, probe and leaderboard)."""
     p.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE,
-                   help=f"rows per model call (default {EVAL_BATCH_SIZE}: the fastest measured, benchmarks/README.md)")
+                   help=f"rows per model call (default {EVAL_BATCH_SIZE}: the fastest measured, at half the "
+                        "activation memory of 256; benchmarks/README.md)")
     p.add_argument("--compile", action="store_true",
                    help="also torch.compile the no-grad forward (no faster than the default folded forward on the "
                         "CPU models measured in benchmarks/README.md; may pay off on a GPU)")
-    p.add_argument("--out", type=Path, help="write the EvalResult JSON here")
 
 
 def data_name(args: argparse.Namespace) -> str:

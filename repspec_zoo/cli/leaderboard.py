@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 from .. import data
-from ..eval import EVAL_BATCH_SIZE, resolve_attacks
+from ..eval import resolve_attacks
 from ..eval_result import EvalResult
 from ..leaderboard import (bundled_models, common_indices, evaluate_job, finished, load_zoo_model, report)
-from ..argtypes import parse_attacks, parse_budgets, positive_int
+from ..argtypes import parse_attacks, parse_budgets
 from . import Parser, UsageError
+from .eval import add_forward_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,14 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", type=parse_attacks, default=resolve_attacks("ensemble"),
                    help="attack name, comma-separated list or 'ensemble' (default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE,
-                   help=f"rows per model call (default {EVAL_BATCH_SIZE}: the fastest measured, at half the "
-                        "activation memory of 256; benchmarks/README.md)")
     p.add_argument("--workers", type=int, default=1,
                    help="models evaluated in parallel processes, one torch thread each (default 1: one process)")
-    p.add_argument("--compile", action="store_true",
-                   help="also torch.compile the no-grad forward (no faster than the default folded forward on the "
-                        "CPU models measured in benchmarks/README.md; may pay off on a GPU)")
+    add_forward_arguments(p)
     p.add_argument("--out", type=Path, default=Path("results/leaderboard"))
     p.add_argument("--update-readme", type=Path, help="fill this README's leaderboard markers with the tables")
     p.add_argument("--report-only", action="store_true",
