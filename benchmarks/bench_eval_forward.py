@@ -83,14 +83,20 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := current RSS
 
 
-def rows_per_s(model, x: torch.Tensor, seconds: float) -> float:
+def rows_per_s(call, rows: int, seconds: float) -> float:
+    """``rows`` / the mean time of ``call()`` over ``seconds``."""
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        call()
+        done += rows
+    return done / (time.perf_counter() - start)
+
+
+def forward_rows_per_s(model, x: torch.Tensor, seconds: float) -> float:
+    """No-grad logits, after one warm-up call."""
     with torch.no_grad():
         model(x)
-        rows, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            model(x)
-            rows += len(x)
-        return rows / (time.perf_counter() - start)
+        return rows_per_s(lambda: model(x), len(x), seconds)
 
 
 def forward(x: torch.Tensor, rounds: int, seconds: float) -> dict:
@@ -111,7 +117,7 @@ def forward(x: torch.Tensor, rounds: int, seconds: float) -> dict:
             for b in BATCH_SIZES:
                 for k, m in variants.items():
                     reset_peak()
-                    rates[k, b].append(rows_per_s(m, x[:b], seconds))
+                    rates[k, b].append(forward_rows_per_s(m, x[:b], seconds))
                     peaks[k, b] = max(peaks[k, b], peak_gb())
         table = {k: {str(b): dict(rows_per_s=statistics.median(rates[k, b]), peak_rss_gb=peaks[k, b],
                                   vs_eager=statistics.median(r / e for r, e in zip(rates[k, b], rates["eager", b])))
@@ -126,13 +132,9 @@ def gradient(x: torch.Tensor, y: torch.Tensor, rounds: int, seconds: float, rows
     out = {}
     xb, yb = x[:rows], y[:rows]
 
-    def rate(fn) -> float:
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            u = xb.clone().requires_grad_()
-            torch.autograd.grad(F.cross_entropy(fn(u), yb), u)
-            done += rows
-        return done / (time.perf_counter() - start)
+    def step(fn) -> None:
+        u = xb.clone().requires_grad_()
+        torch.autograd.grad(F.cross_entropy(fn(u), yb), u)
 
     for name in MODELS:
         variants = variants_of(name)
@@ -141,12 +143,12 @@ def gradient(x: torch.Tensor, y: torch.Tensor, rounds: int, seconds: float, rows
         folded = variants.pop("compiled")  # the same model; its compiled forward serves no-grad calls only
         fns = dict(variants, compiled=torch.compile(folded.forward, dynamic=True))
         start = time.perf_counter()
-        rate(fns["compiled"])
+        step(fns["compiled"])  # compiles forward and backward
         compile_s = time.perf_counter() - start
         rates = {k: [] for k in fns}
         for _ in range(rounds):
             for k, fn in fns.items():
-                rates[k].append(rate(fn))
+                rates[k].append(rows_per_s(lambda: step(fn), rows, seconds))
         out[name] = dict(rows=rows, compile_s=compile_s, by_variant={
             k: dict(rows_per_s=statistics.median(r),
                     vs_eager=statistics.median(a / e for a, e in zip(r, rates["eager"]))) for k, r in rates.items()})
