@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 __all__ = ["Interval", "STANDARD_L2_EPS", "standard_eps", "distance_summary", "paired_comparison",
-           "robust_accuracy", "robust_accuracy_curve", "to_jsonable"]
+           "robust_accuracy", "robust_accuracy_curve", "seed_level_comparison", "to_jsonable"]
 
 
 def _scipy_stats():
@@ -317,6 +317,48 @@ def paired_comparison(a: Any, b: Any, confidence: float = 0.95, n_resamples: int
     else:
         out["verdict"] = f"no difference beyond noise ({ci_txt}; Wilcoxon p = {p_txt})"
     return out
+
+
+def seed_level_comparison(a: Any, b: Any, confidence: float = 0.95) -> dict[str, Any]:
+    """Compare two training methods across seeds: ``a[i]``, ``b[i]`` = one number per seed (e.g. the
+    mean distance over the shared images), paired by seed (b branched from the same run as a).
+
+    The seed is the unit of replication of a training method; :func:`paired_comparison` resamples
+    images of ONE pair of trained networks and says nothing about another seed.
+
+    Keys: ``n_seeds``; ``differences`` (b - a per seed); ``mean_difference``: Interval, the mean of
+    d with a Student-t CI (``n - 1`` degrees of freedom; nan bounds for one seed);
+    ``relative_difference``: mean(b) / mean(a) - 1 (no CI); ``n_positive`` / ``n_negative`` /
+    ``n_zero``: the sign count; ``sign_test_p_one_sided``: P(at least ``n_positive`` of the nonzero
+    signs positive | no effect) = binomial(n_nonzero, 1/2) upper tail (5 of 5 gives 0.031);
+    ``sign_test_p_two_sided``; ``ci_excludes_zero``; ``direction``: "b > a" / "b < a" by the mean.
+    No verdict: an experiment states its decision rule (from these numbers) before it runs.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+        raise ValueError(f"a and b must be 1-D, one number per seed, aligned by seed; got shapes {a.shape}, {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("per-seed numbers must be finite (a mean over the broken images, not +inf)")
+    confidence = _confidence(confidence)
+    st = _scipy_stats()
+    d = b - a
+    n = int(d.size)
+    mean = float(d.mean())
+    if n > 1:
+        half = float(st.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+        interval = Interval(mean, mean - half, mean + half, confidence, "student-t over seeds")
+    else:
+        interval = Interval(mean, math.nan, math.nan, confidence, "student-t over seeds")
+    pos, neg = int((d > 0).sum()), int((d < 0).sum())
+    nonzero = pos + neg
+    p_one = float(st.binomtest(pos, nonzero, 0.5, alternative="greater").pvalue) if nonzero else 1.0
+    p_two = float(st.binomtest(pos, nonzero, 0.5).pvalue) if nonzero else 1.0
+    return {"n_seeds": n, "differences": d.tolist(), "mean_a": float(a.mean()), "mean_b": float(b.mean()),
+            "mean_difference": interval, "relative_difference": float(b.mean() / a.mean() - 1) if a.mean() else None,
+            "n_positive": pos, "n_negative": neg, "n_zero": n - nonzero,
+            "sign_test_p_one_sided": p_one, "sign_test_p_two_sided": p_two,
+            "ci_excludes_zero": interval.excludes(0.0),
+            "direction": "b > a" if mean > 0 else ("b < a" if mean < 0 else None)}
 
 
 # ----------------------------------------------------------------------------- robust accuracy

@@ -197,3 +197,20 @@ def test_standard_eps():
 def test_bad_input_raises_clear_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_seed_level_comparison_matches_scipy_t_interval_and_sign_count():
+    from scipy import stats as st
+
+    a = np.array([0.50, 0.52, 0.49, 0.55, 0.51])
+    b = a + np.array([0.03, 0.01, 0.04, -0.01, 0.02])
+    out = stats.seed_level_comparison(a, b)
+    d = b - a
+    low, high = st.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=st.sem(d))
+    assert out["n_seeds"] == 5 and out["n_positive"] == 4 and out["n_negative"] == 1
+    assert out["mean_difference"].low == pytest.approx(low) and out["mean_difference"].high == pytest.approx(high)
+    assert out["sign_test_p_one_sided"] == pytest.approx(6 / 32)  # P(>= 4 of 5 heads)
+    all_up = stats.seed_level_comparison(a, a + 0.01 + np.arange(5) * 1e-3)
+    assert all_up["sign_test_p_one_sided"] == pytest.approx(1 / 32) and all_up["ci_excludes_zero"]
+    with pytest.raises(ValueError, match="one number per seed"):
+        stats.seed_level_comparison(a, b[:3])
