@@ -75,8 +75,9 @@ def test_regularizer_runs_on_depthwise_and_vit(arch):
 
 
 def small_double_model(mode="rep", **kw):
-    model = timm.create_model("resnet_small_repspectral" if mode == "rep" else "resnet_small_llspectral",
-                              num_classes=4, widths=(2, 3, 4), gamma=0.3, **kw).double().eval()
+    model = timm.create_model({"rep": "resnet_small_repspectral", "repbn": "resnet_small_repspectralbn",
+                               "ll": "resnet_small_llspectral"}[mode], num_classes=4, widths=(2, 3, 4), gamma=0.3,
+                              **kw).double().eval()
     x = torch.rand(2, 1, 7, 6, dtype=torch.float64)  # odd, non-square input
     return model, x
 
@@ -143,7 +144,7 @@ def test_head_gets_penalty_gradient_only_in_ll_mode():
 
 
 def test_bn_aware_norm_is_norm_of_bn_after_conv():
-    model, x = small_double_model(bn_aware=True)
+    model, x = small_double_model("repbn")  # eval mode: the running variance
     with torch.no_grad():  # non-trivial BN statistics
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):

@@ -46,8 +46,8 @@ def test_zoo_archs_come_from_the_specs():
     for arch, (base, mode) in ARCHS.items():
         assert arch == f"{base}_{REGULARIZERS[mode].arch_suffix}"
         assert (arch in timm.list_models()) and REGULARIZERS[mode].arch_suffix is not None
-    assert SPECTRAL_MODES == ("rep", "ll")
-    assert [mode for mode, spec in REGULARIZERS.items() if spec.arch_suffix is None] == ["bss"]
+    assert SPECTRAL_MODES == ("rep", "repbn", "ll")
+    assert [mode for mode, spec in REGULARIZERS.items() if spec.arch_suffix is None] == ["bss", "convwd"]
     with pytest.raises(ValueError, match="unknown regularizer mode 'spectral'; known: none, rep, ll, bss"):
         get_spec("spectral")
 
@@ -82,6 +82,8 @@ def test_step_acts_as_its_spec_says(mode):
         assert penalty.item() == pytest.approx(bss_penalty(features, 1, cfg.regularizer.bss_eta).item())
     elif mode == "ddsnr":
         assert penalty.item() > 0 and penalty.requires_grad
+    elif mode == "convwd":  # slp: fc1 is the one layer up to the features
+        assert penalty.item() == pytest.approx(cfg.regularizer.wd_lambda / 2 * model.fc1.weight.square().sum().item())
     else:
         assert penalty is None
     assert step.penalty(net, x, logits, features, active=False) is None

@@ -341,7 +341,7 @@ def test_unknown_config_keys_list_the_valid_ones(tmp_path):
     bad.write_text("mixed_precision: no\n")
     with pytest.raises(ConfigError, match='write "no"'):
         load_config(bad)
-    with pytest.raises(ConfigError, match="regularizer.mode='lip'.*none, rep, ll, bss"):
+    with pytest.raises(ConfigError, match="regularizer.mode='lip'.*none, rep, repbn, ll, bss"):
         load_config(CONFIG_DIR / "xor_toy.yaml", ["regularizer.mode=lip"])
     with pytest.raises(ConfigError, match="zoo architecture.*model=slp regularizer.mode=rep"):
         load_config(CONFIG_DIR / "xor_toy.yaml", ["model=slp_repspectral"])

@@ -26,10 +26,10 @@ PAPER_NAME = "Spectral regularization for adversarially-robust representation le
 #: base timm arch -> the regularizer modes the zoo trains it with (listing order). The Roth et al.
 #: baselines (adv, ddsnr) are plain timm models whose training method lives in the recipe alone.
 _BASE_MODES: dict[str, tuple[str, ...]] = {
-    "resnet18": ("rep", "ll", "none"),
-    "resnet50": ("rep", "ll", "none"),
+    "resnet18": ("rep", "repbn", "ll", "none"),
+    "resnet50": ("rep", "repbn", "ll", "none"),
     "slp": ("rep", "ll", "none"),
-    "resnet_small": ("rep", "ll", "none", "adv", "ddsnr"),
+    "resnet_small": ("rep", "repbn", "ll", "none", "adv", "ddsnr"),
 }
 
 #: zoo arch name -> (base timm arch, regularizer mode)

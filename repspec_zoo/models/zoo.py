@@ -4,8 +4,9 @@ table, each with pretrained cfgs named ``arch.tag`` (the tag names data and reci
 A regularized entry is a base timm architecture plus a SpectralRegularizer attached as
 ``model.spectral``; the regularizer settings are ``create_model`` kwargs::
 
-    timm.create_model("resnet18_repspectral", num_classes=10, gamma=1e-3, every=1,
-                      estimator="power", bn_aware=False)
+    timm.create_model("resnet18_repspectral", num_classes=10, gamma=1e-3, every=1, estimator="power")
+
+``*_repspectralbn`` (mode 'repbn') is rep-spectral with each conv's BatchNorm folded into its norm.
 
 A baseline entry (``*_baseline``, mode 'none') is the base architecture with no regularizer, and
 ``features_only=True`` gives timm's plain feature extractor of the base architecture (its
@@ -157,7 +158,7 @@ def _pretrained_base_cfg(name: str, cfg: PretrainedCfg, base: str, cache_dir, kw
 
 def _entrypoint(name: str, base: str, mode: str):
     def create(pretrained: bool = False, gamma: float = 1e-3, every: int = 1, estimator: str = "power",
-               bn_aware: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs):
+               pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs):
         cfg = _resolve_cfg(name, pretrained_cfg, pretrained_cfg_overlay)
         tagged = f"{name}.{cfg.tag}" if cfg.tag else name
         build_cfg = (_pretrained_base_cfg(tagged, cfg, base, cache_dir, kwargs) if pretrained
@@ -167,7 +168,7 @@ def _entrypoint(name: str, base: str, mode: str):
         own_cfg = cfg.to_dict()
         model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(own_cfg) if features_only else own_cfg
         if REGULARIZERS[mode].spectral and not features_only:  # timm's feature wrappers call every child module
-            attach_spectral(model, gamma=gamma, mode=mode, every=every, estimator=estimator, bn_aware=bn_aware)
+            attach_spectral(model, **REGULARIZERS[mode].spectral_kwargs, gamma=gamma, every=every, estimator=estimator)
         return model
 
     create.__name__ = create.__qualname__ = name

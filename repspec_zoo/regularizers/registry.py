@@ -7,8 +7,14 @@ the config keys it reads, the run summary, the card sentence and how it acts on 
 (and its step class). Strength conventions:
 
 * rep / ll (Yang et al. 2024, eq. 3): penalty = gamma/2 * sum_l sigma_max(W_l)^2, over the layers up
-  to the features (rep) or every layer with the head (ll); ``apply: direct`` takes the authors'
-  ResNet step W <- W - gamma/2 * grad_W sigma_max^2 after the optimizer's instead.
+  to the features (rep) or every layer with the head (ll), raw kernels as the authors define it;
+  ``apply: direct`` takes the authors' ResNet step W <- W - gamma/2 * grad_W sigma_max^2 after the
+  optimizer's instead.
+* repbn ("rep-spectral-bn"): rep's layers and strength, each conv measured with the BatchNorm after it
+  folded in (batch statistics in training): sigma_max(diag(g / sqrt(var + eps)) W). BN undoes any
+  scale of W, so rep's raw-kernel penalty can shrink W without changing the function; this cannot.
+* convwd (a control, no zoo models): wd_lambda/2 * sum_l ||W_l||_F^2 on rep's layers: shrinks the raw
+  kernels like rep does, through a penalty BatchNorm is as blind to.
 * bss (Chen et al. 2019): bss_eta * sum of the bss_k smallest squared singular values of the batch
   feature matrix.
 * ddsnr (Roth et al. 2020, eq. 13): ddsnr_lambda * mean_x ||f(x + ddsnr_eps v) - f(x)||^2, v from
@@ -32,8 +38,9 @@ RECIPE_GAMMA_CONVENTION = f"{GAMMA_CONVENTION}; the authors' scripts' lam = gamm
 _DDSNR_CONVENTION = ("penalty = ddsnr_lambda * mean_x ||f(x + eps v) - f(x)||^2, v the top right singular vector of "
                      "the input-output Jacobian (Roth et al.); eps in [0,1] pixel L2")
 _GAMMA_NOTE = "gamma follows the paper: penalty = gamma/2 * sum_l sigma_max(W_l)^2"
-#: the optional rep/ll settings a run summary, an export and a card carry
-SPECTRAL_SETTINGS = ("apply", "every", "estimator", "bn_aware", "activation_term", "burn_in_epochs")
+_CONVWD_CONVENTION = "penalty = wd_lambda/2 * sum_l ||W_l||_F^2 over the layers rep-spectral penalizes (head excluded)"
+#: the optional spectral settings a run summary, an export and a card carry
+SPECTRAL_SETTINGS = ("apply", "every", "estimator", "activation_term", "burn_in_epochs")
 
 
 def _after(regularizer: Mapping) -> str:
@@ -41,17 +48,22 @@ def _after(regularizer: Mapping) -> str:
     return f", after {burn_in} burn-in epochs of plain training" if burn_in else ""
 
 
-def _spectral_card(label: str) -> Callable[[Mapping], str]:
+def _spectral_card(label: str, norm: str) -> Callable[[Mapping], str]:
     def card(r: Mapping) -> str:
         settings = ", ".join(f"{k}={r[k]}" for k in SPECTRAL_SETTINGS if r.get(k) is not None)
-        return f"{label}, gamma={r['gamma']} ({GAMMA_CONVENTION}) on {len(r['layers'])} layers; {settings}."
+        return f"{label}, gamma={r['gamma']} ({GAMMA_CONVENTION}; {norm}) on {len(r['layers'])} layers; {settings}."
     return card
 
 
 def _spectral_summary(r) -> dict:
     return {"mode": r.mode, "gamma": r.gamma, "convention": RECIPE_GAMMA_CONVENTION, "burn_in_epochs": r.burn_in_epochs,
-            "apply": r.apply, "every": r.every, "estimator": r.estimator, "bn_aware": r.bn_aware,
+            "apply": r.apply, "every": r.every, "estimator": r.estimator,
             "activation_term": r.activation_term, **({"layers": r.layers} if r.layers else {})}
+
+
+def _convwd_card(r: Mapping) -> str:
+    return (f"conv weight-decay control, wd_lambda={r['wd_lambda']} ({_CONVWD_CONVENTION}){_after(r)}: shrinks the raw "
+            f"kernels without a spectral term, to separate rep-spectral's mechanism from its side effect.")
 
 
 def _adv_card(r: Mapping) -> str:
@@ -86,6 +98,7 @@ class RegularizerSpec:
         card: config.json ``regularizer`` section -> the card's one-sentence description.
         step_class: how it acts on a training step (:mod:`.steps`).
         needs_features: its step reads the batch's pre-logit features (the loop's forward returns them).
+        spectral_kwargs: the SpectralRegularizer arguments that define a spectral mode (``attach_spectral``).
     """
 
     mode: str
@@ -102,21 +115,30 @@ class RegularizerSpec:
     export_keys: Mapping[str, type] = field(default_factory=dict)
     spectral: bool = False
     needs_features: bool = False
+    spectral_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def step(self, cfg, model):
         """The per-run training-step behaviour (a :class:`.steps.RegularizerStep`) for RegularizerConfig ``cfg``."""
         return self.step_class(cfg, model)
 
 
-def _spectral_spec(mode: str, layers: str, head: str) -> RegularizerSpec:
-    """rep / ll: the same penalty, gamma/2 * sum sigma_max^2, over different layers (``layers``)."""
-    label = f"{mode}-spectral"
+_RAW = "raw kernels, BatchNorm ignored, as the authors' paper and code"
+_FOLDED = "each conv with its BatchNorm folded in, batch statistics in training"
+
+
+def _spectral_spec(mode: str, layers: str, head: str, bn_folded: bool = False) -> RegularizerSpec:
+    """rep / repbn / ll: the penalty gamma/2 * sum sigma_max^2 over different layers (``layers``), of the raw
+    kernels or (``bn_folded``) of each conv with the BatchNorm after it folded in."""
+    selection = "ll" if mode == "ll" else "rep"
+    label = f"{selection}-spectral" + ("-bn" if bn_folded else "")
+    norm = _FOLDED if bn_folded else _RAW
     return RegularizerSpec(
-        mode, label, (label, "spectral-regularization"), f"{mode}spectral",
-        f"{{base}} trained on {{dataset}} with {label} regularization ({layers})",
-        f"timm ``{{base}}`` with {label} regularization ({head}) as ``model.spectral``.", _GAMMA_NOTE,
-        ("gamma", "apply", "every", "activation_term", "layers", "estimator", "bn_aware"),
-        _spectral_summary, _spectral_card(label), steps.SpectralStep, spectral=True)
+        mode, label, (label, "spectral-regularization"), f"{selection}spectral" + ("bn" if bn_folded else ""),
+        f"{{base}} trained on {{dataset}} with {label} regularization ({layers}; {norm})",
+        f"timm ``{{base}}`` with {label} regularization ({head}; {norm}) as ``model.spectral``.", _GAMMA_NOTE,
+        ("gamma", "apply", "every", "activation_term", "layers", "estimator"),
+        _spectral_summary, _spectral_card(label, norm), steps.SpectralStep, spectral=True,
+        spectral_kwargs={"mode": selection, "bn_aware": bn_folded})
 
 
 _SPECS = (
@@ -129,6 +151,7 @@ _SPECS = (
         lambda r: "none: the unregularized baseline, trained with the same recipe as the regularized models.",
         steps.RegularizerStep),
     _spectral_spec("rep", "layers up to the features; head excluded", "head excluded"),
+    _spectral_spec("repbn", "layers up to the features; head excluded", "head excluded", bn_folded=True),
     _spectral_spec("ll", "every layer, head included", "head included"),
     RegularizerSpec(
         "bss", "bss (batch spectral shrinkage)", ("batch-spectral-shrinkage",), None,
@@ -161,6 +184,14 @@ _SPECS = (
                    "step_size": 2 * r.pgd_eps / r.pgd_steps,
                    "convention": "L2-PGD adversarial training, eps in [0,1] pixel L2", "burn_in_epochs": r.burn_in_epochs},
         _adv_card, steps.AdversarialStep, export_keys={"pgd_eps": float, "pgd_steps": int}),
+    RegularizerSpec(
+        "convwd", "convwd (conv weight-decay control)", ("weight-decay",), None,
+        "{base} trained on {dataset} with extra weight decay on its convs (a control)",
+        "timm ``{base}`` trained with extra weight decay on the layers rep-spectral penalizes; no regularizer.",
+        _CONVWD_CONVENTION, ("wd_lambda",),
+        lambda r: {"mode": "convwd", "wd_lambda": r.wd_lambda, "convention": _CONVWD_CONVENTION,
+                   "burn_in_epochs": r.burn_in_epochs},
+        _convwd_card, steps.ConvWeightDecayStep, export_keys={"wd_lambda": float}),
 )
 
 #: mode -> spec, in the order listings show them

@@ -15,11 +15,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..spectral.select import select_layers
 from .adversarial import adversarial_batch
 from .bss import bss_penalty
 from .data_dependent import DataDependentSpectralNorm
 
-__all__ = ["RegularizerStep", "SpectralStep", "BssStep", "DdsnrStep", "AdversarialStep"]
+__all__ = ["RegularizerStep", "SpectralStep", "BssStep", "DdsnrStep", "AdversarialStep", "ConvWeightDecayStep"]
 
 
 class RegularizerStep:
@@ -91,3 +92,20 @@ class AdversarialStep(RegularizerStep):
 
     def batch(self, net, x, y, active):
         return adversarial_batch(net, x, y, self.cfg.pgd_eps, steps=self.cfg.pgd_steps) if active else x
+
+
+class ConvWeightDecayStep(RegularizerStep):
+    """A control for rep-spectral: ``wd_lambda/2 * sum_l ||W_l||_F^2`` over the same layers (head excluded).
+
+    Like rep-spectral's raw-kernel penalty it shrinks the conv kernels, which the BatchNorm after each
+    one rescales away; unlike it, it has no spectral term. Plain ``optim.weight_decay`` would also
+    decay the BN gains and the head, which does change the function."""
+
+    def __init__(self, cfg, model: nn.Module):
+        super().__init__(cfg, model)
+        self.weights = [m.weight for m in select_layers(model, "rep").values()]
+
+    def penalty(self, net, x, logits, features, active):
+        if not active:
+            return None
+        return 0.5 * self.cfg.wd_lambda * torch.stack([w.float().square().sum() for w in self.weights]).sum()

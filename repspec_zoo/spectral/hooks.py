@@ -22,6 +22,19 @@ Two variants of the authors' code (Pehlevan-Group/rep-spectral) are options:
   sum sigma^2: penalty = gamma/2 * (sum_l sigma_l^2 + sum_phi term). Their ``eig-ub-pure`` (MNIST)
   is sigma^2 alone, the default here.
 
+BatchNorm-correct variant (``bn_aware=True``; the zoo's ``repbn`` mode, "rep-spectral-bn"): every
+conv followed by a BatchNorm is measured as the map the network computes, the conv with output
+channel c scaled by ``s_c = g_c / sqrt(var_c + eps)``: ``sigma_max(diag(s) W)``. In training ``var_c``
+is the current batch's (biased) variance of the conv's output, differentiable as in BN's own
+forward; in eval the running variance. BN is invariant to the scale of its input, so
+``W -> cW`` leaves ``diag(s) W`` (and the penalty) unchanged: its gradient acts on the BN gains and
+on W's direction, which change the function. The authors' definition (raw kernels, BN ignored) only
+shrinks W's scale, which the next BN undoes. What it bounds: each conv+BN pair's operator norm (the
+BN shift is a constant). In a residual block ``x + F(x)`` it bounds the branch, ``Lip(F) <= prod of
+its folded norms``, not the identity path, so a block's bound stays ``>= 1``; in training the batch
+statistics also depend on the input, a dependence this (like Lipschitz bounds of BN nets in eval)
+leaves out.
+
 Why hand-written: torch's ``parametrizations.spectral_norm`` *normalizes* weights (and
 treats a conv kernel as a reshaped matrix, which is not the conv's operator norm); here we
 add a penalty on the true operator norms and must leave the weights untouched.
@@ -63,8 +76,9 @@ class SpectralRegularizer(nn.Module):
             exact for zero padding), ``'fft'`` (exact sigma of the circular-padded operator
             from its DFT symbol at every update) or ``'gram'`` (a Gram-iteration upper bound on the
             layer's own operator, recomputed with autograd by every ``penalty()``).
-        bn_aware: penalize the norm of BN∘conv (eval-mode BN scale folded into the kernel),
-            which is what bounds the feature Jacobian of a BatchNorm network.
+        bn_aware: penalize the norm of BN∘conv, the BN scale folded into the kernel: the batch
+            variance of the conv's output in training (differentiable), the running variance in
+            eval (module docstring). Only with the penalty in the loss (not ``direct_step``).
         n_power_iter: power-iteration steps per update.
         warmup_iters: steps run the first time fresh vectors are used.
         activation_term: add the authors' ``eig-ub`` term mean_x max_j phi'(z_j)^2 of every
@@ -104,6 +118,8 @@ class SpectralRegularizer(nn.Module):
         self.__dict__["_layers"] = dict(selected)
         self._pairing_handles: list = []
         self._bn_of: dict[str, nn.Module] = {}
+        self._batch_var: dict[str, Tensor] = {}  # conv name -> variance of its output in the latest training forward
+        self._var_handles: list = []
         self._pending_out: dict[int, tuple[str, Tensor]] = {}
         self._warned: set[str] = set()
         self._power_fallback: set[str] = set()  # layers the estimator cannot measure (EstimatorUnavailable)
@@ -178,12 +194,15 @@ class SpectralRegularizer(nn.Module):
             hit = self._pending_out.get(id(args[0]))
             if hit is not None and hit[1] is args[0]:
                 self._bn_of[hit[0]] = bn
+                self._record_batch_var(hit[0], bn, args)  # the first training step uses batch statistics too
 
         def done(module, args, out):
             self._pending_out.clear()
             for h in self._pairing_handles:
                 h.remove()
             self._pairing_handles.clear()
+            for name, bn in self._bn_of.items():
+                self._var_handles.append(bn.register_forward_pre_hook(partial(self._record_batch_var, name)))
 
         for name, module in self._layers.items():
             if isinstance(module, _CONVS):
@@ -192,6 +211,24 @@ class SpectralRegularizer(nn.Module):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 self._pairing_handles.append(module.register_forward_pre_hook(bn_in))
         self._pairing_handles.append(model.register_forward_hook(done))
+
+    def _record_batch_var(self, name: str, bn: nn.Module, args) -> None:
+        """The batch variance BN normalizes ``name``'s output by (biased, per channel), kept with autograd."""
+        if bn.training and torch.is_grad_enabled():
+            y = args[0]
+            y = y if y.dtype in (torch.float32, torch.float64) else y.float()  # autocast: statistics in float32
+            self._batch_var[name] = y.var(dim=[d for d in range(y.dim()) if d != 1], unbiased=False)
+
+    def _bn_fold_scale(self, name: str) -> Tensor | None:
+        """``g / sqrt(var + eps)`` of the BN after conv ``name`` (batch var in training, running var in eval)."""
+        bn = self._bn_of.get(name)
+        if bn is None:
+            return None
+        var = self._batch_var.get(name) if bn.training else None
+        if var is None:
+            return bn_scale(bn)
+        scale = (var + bn.eps).rsqrt()
+        return bn.weight * scale if bn.affine and bn.weight is not None else scale
 
     # ------------------------------------------------------------------------- internals
     def _weight(self, name: str) -> Tensor:
@@ -204,9 +241,9 @@ class SpectralRegularizer(nn.Module):
             if self._pairing_handles:
                 raise RuntimeError("bn_aware=True pairs each conv with its BatchNorm during the first "
                                    "forward pass; run model(x) once before penalty()")
-            bn = self._bn_of.get(name)
-            if bn is not None:
-                weight = bn_scaled_weight(weight, bn_scale(bn).to(weight.dtype))
+            scale = self._bn_fold_scale(name)
+            if scale is not None:
+                weight = bn_scaled_weight(weight, scale.to(weight.dtype))
         return weight
 
     def _geometry(self, name: str) -> ConvGeometry | None:
@@ -324,6 +361,9 @@ class SpectralRegularizer(nn.Module):
         Returns:
             {layer: sigma before the step}.
         """
+        if self.bn_aware:
+            raise ValueError("direct_step() steps each kernel by its own sigma; with bn_aware=True the norm depends on the "
+                             "batch statistics of the forward pass: add penalty() to the loss instead (apply: loss)")
         lam = 0.5 * self.gamma
         before = {}
         for name, module in list(self._active_layers()):
@@ -355,10 +395,12 @@ class SpectralRegularizer(nn.Module):
 
     def remove(self) -> nn.Module:
         """Detach all hooks and delete ``model.spectral``; returns the plain model."""
-        for handle in [*self._hook_handles.values(), *self._pairing_handles]:
+        for handle in [*self._hook_handles.values(), *self._pairing_handles, *self._var_handles]:
             handle.remove()
         self._hook_handles.clear()
         self._pairing_handles.clear()
+        self._var_handles.clear()
+        self._batch_var.clear()
         if self._activations is not None:
             self._activations.remove()
         owner = self.__dict__["_owner"]

@@ -79,7 +79,7 @@ class OptimConfig:
 
 @dataclass
 class RegularizerConfig:
-    mode: str = "none"  # a repspec_zoo.regularizers.registry mode: 'none', 'rep', 'll', 'adv', 'ddsnr', 'bss'
+    mode: str = "none"  # a repspec_zoo.regularizers.registry mode: 'none', 'rep', 'repbn', 'll', 'adv', 'ddsnr', 'bss', 'convwd'
     gamma: float = 1e-3  # rep/ll strength, paper convention: penalty = gamma/2 * sum_l sigma_max(W_l)^2
     burn_in_epochs: int = 0  # penalty off for epochs < this (power iteration keeps running); 0 = on from the start
     apply: str = "loss"  # rep/ll (other modes ignore it): 'loss' (eq. 3 in the loss) or 'direct' (the authors' ResNet step)
@@ -88,7 +88,6 @@ class RegularizerConfig:
     layers: list | None = None  # rep/ll: penalize exactly these layer names, e.g. [head] (the authors' MLP "ll" walk)
     estimator: str = "power"  # rep/ll: 'power' (the zero-padded conv operator timm computes), 'fft' (circular padding)
     # or 'gram' (an upper bound on the zero-padded norm)
-    bn_aware: bool = False  # rep/ll: penalize the norm of BN∘conv instead of the conv alone
     bss_eta: float = 1e-3  # bss strength: penalty = bss_eta * sum of the bss_k smallest squared singular values
     bss_k: int = 1  # bss: how many of the smallest singular values of the (batch x features) matrix are penalized
     ddsnr_lambda: float = 1e-2  # ddsnr (Roth et al. eq. 13): penalty = ddsnr_lambda * mean ||f(x + ddsnr_eps v) - f(x)||^2
@@ -96,6 +95,7 @@ class RegularizerConfig:
     ddsnr_iters: int = 10  # ddsnr: power-iteration steps on the input-output Jacobian for v
     pgd_eps: float = 0.5  # adv: L2-PGD radius in [0,1] pixel units
     pgd_steps: int = 10  # adv: PGD steps of 2 * pgd_eps / pgd_steps
+    wd_lambda: float = 1e-3  # convwd (a control): penalty = wd_lambda/2 * sum ||W_l||_F^2 over the rep layers
 
 
 @dataclass
@@ -296,6 +296,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         *_at_least(r.every, 1, "regularizer.every"), *_at_least(r.bss_eta, 0, "regularizer.bss_eta"),
         *_at_least(r.bss_k, 1, "regularizer.bss_k"), *_at_least(r.ddsnr_lambda, 0, "regularizer.ddsnr_lambda"),
         *_at_least(r.ddsnr_iters, 1, "regularizer.ddsnr_iters"), *_at_least(r.pgd_steps, 1, "regularizer.pgd_steps"),
+        *_at_least(r.wd_lambda, 0, "regularizer.wd_lambda"),
         *_at_least(c.every_epochs, 1, "checkpoint.every_epochs"), *_at_least(c.every_steps, 0, "checkpoint.every_steps"),
         *_at_least(c.keep, 1, "checkpoint.keep"),
         *_choice(cfg.eval.attack, ATTACKS, "eval.attack"), *_at_least(cfg.eval.n, 0, "eval.n"),
@@ -316,13 +317,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         problems.append(f"model={cfg.model!r} is a zoo architecture (the name of {base} trained with regularizer.mode="
                         f"{mode}; spectral ones attach their own regularizer); train the base architecture "
                         f"instead: model={base} regularizer.mode={mode}")
+    if r.apply == "direct" and r.mode == "repbn":
+        problems.append("regularizer.mode=repbn with apply=direct: the BatchNorm-folded norm depends on the batch "
+                        "statistics of the forward pass, so it is added to the loss; use apply=loss (or mode=rep for the "
+                        "authors' direct step on raw kernels)")
     if r.apply == "direct" and r.activation_term:
         problems.append("regularizer.apply=direct with activation_term=true: the direct step updates the weights from "
                         "their singular vectors alone and has no data term; use apply=loss for the eig-ub term")
     if r.layers is not None and (not r.layers or not all(isinstance(name, str) for name in r.layers)):
         problems.append(f"regularizer.layers={r.layers!r}: a non-empty list of layer names, e.g. [head] or [fc1, head]")
     if r.activation_term and r.mode in REGULARIZERS and not REGULARIZERS[r.mode].spectral:
-        problems.append(f"regularizer.activation_term=true needs mode rep or ll, not {r.mode!r}")
+        problems.append(f"regularizer.activation_term=true needs a spectral mode (rep, repbn, ll), not {r.mode!r}")
     problems += _ssl_problems(cfg)
     if problems:
         raise ConfigError("invalid recipe config:\n  " + "\n  ".join(problems))

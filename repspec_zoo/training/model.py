@@ -54,10 +54,10 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 def attach_regularizer(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """``model`` with the configured rep/ll regularizer attached as ``model.spectral`` (other modes: as is)."""
     r = cfg.regularizer
-    if get_spec(r.mode).spectral:
-        attach_spectral(model, mode=r.mode, gamma=r.gamma, every=r.every * cfg.grad_accum_steps,
-                        estimator=r.estimator, bn_aware=r.bn_aware, activation_term=r.activation_term,
-                        layers=r.layers)
+    spec = get_spec(r.mode)
+    if spec.spectral:
+        attach_spectral(model, **spec.spectral_kwargs, gamma=r.gamma, every=r.every * cfg.grad_accum_steps,
+                        estimator=r.estimator, activation_term=r.activation_term, layers=r.layers)
     return model
 
 
