@@ -48,7 +48,7 @@ def test_zoo_archs_come_from_the_specs():
         assert (arch in timm.list_models()) and REGULARIZERS[mode].arch_suffix is not None
     assert SPECTRAL_MODES == ("rep", "repbn", "ll")
     assert [mode for mode, spec in REGULARIZERS.items() if spec.arch_suffix is None] == ["bss", "convwd"]
-    with pytest.raises(ValueError, match="unknown regularizer mode 'spectral'; known: none, rep, ll, bss"):
+    with pytest.raises(ValueError, match="unknown regularizer mode 'spectral'; known: none, rep, repbn, ll, bss"):
         get_spec("spectral")
 
 
