@@ -25,7 +25,7 @@ arm branches from its epoch-6 checkpoint and trains epochs 7-9 with its regulari
   the zoo's ``resnet_small_advtrained.fmnist`` is attacked on the same images as a second reference.
 
 Measured per model: clean accuracy on the 10k test images; the function-level numbers of
-``repspec_zoo.lipschitz.function_report`` (raw and BatchNorm-folded sums of conv sigma_max^2, the global
+``repspec_zoo.analysis.function_report`` (raw and BatchNorm-folded sums of conv sigma_max^2, the global
 Lipschitz bound, the median certified radius, the median feature-Jacobian norm); the attack distance on
 the same ``--n`` test images for every model (correctly classified by all): the ensemble (TA, CGBA, FMN,
 ALMA; per-image best) at ``--budgets``, and the Tangent Attack's own distance at the largest budget
@@ -206,7 +206,7 @@ def function_numbers(job: tuple) -> dict:
     path, source, indices = job
     if path.is_file():
         return json.loads(path.read_text())
-    from repspec_zoo.lipschitz import function_report
+    from repspec_zoo.analysis import function_report
     from repspec_zoo.stats import to_jsonable
 
     x, y = split_tensors("fashion_mnist", "test")
