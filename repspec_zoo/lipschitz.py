@@ -27,6 +27,7 @@ Bottleneck without squeeze-excitation or anti-aliasing). Anything else raises Va
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -134,7 +135,8 @@ class _Walk:
         shape = self.shape(name, layer)
         raw_layer = self.folded[name][0] if name in self.folded else layer
         raw = _sigma(layer, raw_layer.weight, shape)
-        weight = layer.weight if bn is None else bn_scaled_weight(layer.weight.double(), bn_scale(bn).double())
+        # the scale in float64 (bn_scale of a float64 copy): a float32 scale can round the norm down
+        weight = layer.weight if bn is None else bn_scaled_weight(layer.weight.double(), bn_scale(copy.deepcopy(bn).double()))
         folded = raw if bn is None and raw_layer is layer else _sigma(layer, weight, shape)
         self.layers.append(LayerNorm(name, raw, folded))
         return folded * (1.0 if bn is None else self.bn_act(name, bn))
@@ -186,7 +188,7 @@ class _Walk:
         if isinstance(m, nn.Sequential) or isinstance(m, _CONVS + (nn.Linear,)):
             return self.chain([(name, m)])
         if isinstance(m, nn.modules.batchnorm._BatchNorm):  # not after a conv: a diagonal map
-            return float(bn_scale(m).detach().abs().max()) * self.bn_act(name, m)
+            return float(bn_scale(copy.deepcopy(m).double()).abs().max()) * self.bn_act(name, m)
         if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
             return self.pool(name, m)
         if isinstance(m, SelectAdaptivePool2d):
