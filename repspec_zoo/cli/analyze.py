@@ -144,5 +144,5 @@ def main(argv=None) -> dict:
     atomic_write_text(args.out / "analysis.json", json.dumps(result, indent=1))
     plots = plot_analysis(result, args.out)
     print(summary(result))
-    print(f"wrote {args.out / 'analysis.json'} and {', '.join(p.name for p in plots)}")
+    print(f"wrote {args.out / 'analysis.json'}" + (f" and {', '.join(p.name for p in plots)}" if plots else ""))
     return result
