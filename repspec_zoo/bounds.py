@@ -28,8 +28,8 @@ from .attacks.normalize import NormalizedModel, as_normalized
 from .jacobian import jacobian_top_singular
 from .lipschitz import GELU_MAX_SLOPE, activation_max_slope, try_feature_lipschitz
 
-__all__ = ["GELU_MAX_SLOPE", "VACUOUS_FRACTION", "activation_max_slope", "lemma1_estimate", "certified_radius", "is_vacuous",
-           "logit_lipschitz", "bracket", "unwrap"]
+__all__ = ["GELU_MAX_SLOPE", "VACUOUS_FRACTION", "activation_max_slope", "lemma1_estimate", "certified_radius",
+           "is_vacuous", "logit_lipschitz", "bracket", "unwrap"]
 
 #: a certified radius whose median is below this fraction of the median best-attack distance says nothing
 #: useful about the model: the bracket labels it vacuous

@@ -136,7 +136,8 @@ class _Walk:
         raw_layer = self.folded[name][0] if name in self.folded else layer
         raw = _sigma(layer, raw_layer.weight, shape)
         # the scale in float64 (bn_scale of a float64 copy): a float32 scale can round the norm down
-        weight = layer.weight if bn is None else bn_scaled_weight(layer.weight.double(), bn_scale(copy.deepcopy(bn).double()))
+        weight = layer.weight if bn is None else bn_scaled_weight(layer.weight.double(),
+                                                                  bn_scale(copy.deepcopy(bn).double()))
         folded = raw if bn is None and raw_layer is layer else _sigma(layer, weight, shape)
         self.layers.append(LayerNorm(name, raw, folded))
         return folded * (1.0 if bn is None else self.bn_act(name, bn))

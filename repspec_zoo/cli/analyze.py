@@ -120,7 +120,8 @@ def function_summary(r: dict) -> list[str]:
                     f"mean {_g(r['certified_mean'])}{' (vacuous)' if r['vacuous'] else ''}; nearest other-class "
                     f"point: median {_g(r['reference_distance'])}")
     if r.get("jacobian_median") is not None:
-        rows.append(f"feature-Jacobian sigma_max, median over {r['jacobian_points']} points: {_g(r['jacobian_median'])}")
+        rows.append(f"feature-Jacobian sigma_max, median over {r['jacobian_points']} points: "
+                    f"{_g(r['jacobian_median'])}")
     return rows
 
 
