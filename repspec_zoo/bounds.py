@@ -87,7 +87,7 @@ def certified_radius(model: nn.Module, x: Tensor, y: Tensor, lipschitz: float | 
     net, _, _ = unwrap(model)
     head = _linear_head(net)
     if head is not None and lipschitz is None:
-        bound = try_feature_lipschitz(model, tuple(x.shape[1:]))
+        bound = try_feature_lipschitz(model, tuple(x.shape[1:]), raw=False)
         lipschitz = None if bound is None else bound.features
     if head is None or lipschitz is None:
         return None

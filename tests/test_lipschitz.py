@@ -203,6 +203,14 @@ def test_fast_eval_folded_model_has_the_same_bound_and_layer_norms():
         assert a.folded_sigma == pytest.approx(b.folded_sigma, rel=1e-5)
 
 
+def test_bound_without_raw_norms_is_the_same_bound():
+    net = small_resnet()
+    full, lean = feature_lipschitz(net, (1, 8, 8)), feature_lipschitz(net, (1, 8, 8), raw=False)
+    assert lean.features == full.features
+    assert [layer.folded_sigma for layer in lean.layers] == [layer.folded_sigma for layer in full.layers]
+    assert all(layer.raw_sigma is None for layer in lean.layers)  # every conv of the net has a BatchNorm after it
+
+
 def test_pooling_bounds_are_sound_and_max_pool_attains_its_overlap():
     """resnet18's stem max pool (3x3, stride 2) is bounded by ceil(3/2) = 2 in L2; a dense 4x4 check of the
     average over n positions: its operator norm is 1/sqrt(n)."""
