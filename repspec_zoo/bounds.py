@@ -133,8 +133,7 @@ def bracket(upper: Tensor, certified: Tensor | None, lemma1: Tensor | None) -> d
         ``lower``: 'certified' or None; ``upper_over_certified``: median / mean / max of the
         ratio (>= 1 whenever both are right; ``violations`` counts samples where an attack
         went below the certificate, which would mean a bug; ``vacuous``: `is_vacuous`);
-        ``upper_over_lemma1``: the same
-        against the estimate (may fall below 1: it is not a bound).
+        ``upper_over_lemma1``: the same against the estimate (may fall below 1: it is not a bound).
     """
     out = dict(lower="certified" if certified is not None else None, upper="best attack")
     if certified is not None:
