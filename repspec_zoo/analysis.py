@@ -13,9 +13,12 @@ respect to the [0, 1] image (normalization inside the model, :class:`NormalizedM
   ``||phi(x+z) - phi(x) - J_phi(x) z||`` for the pre-logit features phi and sigma_max(J_f(x+z)),
   for ||z|| on a grid. x + z is not clipped to [0, 1] (the exact line through x is probed).
 * robustness: PGD-L2 accuracy as a function of eps (:func:`robust_accuracy_curve`).
+* function: the function-level numbers of :func:`function_report` -- BN-folded layer norms, the global
+  Lipschitz bound, the certified radius it gives and the median feature-Jacobian norm.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -24,12 +27,14 @@ from tqdm.auto import tqdm
 
 from .attacks import pgd_l2, robust_accuracy_curve
 from .attacks.normalize import as_normalized
+from .bounds import certified_radius, is_vacuous, logit_lipschitz, unwrap
 from .jacobian import jacobian_top_singular, jvp, vjp
+from .lipschitz import function_bound
 
 __all__ = ["ANALYSES", "FULL_SVD_MAX_ENTRIES", "jacobian_matrix", "subspace_iteration",
-           "jacobian_svd", "rank_quantiles", "alignment_by_rank", "linearity_profile", "analyze"]
+           "jacobian_svd", "rank_quantiles", "alignment_by_rank", "linearity_profile", "function_report", "analyze"]
 
-ANALYSES = ("spectrum", "alignment", "linearity", "robustness")
+ANALYSES = ("spectrum", "alignment", "linearity", "robustness", "function")
 FULL_SVD_MAX_ENTRIES = 4_000_000  # d*K per sample up to which J is extracted and fully decomposed
 
 
@@ -137,6 +142,74 @@ def linearity_profile(phi: Callable[[Tensor], Tensor], f: Callable[[Tensor], Ten
     return torch.stack(deviation, 1).detach(), torch.stack(sigma, 1)
 
 
+def _nearest_other_class(x: Tensor, y: Tensor) -> Tensor:
+    """Per point, the L2 distance to the nearest point of another label (inf if none). For correctly
+    classified points that point is itself an adversarial example: an upper bound on the true distance."""
+    dist = torch.cdist(x.flatten(1).double(), x.flatten(1).double())
+    return dist.masked_fill(y[:, None] == y[None, :], float("inf")).amin(1)
+
+
+def function_report(model: nn.Module, x: Tensor | None = None, y: Tensor | None = None,
+                    jacobian_points: int = 20) -> dict:
+    """Function-level numbers of a classifier on [0, 1] images (a timm model or a NormalizedModel, eval mode).
+
+    Always (layer norms at x's image size, else the model's timm ``input_size``; :mod:`.lipschitz`):
+
+    * ``layers``: per conv / linear layer up to the features, ``name``, ``raw_sigma`` (its own kernel) and
+      ``folded_sigma`` (the eval-mode BatchNorm after it folded in); ``estimator`` says how they are measured;
+    * ``raw_sum_sq`` = sum raw_sigma^2, ``folded_sum_sq`` = sum folded_sigma^2, ``folded_prod`` = prod
+      folded_sigma over all those layers (shortcut convs included; not a Lipschitz bound of a residual net);
+    * ``feature_lipschitz_upper``: the global L2 Lipschitz bound L of the pre-logit features w.r.t. the [0, 1]
+      image; ``lipschitz_upper``: that of the logits, ``||W_head||_2 L``; both None where the architecture has
+      no bound (``no_bound_reason`` says why).
+
+    With x, y: over the correctly classified points (``n_correct``), the certified radius
+    ``min_k (f_y - f_k) / (||W_y - W_k|| L)`` (``certified_median``, ``certified_mean``) and ``vacuous``
+    (`bounds.is_vacuous` against ``reference_distance``: per point the distance to the nearest correctly
+    classified point of another class, an upper bound on its true distance; median reported); and
+    ``jacobian_median``: the median over the first ``jacobian_points`` points of sigma_max of the feature
+    Jacobian (power iteration, 30 steps, a lower estimate of it), which L bounds from above. JSON-able values.
+    """
+    net, _, _ = unwrap(model)
+    if net.training:
+        raise ValueError("function_report needs the model in eval mode: call model.eval() first")
+    if x is not None:
+        in_shape = tuple(x.shape[1:])
+    else:
+        in_shape = tuple((getattr(net, "pretrained_cfg", None) or {}).get("input_size", ()))
+        if not in_shape:
+            raise ValueError(f"{type(net).__name__} has no timm input_size: pass images x to function_report")
+    bound = function_bound(model, in_shape)
+    raw = [layer.raw_sigma for layer in bound.layers]
+    folded = [layer.folded_sigma for layer in bound.layers]
+    out = dict(raw_sum_sq=sum(r * r for r in raw), folded_sum_sq=sum(f * f for f in folded),
+               folded_prod=math.prod(folded), feature_lipschitz_upper=bound.features,
+               lipschitz_upper=None if bound.features is None else logit_lipschitz(model, bound.features),
+               no_bound_reason=bound.reason, layers=[vars(layer).copy() for layer in bound.layers],
+               estimator=bound.estimator, input_shape=list(in_shape))
+    if x is None or y is None:
+        return out
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    out["n_correct"] = int(correct.sum())
+    radius = None if bound.features is None else certified_radius(model, x[correct], y[correct], bound.features)
+    if radius is not None and len(radius):
+        reference = _nearest_other_class(x[correct], y[correct])
+        finite = reference[torch.isfinite(reference)]
+        out.update(certified_median=float(radius.median()), certified_mean=float(radius.mean()),
+                   reference_distance=float(finite.median()) if len(finite) else None,
+                   vacuous=is_vacuous(radius, reference))
+    else:
+        out.update(certified_median=None, certified_mean=None, reference_distance=None, vacuous=None)
+    out["jacobian_median"] = None
+    if hasattr(net, "forward_features") and hasattr(net, "forward_head") and jacobian_points > 0:
+        points = x[:jacobian_points]
+        sigma, _, _ = jacobian_top_singular(as_normalized(model, x.shape[1]).features, points,
+                                            generator=torch.Generator().manual_seed(0))
+        out.update(jacobian_median=float(sigma.median()), jacobian_points=len(points))
+    return out
+
+
 def _check_settings(analyses: Sequence[str], x: Tensor, eps_list: Sequence[float], attack_eps: float,
                     norms: Sequence[float]) -> None:
     unknown = [a for a in analyses if a not in ANALYSES]
@@ -201,4 +274,6 @@ def analyze(model: nn.Module, x: Tensor, y: Tensor, analyses: Sequence[str] = AN
         eps = [float(e) for e in eps_list]
         acc = robust_accuracy_curve(model, x, y, eps, steps=pgd_steps, generator=dev_gen, batch_size=batch_size)
         out["robustness"] = {"eps": eps, "accuracy": acc, "pgd_steps": pgd_steps}
+    if "function" in analyses:
+        out["function"] = function_report(model, x, y, jacobian_points=len(x))
     return out

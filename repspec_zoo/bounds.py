@@ -5,11 +5,15 @@ with the best attack.
   ``min_k (f_c - f_k) / (||W_c - W_k|| * sigma_max(J_Phi(x)))`` -- the feature-space margin
   carried back through the local Lipschitz constant of Phi. An ESTIMATE, not a bound: the
   Jacobian at x stands in for its maximum over the ball.
-* the certified radius where it holds (a single hidden layer, Phi = act(W1 x + b1)):
-  ``min_k (f_c - f_k) / (||W_c - W_k|| * sigma_max(W1) * max|act'| / min(std))``; it
-  lower-bounds every true adversarial distance.
+* the certified radius, for every architecture :mod:`.lipschitz` bounds (single hidden layer,
+  the small ResNet, timm's ResNet family): f_c - f_k = (W_c - W_k) Phi(x) + const is Lipschitz
+  with constant ``||W_c - W_k|| * L`` (L: the global Lipschitz bound of Phi), so
+  ``min_k (f_c - f_k) / (||W_c - W_k|| * L)`` lower-bounds every true adversarial distance. It is
+  at least the logit form ``margin / (sqrt(2) L_logits)`` (``||W_c - W_k|| <= sqrt(2) ||W||_2``).
+  For a single hidden layer L = sigma_max(W1) * max|act'| / min(std).
 * `bracket`: per sample, lower (certified) <= true minimal distance <= upper (best attack);
-  the ratio upper / lower says how tight the evaluation is.
+  the ratio upper / lower says how tight the evaluation is, and a certificate below
+  `VACUOUS_FRACTION` of the attack distance is labelled vacuous.
 
 Units: L2 in [0, 1] pixel space (normalization lives inside `NormalizedModel`).
 """
@@ -19,26 +23,17 @@ import math
 
 import torch
 from torch import Tensor, nn
-from timm.layers.activations import GELU as TimmGELU
 
 from .attacks.normalize import NormalizedModel, as_normalized
 from .jacobian import jacobian_top_singular
-from .models.tiny import SingleHiddenLayerNet
+from .lipschitz import GELU_MAX_SLOPE, activation_max_slope, try_feature_lipschitz
 
-__all__ = ["GELU_MAX_SLOPE", "activation_max_slope", "lemma1_estimate", "certified_radius", "bracket",
-           "unwrap"]
+__all__ = ["GELU_MAX_SLOPE", "VACUOUS_FRACTION", "activation_max_slope", "lemma1_estimate", "certified_radius",
+           "is_vacuous", "logit_lipschitz", "bracket", "unwrap"]
 
-#: exact max_z |phi'(z)| of common activations (GELU: at z = sqrt(2), Phi(sqrt2) + sqrt2 phi(sqrt2) = 1.1289).
-GELU_MAX_SLOPE = 0.5 * (1 + math.erf(1.0)) + math.sqrt(2) * math.exp(-1.0) / math.sqrt(2 * math.pi)
-ACTIVATION_MAX_SLOPE = {
-    nn.ReLU: 1.0, nn.LeakyReLU: 1.0, nn.Tanh: 1.0, nn.Identity: 1.0, nn.Sigmoid: 0.25,
-    nn.GELU: GELU_MAX_SLOPE, TimmGELU: GELU_MAX_SLOPE,
-}
-
-
-def activation_max_slope(act: nn.Module) -> float | None:
-    """max |act'(z)| over z for known activations, else None (no certificate)."""
-    return next((slope for cls, slope in ACTIVATION_MAX_SLOPE.items() if type(act) is cls), None)
+#: a certified radius whose median is below this fraction of the median best-attack distance says nothing
+#: useful about the model: the bracket labels it vacuous
+VACUOUS_FRACTION = 1e-3
 
 
 def unwrap(model: nn.Module) -> tuple[nn.Module, Tensor | None, Tensor | None]:
@@ -83,24 +78,39 @@ def lemma1_estimate(model: nn.Module, x: Tensor, y: Tensor, n_iter: int = 30, ba
     return torch.cat(out)
 
 
-def certified_radius(model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
-    """Certified L2 radius from the layer norms, for single-hidden-layer nets; else None.
+def certified_radius(model: nn.Module, x: Tensor, y: Tensor, lipschitz: float | None = None) -> Tensor | None:
+    """Per-sample certified L2 radius ``min_k (f_y - f_k) / (||W_y - W_k|| * L)`` (module docstring);
+    None where the head is not Linear or :func:`.lipschitz.try_feature_lipschitz` has no bound.
 
-    f_y - f_k = (W_y - W_k) act(W1 x + b1) + const is Lipschitz with constant
-    ||W_y - W_k|| * max|act'| * sigma_max(W1) / min(std), so no perturbation smaller than
-    (f_y - f_k) / that constant changes the label.
-    """
-    net, _, std = unwrap(model)
-    slope = activation_max_slope(getattr(net, "act", None))
-    if not isinstance(net, SingleHiddenLayerNet) or slope is None:
+    ``lipschitz``: L if already computed (at x's image size), else it is computed here. Negative for a
+    misclassified sample (its margin is)."""
+    net, _, _ = unwrap(model)
+    head = _linear_head(net)
+    if head is not None and lipschitz is None:
+        bound = try_feature_lipschitz(model, tuple(x.shape[1:]), raw=False)
+        lipschitz = None if bound is None else bound.features
+    if head is None or lipschitz is None:
         return None
     with torch.no_grad():
-        w1 = net.fc1.weight.detach().double()
-        lip_phi = float(torch.linalg.matrix_norm(w1, ord=2)) * slope
-        if std is not None:
-            lip_phi /= float(std.min())
         logits = model(x)
-    return _feature_margins(net, net.get_classifier(), logits, y) / lip_phi
+    return _feature_margins(net, head, logits, y) / lipschitz
+
+
+def logit_lipschitz(model: nn.Module, feature_lipschitz: float) -> float | None:
+    """Global L2 Lipschitz bound of the logits, ``||s W||_2 * L`` for a Linear head W (scale s), else None."""
+    net, _, _ = unwrap(model)
+    head = _linear_head(net)
+    if head is None:
+        return None
+    w = head.weight.detach().double() * getattr(net, "logit_scale", 1.0)
+    return float(torch.linalg.matrix_norm(w, ord=2)) * feature_lipschitz
+
+
+def is_vacuous(certified: Tensor, reference: Tensor) -> bool:
+    """Whether the median certificate is below `VACUOUS_FRACTION` of the median finite ``reference``
+    (an upper bound on the true distances, e.g. the best attack's); True when no reference is finite."""
+    ref = reference[torch.isfinite(reference)]
+    return not len(ref) or float(certified.median()) < VACUOUS_FRACTION * float(ref.median())
 
 
 def _ratio_stats(upper: Tensor, lower: Tensor) -> dict:
@@ -122,13 +132,14 @@ def bracket(upper: Tensor, certified: Tensor | None, lemma1: Tensor | None) -> d
     Returns:
         ``lower``: 'certified' or None; ``upper_over_certified``: median / mean / max of the
         ratio (>= 1 whenever both are right; ``violations`` counts samples where an attack
-        went below the certificate, which would mean a bug); ``upper_over_lemma1``: the same
-        against the estimate (may fall below 1: it is not a bound).
+        went below the certificate, which would mean a bug; ``vacuous``: `is_vacuous`);
+        ``upper_over_lemma1``: the same against the estimate (may fall below 1: it is not a bound).
     """
     out = dict(lower="certified" if certified is not None else None, upper="best attack")
     if certified is not None:
         out["upper_over_certified"] = _ratio_stats(upper, certified)
         out["violations"] = int((upper < certified * (1 - 1e-4)).sum())
+        out["vacuous"] = is_vacuous(certified, upper)
     if lemma1 is not None:
         out["upper_over_lemma1"] = _ratio_stats(upper, lemma1)
     return out

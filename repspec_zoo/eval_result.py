@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .bounds import VACUOUS_FRACTION
 from .io import atomic_write_text
 from .stats import format_interval
 
@@ -92,9 +93,14 @@ class EvalResult:
             r = self.robust_accuracy["at_eps"]
             rows.append(f"robust accuracy at L2 eps {r['eps']}: {format_interval(r['robust_accuracy_upper'])} of "
                         f"the test set (an upper bound: attacks only upper-bound distances)")
-        for label, part in (("Lemma-1 local estimate", self.lemma1), ("certified radius", self.certified)):
+        vacuous = (f" (vacuous: median below {VACUOUS_FRACTION:g} of the median attack distance)"
+                   if (self.bracket or {}).get("vacuous") else "")
+        for label, part, note in (("Lemma-1 local estimate", self.lemma1, ""),
+                                  ("certified radius", self.certified, vacuous)):
             if part:
-                rows.append(f"{label}: mean {part['mean']:.4f}, median {part['median']:.4f}")
+                rows.append(f"{label}: mean {part['mean']:.4g}, median {part['median']:.4g}{note}")
+        if self.bracket and not self.bracket.get("lower"):
+            rows.append("certified radius: none (no Lipschitz bound for this architecture, or no linear head)")
         if self.bracket and self.bracket.get("upper_over_certified", {}).get("n"):
             b = self.bracket["upper_over_certified"]
             rows.append(f"bracket best attack / certified: median {b['median']:.2f}, max {b['max']:.2f} "

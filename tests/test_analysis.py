@@ -134,6 +134,9 @@ def test_analyze_cli_end_to_end(tiny_local_model, tmp_path, capsys):
                                                          "spectrum.png"]
     printed = capsys.readouterr().out
     assert "PGD accuracy" in printed and "analysis.json" in printed
+    function = result["function"]
+    assert function["lipschitz_upper"] > 0 and len(function["layers"]) == 1
+    assert f"features {function['feature_lipschitz_upper']:.4g}" in printed and "certified L2 radius" in printed
 
 
 @pytest.mark.parametrize("args, match", [(["--analyses", "spectrum,curvature"], "curvature"),

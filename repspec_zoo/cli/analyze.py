@@ -5,8 +5,10 @@ loads your weights into the architecture). On N test points it writes to ``--out
 ``analysis.json`` and one PNG per analysis: ``spectrum.png`` (singular values of the logit
 Jacobian by rank), ``alignment.png`` (|cos| of PGD perturbations with the right singular
 vectors, vs a random baseline), ``linearity.png`` (deviation from linearity of the pre-logit
-features and sigma_max(J) vs ||z||) and ``robustness.png`` (PGD-L2 accuracy vs eps). Lengths are
-L2 in [0, 1] pixel units (normalization lives inside the model).
+features and sigma_max(J) vs ||z||) and ``robustness.png`` (PGD-L2 accuracy vs eps); ``function``
+prints the raw and BatchNorm-folded layer norms, the global Lipschitz bound, the certified radius
+and the median feature-Jacobian norm (``analysis.function_report``). Lengths are L2 in [0, 1]
+pixel units (normalization lives inside the model).
 
 Example:
     repspec-zoo analyze resnet_small --checkpoint runs/x/model.safetensors --dataset fashion_mnist \\
@@ -95,7 +97,32 @@ def summary(result: dict) -> str:
     if "robustness" in result:
         r = result["robustness"]
         rows.append("PGD accuracy: " + ", ".join(f"eps={e:g}: {a:.3f}" for e, a in zip(r["eps"], r["accuracy"])))
+    if "function" in result:
+        rows += function_summary(result["function"])
     return "\n".join(rows)
+
+
+def _g(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def function_summary(r: dict) -> list[str]:
+    """Lines for `analysis.function_report`: norm sums, the Lipschitz bound, the certified radius, the Jacobian."""
+    rows = [f"layer norms ({len(r['layers'])} layers): sum raw sigma^2 {_g(r['raw_sum_sq'])}, sum BN-folded sigma^2 "
+            f"{_g(r['folded_sum_sq'])}, product of BN-folded sigma {_g(r['folded_prod'])}"]
+    if r["lipschitz_upper"] is None:
+        rows.append(f"Lipschitz bound: none ({r['no_bound_reason']})")
+    else:
+        rows.append(f"Lipschitz upper bound: features {_g(r['feature_lipschitz_upper'])}, logits "
+                    f"{_g(r['lipschitz_upper'])} (per [0,1] pixel L2)")
+    if r.get("certified_median") is not None:
+        rows.append(f"certified L2 radius on {r['n_correct']} correct points: median {_g(r['certified_median'])}, "
+                    f"mean {_g(r['certified_mean'])}{' (vacuous)' if r['vacuous'] else ''}; nearest other-class "
+                    f"point: median {_g(r['reference_distance'])}")
+    if r.get("jacobian_median") is not None:
+        rows.append(f"feature-Jacobian sigma_max, median over {r['jacobian_points']} points: "
+                    f"{_g(r['jacobian_median'])}")
+    return rows
 
 
 def main(argv=None) -> dict:
@@ -118,5 +145,5 @@ def main(argv=None) -> dict:
     atomic_write_text(args.out / "analysis.json", json.dumps(result, indent=1))
     plots = plot_analysis(result, args.out)
     print(summary(result))
-    print(f"wrote {args.out / 'analysis.json'} and {', '.join(p.name for p in plots)}")
+    print(f"wrote {args.out / 'analysis.json'}" + (f" and {', '.join(p.name for p in plots)}" if plots else ""))
     return result
