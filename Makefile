@@ -43,7 +43,7 @@ leaderboard: setup
 zoo: setup
 	$(PY) recipes/build_zoo.py
 
-# The paper's experiments at CPU scale (results/experiments/), then their tables into README.md.
+# The papers' experiments at CPU scale (results/experiments/), then their tables into EXPERIMENTS.md.
 # About 3 hours on 2 cores; each is also one command of its own (python -m experiments.<name>).
 experiments: setup
 	$(PY) -m experiments.xor_toy
