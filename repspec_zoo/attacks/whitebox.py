@@ -8,11 +8,10 @@ white-box distance has found (about) the closest boundary point.
 - ``alma``: Augmented Lagrangian Method for Adversarial attacks, L2 (Rony et al.; ICCV 2021).
 - ``ddn``: Decoupled Direction and Norm attack (Rony et al.; CVPR 2019).
 
-The attacks themselves are adv-lib 0.2.8's code, vendored in `advlib_l2` (adv-lib itself does
-not install on Python < 3.12, see there) and tested bit-identical to adv-lib; this module only
-chunks the data, counts passes, seeds and isolates random numbers, protects the model's parameters
-and packs the result as an `AttackResult` like the hard-label attacks, so they share the registry
-(``run_attack("fmn", model, x, y, budget=None)``).
+The attacks themselves are adv-lib's code (``adv_lib.attacks``), called unchanged; this module
+only chunks the data, counts passes, seeds and isolates random numbers, protects the model's
+parameters and packs the result as an `AttackResult` like the hard-label attacks, so they share
+the registry (``run_attack("fmn", model, x, y, budget=None)``).
 
 Units: pixel values in ``bounds`` (normally [0, 1]); every distance is an L2 norm in those
 pixel units (for other bounds the attack runs on the rescaled box [0, 1] and the result is
@@ -51,15 +50,12 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import fields
+from importlib.metadata import version as _pkg_version
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .advlib_l2 import ADV_LIB_VERSION, BackwardCounter, ForwardCounter
-from .advlib_l2 import alma as _alma
-from .advlib_l2 import ddn as _ddn
-from .advlib_l2 import fmn as _fmn
 from .oracle import Classifier, check_attack_inputs, model_device_dtype, predict_labels
 from .result import AttackResult, verify, warn_unverified
 from .settings import AttackSettings
@@ -94,6 +90,7 @@ class _Counted(nn.Module):
         super().__init__()
         self.model = model  # an nn.Module attribute registers it as a submodule (no copy)
         self.lo, self.scale = lo, scale
+        from adv_lib.utils import BackwardCounter, ForwardCounter
         self.forwards, self.backwards = ForwardCounter(), BackwardCounter()
         self.register_forward_pre_hook(self.forwards)
         self.register_full_backward_hook(self.backwards)
@@ -244,7 +241,7 @@ def _run_white_box(name: str, attack: Callable, steps_kw: str, model: Classifier
     trace_mask = success[:, None].clone()
     params = dict(kind="white-box", budget=budget, batch_size=batch_size, seed=seed,
                   steps=steps, forwards=main_passes[0], backwards=main_passes[1],
-                  bounds=(lo, hi), adv_lib_version=ADV_LIB_VERSION,
+                  bounds=(lo, hi), adv_lib_version=_pkg_version("adv-lib"),
                   attack_kw=dict(attack_kw),
                   warm_started=retried.nonzero().flatten().tolist())
     return AttackResult(name, x_adv, l2, queries, success, verified, trace_q, trace_l2,
@@ -296,7 +293,7 @@ def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
         starts: extra candidate start images (M, ...) in the bounds for the warm start (e.g.
             correctly classified images of other classes); their labels are computed without
             counting passes, like the clean check.
-        **attack_kw: passed to `advlib_l2.fmn` (e.g. ``α_init``, ``γ_init``,
+        **attack_kw: passed to ``adv_lib.attacks.fmn`` (e.g. ``α_init``, ``γ_init``,
             ``γ_final``).
     """ + _IGNORED_DOC + """
 
@@ -308,6 +305,8 @@ def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
         res = fmn(NormalizedModel(net).eval(), x, y)
         res.l2            # per-sample L2 upper bound on the minimal adversarial distance
     """
+    from adv_lib.attacks import fmn as _fmn
+    attack_kw.setdefault("norm", 2)
     return _run_white_box("fmn", _fmn, "steps", model, x, y, budget, settings, steps, attack_kw,
                           warm_start=warm_start, starts=starts)
 
@@ -324,7 +323,7 @@ def alma(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
     the best adversarial point seen is returned. The DLR needs at least 3 classes.
 
     Args: as `fmn`; ``steps`` is adv-lib's ``num_steps`` (one forward and one backward pass per
-    sample each). ``**attack_kw`` go to `advlib_l2.alma` (e.g. ``α``, ``lr_init``,
+    sample each). ``**attack_kw`` go to ``adv_lib.attacks.alma`` (e.g. ``α``, ``lr_init``,
     ``init_lr_distance``: with it set, a zero first gradient is replaced by a seeded Gaussian).
     """ + _IGNORED_DOC + """
 
@@ -335,6 +334,8 @@ def alma(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
 
         res = alma(NormalizedModel(net).eval(), x, y)
     """
+    from adv_lib.attacks import alma as _alma
+    attack_kw.setdefault("distance", "l2")
     return _run_white_box("alma", _alma, "num_steps", model, x, y, budget, settings, steps, attack_kw,
                           min_classes=3)
 
@@ -354,7 +355,7 @@ def ddn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
     ``levels=None`` (continuous), as for FMN and ALMA: quantization rounds every coordinate
     and loosens the L2 bound. Pass ``levels=256`` to get 8-bit-valid images.
 
-    Args: as `fmn`. ``**attack_kw`` go to `advlib_l2.ddn` (``γ``, ``init_norm``,
+    Args: as `fmn`. ``**attack_kw`` go to ``adv_lib.attacks.ddn`` (``γ``, ``init_norm``,
     ``levels``). A zero gradient is replaced by a seeded Gaussian direction.
     """ + _IGNORED_DOC + """
 
@@ -365,6 +366,7 @@ def ddn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
 
         res = ddn(NormalizedModel(net).eval(), x, y)
     """
+    from adv_lib.attacks import ddn as _ddn
     attack_kw.setdefault("levels", None)
     return _run_white_box("ddn", _ddn, "steps", model, x, y, budget, settings, steps, attack_kw)
 
