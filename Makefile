@@ -12,8 +12,8 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 setup: $(STAMP) $(FMNIST)
 
-# The test extra's adv-lib (the vendored attacks' reference) needs the build constraint on
-# Python < 3.12 (build-constraints.txt); the package alone installs with plain pip.
+# adv-lib (the white-box attacks) needs the build constraint on Python < 3.12 (build-constraints.txt):
+# its dependency visdom is there an sdist that setuptools >= 81 cannot build.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
