@@ -12,6 +12,8 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 setup: $(STAMP) $(FMNIST)
 
+# adv-lib (the white-box attacks) needs the build constraint on Python < 3.12 (build-constraints.txt):
+# its dependency visdom is there an sdist that setuptools >= 81 cannot build.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -43,7 +45,7 @@ leaderboard: setup
 zoo: setup
 	$(PY) recipes/build_zoo.py
 
-# The paper's experiments at CPU scale (results/experiments/), then their tables into README.md.
+# The papers' experiments at CPU scale (results/experiments/), then their tables into EXPERIMENTS.md.
 # About 3 hours on 2 cores; each is also one command of its own (python -m experiments.<name>).
 experiments: setup
 	$(PY) -m experiments.xor_toy

@@ -44,9 +44,19 @@ from repspec_zoo.training import (CheckpointError, Checkpoints, Trainer, Trainin
                                   save_run_config, save_weights, summary_table, unsynced_tensors)
 
 
+class UsageError(UserError):
+    """A command line argparse rejects."""
+
+
+class Parser(argparse.ArgumentParser):
+    """Raises `UsageError` instead of printing the usage block: a bad option reads as one line."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="recipes/train.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="recipes/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="recipe YAML, e.g. recipes/configs/xor_toy.yaml")
     parser.add_argument("--output", type=Path, help="run directory (default: runs/<config file name>)")
     parser.add_argument("--init", help="fine-tune from this run directory or timm model name (sets init)")

@@ -191,11 +191,13 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
 
 def test_eval_names_the_data_it_used(files, capsys, quiet_datasets):
+    from repspec_zoo.cli import eval as eval_cli
+
     folder = str(files / "ten")
-    result = cli.main(["eval", ZOO, "--data-dir", folder, "--attack", "none"])
+    result = eval_cli.main([ZOO, "--data-dir", folder, "--attack", "none"])
     assert result.dataset == folder and result.n_test == 20 and result.settings["data_dir"] == folder
     assert any(line.startswith(f"{ZOO} on {folder}/test: clean_acc") for line in capsys.readouterr().out.splitlines())
-    named = cli.main(["eval", ZOO, "--dataset", "fashion_mnist", "--data-dir", folder, "--attack", "none"])
+    named = eval_cli.main([ZOO, "--dataset", "fashion_mnist", "--data-dir", folder, "--attack", "none"])
     assert named.dataset == f"fashion_mnist ({folder})"
 
 

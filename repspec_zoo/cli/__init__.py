@@ -68,7 +68,7 @@ def _usage() -> str:
             "options; --debug shows the traceback of an error")
 
 
-def _run(command: str, rest: list[str]):
+def _run(command: str, rest: list[str]) -> None:
     if command not in COMMANDS:
         close = difflib.get_close_matches(command, list(COMMANDS), n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(close)}? " if close else ""
@@ -77,23 +77,29 @@ def _run(command: str, rest: list[str]):
 
     if command == "list":
         Parser(prog="repspec-zoo list", description=_list.__doc__).parse_args(rest)
-        return _list(rest)
+        _list(rest)
+        return
     import importlib
 
-    return importlib.import_module(COMMANDS[command][1]).main(rest)
+    importlib.import_module(COMMANDS[command][1]).main(rest)
 
 
-def main(argv=None):
-    """Run ``repspec-zoo COMMAND ...``; an expected error becomes one line on stderr and exit status 2."""
+def main(argv=None) -> int:
+    """Run ``repspec-zoo COMMAND ...`` and return its exit status, 0 (the console script passes it
+    to `sys.exit`); an expected error becomes one line on stderr and ``SystemExit(2)``. The
+    subcommand's result (an EvalResult, ...) is not returned: a non-integer given to `sys.exit`
+    would be printed to stderr with exit status 1. In-process callers who want the result call
+    the subcommand module's ``main`` (e.g. `repspec_zoo.cli.eval.main`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [arg for arg in argv if arg != "--debug"]  # before or after the command
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
-        return None
+        return 0
     command, rest = argv[0], argv[1:]
     try:
-        return _run(command, rest)
+        _run(command, rest)
+        return 0
     except UserError as err:
         if debug:
             raise

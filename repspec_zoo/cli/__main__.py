@@ -1,4 +1,6 @@
 """``python -m repspec_zoo.cli COMMAND ...``, the same as the ``repspec-zoo`` script."""
+import sys
+
 from . import main
 
-main()
+sys.exit(main())

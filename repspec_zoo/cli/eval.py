@@ -18,7 +18,7 @@ this command does; in your own code import it before ``timm.create_model``, also
 Runtime: the attacks dominate, up to n x budget model queries per hard-label attack. The command
 prints that total up front and each attack's progress bar shows its ETA. resnet_small with TA at
 10k queries took 3.7 CPU-minutes for --n 50 on a 2-core machine, so --n 500 runs for about 35
-minutes there (README, "Command line").
+minutes there (docs/reference.md, "Command line").
 
 Examples:
     repspec-zoo eval resnet_small_repspectral --checkpoint runs/x/model.safetensors \\
