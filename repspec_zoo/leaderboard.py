@@ -138,7 +138,8 @@ def markdown_tables(results: dict[str, EvalResult], budgets: list[int], deltas: 
             diff, p = delta["mean_difference"], delta["wilcoxon"]["p_value"]
             change = f"{diff['estimate']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]" if diff else "-"
             p_value, verdict = "-" if p is None else f"{p:.2g}", _verdict(delta)
-        lines.append(f"| `{name}` | {_fmt(r.certified and r.certified['mean'])} | {_fmt(ratio.get('median'), 2)} | "
+        vacuous = " (vacuous)" if (r.bracket or {}).get("vacuous") else ""
+        lines.append(f"| `{name}` | {_fmt(r.certified and r.certified['mean'])}{vacuous} | {_fmt(ratio.get('median'), 2)} | "
                      f"{_fmt(r.lemma1 and r.lemma1['mean'])} | {change} | {p_value} | {verdict} |")
     names = first.attacks
     if len(names) > 1:

@@ -117,7 +117,9 @@ def _evaluation_table(evaluation: Mapping) -> str:
     for key, name in (("certified", "certified radius (a lower bound), mean"),
                       ("lemma1", "Lemma-1 local estimate (not a bound), mean")):
         if evaluation.get(key):
-            lines.append(f"| {name} | {evaluation[key]['mean']:.4f} |")
+            vacuous = (" (vacuous: far below the attack distances)"
+                       if key == "certified" and (evaluation.get("bracket") or {}).get("vacuous") else "")
+            lines.append(f"| {name} | {evaluation[key]['mean']:.4f}{vacuous} |")
     ratio = (evaluation.get("bracket") or {}).get("upper_over_certified") or {}
     if ratio.get("median") is not None:
         lines.append(f"| best attack / certified radius, median over samples | {ratio['median']:.2f} |")
