@@ -42,6 +42,8 @@ from repspec_zoo.training import (CheckpointError, Checkpoints, Trainer, Trainin
                                   build_optimizer, check_input, checkpoint_problem, data_summary, dataset_num_classes,
                                   load_config, load_split, make_accelerator, make_loaders, quick_eval, run_summary,
                                   save_run_config, save_weights, summary_table, unsynced_tensors)
+from repspec_zoo.training.lock import lock_run_dir
+from repspec_zoo.training.model import check_regularizer_layers
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -92,7 +94,17 @@ def main(argv: list[str] | None = None) -> dict | None:
     overrides += [f"dataset.data_dir={args.data_dir}"] if args.data_dir else []
     cfg = load_config(args.config, overrides)
     run_dir = args.output or Path("runs") / args.config.stem
+    check_regularizer_layers(cfg)  # before the run directory exists
+    lock = lock_run_dir(run_dir)  # one training per run directory
+    try:
+        return train(args, cfg, run_dir, argv, started)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def train(args: argparse.Namespace, cfg, run_dir: Path, argv: list[str], started: float) -> dict | None:
+    """The recipe's steps in the locked ``run_dir``; run.json's content on the main process (None elsewhere)."""
     # 1. processes, seed, the resolved config in the run directory
     accelerator = make_accelerator(cfg, run_dir)
     set_seed(cfg.seed)
