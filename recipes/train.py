@@ -33,7 +33,7 @@ from accelerate.utils import set_seed
 
 import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
 from repspec_zoo.errors import UserError
-from repspec_zoo.io import atomic_write_text
+from repspec_zoo.io import atomic_write_text, full_disk_is_user_error
 from repspec_zoo.regularizers.registry import get_spec
 from repspec_zoo.ssl import SSLModule, build_ssl_model
 from repspec_zoo.ssl.trainer import SSLTrainer, probe_eval, ssl_train_split
@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     check_regularizer_layers(cfg)  # before the run directory exists
     lock = lock_run_dir(run_dir)  # one training per run directory
     try:
-        return train(args, cfg, run_dir, argv, started)
+        with full_disk_is_user_error(run_dir, "free space, then run the same command again: it resumes from the "
+                                              "last complete checkpoint"):
+            return train(args, cfg, run_dir, argv, started)
     finally:
         if lock is not None:
             lock.release()

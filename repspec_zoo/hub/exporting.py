@@ -30,7 +30,7 @@ from timm.models._hub import save_config_for_hf
 from ..errors import UserError
 from .. import __version__
 from ..data import DATASETS
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text, full_disk_is_user_error
 from ..models.registry import base_pretrained_cfg
 from ..regularizers.registry import REGULARIZERS, SPECTRAL_SETTINGS, get_spec
 from ..runs import CONFIG_FILE as CONFIG_YAML, WEIGHTS_FILE, Run, RunError, read_run
@@ -166,11 +166,12 @@ def _staged_dir(target: Path, force: bool) -> Iterator[Path]:
     staged.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
     old = None
     try:
-        yield staged
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix, suffix=".old"))
-            os.replace(target, old / target.name)
-        os.replace(staged, target)
+        with full_disk_is_user_error(target, f"free space, then export again ({target} is unchanged)"):
+            yield staged
+            if target.exists():
+                old = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix, suffix=".old"))
+                os.replace(target, old / target.name)
+            os.replace(staged, target)
     except BaseException:
         if old is not None and not target.exists() and (old / target.name).is_dir():
             os.replace(old / target.name, target)  # the new export is not in place: the old one goes back
