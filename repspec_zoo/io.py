@@ -41,9 +41,14 @@ def _is_disk_full(err: Exception, path: Path) -> bool:
 @contextlib.contextmanager
 def full_disk_is_user_error(path: str | os.PathLike, fix: str) -> Iterator[None]:
     """Turn an error of a write under ``path`` into a `DiskFullError` (message: the path, the error, ``fix``)
-    when the file system is full: an OSError ENOSPC/EDQUOT, or any error while under FULL_DISK_BYTES are free."""
+    when the file system is full: an OSError ENOSPC/EDQUOT, or any error while under FULL_DISK_BYTES are free.
+    Nested, the outermost names the path and fix (what the user asked to write, e.g. the export folder)."""
     try:
         yield
+    except DiskFullError as err:
+        cause = err.__cause__ or err
+        raise DiskFullError(f"no space left on the device of {path} ({type(cause).__name__}: {cause}); {fix}") \
+            from cause
     except UserError:
         raise
     except Exception as err:
