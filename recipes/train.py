@@ -10,6 +10,9 @@
 
 Killed? Run the same command again: it resumes from the newest checkpoint, mid-epoch included; a
 checkpoint with a damaged file is set aside (step_N.corrupt, with a warning) for the one before it.
+One training per run directory: a second one into the same --output stops at once, naming the first
+(RUN_DIR/.lock; a killed training's lock is free again). A full disk stops the run in one line; free
+space and run the same command again.
 Branch a run: `--branch-from runs/base/checkpoints/step_0000464 regularizer.mode=rep` starts a new
 run directory from another run's checkpoint (weights, optimizer, RNG, position in training), e.g.
 regularized runs that share the unregularized burn-in of one baseline run.

@@ -10,7 +10,8 @@ Two faults make every attack number meaningless while the evaluation still "succ
   model reads as unbreakable (median distance inf). Logits can also overflow with finite weights.
 
 `check_model` costs one scan of the parameters and buffers (one ``isfinite`` per tensor) and one
-no-grad forward on a few images; it names the first layer at fault.
+no-grad forward on a few images; it names the first layer at fault (a second forward, with hooks,
+only when the logits are not finite).
 """
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ def _non_finite_tensor(net: nn.Module) -> tuple[str, int, int] | None:
     return None
 
 
-def _first_non_finite_layer(model: nn.Module, x: Tensor) -> tuple[Tensor, str | None]:
-    """The logits of ``model(x)`` and the name of the first module (in call order) whose output holds a NaN/inf."""
+def _first_non_finite_layer(model: nn.Module, x: Tensor) -> str | None:
+    """The name of the first module (in call order) whose output on ``x`` holds a NaN/inf, if one does."""
     net, found, hooks = _inner(model), [], []
 
     def hook(name):
@@ -66,11 +67,11 @@ def _first_non_finite_layer(model: nn.Module, x: Tensor) -> tuple[Tensor, str | 
             hooks.append(module.register_forward_hook(hook(name)))
     try:
         with torch.no_grad():
-            logits = model(x)
+            model(x)
     finally:
         for h in hooks:
             h.remove()
-    return logits, (found[0] if found else None)
+    return found[0] if found else None
 
 
 def check_model(model: nn.Module, x: Tensor, model_name: str = "model") -> None:
@@ -94,11 +95,13 @@ def check_model(model: nn.Module, x: Tensor, model_name: str = "model") -> None:
             f"{model_name}: {name} holds {count} non-finite value(s) (NaN/inf) of {total}, so its logits are not "
             "numbers and every attack would fail (the model would read as perfectly robust); the weights are damaged "
             "or training diverged: restore or retrain them")
-    logits, layer = _first_non_finite_layer(model, x)
+    with torch.no_grad():
+        logits = model(x)
     if logits.ndim != 2:
         raise UnusableModelError(f"{model_name} returns outputs of shape {tuple(logits.shape)}, not (batch, classes) "
                                  "logits; evaluate a classifier (a backbone needs `repspec-zoo probe`)")
-    if not torch.isfinite(logits).all():
+    if not torch.isfinite(logits).all():  # only now the forward again, with hooks (a compiled one would recompile)
+        layer = _first_non_finite_layer(model, x)
         where = f"the output of layer {layer!r}" if layer else "its logits"
         raise UnusableModelError(
             f"{model_name}: {where} is not finite (NaN/inf) on the first {len(x)} images although every weight is, "
