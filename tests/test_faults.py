@@ -151,6 +151,28 @@ def test_a_second_training_into_a_locked_run_directory_writes_nothing(tmp_path):
     assert epochs == [1, 2]
 
 
+def test_every_process_of_a_refused_launch_stops_with_the_same_error(tmp_path):
+    """Two processes (accelerate launch, gloo): the main one holds the lock, the other learns the outcome from it."""
+    from multiproc import free_port
+
+    run_dir = tmp_path / "run"
+    holder = hold_lock(run_dir)
+    try:
+        done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                               "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                               "--main_process_port", str(free_port()), str(ROOT / "recipes" / "train.py"), "--config",
+                               str(ROOT / "recipes" / "configs" / "xor_toy.yaml"), "--output", str(run_dir),
+                               "epochs=2", "regularizer.burn_in_epochs=0"],
+                              env=dict(ENV, ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    refusals = [line for line in done.stderr.splitlines() if line.startswith("recipes/train.py: error: ")]
+    assert done.returncode != 0 and len(refusals) == 2, done.stderr[-3000:]
+    assert all(f"{run_dir} is being trained by pid {holder.pid}" in line for line in refusals)
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
+
+
 @pytest.mark.parametrize("config, layers, words", [
     ("xor_toy", "[nosuchlayer]", "layer 'nosuchlayer' does not exist in SingleHiddenLayerNet"),
     ("fmnist_simclr_resnet_small_repspectral", "[head]", "a self-supervised recipe names backbone.* and projector.*"),

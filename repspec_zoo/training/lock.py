@@ -82,9 +82,9 @@ def lock_run_dir(run_dir: str | os.PathLike) -> RunLock | None:
     """Lock ``run_dir`` for this training launch: the main process takes `RunLock` (None elsewhere), and
     every process raises the same RunLockedError if another training holds it."""
     from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
+    from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
-    state = PartialState()
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it: CPU processes
     lock, refusal = None, [None]
     if state.is_main_process:
         try:
