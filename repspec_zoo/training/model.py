@@ -72,8 +72,8 @@ def check_regularizer_layers(cfg: TrainConfig) -> None:
     from ..spectral import select_layers
     from ..ssl.model import SSLNetwork, projector
 
-    r = cfg.regularizer
-    if not get_spec(r.mode).spectral:
+    r, spec = cfg.regularizer, get_spec(cfg.regularizer.mode)
+    if not spec.spectral:
         return
     ssl = cfg.ssl.method is not None
     with torch.device("meta"):
@@ -81,7 +81,7 @@ def check_regularizer_layers(cfg: TrainConfig) -> None:
         if ssl:
             net = SSLNetwork(net, projector(net.num_features, cfg.ssl.projector))
     try:
-        select_layers(net, r.mode, r.layers)
+        select_layers(net, spec.spectral_kwargs.get("mode", r.mode), r.layers)  # what attach_regularizer selects
     except ValueError as err:
         where = " (a self-supervised recipe names backbone.* and projector.* layers)" if ssl else ""
         raise ConfigError(f"regularizer.layers={r.layers!r}{where}: {err}") from err
