@@ -46,7 +46,7 @@ from repspec_zoo.training import (CheckpointError, Checkpoints, Trainer, Trainin
                                   load_config, load_split, make_accelerator, make_loaders, quick_eval, run_summary,
                                   save_run_config, save_weights, summary_table, unsynced_tensors)
 from repspec_zoo.training.lock import lock_run_dir
-from repspec_zoo.training.model import check_regularizer_layers
+from repspec_zoo.training.layer_check import check_regularizer_layers
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -26,7 +26,7 @@ from ..runs import CONFIG_FILE as RUN_CONFIG_FILE, WEIGHTS_FILE
 from ..spectral import attach_spectral
 from .config import ConfigError, OptimConfig, TrainConfig
 
-__all__ = ["InitError", "build_model", "attach_regularizer", "check_regularizer_layers", "load_init", "TrainingModule", "build_optimizer", "lr_factor", "check_input",
+__all__ = ["InitError", "build_model", "attach_regularizer", "load_init", "TrainingModule", "build_optimizer", "lr_factor", "check_input",
            "plain_state_dict", "head_parameters"]
 
 _TIMM_PREFIXES = ("hf-hub:", "local-dir:")
@@ -59,32 +59,6 @@ def attach_regularizer(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         attach_spectral(model, **spec.spectral_kwargs, gamma=r.gamma, every=r.every * cfg.grad_accum_steps,
                         estimator=r.estimator, activation_term=r.activation_term, layers=r.layers)
     return model
-
-
-def check_regularizer_layers(cfg: TrainConfig) -> None:
-    """ConfigError if the spectral regularizer cannot select its layers (``regularizer.layers`` names a
-    layer the network lacks or cannot regularize): checked on the architecture built on the meta device
-    (no memory, no weights, no random numbers), before the run directory is created.
-
-    A self-supervised recipe (``ssl.method``) regularizes the backbone + projector network, whose
-    layers are named ``backbone.*`` and ``projector.*``.
-    """
-    from ..spectral import select_layers
-    from ..ssl.model import SSLNetwork, projector
-
-    r, spec = cfg.regularizer, get_spec(cfg.regularizer.mode)
-    if not spec.spectral:
-        return
-    ssl = cfg.ssl.method is not None
-    with torch.device("meta"):
-        net = timm.create_model(cfg.model, num_classes=0 if ssl else cfg.num_classes or 2, **cfg.model_kwargs)
-        if ssl:
-            net = SSLNetwork(net, projector(net.num_features, cfg.ssl.projector))
-    try:
-        select_layers(net, spec.spectral_kwargs.get("mode", r.mode), r.layers)  # what attach_regularizer selects
-    except ValueError as err:
-        where = " (a self-supervised recipe names backbone.* and projector.* layers)" if ssl else ""
-        raise ConfigError(f"regularizer.layers={r.layers!r}{where}: {err}") from err
 
 
 def _is_timm_name(name: str) -> bool:
