@@ -10,6 +10,9 @@
 
 Killed? Run the same command again: it resumes from the newest checkpoint, mid-epoch included; a
 checkpoint with a damaged file is set aside (step_N.corrupt, with a warning) for the one before it.
+One training per run directory: a second one into the same --output stops at once, naming the first
+(RUN_DIR/.lock; a killed training's lock is free again). A full disk stops the run in one line; free
+space and run the same command again.
 Branch a run: `--branch-from runs/base/checkpoints/step_0000464 regularizer.mode=rep` starts a new
 run directory from another run's checkpoint (weights, optimizer, RNG, position in training), e.g.
 regularized runs that share the unregularized burn-in of one baseline run.
@@ -33,7 +36,7 @@ from accelerate.utils import set_seed
 
 import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
 from repspec_zoo.errors import UserError
-from repspec_zoo.io import atomic_write_text
+from repspec_zoo.io import atomic_write_text, full_disk_is_user_error
 from repspec_zoo.regularizers.registry import get_spec
 from repspec_zoo.ssl import SSLModule, build_ssl_model
 from repspec_zoo.ssl.trainer import SSLTrainer, probe_eval, ssl_train_split
@@ -42,6 +45,8 @@ from repspec_zoo.training import (CheckpointError, Checkpoints, Trainer, Trainin
                                   build_optimizer, check_input, checkpoint_problem, data_summary, dataset_num_classes,
                                   load_config, load_split, make_accelerator, make_loaders, quick_eval, run_summary,
                                   save_run_config, save_weights, summary_table, unsynced_tensors)
+from repspec_zoo.training.lock import lock_run_dir
+from repspec_zoo.training.layer_check import check_regularizer_layers
 
 
 class UsageError(UserError):
@@ -102,7 +107,19 @@ def main(argv: list[str] | None = None) -> dict | None:
     overrides += [f"dataset.data_dir={args.data_dir}"] if args.data_dir else []
     cfg = load_config(args.config, overrides)
     run_dir = args.output or Path("runs") / args.config.stem
+    check_regularizer_layers(cfg)  # before the run directory exists
+    lock = lock_run_dir(run_dir)  # one training per run directory
+    try:
+        with full_disk_is_user_error(run_dir, "free space, then run the same command again: it resumes from the "
+                                              "last complete checkpoint"):
+            return train(args, cfg, run_dir, argv, started)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def train(args: argparse.Namespace, cfg, run_dir: Path, argv: list[str], started: float) -> dict | None:
+    """The recipe's steps in the locked ``run_dir``; run.json's content on the main process (None elsewhere)."""
     # 1. processes, seed, the resolved config in the run directory
     accelerator = make_accelerator(cfg, run_dir)
     set_seed(cfg.seed)

@@ -5,7 +5,7 @@ import argparse
 
 from .eval import resolve_attacks
 
-__all__ = ["parse_budgets", "parse_attacks", "positive_int", "nonnegative_int"]
+__all__ = ["parse_budgets", "parse_attacks", "positive_int", "seed_int"]
 
 
 def parse_budgets(text: str) -> list[int]:
@@ -38,10 +38,13 @@ def _int_at_least(text: str, low: int) -> int:
 
 
 def positive_int(text: str) -> int:
-    """argparse type of counts that must be >= 1 (--n, --limit, --batch-size, ...)."""
+    """argparse type of counts that must be >= 1 (--n, --limit, --batch-size, --max-iter, --workers, ...)."""
     return _int_at_least(text, 1)
 
 
-def nonnegative_int(text: str) -> int:
-    """argparse type of counts that may be 0 (--max-iter)."""
-    return _int_at_least(text, 0)
+def seed_int(text: str) -> int:
+    """argparse type of --seed: an integer in [0, 2**32) (numpy's generators take no other seed)."""
+    value = _int_at_least(text, 0)
+    if value >= 2 ** 32:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32), got {text!r}")
+    return value

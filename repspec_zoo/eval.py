@@ -40,6 +40,7 @@ from .attacks.oracle import check_images as check_values
 from .bounds import bracket, certified_radius, lemma1_estimate, unwrap
 from .errors import UserError
 from .eval_result import EvalResult
+from .model_checks import check_model, first_images
 
 #: the attacks of ``attack="ensemble"``: the two strongest hard-label attacks and two white-box
 #: minimal-norm attacks; the reported distance is the per-sample minimum over them
@@ -61,8 +62,11 @@ def resolve_attacks(attack: str | Sequence[str] | None) -> list[str]:
         return []
     names = attack.split(",") if isinstance(attack, str) else list(attack)
     out: list[str] = []
-    for name in (n.strip().lower() for n in names):
-        expanded = list(ENSEMBLE) if name == "ensemble" else [] if name in ("", "none") else [name]
+    for name in (str(n).strip().lower() for n in names):
+        if not name:
+            raise ValueError(f"attack {attack!r} names no attack (an empty name); pass an attack name, a list like "
+                             "'ta,cgba', 'ensemble', or 'none' for accuracy only")
+        expanded = list(ENSEMBLE) if name == "ensemble" else [] if name == "none" else [name]
         for one in expanded:
             if one not in ATTACKS:
                 raise ValueError(f"unknown attack {one!r}; valid names: {', '.join(sorted(ATTACKS))}, "
@@ -268,6 +272,10 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
     model.eval()
     check_classes(model, dataset, dataset_name)
     device = next(model.parameters()).device
+    first = first_images(dataset, device)
+    if len(first):  # before any attack: a headless or non-finite model would read as unbreakable
+        check_images(first, model, box=bool(names))
+        check_model(model, first, model_name)
     correct, y_all = predict_split(model, dataset, batch_size, device, box=bool(names))
     result = EvalResult(model=model_name, dataset=dataset_name, split=split, n_test=len(y_all),
                         clean_acc=float(correct.float().mean()), attack="+".join(names) or None, attacks=names,

@@ -12,10 +12,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .bounds import VACUOUS_FRACTION
+from .errors import UserError
 from .io import atomic_write_text
 from .stats import format_interval
 
-__all__ = ["EvalResult", "json_clean", "json_restore"]
+__all__ = ["EvalResult", "EvalResultError", "json_clean", "json_restore"]
+
+
+class EvalResultError(UserError, ValueError):
+    """An EvalResult JSON file is missing, truncated or not an EvalResult; the message names the file."""
 
 
 @dataclass
@@ -56,8 +61,15 @@ class EvalResult:
 
     @classmethod
     def load(cls, path: str | Path) -> "EvalResult":
-        """An EvalResult from its JSON (`save`), with 'inf' strings back as floats."""
-        return cls(**json_restore(json.loads(Path(path).read_text())))
+        """An EvalResult from its JSON (`save`), with 'inf' strings back as floats; EvalResultError names a
+        missing or damaged file."""
+        path = Path(path)
+        if not path.is_file():
+            raise EvalResultError(f"{path} does not exist (or is not a file)")
+        try:
+            return cls(**json_restore(json.loads(path.read_text())))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+            raise EvalResultError(f"{path} is not an EvalResult JSON file: truncated or damaged ({err})") from err
 
     def summary_table(self) -> str:
         """Markdown summary: per budget and attack, then the best distance with CIs, the bracket

@@ -28,11 +28,13 @@ from . import data, stats
 from .attacks import NormalizedModel
 from .stats import format_interval
 from .eval import evaluate, predict_split
+from .errors import UserError
 from .eval_result import EvalResult, json_clean
 from .io import atomic_write_text
 from .models.registry import ARCHS, TAGS, zoo_model_name
 from .models.zoo import list_pretrained
 from .loader import load_model
+from .model_checks import check_model
 from .plots import plot_distance_curves, plot_robust_accuracy
 
 
@@ -55,10 +57,14 @@ def family_baseline(name: str, dataset: str) -> str | None:
         return None
 
 
-def load_zoo_model(name: str, compile: bool = False) -> NormalizedModel:
+def load_zoo_model(name: str, compile: bool = False, images: torch.Tensor | None = None) -> NormalizedModel:
     """A bundled / cached zoo model in [0,1] input space, eval mode, without regularizer hooks, with
-    the fast evaluation forward (`NormalizedModel.fast_eval`; ``compile=True`` adds torch.compile)."""
-    return NormalizedModel(load_model(name)).eval().fast_eval(compile=compile)
+    the fast evaluation forward (`NormalizedModel.fast_eval`; ``compile=True`` adds torch.compile).
+    Given a few test ``images``, `check_model` refuses a headless or non-finite model first."""
+    model = NormalizedModel(load_model(name)).eval()
+    if images is not None:
+        check_model(model, images, name)
+    return model.fast_eval(compile=compile)
 
 
 def common_indices(models: dict[str, NormalizedModel], x: torch.Tensor, y: torch.Tensor, n: int, seed: int,
@@ -153,12 +159,31 @@ def markdown_tables(results: dict[str, EvalResult], budgets: list[int], deltas: 
     return "\n".join(lines)
 
 
+class LeaderboardError(UserError, ValueError):
+    """An input of the leaderboard (the README to fill, the folder to re-render) is missing or unusable."""
+
+
+def check_readme(readme: Path, section: str = "leaderboard") -> str:
+    """The text of ``readme``; LeaderboardError if it is missing or lacks the section's markers (checked
+    before any model is attacked, so a typo does not cost the whole run)."""
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+    if not readme.is_file():
+        raise LeaderboardError(f"--update-readme {readme} does not exist; pass the README that holds the "
+                               f"{start} ... {end} markers (e.g. README.md)")
+    try:
+        text = readme.read_text()
+    except UnicodeDecodeError as err:
+        raise LeaderboardError(f"--update-readme {readme} is not a text file ({err})") from err
+    if start not in text or end not in text:
+        raise LeaderboardError(f"--update-readme {readme} has no {start} ... {end} markers to fill; add them "
+                               "where the tables should go")
+    return text
+
+
 def update_readme(readme: Path, block: str, section: str = "leaderboard") -> None:
     """Replace the text between the README's ``<!-- {section}:start -->`` and ``:end`` markers with ``block``."""
     start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
-    text = readme.read_text()
-    if start not in text or end not in text:
-        raise ValueError(f"{readme} has no {start} ... {end} markers to fill")
+    text = check_readme(readme, section)
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     atomic_write_text(readme, f"{head}{start}\n{block}\n{end}{tail}")

@@ -285,7 +285,8 @@ def test_oracle_validates_budgets(budget, match):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(seed=1.5), "seed must be an int"), (dict(batch_size=0), "batch_size must be an int >= 1"),
-    (dict(max_iter=-1), "max_iter must be an int >= 0"), (dict(max_iter=2.0), "max_iter must be an int"),
+    (dict(max_iter=-1), "max_iter must be an int >= 1"), (dict(max_iter=2.0), "max_iter must be an int"),
+    (dict(max_iter=0), "0 iterations attack nothing"), (dict(seed=-1), r"seed must be an int in \[0, 2\*\*32\)"),
     (dict(theta_scale=0.0), "theta_scale must be a finite number > 0"),
     (dict(theta_scale=math.inf), "theta_scale must be"), (dict(bounds=(1.0, 0.0)), "bounds must be"),
 ])

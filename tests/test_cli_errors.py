@@ -101,7 +101,7 @@ EVAL_CASES = {
     "--limit 0": ([ZOO, "--limit", "0"], ["argument --limit: expected an integer >= 1"]),
     "--limit abc": ([ZOO, "--limit", "abc"], ["argument --limit: expected an integer >= 1, got 'abc'"]),
     "--batch-size 0": ([ZOO, "--batch-size", "0"], ["argument --batch-size: expected an integer >= 1"]),
-    "--max-iter -1": ([ZOO, "--max-iter", "-1"], ["argument --max-iter: expected an integer >= 0"]),
+    "--max-iter -1": ([ZOO, "--max-iter", "-1"], ["argument --max-iter: expected an integer >= 1"]),
     "--budgets 0": ([ZOO, "--budgets", "0"], ["--budgets must be positive query counts"]),
     "--attack typo": ([ZOO, "--attack", "tx"], ["unknown attack 'tx'"]),
     "checkpoint of another architecture": (["slp", "--checkpoint", "{root}/resnet10.safetensors", "--dataset",

@@ -118,7 +118,10 @@ def test_bad_images_get_clear_errors(mutate, match):
     (dict(attack="fgsm"), "unknown attack 'fgsm'"),
     (dict(budgets=[0]), "budgets must be positive"),
     (dict(n=0), "n must be >= 1"),
-    (dict(max_iter=-1), "max_iter must be an int >= 0"),
+    (dict(max_iter=-1), "max_iter must be an int >= 1"),
+    (dict(max_iter=0), "0 iterations attack nothing"),
+    (dict(seed=-1), "seed must be an int in"),
+    (dict(attack=""), "names no attack"),
 ])
 def test_bad_settings_get_clear_errors(kwargs, match):
     model = small_slp()

@@ -123,6 +123,9 @@ class NormalizedModel(nn.Module):
                         print(f"folding BatchNorm into the convolutions of {name} changed its logits by up to "
                               f"{float((after - before).abs().max()):.2g}; evaluating it unfolded", flush=True)
         except Exception as err:  # noqa: BLE001  (a model torch.fx cannot trace stays unfolded)
+            if self._folded:  # the check itself failed (e.g. NaN logits): undo the folding, as the note says
+                unfold_batchnorm(self.model, self._folded)
+                self._folded = []
             print(f"BatchNorm not folded for {name} ({_first_line(err)})", flush=True)
 
     def train(self, mode: bool = True) -> "NormalizedModel":

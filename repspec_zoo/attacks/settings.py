@@ -47,11 +47,12 @@ class AttackSettings:
     progress: bool = False  # tqdm bar of queries (hard-label) or of samples (white-box)
 
     def __post_init__(self):
-        if isinstance(self.seed, bool) or not isinstance(self.seed, Integral):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, Integral) or not 0 <= self.seed < 2 ** 32:
+            raise ValueError(f"seed must be an int in [0, 2**32) (numpy's generators take no other), got {self.seed!r}")
         max_iter = self.max_iter
-        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, Integral) or max_iter < 0):
-            raise ValueError(f"max_iter must be an int >= 0 or None (no limit), got {max_iter!r}")
+        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, Integral) or max_iter < 1):
+            raise ValueError(f"max_iter must be an int >= 1 (0 iterations attack nothing: the distances would be the "
+                             f"starting points') or None (no limit), got {max_iter!r}")
         scale = self.theta_scale
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, Real) or not (scale > 0 and math.isfinite(scale))):
             raise ValueError(f"theta_scale must be a finite number > 0 (bisection threshold theta_scale / d^1.5; "

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 
 from ..errors import UserError
 
 #: exit status of an expected error (argparse's usage-error status)
 ERROR_STATUS = 2
+#: exit status when stdout's reader closed the pipe early: 128 + SIGPIPE, as the shell reports other tools
+BROKEN_PIPE_STATUS = 141
 
 
 class UsageError(UserError):
@@ -99,7 +102,11 @@ def main(argv=None) -> int:
     command, rest = argv[0], argv[1:]
     try:
         _run(command, rest)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's exit-time flush
         return 0
+    except BrokenPipeError:  # the reader went away (`repspec-zoo list | head`): stop as a SIGPIPE'd tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush must not fail again
+        raise SystemExit(BROKEN_PIPE_STATUS) from None
     except UserError as err:
         if debug:
             raise

@@ -27,7 +27,7 @@ from .. import analysis, data
 from ..attacks import NormalizedModel
 from ..io import atomic_write_text
 from ..plots import plot_analysis
-from ..argtypes import positive_int
+from ..argtypes import positive_int, seed_int
 from ..loader import load_model
 from . import Parser
 
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pgd-steps", type=positive_int, default=10)
     p.add_argument("--power-iters", type=positive_int, default=30, help="power/subspace iteration steps")
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output folder for analysis.json and the PNGs")
     return p
 

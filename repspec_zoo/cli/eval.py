@@ -36,7 +36,8 @@ from ..attacks import NormalizedModel
 from ..eval import EVAL_BATCH_SIZE, PAPER, evaluate, resolve_attacks
 from ..models.registry import ARCHS, TAGS
 from ..loader import load_model
-from ..argtypes import nonnegative_int, parse_attacks, parse_budgets, positive_int
+from ..model_checks import check_model, first_images
+from ..argtypes import parse_attacks, parse_budgets, positive_int, seed_int
 from . import Parser
 
 
@@ -57,14 +58,14 @@ def add_attack_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", type=parse_budgets, help="comma-separated query budgets (default 1000,5000,10000)")
     p.add_argument("--attack", type=parse_attacks, help="ta, gta, hsja, cgba, fmn, alma, ddn, a comma-separated list, "
                                                    "'ensemble' or 'none' (default ta)")
-    p.add_argument("--max-iter", type=nonnegative_int,
+    p.add_argument("--max-iter", type=positive_int,
                    help="hard-label attack iteration cap (the rep-spectral paper used 40)")
     p.add_argument("--paper", action="store_true",
                    help=f"the rep-spectral paper's evaluation: attack {PAPER['attack']}, --max-iter {PAPER['max_iter']}, "
                         f"budgets {','.join(map(str, PAPER['budgets']))} (explicit flags still win)")
     p.add_argument("--no-start-pool", action="store_true",
                    help="noise starts only, as the reference attacks (samples noise cannot start on go unattacked)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the subsets, the attacked images and the attacks")
+    p.add_argument("--seed", type=seed_int, default=0, help="seeds the subsets, the attacked images and the attacks")
     add_forward_arguments(p)
     p.add_argument("--out", type=Path, help="write the EvalResult JSON here")
 
@@ -133,7 +134,9 @@ def main(argv=None):
         print(f"attacking {args.n} correctly classified images x {max(args.budgets)} queries with "
               f"{'+'.join(args.attack)}: up to {args.n * max(args.budgets):,} model queries per hard-label attack "
               "(each attack's progress bar shows its ETA)", flush=True)
-    wrapped = NormalizedModel(model).to(accelerator.device).eval().fast_eval(compile=args.compile)
+    wrapped = NormalizedModel(model).to(accelerator.device).eval()
+    check_model(wrapped, first_images(dataset, accelerator.device), args.model)  # before fast_eval's notes
+    wrapped.fast_eval(compile=args.compile)
     result = evaluate(wrapped, dataset, model_name=args.model, dataset_name=name, split=args.split,
                       n=args.n, budgets=args.budgets, attack=args.attack or None, seed=args.seed,
                       batch_size=args.batch_size, max_iter=args.max_iter, lemma1=not args.no_lemma1,

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from .. import data
 from ..eval import resolve_attacks
-from ..eval_result import EvalResult
-from ..leaderboard import (bundled_models, common_indices, evaluate_job, finished, load_zoo_model, report)
-from ..argtypes import parse_attacks, parse_budgets
+from ..eval_result import EvalResult, EvalResultError
+from ..leaderboard import (LeaderboardError, bundled_models, check_readme, common_indices, evaluate_job, finished,
+                           load_zoo_model, report)
+from ..argtypes import parse_attacks, parse_budgets, positive_int, seed_int
 from . import Parser, UsageError
 from .eval import add_forward_arguments
 
@@ -25,12 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", help="zoo names (default: every bundled model trained on --dataset)")
     p.add_argument("--dataset", default="fashion_mnist")
-    p.add_argument("--n", type=int, default=50, help="test images attacked per model (the same for every model)")
+    p.add_argument("--n", type=positive_int, default=50,
+                   help="test images attacked per model (the same for every model)")
     p.add_argument("--budgets", type=parse_budgets, default=[250, 500, 1000], help="comma-separated query budgets")
     p.add_argument("--attack", type=parse_attacks, default=resolve_attacks("ensemble"),
                    help="attack name, comma-separated list or 'ensemble' (default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--workers", type=positive_int, default=1,
                    help="models evaluated in parallel processes, one torch thread each (default 1: one process)")
     add_forward_arguments(p)
     p.add_argument("--out", type=Path, default=Path("results/leaderboard"))
@@ -42,12 +44,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _saved(out: Path) -> tuple[dict[str, EvalResult], dict]:
+    """The per-model results and the meta data of a finished leaderboard in ``out`` (--report-only)."""
+    summary = out / "leaderboard.json"
+    again = "run the leaderboard without --report-only to (re)compute it"
+    if not summary.is_file():
+        raise LeaderboardError(f"--report-only: {summary} does not exist, so --out {out} holds no finished "
+                               f"leaderboard; {again}")
+    try:
+        meta = json.loads(summary.read_text())
+        names = list(meta.pop("models"))
+        meta.pop("paired_vs_baseline", None)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as err:
+        raise LeaderboardError(f"--report-only: {summary} is not a leaderboard summary (truncated or damaged: "
+                               f"{err!r}); {again}") from err
+    try:
+        return {name: EvalResult.load(out / f"{name}.json") for name in names}, meta
+    except EvalResultError as err:
+        raise LeaderboardError(f"--report-only: {err}; {again}") from err
+
+
 def main(argv=None) -> dict[str, EvalResult]:
     args = build_parser().parse_args(argv)
+    if args.update_readme:
+        check_readme(args.update_readme)
     if args.report_only:
-        meta = json.loads((args.out / "leaderboard.json").read_text())
-        results = {name: EvalResult.load(args.out / f"{name}.json") for name in meta.pop("models")}
-        meta.pop("paired_vs_baseline")
+        results, meta = _saved(args.out)
         print(report(results, args.out, meta, args.update_readme, args.update_cards))
         return results
     if not args.attack:
@@ -58,15 +80,20 @@ def main(argv=None) -> dict[str, EvalResult]:
                          "shows what exists, or pass --models NAME ...")
     x, y = data.as_tensors(data.load_split(args.dataset, "test"))
     start = time.perf_counter()
-    models = {name: load_zoo_model(name, compile=args.compile) for name in names}
+    models = {name: load_zoo_model(name, compile=args.compile, images=x[:8]) for name in names}
     index = common_indices(models, x, y, args.n, args.seed, args.batch_size).tolist()
     print(f"attacking the same {len(index)} test images (classified correctly by all {len(models)} models) "
           f"with {'+'.join(args.attack)}")
     settings = dict(dataset=args.dataset, index=index, budgets=args.budgets, attacks=args.attack, seed=args.seed,
                     batch_size=args.batch_size, out=args.out, compile=args.compile)
-    done = {name: kept for name in names if (kept := finished(args.out / f"{name}.json", settings))}
-    for name in done:
-        print(f"{name}: kept {args.out / f'{name}.json'} (same images, budgets, attacks and seed)")
+    done = {}
+    for name in names:
+        try:
+            if kept := finished(args.out / f"{name}.json", settings):
+                done[name] = kept
+                print(f"{name}: kept {args.out / f'{name}.json'} (same images, budgets, attacks and seed)")
+        except EvalResultError as err:  # e.g. a file torn by a full disk: evaluate that model again
+            print(f"repspec-zoo leaderboard: warning: {err}; evaluating {name} again", file=sys.stderr)
     todo = [name for name in names if name not in done]
     if args.workers > 1 and len(todo) > 1:
         from multiprocessing import get_context

@@ -21,6 +21,7 @@ import argparse
 from .. import data
 from ..eval import evaluate
 from ..loader import load_model
+from ..argtypes import positive_int
 from ..probe import PROBE_METHODS, fit_probe
 from . import Parser
 from .eval import add_attack_arguments, add_input_arguments, data_name, resolve_defaults
@@ -29,7 +30,7 @@ from .eval import add_attack_arguments, add_input_arguments, data_name, resolve_
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="repspec-zoo probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_arguments(p)
-    p.add_argument("--train-limit", type=int, help="fit the probe on a seeded class-stratified subset of this many "
+    p.add_argument("--train-limit", type=positive_int, help="fit the probe on a seeded class-stratified subset of this many "
                                                    "training images (default: all)")
     p.add_argument("--method", default="logistic", choices=PROBE_METHODS, help="how the linear head is fitted")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the head (sklearn's C)")

@@ -149,7 +149,7 @@ def _commands(config: Mapping, repo_id: str | None) -> str:
         local = f" --data-dir PATH/TO/{config['dataset']}" if config.get("custom_data") else ""  # the folder it read
         settings = (f" --dataset {evaluation.get('dataset', config.get('dataset'))}{local} "
                     f"--n {evaluation['n_requested']} --budgets {','.join(map(str, evaluation['budgets']))} "
-                    f"--attack {','.join(evaluation.get('attacks') or [evaluation.get('attack', 'ta')])} "
+                    f"--attack {','.join(evaluation.get('attacks') or [evaluation.get('attack') or 'none'])} "
                     f"--seed {evaluation.get('settings', {}).get('seed', 0)}")
     produced_by = (evaluation.get("settings") or {}).get("command")  # e.g. the leaderboard that wrote it
     probe = probe_settings(evaluation)

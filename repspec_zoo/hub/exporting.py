@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -29,7 +30,7 @@ from timm.models._hub import save_config_for_hf
 from ..errors import UserError
 from .. import __version__
 from ..data import DATASETS
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text, full_disk_is_user_error
 from ..models.registry import base_pretrained_cfg
 from ..regularizers.registry import REGULARIZERS, SPECTRAL_SETTINGS, get_spec
 from ..runs import CONFIG_FILE as CONFIG_YAML, WEIGHTS_FILE, Run, RunError, read_run
@@ -120,14 +121,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_staging(target: Path) -> None:
-    """Delete the hidden ``.NAME.PID.XXXXXXXX.tmp`` / ``.old`` folders that a killed export of ``target`` left
-    beside it: those of processes that are gone, and those of older exports (``.NAME.XXXXXXXX.tmp``, no pid)."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(\d+)\.)?[a-z0-9_]+\.(?:tmp|old)")  # not NAME.x's
-    for leftover in target.parent.iterdir():
+def recover_export(target: Path) -> bool:
+    """Clean up after an export of ``target`` that was killed; returns whether the previous export was restored.
+
+    A replacing export moves the old folder into a hidden ``.NAME.PID.XXXXXXXX.old/NAME``, then
+    renames its finished ``.NAME.PID.XXXXXXXX.tmp`` to ``NAME``, then deletes the ``.old`` folder. A
+    kill between the two renames leaves no ``NAME``: the old export is moved back. Every other
+    leftover of a process that is gone (or of an older export without a pid) is deleted: a ``.tmp``
+    is an unfinished new export, an ``.old`` beside a ``NAME`` a replaced one. Folders of a running
+    export are left alone.
+    """
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(\d+)\.)?[a-z0-9_]+\.(tmp|old)")  # not NAME.x's
+    restored = False
+    for leftover in sorted(target.parent.iterdir()):
         found = pattern.fullmatch(leftover.name)
-        if found and leftover.is_dir() and not (found[1] and _pid_alive(int(found[1]))):
-            shutil.rmtree(leftover, ignore_errors=True)
+        if not found or not leftover.is_dir() or (found[1] and _pid_alive(int(found[1]))):
+            continue
+        if found[2] == "old" and not target.exists() and (leftover / target.name).is_dir():
+            os.replace(leftover / target.name, target)
+            restored = True
+        shutil.rmtree(leftover, ignore_errors=True)
+    return restored
 
 
 @contextlib.contextmanager
@@ -135,7 +149,11 @@ def _staged_dir(target: Path, force: bool) -> Iterator[Path]:
     """A temp folder beside ``target`` that replaces it on success and is deleted on error.
 
     An existing export in ``target`` is replaced only with ``force``; any other non-empty folder never.
+    What a killed export of ``target`` left is cleaned up first (`recover_export`).
     """
+    if target.parent.is_dir() and recover_export(target):
+        warnings.warn(f"restored the previous export in {target}: an export that replaced it was killed between "
+                      "its two renames", stacklevel=3)
     if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or _is_export(target))):
         raise ExportError(f"{target} exists and is not an exported zoo model; export to a new folder "
                           f"(e.g. runs/export/<name>) so nothing else is replaced")
@@ -143,22 +161,25 @@ def _staged_dir(target: Path, force: bool) -> Iterator[Path]:
         raise ExportError(f"{target} already holds an exported model; pass --force (force=True) to replace it, "
                           "or export to a new folder")
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(target)
     prefix = f".{target.name}.{os.getpid()}."  # the pid tells a later export whether this one is still running
     staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix, suffix=".tmp"))
     staged.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
+    old = None
     try:
-        yield staged
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix, suffix=".old"))
-            os.replace(target, old / target.name)
-            os.replace(staged, target)
-            shutil.rmtree(old)
-        else:
+        with full_disk_is_user_error(target, f"free space, then export again ({target} is unchanged)"):
+            yield staged
+            if target.exists():
+                old = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix, suffix=".old"))
+                os.replace(target, old / target.name)
             os.replace(staged, target)
     except BaseException:
+        if old is not None and not target.exists() and (old / target.name).is_dir():
+            os.replace(old / target.name, target)  # the new export is not in place: the old one goes back
         shutil.rmtree(staged, ignore_errors=True)
         raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass

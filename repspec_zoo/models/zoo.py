@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import timm
 from timm.models import (PretrainedCfg, generate_default_cfgs, get_arch_pretrained_cfgs, get_pretrained_cfg,
                          register_model, resolve_pretrained_cfg, split_model_name_tag)
+from timm.models import _factory
 from timm.models._builder import pretrained_cfg_for_features
 
 from ..errors import UserError
@@ -75,6 +76,28 @@ def check_model_name(name: str) -> str:
     if tag:
         check_tag(arch, tag)
     return name
+
+
+class UnknownTimmModelError(UnknownModelError, RuntimeError):
+    """An unknown name given to ``timm.create_model`` (a RuntimeError, as timm's own, with close names)."""
+
+
+_TIMM_IS_MODEL = _factory.is_model
+
+
+def _is_model_or_suggest(name: str) -> bool:
+    """timm.create_model's test of a name, which otherwise fails with a bare 'Unknown model (NAME)': an
+    unknown name raises UnknownTimmModelError with the close names instead."""
+    if _TIMM_IS_MODEL(name):
+        return True
+    try:
+        check_model_name(name)
+    except UnknownModelError as err:
+        raise UnknownTimmModelError(str(err)) from None
+    return False
+
+
+_factory.is_model = _is_model_or_suggest
 
 
 def check_tag(arch: str, tag: str) -> None:
