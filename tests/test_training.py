@@ -523,3 +523,8 @@ def test_a_config_error_is_one_line_with_exit_status_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("recipes/train.py: error: unknown config key 'optim.lrr'")
+
+
+def test_a_negative_seed_is_a_config_error():
+    with pytest.raises(ConfigError, match="seed=-1: must be >= 0"):
+        load_config(CONFIG_DIR / "fmnist_resnet_small_baseline.yaml", ["seed=-1"])

@@ -284,7 +284,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         *_choice(r.mode, tuple(REGULARIZERS), "regularizer.mode"),
         *_choice(r.estimator, ESTIMATORS, "regularizer.estimator"),
         *_choice(r.apply, APPLY, "regularizer.apply"),
-        *_at_least(cfg.epochs, 1, "epochs"), *_at_least(cfg.batch_size, 1, "batch_size"),
+        *_at_least(cfg.seed, 0, "seed"), *_at_least(cfg.epochs, 1, "epochs"), *_at_least(cfg.batch_size, 1, "batch_size"),
         *_at_least(cfg.grad_accum_steps, 1, "grad_accum_steps"), *_at_least(cfg.num_classes, 1, "num_classes"),
         *_at_least(cfg.log_every_steps, 1, "log_every_steps"),
         *_at_least(d.img_size, 1, "dataset.img_size"), *_at_least(d.train_limit, 1, "dataset.train_limit"),
