@@ -29,7 +29,8 @@ Measured per model: clean accuracy on the 10k test images; the function-level nu
 Lipschitz bound, the median certified radius, the median feature-Jacobian norm); the attack distance on
 the same ``--n`` test images for every model (correctly classified by all): the ensemble (TA, CGBA, FMN,
 ALMA; per-image best) at ``--budgets``, and the Tangent Attack's own distance at the largest budget
-reported separately. Transfer: every backbone fine-tuned on sklearn digits (new head, backbone lr = head
+reported separately. The images are chosen among those every model of the first run classifies correctly;
+a model added later (``--arms adv``, ``--sweep-gammas``) that misclassifies one of them gets distance 0 there. Transfer: every backbone fine-tuned on sklearn digits (new head, backbone lr = head
 lr / 5, 15 epochs, no regularizer) and attacked (TA + FMN, best per image) on shared test digits.
 
 Hypotheses and decision rule (written before the run). The seed is the unit of replication: per seed
@@ -186,8 +187,10 @@ def evaluate_model(job: tuple) -> dict:
 
     x, y = split_tensors("fashion_mnist", "test")
     model = _load(source)
+    correct = _classified(model, x, y, indices)
     result = evaluate(model, (x, y), model_name=model_key(seed, arm), dataset_name="fashion_mnist", n=len(indices),
-                      indices=indices, budgets=budgets, attack="ensemble", seed=0, lemma1=False, progress=False)
+                      indices=[i for i, ok in zip(indices, correct) if ok], budgets=budgets, attack="ensemble", seed=0,
+                      lemma1=False, progress=False)
     top = str(max(budgets))
     row = json_clean(dict(
         seed=seed, arm=arm, source=source if isinstance(source, str) else Path(os.path.relpath(source, ROOT)).as_posix(),
@@ -195,10 +198,23 @@ def evaluate_model(job: tuple) -> dict:
         success_rate=result.success_rate, l2_mean=result.l2_mean, l2_median=result.l2_median, distance=result.distance,
         robust_accuracy=result.robust_accuracy, certified=result.certified, bracket=result.bracket,
         by_attack={a: {k: v for k, v in part.items() if k != "params"} for a, part in result.by_attack.items()},
-        wall_time_s=result.wall_time_s, index=result.per_sample["index"], l2=result.per_sample["l2"][top],
-        l2_ta=result.per_sample["l2_by_attack"]["ta"][top]))
+        wall_time_s=result.wall_time_s, index=indices, n_misclassified=correct.count(False),
+        l2=_aligned(result.per_sample["l2"][top], correct), l2_ta=_aligned(result.per_sample["l2_by_attack"]["ta"][top],
+                                                                           correct)))
     write_json(path, row)
     return row
+
+
+def _classified(model, x: torch.Tensor, y: torch.Tensor, indices: list[int]) -> list[bool]:
+    """Which shared images ``model`` classifies correctly (the main arms: all, by the choice of images)."""
+    with torch.no_grad():
+        return (model.eval()(x[indices]).argmax(1) == y[indices]).tolist()
+
+
+def _aligned(l2: list[float], correct: list[bool]) -> list[float]:
+    """Per shared image: the attack distance, or 0 where the model misclassifies it (no perturbation needed)."""
+    found = iter(l2)
+    return [next(found) if ok else 0.0 for ok in correct]
 
 
 def function_numbers(job: tuple) -> dict:

@@ -52,3 +52,7 @@ def test_per_seed_means_drop_images_unbroken_in_any_arm():
     rows["seed0_none"]["l2"][0] = math.inf
     means = exp.per_seed_means(rows, [0], ["none", "repbn"])
     assert means["none"] == [pytest.approx(sum(0.5 + 0.01 * i for i in range(1, 6)) / 5)]
+
+
+def test_a_shared_image_the_model_misclassifies_counts_as_distance_zero():
+    assert exp._aligned([0.5, 0.7], [True, False, True]) == [0.5, 0.0, 0.7]
