@@ -77,6 +77,12 @@ ARMS = {
     "convwd": (BASE_CONFIG, ("regularizer.mode=convwd",)),
     "adv": ("fmnist_resnet_small_advtrained", ("regularizer.pgd_eps=0.5", "regularizer.pgd_steps=5")),
 }
+#: seed 0 only, not part of the test: the zoo's other small-ResNet models, trained on the same schedule so that
+#: every bundled resnet_small_*.fmnist comes from one recipe (python recipes/build_zoo.py bundles seed 0)
+ZOO_ARMS = {
+    "ll": ("fmnist_resnet_small_llspectral", (f"regularizer.gamma={GAMMA}",)),
+    "ddsnr": ("fmnist_resnet_small_ddsnr", ()),
+}
 CALIBRATION_WD = (5e-4, 2e-3, 8e-3)  # convwd strengths trained on seed 0 to match rep's raw norms
 REFERENCE = "resnet_small_advtrained.fmnist"  # the zoo's adversarially trained model, attacked on the same images
 
@@ -91,8 +97,10 @@ def branch(seed: int, runs_dir: Path, name: str, config: str, overrides, base: R
                branch_from=(base.output, burn_in))
 
 
-def plan(seeds: list[int], runs_dir: Path, wd_lambda: float | None, sweep: list[float], sweep_seeds: list[int]) -> dict:
-    """{(seed, arm): Run}; convwd only once its strength is known; repbn_g{gamma} for the sweep."""
+def plan(seeds: list[int], runs_dir: Path, wd_lambda: float | None, sweep: list[float], sweep_seeds: list[int],
+         zoo_seed: int | None = None) -> dict:
+    """{(seed, arm): Run}; convwd only once its strength is known; repbn_g{gamma} for the sweep; the
+    `ZOO_ARMS` for ``zoo_seed``."""
     runs = {}
     for seed in seeds:
         base = runs[seed, "none"] = base_run(seed, runs_dir)
@@ -107,6 +115,9 @@ def plan(seeds: list[int], runs_dir: Path, wd_lambda: float | None, sweep: list[
             for gamma in sweep:
                 runs[seed, f"repbn_g{gamma:g}"] = branch(seed, runs_dir, f"repbn_g{gamma:g}", config,
                                                          (overrides[0], f"regularizer.gamma={gamma}"), base)
+        if seed == zoo_seed:
+            for arm, (config, overrides) in ZOO_ARMS.items():
+                runs[seed, arm] = branch(seed, runs_dir, arm, config, overrides, base)
     return runs
 
 
@@ -446,6 +457,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=50, help="shared correctly classified test images attacked")
     parser.add_argument("--budgets", type=int, nargs="+", default=[500, 1000], help="ensemble budgets; the last is reported")
     parser.add_argument("--sweep-gammas", type=float, nargs="*", default=[], help="extra repbn strengths (seeds 0-2)")
+    parser.add_argument("--zoo-arms", action="store_true", help=f"also train and attack {', '.join(ZOO_ARMS)} on seed 0 "
+                                                                  "(the zoo's other models on this schedule)")
     parser.add_argument("--no-transfer", action="store_true", help="skip the digits fine-tuning stage")
     parser.add_argument("--workers", type=int, default=2, help="parallel one-thread processes")
     parser.add_argument("--runs", type=Path, default=RUNS / "bn_resnet_fmnist")
@@ -465,8 +478,9 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     calibration = calibrate_wd(args.runs, args.workers, out) if "convwd" in args.arms else None
-    runs = plan(args.seeds, args.runs, calibration and calibration["wd_lambda"], args.sweep_gammas, [0, 1, 2])
-    runs = {k: r for k, r in runs.items() if k[1] in args.arms or k[1].startswith("repbn_g")}
+    runs = plan(args.seeds, args.runs, calibration and calibration["wd_lambda"], args.sweep_gammas, [0, 1, 2],
+                zoo_seed=0 if args.zoo_arms else None)
+    runs = {k: r for k, r in runs.items() if k[1] in args.arms or k[1].startswith("repbn_g") or k[1] in ZOO_ARMS}
     # adversarial training costs ~6x a plain epoch: the other arms of every seed first
     run_all(sorted(runs.values(), key=lambda r: r.output.name == "adv"), args.workers)
 
@@ -497,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     _commit_point(out, saved)
 
     if not args.no_transfer:
-        tuned = transfer_plan({k: r for k, r in runs.items() if not k[1].startswith("repbn_g")}, args.runs)
+        tuned = transfer_plan({k: r for k, r in runs.items() if k[1] in ARMS}, args.runs)
         run_all(tuned.values(), args.workers)
         first = load_model(next(iter(tuned.values())).output)
         dx, dy = digits_split(first)

@@ -20,6 +20,8 @@ def test_plan_branches_every_arm_from_the_seed_run_at_epoch_6(tmp_path):
     assert "regularizer.wd_lambda=0.003" in runs[0, "convwd"].overrides
     assert "regularizer.mode=repbn" in runs[0, "repbn"].overrides
     assert "convwd" not in {a for _, a in exp.plan([0], tmp_path, None, [], [])}  # not before the calibration
+    zoo = exp.plan([0, 1], tmp_path, 3e-3, [], [], zoo_seed=0)
+    assert {k for k in zoo if k[1] in exp.ZOO_ARMS} == {(0, "ll"), (0, "ddsnr")}
 
 
 def test_interpolate_log_hits_the_target_on_a_power_law():
