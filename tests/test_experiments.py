@@ -20,6 +20,83 @@ def test_table_reports_mean_and_sample_std_per_group():
     assert lines[3] == "| b | 1 | 3.000 ± 0.000 |"
 
 
+def _synthetic_results(rng, seeds=(0, 1, 2, 3), heads=("h1", "h2"), n=30):
+    """{(arm, head, seed): per-image distances}: the same n images per (head, seed), a few unbroken (+inf)."""
+    results = {}
+    for head in heads:
+        for seed in seeds:
+            base = rng.uniform(0.5, 1.5, n)
+            for arm, shift in (("none", 0.0), ("rep", 0.05), ("ll", -0.02)):
+                d = base + shift + rng.normal(0, 0.1, n)
+                d[rng.choice(n, 2, replace=False)] = np.inf
+                results[arm, head, seed] = d.tolist()
+    return results
+
+
+def test_seed_level_rows_match_an_independent_t_interval_and_sign_test():
+    from scipy import stats as st
+
+    results = _synthetic_results(np.random.default_rng(0))
+    rows = common.seed_level_rows(results, "none", 0, 2)
+    assert sorted((r["arm"], tuple(r["group"])) for r in rows) == [(a, (h,)) for a in ("ll", "rep") for h in ("h1", "h2")]
+    for r in rows:
+        head = r["group"][0]
+        assert r["seeds"] == [0, 1, 2, 3] and r["n_seeds"] == 4
+        a_means, b_means = [], []
+        for seed in r["seeds"]:
+            a, b = np.array(results["none", head, seed]), np.array(results[r["arm"], head, seed])
+            ok = np.isfinite(a) & np.isfinite(b)
+            a_means.append(a[ok].mean())
+            b_means.append(b[ok].mean())
+        np.testing.assert_allclose(r["per_seed_a"], a_means)
+        np.testing.assert_allclose(r["per_seed_b"], b_means)
+        d = np.array(b_means) - np.array(a_means)
+        ci = st.ttest_rel(b_means, a_means).confidence_interval(0.95)
+        assert r["mean_difference"]["estimate"] == pytest.approx(d.mean())
+        assert (r["mean_difference"]["low"], r["mean_difference"]["high"]) == pytest.approx((ci.low, ci.high))
+        assert r["relative_difference"] == pytest.approx(np.mean(b_means) / np.mean(a_means) - 1)
+        assert (r["n_positive"], r["n_negative"]) == (int((d > 0).sum()), int((d < 0).sum()))
+        assert r["sign_test_p_one_sided"] == pytest.approx(st.binomtest(int((d > 0).sum()), 4, alternative="greater").pvalue)
+    rep = next(r for r in rows if r["arm"] == "rep" and r["group"] == ["h1"])
+    assert rep["n_positive"] == 4 and rep["sign_test_p_one_sided"] == pytest.approx(1 / 16)
+
+
+def test_seed_level_rows_pair_only_the_seeds_both_arms_have_and_reject_unequal_images():
+    results = {("none", 0): [1.0, 2.0], ("none", 1): [1.0, float("inf")], ("none", 2): [3.0, 3.0],
+               ("rep", 0): [1.5, 2.5], ("rep", 1): [2.0, 9.0]}
+    (row,) = common.seed_level_rows(results, "none", 0, 1)
+    assert row["group"] == [] and row["seeds"] == [0, 1]
+    assert row["per_seed_a"] == [1.5, 1.0] and row["per_seed_b"] == [2.0, 2.0]  # seed 1: image 2 is unbroken in a
+    assert row["differences"] == [0.5, 1.0]
+    with pytest.raises(ValueError, match="same images"):
+        common.seed_level_rows({("none", 0): [1.0, 2.0], ("rep", 0): [1.0]}, "none", 0, 1)
+
+
+def test_seed_table_shows_per_seed_differences_the_t_interval_and_the_sign_test():
+    rows = common.seed_level_rows(_synthetic_results(np.random.default_rng(1), heads=("h1",)), "none", 0, 2)
+    lines = common.seed_table(rows, ["head"], baseline="none").splitlines()
+    assert lines[0].startswith("| arm vs none | head | seeds |") and len(lines) == 2 + len(rows)
+    rep = next(r for r in rows if r["arm"] == "rep")
+    cells = [c.strip() for c in lines[2 + rows.index(rep)].strip("|").split("|")]
+    d = rep["mean_difference"]
+    assert cells[:3] == ["rep", "h1", "0, 1, 2, 3"]
+    assert cells[5] == ", ".join(f"{v:+.3f}" for v in rep["differences"])
+    assert cells[6] == f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+    assert cells[8:] == [f"{rep['n_positive']} / {rep['n_negative']}", f"{rep['sign_test_p_one_sided']:.3g}"]
+
+
+def test_paired_rows_compare_one_network_pair_each_and_pool_nothing():
+    from repspec_zoo import stats
+
+    results = _synthetic_results(np.random.default_rng(2), seeds=(0, 1), heads=("h1",), n=20)
+    rows = common.paired_rows(results, "none", 0)
+    assert sorted((r["arm"], *r["group"]) for r in rows) == [(a, "h1", s) for a in ("ll", "rep") for s in (0, 1)]
+    row = next(r for r in rows if r["arm"] == "rep" and r["group"] == ["h1", 1])
+    expected = stats.paired_comparison(results["none", "h1", 1], results["rep", "h1", 1])
+    assert row["n_pairs"] == expected["n_pairs"] == 20
+    assert row["mean_difference"]["estimate"] == pytest.approx(expected["mean_difference"].estimate)
+
+
 def test_checkpoint_at_epoch_finds_the_end_of_that_epoch(tmp_path):
     for step, epoch, done in ((10, 1, 0), (15, 1, 5), (20, 2, 0)):
         folder = tmp_path / "checkpoints" / f"step_{step:07d}"
