@@ -160,20 +160,44 @@ def test_ssl_plan_branches_rep_and_ll_from_the_baseline_burn_in(tmp_path):
         assert runs[1, arm].config == f"fmnist_simclr_resnet_small_{arm}spectral"
 
 
-def test_logistic_head_is_sklearns_fit_on_the_frozen_features():
+def test_logistic_head_is_sklearns_fit_on_the_standardized_frozen_features():
+    """The network's logits (standardization folded into the head, logit scale undone) equal the
+    decision function of sklearn's own scaler + logistic-regression pipeline on the raw features."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     torch.manual_seed(0)
     model = timm.create_model("slp", hidden_dim=16, num_classes=3).eval()
+    with torch.no_grad():  # features on very different scales: unstandardized lbfgs would struggle
+        model.fc1.weight.mul_(torch.logspace(-2, 2, 16).unsqueeze(1))
     x, y = torch.rand(90, 1, 28, 28), torch.arange(90) % 3
     refit, info = slp_fmnist.logistic_head(model, x, y, seed=0)
-    features = model.forward_features(x).detach().numpy()
-    reference = LogisticRegression(C=1.0, max_iter=1000).fit(features, y.numpy())
+    features = model.forward_features(x).detach().double().numpy()
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000)).fit(features, y.numpy())
     with torch.no_grad():
-        logits = refit(x).numpy()
-    np.testing.assert_allclose(logits, reference.decision_function(features), rtol=1e-3, atol=1e-3)
+        logits = refit(x).double().numpy()
+    decision = reference.decision_function(features)
+    np.testing.assert_allclose(logits, decision, rtol=1e-4, atol=1e-4 * np.abs(decision).max())
     assert torch.equal(refit.fc1.weight, model.fc1.weight)  # the features stay frozen
-    assert info["converged"] and info["train_acc"] == pytest.approx(reference.score(features, y.numpy()))
+    assert info["standardized"] and info["converged"] and info["iterations"] == reference[-1].n_iter_.max()
+    assert info["train_acc"] == pytest.approx(reference.score(features, y.numpy()))
+    assert not slp_fmnist.logistic_head(model, x, y, seed=0, max_iter=2)[1]["converged"]
+
+
+def test_slp_report_shows_unconverged_and_unstandardized_refits_of_an_old_run():
+    old = dict(iterations=1000.0, converged=False, train_acc=0.88, fit_s=400.0)  # an old run's fields
+    new = dict(standardized=True, iterations=212, max_iter=5000, converged=True, train_acc=0.89, fit_s=60.0)
+    rows = [dict(mode="none", seed=0, head="logreg", logreg_fit=old), dict(mode="rep", seed=0, head="logreg", logreg_fit=new),
+            dict(mode="rep", seed=0, head="trained", logreg_fit=new)]
+    lines = slp_fmnist._refit_table(rows).splitlines()
+    assert len(lines) == 4
+    assert lines[2] == "| none | 0 | raw (unstandardized) | 1000 | **NO** | 0.8800 | 400 |"
+    assert lines[3] == "| rep | 0 | standardized | 212 of max 5000 | yes | 0.8900 | 60 |"
+    note = slp_fmnist._provenance(dict(command="python -m experiments.slp_fmnist", rows=rows))
+    assert "now defaults to 3" in note and "1 of its 2 logistic refits" in note and "1 of 2 did not converge" in note
+    rows = [dict(r, seed=s, logreg_fit=new) for r in rows for s in (0, 1, 2)]
+    assert slp_fmnist._provenance(dict(command="c", rows=rows)) == ""
 
 
 def test_volume_element_of_a_linear_feature_map_is_the_product_of_its_singular_values():
