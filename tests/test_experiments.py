@@ -160,6 +160,35 @@ def test_ssl_plan_branches_rep_and_ll_from_the_baseline_burn_in(tmp_path):
         assert runs[1, arm].config == f"fmnist_simclr_resnet_small_{arm}spectral"
 
 
+def test_ssl_plateau_check_needs_a_plateau_well_above_random_init_before_the_penalty():
+    from experiments import ssl_fmnist
+
+    def curve(seed, accs):
+        return [dict(seed=seed, epoch=e, fashion_mnist=a) for e, a in accs.items()]
+    rows = (curve(0, {0: 0.70, 2: 0.78, 4: 0.80, 6: 0.81, 9: 0.50})  # fair: +0.11, last step 0.01; epoch 9 ignored
+            + curve(1, {0: 0.76, 3: 0.787, 5: 0.785, 7: 0.80})      # plateaued at +0.025: not well above random init
+            + curve(2, {0: 0.70, 3: 0.74, 6: 0.80})                 # +0.10 but still climbing (last step 0.06)
+            + curve(3, {0: 0.70, 6: 0.80}))                         # one trained epoch recorded: no verdict
+    checks = {c["seed"]: c for c in ssl_fmnist.plateau_check(rows, burn_in=6)}
+    assert checks[0]["epoch"] == 6 and checks[0]["gain"] == pytest.approx(0.11) and checks[0]["fair"]
+    assert checks[1]["epoch"] == 5 and checks[1]["plateaued"] and not checks[1]["well_above"] and not checks[1]["fair"]
+    assert checks[2]["well_above"] and not checks[2]["plateaued"] and not checks[2]["fair"]
+    assert checks[3]["fair"] is None
+    section = ssl_fmnist._plateau_section([checks[0], checks[1]], 6)
+    assert "**The comparison is not fair** (seed 1 fails the rule)" in section
+    assert "not fair" not in ssl_fmnist._plateau_section([checks[0]], 6)
+
+
+def test_ssl_attacks_are_cached_per_shared_image_set_and_compared_only_on_shared_images(tmp_path):
+    from experiments import ssl_fmnist
+
+    first = ssl_fmnist.attack_cache(tmp_path, 0, "rep", [3, 5, 8])
+    assert first == ssl_fmnist.attack_cache(tmp_path, 0, "rep", [3, 5, 8])
+    assert first != ssl_fmnist.attack_cache(tmp_path, 0, "rep", [3, 5, 9])  # other images: attacked again
+    assert ssl_fmnist.shared_indices([dict(index=[3, 5]), dict(index=[3, 5])]) == [3, 5]
+    assert ssl_fmnist.shared_indices([dict(index=[3, 5]), dict(index=[3, 6])]) is None
+
+
 def test_logistic_head_is_sklearns_fit_on_the_standardized_frozen_features():
     """The network's logits (standardization folded into the head, logit scale undone) equal the
     decision function of sklearn's own scaler + logistic-regression pipeline on the raw features."""
