@@ -193,6 +193,11 @@ def _refit_table(rows: list[dict]) -> str:
         lines.append(f"| {r['mode']} | {r['seed']} | {'standardized' if fit.get('standardized') else 'raw (unstandardized)'} | "
                      f"{int(fit['iterations'])}{limit} | {'yes' if fit.get('converged') else '**NO**'} | "
                      f"{fit['train_acc']:.4f} | {fit['fit_s']:.0f} |")
+    fits = [r.get("logreg_fit") or {} for r in rows if r["head"] == "logreg"]
+    failed = sum(not f.get("converged") for f in fits)
+    if failed:
+        lines.append(f"\n**{failed} of the {len(fits)} refits did not converge**: their logreg-head numbers are not "
+                     "those of the fitted optimum.")
     return "\n".join(lines)
 
 

@@ -220,7 +220,7 @@ def test_slp_report_shows_unconverged_and_unstandardized_refits_of_an_old_run():
     rows = [dict(mode="none", seed=0, head="logreg", logreg_fit=old), dict(mode="rep", seed=0, head="logreg", logreg_fit=new),
             dict(mode="rep", seed=0, head="trained", logreg_fit=new)]
     lines = slp_fmnist._refit_table(rows).splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 6 and lines[-1].startswith("**1 of the 2 refits did not converge**")
     assert lines[2] == "| none | 0 | raw (unstandardized) | 1000 | **NO** | 0.8800 | 400 |"
     assert lines[3] == "| rep | 0 | standardized | 212 of max 5000 | yes | 0.8900 | 60 |"
     note = slp_fmnist._provenance(dict(command="python -m experiments.slp_fmnist", rows=rows))
