@@ -391,7 +391,7 @@ def report(saved: dict, out: Path) -> str:
     comparisons = saved["seed_level"] = seed_level(rows, main_seeds)
     ta_comparisons = saved["seed_level_ta"] = seed_level(rows, main_seeds, "l2_ta")
     by_image = paired_rows({(rows[k]["arm"], rows[k]["seed"]): [float(v) for v in rows[k]["l2"]]
-                            for k in keys if rows[k]["seed"] is not None}, "none", 0, pooled=False)
+                            for k in keys if rows[k]["seed"] is not None}, "none", 0)
     _plot(rows, seeds, out)
     n = next(iter(rows.values()))["n_samples"]
     cal = saved.get("calibration") or {}

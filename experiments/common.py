@@ -29,7 +29,7 @@ RUNS = ROOT / "runs" / "experiments"
 
 __all__ = ["ROOT", "RESULTS", "RUNS", "Run", "run_all", "parallel_map", "split_tensors", "burn_in_epochs", "load_results", "attack_summary", "distance_rule", "checkpoint_at_epoch", "sigma_max",
            "mean_std", "table", "box_plot", "write_json", "paired_rows",
-           "paired_table"]
+           "paired_table", "seed_level_rows", "seed_table"]
 
 
 @dataclass
@@ -236,8 +236,8 @@ def write_json(path: Path, data) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=1))
 
 
-def paired_rows(results: dict[tuple, list[float]], baseline: str, position: int, pooled: bool = True) -> list[dict]:
-    """Paired comparisons of per-image distances against the baseline arm.
+def paired_rows(results: dict[tuple, list[float]], baseline: str, position: int) -> list[dict]:
+    """Paired comparisons of per-image distances against the baseline arm: one trained network pair each.
 
     Args:
         results: {key tuple: per-image distances}, all on the same images for equal keys but the arm.
@@ -245,31 +245,84 @@ def paired_rows(results: dict[tuple, list[float]], baseline: str, position: int,
         position: where the arm sits in the key tuple.
 
     Returns one row per (other arm, rest of the key) with ``stats.paired_comparison``'s numbers
-    (b = the arm, a = the baseline; positive = the arm is more robust), plus a pooled row per arm
-    over every other key component (pairs concatenated: the same images in each group) unless
-    ``pooled`` is False.
+    (b = the arm, a = the baseline; positive = the arm is more robust). The images are resampled,
+    the networks are not: a row says nothing about another seed (see :func:`seed_level_rows`).
     """
     from repspec_zoo import stats
 
-    def rest(key):
-        return key[:position] + key[position + 1:]
-
     groups: dict[tuple, dict[str, list[float]]] = {}
     for key, distances in results.items():
-        groups.setdefault(rest(key), {})[key[position]] = distances
-    rows, pools = [], {}
+        groups.setdefault(key[:position] + key[position + 1:], {})[key[position]] = distances
+    return [dict(arm=arm, group=list(group), **stats.to_jsonable(stats.paired_comparison(arms[baseline], distances)))
+            for group, arms in groups.items() if baseline in arms
+            for arm, distances in arms.items() if arm != baseline]
+
+
+def seed_level_rows(results: dict[tuple, list[float]], baseline: str, position: int, seed_position: int) -> list[dict]:
+    """Seed-level comparisons against the baseline arm: the seed is the unit of replication.
+
+    Args:
+        results: {key tuple: per-image distances}, as for :func:`paired_rows`: equal keys but the
+            arm (at ``position``) hold distances on the same images; the seed sits at ``seed_position``.
+        baseline: the arm every other arm is compared with.
+
+    Per (other arm, rest of the key without arm and seed) and per seed that has both arms: the mean
+    distance of each arm over the images finite in both (an unbroken image, +inf, is left out of
+    both). These per-seed means, paired by seed, go to ``stats.seed_level_comparison(a = baseline,
+    b = arm)`` (mean difference with a Student-t CI over seeds, sign count, sign-test p). Each row
+    also holds ``arm``, ``group`` (the rest of the key), ``seeds``, ``per_seed_a``, ``per_seed_b``.
+    """
+    from repspec_zoo import stats
+
+    if position == seed_position:
+        raise ValueError("the arm and the seed must sit at different positions of the key")
+    groups: dict[tuple, dict[str, dict]] = {}
+    for key, distances in results.items():
+        rest = tuple(k for i, k in enumerate(key) if i not in (position, seed_position))
+        groups.setdefault(rest, {}).setdefault(key[position], {})[key[seed_position]] = distances
+    rows = []
     for group, arms in groups.items():
-        for arm, distances in arms.items():
+        for arm, by_seed in arms.items():
             if arm == baseline or baseline not in arms:
                 continue
-            rows.append(dict(arm=arm, group=list(group), **stats.to_jsonable(
-                stats.paired_comparison(arms[baseline], distances))))
-            a, b = pools.setdefault(arm, ([], []))
-            a.extend(arms[baseline])
-            b.extend(distances)
-    for arm, (a, b) in (pools.items() if pooled else ()):
-        rows.append(dict(arm=arm, group=["pooled"], **stats.to_jsonable(stats.paired_comparison(a, b))))
+            seeds, means_a, means_b = [], [], []
+            for seed in sorted(set(by_seed) & set(arms[baseline])):
+                a, b = (torch.as_tensor([float(v) for v in d], dtype=torch.float64)
+                        for d in (arms[baseline][seed], by_seed[seed]))
+                if a.shape != b.shape:
+                    raise ValueError(f"{arm} and {baseline} of seed {seed} ({list(group)}): {len(b)} vs {len(a)} "
+                                     "distances; they must be on the same images")
+                finite = a.isfinite() & b.isfinite()
+                if finite.any():
+                    seeds.append(seed)
+                    means_a.append(float(a[finite].mean()))
+                    means_b.append(float(b[finite].mean()))
+            if seeds:
+                rows.append(dict(arm=arm, group=list(group), seeds=seeds, per_seed_a=means_a, per_seed_b=means_b,
+                                 **stats.to_jsonable(stats.seed_level_comparison(means_a, means_b))))
     return rows
+
+
+def seed_table(rows: list[dict], group_names: Sequence[str], baseline: str = "baseline") -> str:
+    """Markdown table of :func:`seed_level_rows`: per-seed differences b - a, their mean with the
+    Student-t CI over seeds, the relative change mean(b) / mean(a) - 1, the sign count and the
+    one-sided sign-test p (P(at least this many seeds positive | no effect))."""
+    head = [f"arm vs {baseline}", *group_names, "seeds", "per-seed mean a", "per-seed mean b", "per-seed b - a",
+            "mean b - a [95% t-CI]", "relative", "signs + / -", "sign test p (one-sided)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def signed(v):
+        return "n/a" if v is None else f"{v:+.3f}"
+    for r in rows:
+        d, rel = r["mean_difference"], r["relative_difference"]
+        lines.append("| " + " | ".join([
+            r["arm"], *map(str, r["group"]), ", ".join(map(str, r["seeds"])),
+            ", ".join(f"{v:.3f}" for v in r["per_seed_a"]), ", ".join(f"{v:.3f}" for v in r["per_seed_b"]),
+            ", ".join(signed(v) for v in r["differences"]),
+            f"{signed(d['estimate'])} [{signed(d['low'])}, {signed(d['high'])}]",
+            "-" if rel is None else f"{rel:+.1%}", f"{r['n_positive']} / {r['n_negative']}",
+            f"{r['sign_test_p_one_sided']:.3g}"]) + " |")
+    return "\n".join(lines)
 
 
 def paired_table(rows: list[dict], group_names: Sequence[str]) -> str:
@@ -280,9 +333,8 @@ def paired_table(rows: list[dict], group_names: Sequence[str]) -> str:
             "beyond noise"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        group = r["group"] if len(r["group"]) == len(group_names) else [*r["group"], *[""] * (len(group_names) - 1)]
         p = r["wilcoxon"]["p_value"]
-        lines.append("| " + " | ".join([r["arm"], *map(str, group), str(r["n_pairs"]),
+        lines.append("| " + " | ".join([r["arm"], *map(str, r["group"]), str(r["n_pairs"]),
                                         "-" if r["mean_a"] is None else f"{r['mean_a']:.3f}",
                                         "-" if r["mean_b"] is None else f"{r['mean_b']:.3f}",
                                         format_interval(r["mean_difference"], 3), "-" if p is None else f"{p:.2g}",

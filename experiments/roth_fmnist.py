@@ -159,7 +159,9 @@ def report(saved: dict, out: Path) -> str:
         f"Strengths picked for a clean accuracy closest to the standard model's minus {saved['acc_drop']}. PGD: "
         f"10 steps on the first {settings['pgd_n']} test images; Tangent Attack: {rows[0]['n_samples']} correctly "
         f"classified test images, budget {q}; Jacobian analyses on {settings['analysis_n']} test images. L2 in [0,1] "
-        f"pixel units.\n\n## Matched models\n\n{text}\n\n![comparison](comparison.png)\n\nPer-method analysis plots "
+        f"pixel units.\n\nOne training run per method (one seed), each model attacked on its own correctly classified "
+        f"images: the table describes these models; it neither replicates a method across seeds nor pairs the "
+        f"distances image by image, so no difference in it is tested.\n\n## Matched models\n\n{text}\n\n![comparison](comparison.png)\n\nPer-method analysis plots "
         f"(spectrum, alignment, linearity, robustness): {links}."
         f"\n\n## Sweep\n\n" + "\n".join(swept) + "\n")
     return text

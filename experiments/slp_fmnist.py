@@ -1,6 +1,6 @@
 """Experiment 2 (the paper's MNIST MLP, Figs. 5-6) at the authors' settings, on Fashion-MNIST.
 
-    python -m experiments.slp_fmnist     # 2 seeds x none/ll/ll_head/rep
+    python -m experiments.slp_fmnist     # 3 seeds x none/ll/ll_head/rep
 
 Training: ``recipes/configs/fmnist_slp_{baseline,llspectral,repspectral}.yaml``, the authors' MNIST
 recipe (784-2000-10 GELU, their N(0, 0.01^2) init and 1/sqrt(2000) logit scaling, SGD batch 1024,
@@ -11,16 +11,20 @@ seed share the unregularized first 160 epochs: the baseline trains all 200 and t
 branch from its epoch-160 checkpoint (``recipes/train.py --branch-from``), as the authors' script
 loads the base model's epoch-160 weights.
 
-Evaluation, per model and head (the trained head, and a logistic regression refit on the frozen
-features of the 60k training images: sklearn's default C=1, the paper's Fig. 6 protocol):
+Evaluation, per model and head (the trained head, and a logistic regression refit on the frozen,
+standardized features of the 60k training images: sklearn's default C=1, the paper's Fig. 6
+protocol; its iterations and convergence are reported):
 * test accuracy; sigma_max of the hidden layer W1 and of the head (dense SVD; the head's also times
   the logit scale 1/sqrt(2000), the readout the logits see);
 * every model and head attacked on the SAME ``--n`` test images (correctly classified by all), so
   that the comparisons are paired: the ensemble (TA, CGBA, FMN, ALMA; every image gets a start) at
   ``--budgets``, and the paper's Tangent Attack (40 iterations, ~17k queries) on the first
   ``--n-paper`` of those images, read at 1k/2k/5k/10k/20k queries;
-* paired comparisons (bootstrap CI of the mean difference + Wilcoxon) of every arm against the
-  baseline and of rep against ll and ll_head, per seed and head (and pooled over seeds).
+* seed-level comparisons (the evidence; the seed is the unit of replication): per head, every arm
+  against the baseline and rep against ll and ll_head, one mean distance per seed and arm, paired by
+  seed (Student-t CI over seeds, sign count, sign test);
+* image-level paired comparisons (secondary: bootstrap CI of the mean difference + Wilcoxon over the
+  images of ONE pair of trained networks), per seed and head.
 
 Writes results/experiments/slp_fmnist/: results.json (every number, per-image distances),
 README.md and boxplots.png.
@@ -41,13 +45,17 @@ from repspec_zoo.loader import load_model
 from repspec_zoo.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results,
-                     paired_rows, paired_table, parallel_map, run_all, sigma_max,
-                     split_tensors, write_json)
+                     paired_rows, paired_table, parallel_map, run_all, seed_level_rows, seed_table,
+                     sigma_max, split_tensors, write_json)
 
 #: arm -> (recipe config, extra overrides); ll_head is the authors' MLP "ll" (their layer walk reached the head only)
 MODES = {"none": ("fmnist_slp_baseline", ()), "ll": ("fmnist_slp_llspectral", ()),
          "ll_head": ("fmnist_slp_llspectral", ("regularizer.layers=[head]",)), "rep": ("fmnist_slp_repspectral", ())}
 HEADS = ("trained", "logreg")
+#: lbfgs iterations the logistic refit may take (standardized features converge in far fewer)
+LOGREG_MAX_ITER = 5000
+#: the refit's cache in a run folder; renamed with the standardization so that an old (unstandardized) fit is not reused
+LOGREG_CACHE = "logreg_head_standardized.safetensors"
 
 
 def plan(seeds: list[int], runs_dir: Path, overrides: list[str]) -> dict[tuple[int, str], Run]:
@@ -71,23 +79,39 @@ def _features(model, x: torch.Tensor, batch: int = 2048) -> torch.Tensor:
         return torch.cat([model.forward_features(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
-def logistic_head(model, x_train: torch.Tensor, y_train: torch.Tensor, seed: int) -> tuple[torch.nn.Module, dict]:
-    """``model`` with its head replaced by sklearn's LogisticRegression (C=1) fit on frozen features.
+def logistic_head(model, x_train: torch.Tensor, y_train: torch.Tensor, seed: int,
+                  max_iter: int = LOGREG_MAX_ITER) -> tuple[torch.nn.Module, dict]:
+    """``model`` with its head replaced by sklearn's LogisticRegression (C=1) fit on frozen, standardized features.
 
-    The net multiplies its head's output by ``logit_scale`` (1/sqrt(width) in the authors' MLP), so
-    the fitted coefficients go into the head divided by it: the logits equal the regression's."""
+    The regression sees z = (f - mu) / s (per feature: training mean and standard deviation; s = 1
+    for a constant feature, as StandardScaler does), logits W z + b. That is linear in f, so it folds
+    into the head: W' = W / s, b' = b - W' mu. The net multiplies its head's output by ``logit_scale``
+    (1/sqrt(width) in the authors' MLP), so the head gets W' and b' divided by it: the network's logits
+    equal the fitted model's decision_function. ``info``: training accuracy, lbfgs iterations, whether it
+    converged (no ConvergenceWarning) within ``max_iter``, fit seconds."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
 
-    features = _features(model, x_train).numpy()
     start = time.perf_counter()
-    fit = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(features, y_train.numpy())
+    scaler = StandardScaler(copy=False)  # in place: 60k x 2000 float64 features are ~1 GB
+    z, labels = scaler.fit_transform(_features(model, x_train).double().numpy()), y_train.numpy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        fit = LogisticRegression(C=1.0, max_iter=max_iter, random_state=seed).fit(z, labels)
+    weight = fit.coef_ / scaler.scale_
+    bias = fit.intercept_ - weight @ scaler.mean_
     refit = copy.deepcopy(model)
     scale = getattr(model, "logit_scale", 1.0)
     with torch.no_grad():
-        refit.head.weight.copy_(torch.as_tensor(fit.coef_, dtype=torch.float32) / scale)
-        refit.head.bias.copy_(torch.as_tensor(fit.intercept_, dtype=torch.float32) / scale)
-    info = dict(train_acc=float(fit.score(features, y_train.numpy())), iterations=int(fit.n_iter_.max()),
-                converged=bool(fit.n_iter_.max() < fit.max_iter), fit_s=time.perf_counter() - start)
+        refit.head.weight.copy_(torch.as_tensor(weight / scale, dtype=torch.float32))
+        refit.head.bias.copy_(torch.as_tensor(bias / scale, dtype=torch.float32))
+    iterations = int(fit.n_iter_.max())
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught) and iterations < max_iter
+    info = dict(standardized=True, train_acc=float(fit.score(z, labels)),
+                iterations=iterations, max_iter=max_iter, converged=converged, fit_s=time.perf_counter() - start)
     return refit.eval(), info
 
 
@@ -96,7 +120,7 @@ def heads_of(run_dir: Path, seed: int) -> tuple[dict, dict]:
     import safetensors.torch
 
     model = load_model(run_dir)
-    cached = run_dir / "logreg_head.safetensors"
+    cached = run_dir / LOGREG_CACHE
     if cached.is_file():
         refit = copy.deepcopy(model)
         refit.head.load_state_dict(safetensors.torch.load_file(cached))
@@ -157,8 +181,55 @@ def _floats(values) -> list[float]:
     return [float(v) for v in values]
 
 
+def _refit_table(rows: list[dict]) -> str:
+    """One line per (seed, mode): how the logistic refit was fitted and whether it converged."""
+    lines = ["| mode | seed | features | lbfgs iterations | converged | train acc (60k) | fit s |", "|" + "---|" * 7]
+    for r in sorted((r for r in rows if r["head"] == "logreg"), key=lambda r: (list(MODES).index(r["mode"]), r["seed"])):
+        fit = r.get("logreg_fit") or {}
+        if not fit:
+            lines.append(f"| {r['mode']} | {r['seed']} | - | - | not recorded | - | - |")
+            continue
+        limit = f" of max {int(fit['max_iter'])}" if "max_iter" in fit else ""
+        lines.append(f"| {r['mode']} | {r['seed']} | {'standardized' if fit.get('standardized') else 'raw (unstandardized)'} | "
+                     f"{int(fit['iterations'])}{limit} | {'yes' if fit.get('converged') else '**NO**'} | "
+                     f"{fit['train_acc']:.4f} | {fit['fit_s']:.0f} |")
+    fits = [r.get("logreg_fit") or {} for r in rows if r["head"] == "logreg"]
+    failed = sum(not f.get("converged") for f in fits)
+    if failed:
+        lines.append(f"\n**{failed} of the {len(fits)} refits did not converge**: their logreg-head numbers are not "
+                     "those of the fitted optimum.")
+    return "\n".join(lines)
+
+
+def _dof(seeds: int) -> str:
+    return f"{seeds - 1} degree{'' if seeds == 2 else 's'} of freedom"
+
+
+def _provenance(saved: dict) -> str:
+    """What of the README comes from the run that wrote results.json, and what is computed now."""
+    fits = [r.get("logreg_fit") or {} for r in saved["rows"] if r["head"] == "logreg"]
+    seeds = len({r["seed"] for r in saved["rows"]})
+    notes = []
+    if seeds < 3:
+        notes.append(f"it has {seeds} seeds (the command now defaults to 3: with {seeds} the t-CI over seeds has "
+                     f"{_dof(seeds)} and the one-sided sign test cannot go below {0.5 ** seeds:.2f})")
+    raw = sum(not f.get("standardized") for f in fits)
+    if raw:
+        notes.append(f"{raw} of its {len(fits)} logistic refits were fitted on unstandardized features and "
+                     f"{sum(not f.get('converged') for f in fits)} of {len(fits)} did not converge (table below): its "
+                     "logreg-head numbers are not those of the converged refit the protocol asks for")
+    if not notes:
+        return ""
+    return ("**From an earlier run.** Every trained-model number below comes from the run that wrote results.json (`"
+            + saved["command"] + "`); the seed-level comparisons are computed from its per-image distances by "
+            "`python -m experiments.slp_fmnist --report-only`. That run predates the present protocol: "
+            + "; ".join(notes) + ". A re-run (the command above, 3 seeds, standardized refits) replaces them.\n\n")
+
+
 def report(saved: dict, out: Path) -> str:
-    """README.md (tables, paired comparisons) and the box plots, from the content of results.json."""
+    """README.md (seed-level comparisons, the refits, every model, image-level comparisons) and the box
+    plots, from the content of results.json (also one written before the standardized refit: what a row
+    lacks is shown as such)."""
     rows, command = saved["rows"], saved["command"]
     top = str(max(saved["budgets"]))
     lines = ["| head | mode | seed | test acc | sigma_max(W1) | sigma_max(head) [x logit scale] | ensemble success @" + top +
@@ -173,33 +244,61 @@ def report(saved: dict, out: Path) -> str:
                      f"{float(p['l2_median']['5000']):.3f} / {float(p['l2_median']['20000']):.3f} |")
     best = {(r["mode"], r["head"], r["seed"]): _floats(r["ensemble"]["l2"][top]) for r in rows}
     paper = {(r["mode"], r["head"], r["seed"]): _floats(r["paper_ta"]["l2"]["20000"]) for r in rows}
+
+    def ordered(found):  # by head, then arm
+        return sorted(found, key=lambda r: (HEADS.index(r["group"][0]), list(MODES).index(r["arm"])))
+    seed_level = {"ensemble": ordered(seed_level_rows(best, "none", 0, 2)),
+                  "paper_ta": ordered(seed_level_rows(paper, "none", 0, 2)),
+                  "rep_vs_ll": ordered(r for r in seed_level_rows(best, "ll", 0, 2) if r["arm"] == "rep"),
+                  "rep_vs_ll_head": ordered(r for r in seed_level_rows(best, "ll_head", 0, 2) if r["arm"] == "rep")}
     comparisons = {"ensemble": paired_rows(best, "none", 0), "paper_ta": paired_rows(paper, "none", 0),
                    "rep_vs_ll": [r for r in paired_rows(best, "ll", 0) if r["arm"] == "rep"],
                    "rep_vs_ll_head": [r for r in paired_rows(best, "ll_head", 0) if r["arm"] == "rep"]}
-    saved["paired"] = comparisons
+    saved["seed_level"], saved["paired"] = seed_level, comparisons
     box_plot({f"{head} head: ensemble L2 @{top}": {
                   mode: [d for (m, h, _), v in best.items() if (m, h) == (mode, head) for d in v if math.isfinite(d)]
                   for mode in MODES} for head in HEADS},
              out / "boxplots.png", "single-hidden-layer net, Fashion-MNIST, authors' recipe: per-image distance "
                                    "(seeds pooled)")
     n, n_paper = rows[0]["ensemble"]["n_samples"], rows[0]["paper_ta"]["n_samples"]
+    seeds = sorted({r["seed"] for r in rows})
     readme = (f"# Experiment 2: single-hidden-layer net on Fashion-MNIST, the authors' recipe\n\n"
-              f"Written by `{command}`.\n{len({r['seed'] for r in rows})} seeds x none/ll/rep x (trained head, "
+              f"Written by `{command}`.\n{len(seeds)} seeds x {'/'.join(MODES)} x (trained head, "
               f"logistic-regression refit). Every model and head is attacked on the same {n} test images "
               f"(correctly classified by all): the ensemble {'+'.join(rows[0]['ensemble']['attacks'])} at "
               f"{', '.join(map(str, saved['budgets']))} queries (hard-label; FMN/ALMA are white-box), every image "
               f"with a start; the paper's Tangent Attack (40 iterations) on the first {n_paper}. L2 in [0,1] pixel "
               f"units; medians count an unbroken image as +inf, means are over the broken ones. 95% CIs: "
-              f"Clopper-Pearson (success), bootstrap (median, mean).\n\n" + "\n".join(lines) +
-              f"\n\n## Paired comparisons against the unregularized baseline (same images)\n\n"
+              f"Clopper-Pearson (success), bootstrap (median, mean).\n\n" + _provenance(saved) +
+              f"## Seed-level comparisons (the evidence)\n\n"
+              f"The seed is the unit of replication of a training method. Per seed, head and arm one number: the mean "
+              f"distance over the shared images (those broken for both arms); a = the baseline arm, b = the arm, paired "
+              f"by seed (the arms of a seed share its first epochs); positive = the arm needs larger perturbations. "
+              f"Mean of the per-seed differences with a 95% Student-t CI over the {len(seeds)} seeds ({_dof(len(seeds))}), "
+              f"the sign count and the one-sided sign test.\n\n"
+              f"Ensemble, best L2 at {top} queries, against the unregularized baseline:\n\n"
+              f"{seed_table(seed_level['ensemble'], ['head'], 'none')}\n\n"
+              f"Paper-mode Tangent Attack at 20k queries (first {n_paper} images):\n\n"
+              f"{seed_table(seed_level['paper_ta'], ['head'], 'none')}\n\n"
+              f"rep against ll (every layer, the paper's definition) and against ll_head (the head-only penalty the "
+              f"authors' MLP code applied as ll), ensemble at {top} queries:\n\n"
+              f"{seed_table(seed_level['rep_vs_ll'], ['head'], 'll')}\n\n"
+              f"{seed_table(seed_level['rep_vs_ll_head'], ['head'], 'll_head')}\n\n"
+              f"## The logistic-regression refit (the logreg head)\n\nsklearn LogisticRegression, C = 1, lbfgs, on "
+              f"the frozen features of the 60k training images. Standardized fits: the standardization is folded into "
+              f"the head, so the network's logits are the fitted model's decision function. A fit that did not "
+              f"converge is marked **NO**.\n\n{_refit_table(rows)}\n\n"
+              f"## Every model and head\n\n" + "\n".join(lines) +
+              f"\n\n## Image-level paired comparisons (secondary: the images of one pair of trained networks)\n\n"
               f"b = the regularized arm, a = the baseline of the same seed and head; a positive difference means "
-              f"the arm needs larger perturbations. Beyond noise = the CI excludes 0 and Wilcoxon p < 0.05.\n\n"
+              f"the arm needs larger perturbations. Beyond noise = the CI excludes 0 and Wilcoxon p < 0.05. These "
+              f"resample images, not training runs: they say nothing about another seed.\n\n"
               f"Ensemble, best L2 at {top} queries:\n\n{paired_table(comparisons['ensemble'], ['head', 'seed'])}\n\n"
               f"Paper-mode Tangent Attack at 20k queries:\n\n"
               f"{paired_table(comparisons['paper_ta'], ['head', 'seed'])}\n\n"
-              f"rep against ll (a = ll, every layer as the paper defines it), ensemble at {top} queries:\n\n"
+              f"rep against ll (a = ll), ensemble at {top} queries:\n\n"
               f"{paired_table(comparisons['rep_vs_ll'], ['head', 'seed'])}\n\n"
-              f"rep against ll_head (a = the head-only penalty the authors' MLP code applied as ll), ensemble at "
+              f"rep against ll_head (a = ll_head), ensemble at "
               f"{top} queries:\n\n{paired_table(comparisons['rep_vs_ll_head'], ['head', 'seed'])}\n\n"
               f"![box plots](boxplots.png)\n")
     (out / "README.md").write_text(readme)
@@ -209,7 +308,7 @@ def report(saved: dict, out: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.slp_fmnist", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, default=300, help="shared correctly classified test images attacked")
     parser.add_argument("--n-paper", type=int, default=100, help="of those, how many get the paper-mode TA")
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 2000], help="ensemble budgets")

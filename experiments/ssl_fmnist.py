@@ -13,20 +13,27 @@ Linear probe (:mod:`repspec_zoo.probe`, scikit-learn logistic regression on the 
 64 backbone features): fitted on ``--probe-train`` Fashion-MNIST training images, accuracy on
 ``--probe-test`` test images; the transfer probe is fitted on the 1,437 sklearn digits (8x8, resized to
 28x28) and scored on the other 360. The probe-accuracy curve: the same Fashion-MNIST probe on the
-baseline's checkpoints after each epoch of ``--curve-epochs`` (epoch 0: a random-init backbone).
+baseline's checkpoints after each epoch of ``--curve-epochs`` and the burn-in epoch (epoch 0: a
+random-init backbone). The fairness check (:func:`plateau_check`): the comparison tests a penalty on
+learned features only if, before the penalty starts, the probe has plateaued well above what
+random-init features give; the README says plainly when it has not.
 Robustness of backbone + Fashion-MNIST probe: every final model on the SAME ``--n`` test images
 (correctly classified by all), the Tangent Attack (hard-label, every image gets a start) at
 ``--budgets`` and FMN (white-box minimal-norm, adv-lib), the best of both per image; L2 in [0,1]
 pixels of the 28x28 input. CGBA/ALMA, larger budgets and attacks on the digits transfer probe are
-left out for CPU time (the machine's 2 cores are shared by several jobs). Paired comparisons: rep vs none and ll vs none, per seed and pooled.
+left out for CPU time (the machine's 2 cores are shared by several jobs). Comparisons, rep vs none and ll vs
+none: at the seed level (the evidence: one mean distance per seed and arm, paired by seed, Student-t
+CI over seeds, sign count) and, secondary, per seed over the images of one pair of models.
 
 Writes results/experiments/ssl_fmnist/: results.json, README.md, probe_curve.png and boxplots.png.
 Every step is resumable: finished runs are skipped, killed ones resume, and each model's probe and
-attack results are cached in the runs folder.
+attack results are cached in the runs folder (the attacks under the shared images' hash: when the
+set of models, hence of shared images, changes, every model is attacked again on the new ones).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -40,11 +47,17 @@ from repspec_zoo.loader import load_model
 from repspec_zoo.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
-                     parallel_map, run_all, split_tensors, table, weights_at_epoch, write_json)
+                     parallel_map, run_all, seed_level_rows, seed_table, split_tensors, table, weights_at_epoch,
+                     write_json)
 
 CONFIGS = {"none": "fmnist_simclr_resnet_small_baseline", "rep": "fmnist_simclr_resnet_small_repspectral",
            "ll": "fmnist_simclr_resnet_small_llspectral"}
 ARMS = tuple(CONFIGS)
+#: the fairness check: before the penalty, the Fashion-MNIST probe must gain at least this much test accuracy over
+#: random-init features (epoch 0) ...
+MIN_GAIN = 0.05
+#: ... and have plateaued: the last recorded step before the penalty at most this share of that gain
+MAX_LAST_STEP_SHARE = 0.25
 
 
 def plan(seeds: list[int], runs_dir: Path, overrides: list[str]) -> dict:
@@ -102,6 +115,68 @@ def conv_sigma_sq(backbone) -> float:
     return sum(s * s for s in conv_sigmas(backbone).values())
 
 
+def attack_cache(cache: Path, seed: int, arm: str, indices: list[int]) -> Path:
+    """Where one model's attack results are kept: named by the shared test images (a hash of their
+    indices), so that an attack on other images is never reused."""
+    tag = hashlib.sha256(json.dumps([int(i) for i in indices]).encode()).hexdigest()[:12]
+    return cache / f"attack_seed{seed}_{arm}_{len(indices)}img_{tag}.json"
+
+
+def shared_indices(attacks: list[dict]) -> list[int] | None:
+    """The test-image indices every attacked model shares (in the same order), None if they differ."""
+    first = [int(i) for i in attacks[0]["index"]]
+    return first if all([int(i) for i in r["index"]] == first for r in attacks) else None
+
+
+def plateau_check(curve: list[dict], burn_in: int, key: str = "fashion_mnist") -> list[dict]:
+    """Per seed: did the baseline's probe plateau well above random-init features before the penalty?
+
+    From the probe accuracies at the recorded epochs e <= ``burn_in`` (the penalty acts after it):
+    ``gain`` = acc(last such epoch) - acc(epoch 0, random init); ``last_step`` = acc(last) -
+    acc(the one before). ``fair`` = gain >= MIN_GAIN and |last_step| <= MAX_LAST_STEP_SHARE * gain.
+    ``fair`` is None when the curve lacks epoch 0 or two later epochs up to the burn-in."""
+    out = []
+    for seed in sorted({r["seed"] for r in curve}):
+        acc = {r["epoch"]: r[key] for r in curve if r["seed"] == seed and r["epoch"] <= burn_in}
+        trained = sorted(e for e in acc if e > 0)
+        if 0 not in acc or len(trained) < 2:
+            out.append(dict(seed=seed, epochs=sorted(acc), fair=None))
+            continue
+        last, before = trained[-1], trained[-2]
+        gain, step = acc[last] - acc[0], acc[last] - acc[before]
+        out.append(dict(seed=seed, random_init=acc[0], epoch=last, acc=acc[last], gain=gain, previous_epoch=before,
+                        last_step=step, well_above=gain >= MIN_GAIN, plateaued=abs(step) <= MAX_LAST_STEP_SHARE * gain,
+                        fair=bool(gain >= MIN_GAIN and abs(step) <= MAX_LAST_STEP_SHARE * gain)))
+    return out
+
+
+def _plateau_section(checks: list[dict], burn_in: int) -> str:
+    lines = ["| seed | random-init probe acc (epoch 0) | probe acc before the penalty | gain | last step | plateaued | "
+             "well above random init |", "|" + "---|" * 7]
+    for c in checks:
+        if c["fair"] is None:
+            lines.append(f"| {c['seed']} | - | - | - | - | - | - (recorded epochs up to {burn_in}: {c['epochs']}) |")
+            continue
+        lines.append(f"| {c['seed']} | {c['random_init']:.4f} | {c['acc']:.4f} (epoch {c['epoch']}) | {c['gain']:+.4f} | "
+                     f"{c['last_step']:+.4f} (epoch {c['previous_epoch']} to {c['epoch']}) | "
+                     f"{'yes' if c['plateaued'] else 'no'} | {'yes' if c['well_above'] else 'no'} |")
+    rule = (f"The rule: before the penalty starts (after epoch {burn_in}) the Fashion-MNIST probe must gain at least "
+            f"{MIN_GAIN:.2f} test accuracy over random-init features and have plateaued (its last recorded step at most "
+            f"{MAX_LAST_STEP_SHARE:.0%} of that gain). The thresholds are this check's choice, not a standard.")
+    if any(c["fair"] is None for c in checks):
+        verdict = ("**The check cannot be made from this run**: its curve lacks epoch 0 or two epochs up to the burn-in. "
+                   "The comparison below is not known to be fair.")
+    elif all(c["fair"] for c in checks):
+        verdict = "Every seed passes: the penalty acts on features SimCLR has learned."
+    else:
+        failed = [str(c["seed"]) for c in checks if not c["fair"]]
+        verdict = (f"**The comparison is not fair** ({'seeds' if len(failed) > 1 else 'seed'} {', '.join(failed)} "
+                   f"{'fail' if len(failed) > 1 else 'fails'} the rule): before the penalty, SimCLR had not moved the probe well above what random-init features give, "
+                   "so the arms compare penalties on nearly random features, not on learned ones. Do not read the "
+                   "robustness differences below as the effect of rep-/ll-spectral on a self-supervised backbone.")
+    return "\n".join(lines) + "\n\n" + rule + "\n\n" + verdict
+
+
 def evaluate_attacks(job: tuple) -> dict:
     """Worker: TA + FMN distances of one backbone + probe on the shared test images."""
     probe_model, indices, budgets, name = job
@@ -149,14 +224,15 @@ def report(saved: dict, out: Path) -> str:
     acc = table([dict(r, arm=r["arm"]) for r in sorted(finals, key=lambda r: ARMS.index(r["arm"]))], ["arm"],
                 {"fashion_mnist": "Fashion-MNIST probe acc", "digits": "digits transfer probe acc",
                  "sigma_sq": "sum conv sigma^2"}, digits=3)
-    seeds = sorted({r["seed"] for r in curve})
+    seeds = sorted({r["seed"] for r in attacks})
     curve_epochs = sorted({r["epoch"] for r in curve})
     by = {(r["seed"], r["epoch"]): r for r in curve}
-    curve_lines = ["| epoch | " + " | ".join(f"seed {s}: FMNIST / digits" for s in seeds) + " |",
-                   "|---|" + "---|" * len(seeds)]
+    curve_seeds = sorted({r["seed"] for r in curve})
+    curve_lines = ["| epoch | " + " | ".join(f"seed {s}: FMNIST / digits" for s in curve_seeds) + " |",
+                   "|---|" + "---|" * len(curve_seeds)]
     for e in curve_epochs:
         curve_lines.append(f"| {e} | " + " | ".join(f"{by[s, e]['fashion_mnist']:.4f} / {by[s, e]['digits']:.4f}"
-                                                    for s in seeds) + " |")
+                                                    if (s, e) in by else "-" for s in curve_seeds) + " |")
     lines = ["| arm | seed | probe acc (10k test images) | success @" + q + " [95% CI] | median L2 [95% CI] | "
              "mean L2 (broken) [95% CI] |", "|" + "---|" * 6]
     for r in sorted(attacks, key=lambda r: (ARMS.index(r["arm"]), r["seed"])):
@@ -165,14 +241,34 @@ def report(saved: dict, out: Path) -> str:
                      f"{format_interval(d['success_rate'], 3)} ({d['n_success']}/{d['n_samples']}) | "
                      f"{format_interval(d['l2_median'], 3)} | {format_interval(d['l2_mean'], 3)} |")
     best = {(r["arm"], r["seed"]): [float(v) for v in r["l2"][q]] for r in attacks}
-    paired = paired_rows(best, "none", 0)
-    saved["paired"] = paired
+    shared = shared_indices(attacks)
+    if shared is None:  # distances on different images do not pair
+        paired, by_seed = [], []
+        comparisons = ("**The models were not attacked on the same images**: no comparison is made. Re-run the "
+                       "command: it attacks every model on one set of shared images.")
+    else:
+        paired = paired_rows(best, "none", 0)
+        by_seed = sorted(seed_level_rows(best, "none", 0, 1), key=lambda r: ARMS.index(r["arm"]))
+        few = (f" With {len(seeds)} seeds the one-sided sign test cannot go below {0.5 ** len(seeds):.2f} (p < 0.05 "
+               f"needs 5 seeds, all positive) and the t-CI rests on {len(seeds)} numbers." if len(seeds) < 5 else "")
+        comparisons = (
+            f"## Seed-level comparisons (the evidence)\n\nThe seed is the unit of replication: per seed and arm one "
+            f"number, the mean distance over the shared images (those broken for both models); a = none, b = the arm, "
+            f"paired by seed (the arms of a seed share its first {saved['burn_in']} epochs); positive = the arm needs "
+            f"larger perturbations. Mean of the per-seed differences with a 95% Student-t CI over seeds, the sign count "
+            f"and the one-sided sign test.{few}\n\n{seed_table(by_seed, [], 'none')}\n\n"
+            f"## Image-level paired comparisons (secondary: the images of one pair of models each)\n\n"
+            f"Same images; positive = the arm needs larger perturbations. These resample images, not training runs: "
+            f"they say nothing about another seed.\n\n{paired_table(paired, ['seed'])}")
+    checks = plateau_check(curve, saved["burn_in"])
+    saved["paired"], saved["seed_level"], saved["plateau_check"] = paired, by_seed, checks
     box_plot({f"best of TA+FMN, L2 @{q} per test image": {
                  arm: [d for (a, _), v in best.items() if a == arm for d in v if math.isfinite(d)] for arm in ARMS}},
              out / "boxplots.png", "SimCLR backbone + linear probe, Fashion-MNIST: pretraining regularizer")
     _curve_plot(curve, finals, out / "probe_curve.png")
     last_two = [e for e in curve_epochs if e > 0][-2:]
-    gain = [by[s, last_two[1]]["fashion_mnist"] - by[s, last_two[0]]["fashion_mnist"] for s in seeds]
+    gain = [by[s, last_two[1]]["fashion_mnist"] - by[s, last_two[0]]["fashion_mnist"] for s in curve_seeds
+            if (s, last_two[0]) in by and (s, last_two[1]) in by]
     n = attacks[0]["n_samples"]
     readme = (
         f"# SimCLR on Fashion-MNIST with rep-/ll-spectral: linear probe and its robustness\n\n"
@@ -183,18 +279,19 @@ def report(saved: dict, out: Path) -> str:
         f"{saved['probe_train']} Fashion-MNIST training images and scored on {saved['probe_test']} test images; the transfer "
         f"probe is "
         f"fitted on the 1,437 sklearn digits and scored on the other 360. Attacks on backbone + Fashion-MNIST probe: the "
-        f"same {n} test images (correctly classified by all {len(attacks)} models), the Tangent Attack (budgets "
+        f"same {n} test images (correctly classified by all {len(attacks)} models"
+        f"{'' if shared is not None else '; NOT the case in this run'}), the Tangent Attack (budgets "
         f"{', '.join(map(str, saved['budgets']))}; every image gets a start) and FMN (white-box), the best of both per "
         f"image; L2 in [0,1] pixel units of the 28x28 input; medians count an unbroken image as +inf. 95% CIs: "
         f"Clopper-Pearson (success), bootstrap (median, mean, paired differences).\n\n"
         f"## Probe accuracy and conv norms (mean ± std over seeds)\n\n{acc}\n\n"
         f"sum conv sigma^2: over the 9 backbone convs, zero-padded operator at the 28x28 input, 300 power steps.\n\n"
-        f"## How close to its plateau is the probe? (the baseline's checkpoints)\n\n" + "\n".join(curve_lines) +
+        f"## Is the comparison fair? The probe before the penalty (the baseline's checkpoints)\n\n"
+        f"{_plateau_section(checks, saved['burn_in'])}\n\n" + "\n".join(curve_lines) +
         f"\n\nFashion-MNIST probe gain from epoch {last_two[0]} to {last_two[1]}: "
         f"{', '.join(f'{g:+.4f}' for g in gain)} (per seed).\n\n![probe accuracy over epochs](probe_curve.png)\n\n"
         f"## Robustness of backbone + probe\n\n" + "\n".join(lines) +
-        f"\n\n## Paired comparisons (same images; positive = the arm needs larger perturbations)\n\n"
-        f"{paired_table(paired, ['seed'])}\n\n![box plots](boxplots.png)\n")
+        f"\n\n{comparisons}\n\n![box plots](boxplots.png)\n")
     (out / "README.md").write_text(readme)
     return readme
 
@@ -208,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe-train", type=int, default=5000, help="Fashion-MNIST images the probe is fitted on")
     parser.add_argument("--probe-test", type=int, default=5000, help="Fashion-MNIST test images the probe is scored on")
     parser.add_argument("--curve-epochs", type=int, nargs="+", default=[0, 1, 3, 5, 7, 9],
-                        help="baseline epochs the probe curve reads (0: random init)")
+                        help="baseline epochs the probe curve reads (0: random init; 0 and the burn-in epoch are added)")
     parser.add_argument("--workers", type=int, default=2, help="parallel one-thread processes (training, attacks)")
     parser.add_argument("--overrides", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides of every run")
     parser.add_argument("--report-only", action="store_true", help="re-render README.md and the plots from results.json")
@@ -246,14 +343,14 @@ def main(argv: list[str] | None = None) -> None:
                  {k: final_of[seed, "none"][k] for k in splits} if e == cfg.epochs else  # the final backbone
                  _cached(cache / f"curve_seed{seed}_epoch{e}.json", lambda: probe_accuracies(
                      backbone_at(runs[seed, "none"].output, e, seed), splits))))
-             for seed in args.seeds for e in args.curve_epochs if e <= cfg.epochs]
+             for seed in args.seeds for e in sorted({0, cfg.regularizer.burn_in_epochs, *args.curve_epochs})
+             if e <= cfg.epochs]
     indices = common_indices(probes, *fmnist_test, args.n, seed=0, batch_size=512).tolist()
     budgets = sorted(args.budgets)
-    todo = [key for key in probes if not (cache / f"attack_seed{key[0]}_{key[1]}_n{args.n}.json").is_file()]
+    todo = [key for key in probes if not attack_cache(cache, *key, indices).is_file()]
     computed = dict(zip(todo, parallel_map(evaluate_attacks, [(probes[k], indices, budgets, f"{k[1]}/seed{k[0]}")
                                                               for k in todo], args.workers, "attacking")))
-    attacks = [dict(seed=seed, arm=arm, **_cached(cache / f"attack_seed{seed}_{arm}_n{args.n}.json",
-                                                  lambda: computed[seed, arm]))
+    attacks = [dict(seed=seed, arm=arm, **_cached(attack_cache(cache, seed, arm, indices), lambda: computed[seed, arm]))
                for seed, arm in probes]
     from repspec_zoo.eval_result import json_clean
 

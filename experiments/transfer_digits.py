@@ -19,8 +19,10 @@ Evaluation: every fine-tuned model on the SAME ``--n`` test digits (correctly cl
 accuracy on the 360, the Tangent Attack (hard-label, every image gets a start) at ``--budgets``
 and FMN (white-box minimal-norm, adv-lib) -- the best of both per image; L2 in [0,1] pixels of the
 28x28 input. CGBA and ALMA of the full ensemble are left out for CPU time (the ResNet forward is
-~20x the single-hidden-layer net's). Paired comparisons: rep- vs none-pretrained per fine-tuning
-arm, and ll / bss vs none fine-tuning per pretraining arm.
+~20x the single-hidden-layer net's). Comparisons: rep- vs none-pretrained per fine-tuning arm,
+and ll / bss vs none fine-tuning per pretraining arm; at the seed level (the evidence: one mean
+distance per seed and model, paired by seed, Student-t CI over seeds and the sign count) and, as
+secondary, per seed over the images of one pair of models (bootstrap CI + Wilcoxon).
 
 Writes results/experiments/transfer_digits/: results.json, README.md and boxplots.png.
 """
@@ -38,7 +40,8 @@ from repspec_zoo.loader import load_model
 from repspec_zoo.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
-                     parallel_map, run_all, split_tensors, table, weights_at_epoch, write_json)
+                     parallel_map, run_all, seed_level_rows, seed_table, split_tensors, table, weights_at_epoch,
+                     write_json)
 
 PRETRAIN_CONFIGS = {"none": "fmnist_resnet_small_baseline", "rep": "fmnist_resnet_small_repspectral"}
 #: the penalty for the last third of pretraining, the lr undecayed while it acts, the authors' strength
@@ -143,6 +146,14 @@ def report(saved: dict, out: Path) -> str:
     by_pretrain = paired_rows(best, "none", 0)  # rep- vs none-pretrained, same fine-tuning and seed
     by_finetune = paired_rows(best, "none", 1)  # ll / bss vs no fine-tuning regularizer, same backbone
     saved["paired"] = dict(pretrain=by_pretrain, finetune=by_finetune)
+    seed_pretrain = sorted(seed_level_rows(best, "none", 0, 2), key=lambda r: FINETUNE.index(r["group"][0]))
+    seed_finetune = sorted(seed_level_rows(best, "none", 1, 2),
+                           key=lambda r: (list(PRETRAIN_CONFIGS).index(r["group"][0]), FINETUNE.index(r["arm"])))
+    saved["seed_level"] = dict(pretrain=seed_pretrain, finetune=seed_finetune)
+    seeds = sorted({r["seed"] for r in rows})
+    few = (f" With {len(seeds)} seeds the one-sided sign test cannot go below {0.5 ** len(seeds):.2f} (p < 0.05 needs "
+           f"5 seeds, all positive) and the t-CI rests on {len(seeds)} numbers; `--seeds 0 1 2 3 4` gives a test."
+           if len(seeds) < 5 else "")
     flat = [dict(pretrain=r["pretrain"], finetune=r["finetune"], acc=r["clean_acc"]) for r in rows]
     acc = table(flat, ["pretrain", "finetune"], {"acc": "test accuracy"})
     combos = [(pre, fine) for pre in PRETRAIN_CONFIGS for fine in FINETUNE]
@@ -160,7 +171,19 @@ def report(saved: dict, out: Path) -> str:
               f"## Did the penalty lower the conv norms before fine-tuning?\n\nsum over the {n_convs} convs of sigma_max^2 "
               f"(zero-padded operator at the 28x28 input, 300 power steps):\n\n" + "\n".join(sig) +
               f"\n\n## Accuracy and distances\n\n{acc}\n\n" + "\n".join(lines) +
-              f"\n\n## Paired comparisons (same digits; a positive difference = the arm needs larger perturbations)\n\n"
+              f"\n\n## Seed-level comparisons (the evidence)\n\nThe seed is the unit of replication: per seed and "
+              f"model one number, the mean distance over the shared digits (those broken for both models); a = the "
+              f"baseline arm, b = the arm, paired by seed (same pretraining seed); positive = the arm needs larger "
+              f"perturbations. Mean of the per-seed differences with a 95% Student-t CI over seeds, the sign count and "
+              f"the one-sided sign test. The three fine-tuning rows of a seed share its two backbones: they are not "
+              f"independent evidence.{few}\n\n"
+              f"rep- vs none-pretrained backbone, per fine-tuning regularizer:\n\n"
+              f"{seed_table(seed_pretrain, ['finetune'], 'none-pretrained')}\n\n"
+              f"ll / bss vs no regularizer while fine-tuning, per backbone:\n\n"
+              f"{seed_table(seed_finetune, ['pretrain'], 'none fine-tuning')}\n\n"
+              f"## Image-level paired comparisons (secondary: the digits of one pair of models each)\n\n"
+              f"Same digits; a positive difference = the arm needs larger perturbations. These resample digits, not "
+              f"training runs: they say nothing about another seed.\n\n"
               f"rep- vs none-pretrained backbone, per fine-tuning regularizer and seed:\n\n"
               f"{paired_table(by_pretrain, ['finetune', 'seed'])}\n\nll / bss vs no regularizer while fine-tuning, "
               f"per backbone and seed:\n\n{paired_table(by_finetune, ['pretrain', 'seed'])}\n\n![box plots](boxplots.png)\n")

@@ -252,7 +252,7 @@ def report(saved: dict, out: Path) -> str:
         gammas = settings["gammas"] if r["mode"] == "none" else [r["gamma"]]
         for gamma in gammas:  # the baseline is the comparison of every gamma
             distances.setdefault((r["mode"], r["width"], f"{gamma:g}"), []).append(r["grid_mean"])
-    paired = paired_rows(distances, "none", 0, pooled=False)
+    paired = paired_rows(distances, "none", 0)
     saved["paired_grid_distance"] = paired
     check = next((r for r in rows if (r["width"], r["seed"], r["mode"]) == (8, 400, "none")), None)
     check_line = (f"Reproduction check: the authors' unregularized width-8 seed-400 run ends at sigma_max(W1) = 6.3896; "

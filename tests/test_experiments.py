@@ -20,6 +20,83 @@ def test_table_reports_mean_and_sample_std_per_group():
     assert lines[3] == "| b | 1 | 3.000 ± 0.000 |"
 
 
+def _synthetic_results(rng, seeds=(0, 1, 2, 3), heads=("h1", "h2"), n=30):
+    """{(arm, head, seed): per-image distances}: the same n images per (head, seed), a few unbroken (+inf)."""
+    results = {}
+    for head in heads:
+        for seed in seeds:
+            base = rng.uniform(0.5, 1.5, n)
+            for arm, shift in (("none", 0.0), ("rep", 0.05), ("ll", -0.02)):
+                d = base + shift + rng.normal(0, 0.1, n)
+                d[rng.choice(n, 2, replace=False)] = np.inf
+                results[arm, head, seed] = d.tolist()
+    return results
+
+
+def test_seed_level_rows_match_an_independent_t_interval_and_sign_test():
+    from scipy import stats as st
+
+    results = _synthetic_results(np.random.default_rng(0))
+    rows = common.seed_level_rows(results, "none", 0, 2)
+    assert sorted((r["arm"], tuple(r["group"])) for r in rows) == [(a, (h,)) for a in ("ll", "rep") for h in ("h1", "h2")]
+    for r in rows:
+        head = r["group"][0]
+        assert r["seeds"] == [0, 1, 2, 3] and r["n_seeds"] == 4
+        a_means, b_means = [], []
+        for seed in r["seeds"]:
+            a, b = np.array(results["none", head, seed]), np.array(results[r["arm"], head, seed])
+            ok = np.isfinite(a) & np.isfinite(b)
+            a_means.append(a[ok].mean())
+            b_means.append(b[ok].mean())
+        np.testing.assert_allclose(r["per_seed_a"], a_means)
+        np.testing.assert_allclose(r["per_seed_b"], b_means)
+        d = np.array(b_means) - np.array(a_means)
+        ci = st.ttest_rel(b_means, a_means).confidence_interval(0.95)
+        assert r["mean_difference"]["estimate"] == pytest.approx(d.mean())
+        assert (r["mean_difference"]["low"], r["mean_difference"]["high"]) == pytest.approx((ci.low, ci.high))
+        assert r["relative_difference"] == pytest.approx(np.mean(b_means) / np.mean(a_means) - 1)
+        assert (r["n_positive"], r["n_negative"]) == (int((d > 0).sum()), int((d < 0).sum()))
+        assert r["sign_test_p_one_sided"] == pytest.approx(st.binomtest(int((d > 0).sum()), 4, alternative="greater").pvalue)
+    rep = next(r for r in rows if r["arm"] == "rep" and r["group"] == ["h1"])
+    assert rep["n_positive"] == 4 and rep["sign_test_p_one_sided"] == pytest.approx(1 / 16)
+
+
+def test_seed_level_rows_pair_only_the_seeds_both_arms_have_and_reject_unequal_images():
+    results = {("none", 0): [1.0, 2.0], ("none", 1): [1.0, float("inf")], ("none", 2): [3.0, 3.0],
+               ("rep", 0): [1.5, 2.5], ("rep", 1): [2.0, 9.0]}
+    (row,) = common.seed_level_rows(results, "none", 0, 1)
+    assert row["group"] == [] and row["seeds"] == [0, 1]
+    assert row["per_seed_a"] == [1.5, 1.0] and row["per_seed_b"] == [2.0, 2.0]  # seed 1: image 2 is unbroken in a
+    assert row["differences"] == [0.5, 1.0]
+    with pytest.raises(ValueError, match="same images"):
+        common.seed_level_rows({("none", 0): [1.0, 2.0], ("rep", 0): [1.0]}, "none", 0, 1)
+
+
+def test_seed_table_shows_per_seed_differences_the_t_interval_and_the_sign_test():
+    rows = common.seed_level_rows(_synthetic_results(np.random.default_rng(1), heads=("h1",)), "none", 0, 2)
+    lines = common.seed_table(rows, ["head"], baseline="none").splitlines()
+    assert lines[0].startswith("| arm vs none | head | seeds |") and len(lines) == 2 + len(rows)
+    rep = next(r for r in rows if r["arm"] == "rep")
+    cells = [c.strip() for c in lines[2 + rows.index(rep)].strip("|").split("|")]
+    d = rep["mean_difference"]
+    assert cells[:3] == ["rep", "h1", "0, 1, 2, 3"]
+    assert cells[5] == ", ".join(f"{v:+.3f}" for v in rep["differences"])
+    assert cells[6] == f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+    assert cells[8:] == [f"{rep['n_positive']} / {rep['n_negative']}", f"{rep['sign_test_p_one_sided']:.3g}"]
+
+
+def test_paired_rows_compare_one_network_pair_each_and_pool_nothing():
+    from repspec_zoo import stats
+
+    results = _synthetic_results(np.random.default_rng(2), seeds=(0, 1), heads=("h1",), n=20)
+    rows = common.paired_rows(results, "none", 0)
+    assert sorted((r["arm"], *r["group"]) for r in rows) == [(a, "h1", s) for a in ("ll", "rep") for s in (0, 1)]
+    row = next(r for r in rows if r["arm"] == "rep" and r["group"] == ["h1", 1])
+    expected = stats.paired_comparison(results["none", "h1", 1], results["rep", "h1", 1])
+    assert row["n_pairs"] == expected["n_pairs"] == 20
+    assert row["mean_difference"]["estimate"] == pytest.approx(expected["mean_difference"].estimate)
+
+
 def test_checkpoint_at_epoch_finds_the_end_of_that_epoch(tmp_path):
     for step, epoch, done in ((10, 1, 0), (15, 1, 5), (20, 2, 0)):
         folder = tmp_path / "checkpoints" / f"step_{step:07d}"
@@ -83,20 +160,73 @@ def test_ssl_plan_branches_rep_and_ll_from_the_baseline_burn_in(tmp_path):
         assert runs[1, arm].config == f"fmnist_simclr_resnet_small_{arm}spectral"
 
 
-def test_logistic_head_is_sklearns_fit_on_the_frozen_features():
+def test_ssl_plateau_check_needs_a_plateau_well_above_random_init_before_the_penalty():
+    from experiments import ssl_fmnist
+
+    def curve(seed, accs):
+        return [dict(seed=seed, epoch=e, fashion_mnist=a) for e, a in accs.items()]
+    rows = (curve(0, {0: 0.70, 2: 0.78, 4: 0.80, 6: 0.81, 9: 0.50})  # fair: +0.11, last step 0.01; epoch 9 ignored
+            + curve(1, {0: 0.76, 3: 0.787, 5: 0.785, 7: 0.80})      # plateaued at +0.025: not well above random init
+            + curve(2, {0: 0.70, 3: 0.74, 6: 0.80})                 # +0.10 but still climbing (last step 0.06)
+            + curve(3, {0: 0.70, 6: 0.80}))                         # one trained epoch recorded: no verdict
+    checks = {c["seed"]: c for c in ssl_fmnist.plateau_check(rows, burn_in=6)}
+    assert checks[0]["epoch"] == 6 and checks[0]["gain"] == pytest.approx(0.11) and checks[0]["fair"]
+    assert checks[1]["epoch"] == 5 and checks[1]["plateaued"] and not checks[1]["well_above"] and not checks[1]["fair"]
+    assert checks[2]["well_above"] and not checks[2]["plateaued"] and not checks[2]["fair"]
+    assert checks[3]["fair"] is None
+    section = ssl_fmnist._plateau_section([checks[0], checks[1]], 6)
+    assert "**The comparison is not fair** (seed 1 fails the rule)" in section
+    assert "not fair" not in ssl_fmnist._plateau_section([checks[0]], 6)
+
+
+def test_ssl_attacks_are_cached_per_shared_image_set_and_compared_only_on_shared_images(tmp_path):
+    from experiments import ssl_fmnist
+
+    first = ssl_fmnist.attack_cache(tmp_path, 0, "rep", [3, 5, 8])
+    assert first == ssl_fmnist.attack_cache(tmp_path, 0, "rep", [3, 5, 8])
+    assert first != ssl_fmnist.attack_cache(tmp_path, 0, "rep", [3, 5, 9])  # other images: attacked again
+    assert ssl_fmnist.shared_indices([dict(index=[3, 5]), dict(index=[3, 5])]) == [3, 5]
+    assert ssl_fmnist.shared_indices([dict(index=[3, 5]), dict(index=[3, 6])]) is None
+
+
+def test_logistic_head_is_sklearns_fit_on_the_standardized_frozen_features():
+    """The network's logits (standardization folded into the head, logit scale undone) equal the
+    decision function of sklearn's own scaler + logistic-regression pipeline on the raw features."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     torch.manual_seed(0)
     model = timm.create_model("slp", hidden_dim=16, num_classes=3).eval()
+    with torch.no_grad():  # features on very different scales: unstandardized lbfgs would struggle
+        model.fc1.weight.mul_(torch.logspace(-2, 2, 16).unsqueeze(1))
     x, y = torch.rand(90, 1, 28, 28), torch.arange(90) % 3
     refit, info = slp_fmnist.logistic_head(model, x, y, seed=0)
-    features = model.forward_features(x).detach().numpy()
-    reference = LogisticRegression(C=1.0, max_iter=1000).fit(features, y.numpy())
+    features = model.forward_features(x).detach().double().numpy()
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000)).fit(features, y.numpy())
     with torch.no_grad():
-        logits = refit(x).numpy()
-    np.testing.assert_allclose(logits, reference.decision_function(features), rtol=1e-3, atol=1e-3)
+        logits = refit(x).double().numpy()
+    decision = reference.decision_function(features)
+    np.testing.assert_allclose(logits, decision, rtol=1e-4, atol=1e-4 * np.abs(decision).max())
     assert torch.equal(refit.fc1.weight, model.fc1.weight)  # the features stay frozen
-    assert info["converged"] and info["train_acc"] == pytest.approx(reference.score(features, y.numpy()))
+    assert info["standardized"] and info["converged"] and info["iterations"] == reference[-1].n_iter_.max()
+    assert info["train_acc"] == pytest.approx(reference.score(features, y.numpy()))
+    assert not slp_fmnist.logistic_head(model, x, y, seed=0, max_iter=2)[1]["converged"]
+
+
+def test_slp_report_shows_unconverged_and_unstandardized_refits_of_an_old_run():
+    old = dict(iterations=1000.0, converged=False, train_acc=0.88, fit_s=400.0)  # an old run's fields
+    new = dict(standardized=True, iterations=212, max_iter=5000, converged=True, train_acc=0.89, fit_s=60.0)
+    rows = [dict(mode="none", seed=0, head="logreg", logreg_fit=old), dict(mode="rep", seed=0, head="logreg", logreg_fit=new),
+            dict(mode="rep", seed=0, head="trained", logreg_fit=new)]
+    lines = slp_fmnist._refit_table(rows).splitlines()
+    assert len(lines) == 6 and lines[-1].startswith("**1 of the 2 refits did not converge**")
+    assert lines[2] == "| none | 0 | raw (unstandardized) | 1000 | **NO** | 0.8800 | 400 |"
+    assert lines[3] == "| rep | 0 | standardized | 212 of max 5000 | yes | 0.8900 | 60 |"
+    note = slp_fmnist._provenance(dict(command="python -m experiments.slp_fmnist", rows=rows))
+    assert "now defaults to 3" in note and "1 of its 2 logistic refits" in note and "1 of 2 did not converge" in note
+    rows = [dict(r, seed=s, logreg_fit=new) for r in rows for s in (0, 1, 2)]
+    assert slp_fmnist._provenance(dict(command="c", rows=rows)) == ""
 
 
 def test_volume_element_of_a_linear_feature_map_is_the_product_of_its_singular_values():
