@@ -22,7 +22,8 @@ EVAL = {"clean_acc": 0.8125, "attack": "ta", "budgets": [300, 1000], "l2_mean": 
         "l2_median": {"300": 2.25, "1000": 1.125}, "n_samples": 64, "per_sample": {"index": [3, 5]}}
 FILES = ["README.md", "config.json", "eval.json", "model.safetensors"]
 COMMAND = "accelerate launch recipes/train.py --config recipes/configs/fmnist_resnet_small_rep.yaml"
-ARCH_OF_MODE = {"rep": "resnet_small_repspectral", "ll": "resnet_small_llspectral", "none": "resnet_small_baseline",
+ARCH_OF_MODE = {"rep": "resnet_small_repspectral", "repbn": "resnet_small_repspectralbn", "ll": "resnet_small_llspectral",
+                "none": "resnet_small_baseline",
                 "adv": "resnet_small_advtrained", "ddsnr": "resnet_small_ddsnr"}
 ZOO_PATTERNS = ["*_repspectral*", "*_llspectral*", "*_baseline*", "*_advtrained*", "*_ddsnr*"]
 
@@ -79,7 +80,8 @@ def metrics(card: ModelCard) -> dict:
     return {(r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}
 
 
-@pytest.mark.parametrize("mode, name", [("rep", NAME), ("none", "resnet_small_baseline.fmnist")])
+@pytest.mark.parametrize("mode, name", [("rep", NAME), ("repbn", "resnet_small_repspectralbn.fmnist"),
+                                        ("none", "resnet_small_baseline.fmnist")])
 def test_export_writes_a_hub_folder_with_card(tmp_path, capsys, mode, name):
     run, weights = make_run(tmp_path / "run", mode)
     out = tmp_path / "model_cards" / name
@@ -98,7 +100,7 @@ def test_export_writes_a_hub_folder_with_card(tmp_path, capsys, mode, name):
     assert config["recipe"]["epochs"] == 3 and config["training"]["command"] == COMMAND
     assert config["repspec_zoo_version"] == repspec_zoo.__version__
     regularizer = config["regularizer"]
-    if mode == "rep":
+    if mode in ("rep", "repbn"):  # repbn penalizes rep's layers, each with its BatchNorm folded in
         layers = list(select_layers(timm.create_model("resnet_small"), "rep"))
         assert (regularizer["gamma"], regularizer["layers"], regularizer["burn_in_epochs"]) == (1e-3, layers, 2)
     else:
@@ -110,7 +112,7 @@ def test_export_writes_a_hub_folder_with_card(tmp_path, capsys, mode, name):
                              ("ta_l2_median", "queries=1000"): 1.125}
     assert (card.data.license, card.data.library_name) == ("apache-2.0", "timm")
     assert card.data.datasets == ["zalando-datasets/fashion_mnist"]
-    assert ("rep-spectral" if mode == "rep" else "baseline") in card.data.tags
+    assert {"rep": "rep-spectral", "repbn": "rep-spectral-bn", "none": "baseline"}[mode] in card.data.tags
     assert COMMAND in card.text and f"hf-hub:{HF_ORG}/{name}" in card.text
     assert_same(timm.create_model(f"local-dir:{out}", pretrained=True).state_dict(), weights)  # plain timm
 

@@ -87,7 +87,7 @@ def _regularizer(run: Run, model: torch.nn.Module) -> dict:
         return {"mode": run.mode, **settings, "layers": [], **burn_in}
     if given.get("gamma") is None:
         raise ExportError(f"{where}: regularizer.gamma is missing for mode={run.mode!r}")
-    layers = given.get("layers") or list(select_layers(model, run.mode))
+    layers = given.get("layers") or list(select_layers(model, spec.spectral_kwargs["mode"]))
     extra = {k: given[k] for k in SPECTRAL_SETTINGS if k in given}
     return {"mode": run.mode, "gamma": float(given["gamma"]), "convention": GAMMA_CONVENTION, "layers": layers, **extra}
 
