@@ -309,8 +309,11 @@ def test_bundle_writes_weights_and_card_under_the_zoo_name(tmp_path, monkeypatch
     """bundle(): the export into the package's weights and a copy of card, config and eval in model_cards/."""
     run_dir, weights = make_run(tmp_path / "run", mode="adv")
     monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", tmp_path / "repspec_zoo" / "weights")
-    assert exporting.bundle(run_dir) == "resnet_small_advtrained.fmnist"
+    evidence = "Across 5 seeds: +0.2 [0.1, 0.3], 5 of 5 positive."
+    assert exporting.bundle(run_dir, evidence=evidence) == "resnet_small_advtrained.fmnist"
     folder = tmp_path / "repspec_zoo" / "weights" / "resnet_small_advtrained.fmnist"
+    assert json.loads((folder / "config.json").read_text())["evidence"] == evidence
+    assert f"## Evidence across training seeds\n\n{evidence}" in (folder / "README.md").read_text()
     card = tmp_path / "model_cards" / "resnet_small_advtrained.fmnist"
     assert_same(safetensors.torch.load_file(folder / "model.safetensors"), weights)
     assert sorted(p.name for p in card.iterdir()) == ["README.md", "config.json", "eval.json"]

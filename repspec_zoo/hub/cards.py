@@ -215,6 +215,12 @@ are under Reproduce). The evaluation below is of such a probe{", and its robustn
 """
 
 
+def _evidence_section(config: Mapping) -> str:
+    """What the experiment that trained this model showed across training seeds (config.json ``evidence``)."""
+    evidence = config.get("evidence")
+    return f"\n## Evidence across training seeds\n\n{evidence}\n" if evidence else ""
+
+
 def _body(config: Mapping, repo_id: str | None) -> str:
     cfg, name = config["pretrained_cfg"], config["zoo_name"]
     c, h, w = cfg["input_size"]
@@ -235,7 +241,7 @@ with hard-label (Tangent Attack, CGBA) and white-box minimal-norm attacks.
 - Regularizer: {get_spec(config["regularizer"]["mode"]).card(config["regularizer"])}
 - Weights: `model.safetensors`, sha256 `{config["weights_sha256"]}` (verified on load by repspec_zoo).
 - Papers: {", ".join(cfg.get("paper_ids", ()))} (rep-spectral; Tangent Attack).
-{_ssl_section(config)}
+{_ssl_section(config)}{_evidence_section(config)}
 ## Evaluation
 
 {_evaluation_table(config["eval"])}

@@ -236,13 +236,15 @@ def export(run_dir: str | os.PathLike, to: str | os.PathLike, repo_id: str | Non
     return _export(_read(run_dir), Path(to), repo_id, force)
 
 
-def _export(run: Run, to: Path, repo_id: str | None, force: bool) -> Export:
+def _export(run: Run, to: Path, repo_id: str | None, force: bool, evidence: str | None = None) -> Export:
     identity = _identity(run)
     cfg = _pretrained_cfg(run, identity)
     repo_id = repo_id or (None if identity.custom else cfg.hf_hub_id)
     model = _build_checked(run, base_pretrained_cfg(cfg, run.config["model"]))
     payload = safetensors.torch.save(run.state_dict, metadata={"format": "pt"})
     meta = _metadata(run, identity, model, sha256_hex(payload))
+    if evidence:
+        meta["evidence"] = evidence
     spec = None if identity.custom else DATASETS.get(identity.dataset)
     with _staged_dir(to, force) as staged:
         atomic_write_bytes(staged / WEIGHTS_FILE, payload)
@@ -331,9 +333,11 @@ def publish(run_dir: str | os.PathLike, repo_id: str | None = None, endpoint: st
     return commit.commit_url
 
 
-def bundle(run_dir: str | os.PathLike) -> str:
+def bundle(run_dir: str | os.PathLike, evidence: str | None = None) -> str:
     """Export a finished run as a bundled zoo model: weights in ``repspec_zoo/weights/<name>`` (loads
     offline with ``pretrained=True``), and card, config and eval.json copied to ``model_cards/<name>``.
+    ``evidence``: what the experiment behind the model showed across training seeds (markdown), kept in
+    config.json and shown on the card.
 
     Returns the zoo name ``arch.tag``. Each folder is replaced atomically (the old export or the new one).
     """
@@ -342,7 +346,7 @@ def bundle(run_dir: str | os.PathLike) -> str:
     if identity.custom:
         raise ExportError(f"{run.path} was trained on custom data ({identity.dataset}); only zoo-data runs are "
                           "bundled with the package: use repspec-zoo export instead")
-    exported = _export(run, bundled_dir(identity.name), None, force=True)
+    exported = _export(run, bundled_dir(identity.name), None, force=True, evidence=evidence)
     name, card_dir = exported.name, cards_dir(exported.name)
     card_dir.mkdir(parents=True, exist_ok=True)
     for file in CARD_FILES:
