@@ -41,7 +41,8 @@ leaderboard: setup
 	$(PY) -m repspec_zoo.cli leaderboard --n $(N) --budgets $(BUDGETS) --out results/leaderboard \
 		--update-readme README.md --update-cards
 
-# Re-train, evaluate and re-bundle the zoo's CPU-scale models (recipes/build_zoo.py).
+# Evaluate and re-bundle the zoo's CPU-scale models from the experiments' seed-0 runs (recipes/build_zoo.py;
+# run `make experiments` first).
 zoo: setup
 	$(PY) recipes/build_zoo.py
 
@@ -53,6 +54,7 @@ experiments: setup
 	$(PY) -m experiments.transfer_digits
 	$(PY) -m experiments.roth_fmnist
 	$(PY) -m experiments.ssl_fmnist
+	$(PY) -m experiments.bn_resnet_fmnist --arms none rep repbn convwd adv --zoo-arms
 	$(PY) -m experiments.render_readme
 
 test: setup

@@ -320,7 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.report_only:
-        print(report(load_results(args.out), args.out))
+        saved = load_results(args.out)
+        print(report(saved, args.out))
+        write_json(args.out / "results.json", saved)  # with the comparisons the report computes (build_zoo reads them)
         return
     runs = plan(args.seeds, args.runs, args.overrides)
     run_all(runs.values(), args.workers)
