@@ -20,6 +20,7 @@ EXPERIMENTS = (
     "transfer_digits",
     "roth_fmnist",
     "ssl_fmnist",
+    "bn_resnet_fmnist",
 )
 
 
