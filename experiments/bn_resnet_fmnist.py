@@ -431,8 +431,8 @@ def report(saved: dict, out: Path) -> str:
     cal = saved.get("calibration") or {}
     transfer = saved.get("transfer") or {}
     lines = [f"# Experiment 6: rep-spectral on a BatchNorm ResNet, the BatchNorm-correct penalty, and controls",
-             "", f"Written by `{saved['command']}`; wall time {saved.get('wall_time_min', '?')} min on 2 cores "
-             f"(2 one-thread workers). The design, hypotheses and decision rule were fixed before the run: "
+             "", f"Written by `{saved['command']}`; that invocation's wall time {saved.get('wall_time_min', '?')} min "
+             f"on 2 shared cores (2 one-thread workers; runs and attacks an earlier invocation finished are reused). The design, hypotheses and decision rule were fixed before the run: "
              "[experiments/bn_resnet_fmnist.py](../../../experiments/bn_resnet_fmnist.py).", "",
              f"{len(main_seeds)} seeds; per seed one unregularized 9-epoch run and every arm branched from its "
              f"epoch-6 checkpoint (epochs 7-9 regularized; lr 0.05, x0.1 in epoch 9). Every model is attacked on the "
