@@ -142,7 +142,9 @@ def markdown_tables(results: dict[str, EvalResult], budgets: list[int], deltas: 
         change, p_value, verdict = "-", "-", "-"
         if delta:
             diff, p = delta["mean_difference"], delta["wilcoxon"]["p_value"]
-            change = f"{diff['estimate']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]" if diff else "-"
+            if diff:  # a CI bound is None (JSON of nan) when the bootstrap had too few pairs
+                bounds = "" if None in (diff["low"], diff["high"]) else f" [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+                change = f"{diff['estimate']:+.3f}{bounds}"
             p_value, verdict = "-" if p is None else f"{p:.2g}", _verdict(delta)
         vacuous = " (vacuous)" if (r.bracket or {}).get("vacuous") else ""
         lines.append(f"| `{name}` | {_fmt(r.certified and r.certified['mean'])}{vacuous} | {_fmt(ratio.get('median'), 2)} | "

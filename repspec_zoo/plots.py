@@ -37,6 +37,7 @@ def plot_distance_curves(results: Mapping, path: Path) -> Path:
         ci = r.distance["l2_mean"]
         if r.black_box and ci is not None:
             ax.plot(r.budgets, [r.l2_mean[str(q)] for q in r.budgets], color=line.get_color(), linestyle="--")
+        if r.black_box and ci is not None and None not in (ci["low"], ci["high"]):  # no CI from a single broken image
             ax.errorbar([r.budgets[-1]], [ci["estimate"]],
                         yerr=[[ci["estimate"] - ci["low"]], [ci["high"] - ci["estimate"]]],
                         color=line.get_color(), capsize=3)
