@@ -71,7 +71,7 @@ def set_exact(model, x):
 def test_every_conv_is_paired_and_penalty_equals_dense_svd_of_the_batch_folded_operator():
     model, x = tiny_resnet()
     dense = set_exact(model, x)
-    assert set(model.spectral._bn_of) == set(dense) == set(model.spectral.layer_names)  # the fc head has no BN
+    assert set(model.spectral.bn_pairs.bn_of) == set(dense) == set(model.spectral.layer_names)  # the fc head has no BN
     penalty = float(model.spectral.penalty())
     assert penalty == pytest.approx(float(exact_penalty(model, x)), rel=1e-9)
     raw = sum(torch.linalg.matrix_norm(dense_operator(model.get_submodule(n), s), ord=2) ** 2
@@ -151,7 +151,7 @@ def test_works_on_timm_models_including_batchnormact(arch, img):
     reg = attach_spectral(model, gamma=1e-3, bn_aware=True)
     x = torch.rand(4, 3, img, img)
     model(x)
-    paired = reg._bn_of
+    paired = reg.bn_pairs.bn_of
     convs = [n for n in reg.layer_names if isinstance(model.get_submodule(n), nn.Conv2d)]
     if arch.startswith("resnet"):
         assert set(paired) == set(convs)
@@ -168,7 +168,7 @@ def test_works_on_timm_models_including_batchnormact(arch, img):
     model(x)
     h.remove()
     var = y["out"].var(dim=(0, 2, 3), unbiased=False)
-    torch.testing.assert_close(reg._bn_fold_scale(name), bn.weight * (var + bn.eps).rsqrt())
+    torch.testing.assert_close(reg.bn_pairs.scale(name), bn.weight * (var + bn.eps).rsqrt())
 
 
 def test_repbn_config_refuses_the_direct_step_and_convwd_penalizes_the_rep_layers():

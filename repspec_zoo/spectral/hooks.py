@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from .activation import ActivationTerms
-from .bn import bn_scale, bn_scaled_weight
+from .bn import BatchNormPairs, bn_scaled_weight
 from .estimators import ESTIMATORS, EstimatorUnavailable
 from .operator import ConvGeometry
 from .power import matrix_power_iteration, sigma_from_vectors
@@ -116,19 +116,15 @@ class SpectralRegularizer(nn.Module):
         # plain dicts (not submodules): the layers belong to the model, not to us
         self.__dict__["_owner"] = model
         self.__dict__["_layers"] = dict(selected)
-        self._pairing_handles: list = []
-        self._bn_of: dict[str, nn.Module] = {}
-        self._batch_var: dict[str, Tensor] = {}  # conv name -> variance of its output in the latest training forward
-        self._var_handles: list = []
-        self._pending_out: dict[int, tuple[str, Tensor]] = {}
         self._warned: set[str] = set()
         self._power_fallback: set[str] = set()  # layers the estimator cannot measure (EstimatorUnavailable)
         self._geoms: dict[str, tuple] = {}  # name -> (module, input shape, ConvGeometry): the per-step hot path
         self._hook_handles: dict[str, object] = {}
         for name, module in selected.items():
             self._bind(name, module)
-        if bn_aware:
-            self._attach_bn_pairing(model)
+        # plain attribute (no submodule: it holds hooks, not state)
+        self.__dict__["bn_pairs"] = (BatchNormPairs(model, {n: m for n, m in selected.items() if isinstance(m, _CONVS)})
+                                     if bn_aware else None)
         self.activation_term = activation_term
         self._activations = ActivationTerms(model) if activation_term else None
 
@@ -181,55 +177,6 @@ class SpectralRegularizer(nn.Module):
         geom = ConvGeometry.from_module(module, shape)  # raises if the conv cannot take this input
         state.restart(name, geom.out_shape(module.weight), shape, shape)
 
-    def _attach_bn_pairing(self, model: nn.Module) -> None:
-        """Find the BatchNorm that consumes each conv's output during the first forward.
-
-        Pairing by tensor identity works for any model (timm's BatchNormAct2d included) without
-        name rules; the hooks remove themselves after the first forward.
-        """
-        def conv_out(name, module, args, out):
-            self._pending_out[id(out)] = (name, out)
-
-        def bn_in(bn, args):
-            hit = self._pending_out.get(id(args[0]))
-            if hit is not None and hit[1] is args[0]:
-                self._bn_of[hit[0]] = bn
-                self._record_batch_var(hit[0], bn, args)  # the first training step uses batch statistics too
-
-        def done(module, args, out):
-            self._pending_out.clear()
-            for h in self._pairing_handles:
-                h.remove()
-            self._pairing_handles.clear()
-            for name, bn in self._bn_of.items():
-                self._var_handles.append(bn.register_forward_pre_hook(partial(self._record_batch_var, name)))
-
-        for name, module in self._layers.items():
-            if isinstance(module, _CONVS):
-                self._pairing_handles.append(module.register_forward_hook(partial(conv_out, name)))
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                self._pairing_handles.append(module.register_forward_pre_hook(bn_in))
-        self._pairing_handles.append(model.register_forward_hook(done))
-
-    def _record_batch_var(self, name: str, bn: nn.Module, args) -> None:
-        """The batch variance BN normalizes ``name``'s output by (biased, per channel), kept with autograd."""
-        if bn.training and torch.is_grad_enabled():
-            y = args[0]
-            y = y if y.dtype in (torch.float32, torch.float64) else y.float()  # autocast: statistics in float32
-            self._batch_var[name] = y.var(dim=[d for d in range(y.dim()) if d != 1], unbiased=False)
-
-    def _bn_fold_scale(self, name: str) -> Tensor | None:
-        """``g / sqrt(var + eps)`` of the BN after conv ``name`` (batch var in training, running var in eval)."""
-        bn = self._bn_of.get(name)
-        if bn is None:
-            return None
-        var = self._batch_var.get(name) if bn.training else None
-        if var is None:
-            return bn_scale(bn)
-        scale = (var + bn.eps).rsqrt()
-        return bn.weight * scale if bn.affine and bn.weight is not None else scale
-
     # ------------------------------------------------------------------------- internals
     def _weight(self, name: str) -> Tensor:
         """The layer's weight as the operator we take the norm of, in >= float32."""
@@ -237,11 +184,8 @@ class SpectralRegularizer(nn.Module):
         weight = module.weight
         if weight.dtype not in (torch.float32, torch.float64):
             weight = weight.float()
-        if self.bn_aware and isinstance(module, _CONVS):
-            if self._pairing_handles:
-                raise RuntimeError("bn_aware=True pairs each conv with its BatchNorm during the first "
-                                   "forward pass; run model(x) once before penalty()")
-            scale = self._bn_fold_scale(name)
+        if self.bn_pairs is not None and isinstance(module, _CONVS):
+            scale = self.bn_pairs.scale(name)
             if scale is not None:
                 weight = bn_scaled_weight(weight, scale.to(weight.dtype))
         return weight
@@ -395,12 +339,11 @@ class SpectralRegularizer(nn.Module):
 
     def remove(self) -> nn.Module:
         """Detach all hooks and delete ``model.spectral``; returns the plain model."""
-        for handle in [*self._hook_handles.values(), *self._pairing_handles, *self._var_handles]:
+        for handle in self._hook_handles.values():
             handle.remove()
         self._hook_handles.clear()
-        self._pairing_handles.clear()
-        self._var_handles.clear()
-        self._batch_var.clear()
+        if self.bn_pairs is not None:
+            self.bn_pairs.remove()
         if self._activations is not None:
             self._activations.remove()
         owner = self.__dict__["_owner"]
