@@ -1,4 +1,4 @@
-"""experiments.bn_resnet_fmnist: its plan, the convwd calibration and the seed-level decision rule."""
+"""experiments.bn_resnet_fmnist: its plan and the convwd calibration; bn_resnet_report: the seed-level decision rule."""
 from __future__ import annotations
 
 import math
@@ -6,6 +6,7 @@ import math
 import pytest
 
 from experiments import bn_resnet_fmnist as exp
+from experiments import bn_resnet_report as rep
 
 
 def test_plan_branches_every_arm_from_the_seed_run_at_epoch_6(tmp_path):
@@ -41,18 +42,18 @@ def _rows(diffs: list[float]) -> dict:
 
 
 def test_decision_rule_needs_every_seed_positive_and_the_t_interval_above_zero():
-    accepted = exp.seed_level(_rows([0.05, 0.04, 0.06, 0.05, 0.03]), list(range(5)))
+    accepted = rep.seed_level(_rows([0.05, 0.04, 0.06, 0.05, 0.03]), list(range(5)))
     h1 = next(c for c in accepted if (c["b"], c["a"]) == ("repbn", "none"))
     assert h1["per_seed_b"][0] - h1["per_seed_a"][0] == pytest.approx(0.05)
     assert h1["n_positive"] == 5 and h1["accepted"]
-    one_negative = exp.seed_level(_rows([0.05, 0.04, 0.06, 0.05, -0.001]), list(range(5)))[0]
+    one_negative = rep.seed_level(_rows([0.05, 0.04, 0.06, 0.05, -0.001]), list(range(5)))[0]
     assert one_negative["mean_difference"]["low"] > 0 and not one_negative["accepted"]
 
 
 def test_per_seed_means_drop_images_unbroken_in_any_arm():
     rows = _rows([0.1])
     rows["seed0_none"]["l2"][0] = math.inf
-    means = exp.per_seed_means(rows, [0], ["none", "repbn"])
+    means = rep.per_seed_means(rows, [0], ["none", "repbn"])
     assert means["none"] == [pytest.approx(sum(0.5 + 0.01 * i for i in range(1, 6)) / 5)]
 
 
