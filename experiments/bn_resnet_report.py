@@ -130,7 +130,7 @@ def _plot(rows: dict, seeds: list[int], out: Path) -> None:
     if REFERENCE in rows:
         r = rows[REFERENCE]
         ax.scatter([r["clean_acc"]], [sum(map(float, r["l2"])) / len(r["l2"])], marker="*", s=120, c="k",
-                   label=f"{REFERENCE} (zoo)")
+                   label=f"{REFERENCE} (zoo, as bundled when attacked)")
     ax.set_xlabel("clean accuracy (10k test images)")
     ax.set_ylabel("mean ensemble L2 on the shared images")
     ax.grid(alpha=0.3)
@@ -174,7 +174,9 @@ def report(saved: dict, out: Path) -> str:
              "Raw and BN-folded sums: every conv's sigma_max^2, raw kernel and with its eval-mode BatchNorm folded in "
              f"({functions[keys[0]]['estimator'] if keys and keys[0] in functions else 'see repspec_zoo.lipschitz'}); "
              "the Lipschitz bound and certified radius come from repspec_zoo.lipschitz (sound upper bounds per layer, "
-             "residual blocks as 1 + the branch).", "",
+             "residual blocks as 1 + the branch). "
+             f"`{REFERENCE}` is the zoo's model as bundled when it was attacked (a resumed run reuses that result; "
+             "recipes/build_zoo.py now bundles seed 0 of the adv arm under that name).", "",
              "![accuracy vs robustness](accuracy_vs_robustness.png)", ""]
     if cal:
         lines += ["## The weight-decay control's strength (seed 0)", "",
