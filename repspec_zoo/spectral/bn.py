@@ -15,17 +15,19 @@ from torch import Tensor
 __all__ = ['BatchNormPairs', 'bn_scale', 'bn_scaled_weight']
 
 
-def bn_scale(bn: nn.Module) -> Tensor:
-    """Per-channel multiplier of an eval-mode BatchNorm: ``gamma / sqrt(running_var + eps)``.
+def bn_scale(bn: nn.Module, var: Tensor | None = None) -> Tensor:
+    """Per-channel multiplier of an eval-mode BatchNorm: ``gamma / sqrt(running_var + eps)``; with ``var`` (a
+    batch's variance of the BN's input, as training-mode BN normalizes by) ``gamma / sqrt(var + eps)``.
 
     In eval mode ``BN(y) = scale * y + shift`` per channel, so ``BN o conv`` is the conv with kernel
     ``scale[:, None, ...] * W`` (:func:`bn_scaled_weight`) plus a constant; its operator norm is what
     bounds the feature Jacobian of a BN network. Without affine parameters ``gamma = 1`` (the
     ``1/sqrt(running_var + eps)`` factor remains). Differentiable in ``gamma`` (``bn.weight``);
-    ``running_var`` is a buffer. Training-mode BN uses batch statistics instead, which this ignores.
+    ``running_var`` is a buffer; a passed ``var`` keeps its autograd graph.
 
     Args:
-        bn: nn.BatchNorm1d/2d/3d (or a subclass, e.g. timm BatchNormAct2d) with running statistics.
+        bn: nn.BatchNorm1d/2d/3d (or a subclass, e.g. timm BatchNormAct2d); running statistics unless ``var``.
+        var: ``(C,)`` variance to normalize by instead of ``running_var`` (None: the running one).
 
     Returns:
         ``(C,)`` tensor.
@@ -37,10 +39,10 @@ def bn_scale(bn: nn.Module) -> Tensor:
     """
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"bn_scale expects a BatchNorm module, got {type(bn).__name__}.")
-    if bn.running_var is None:
+    if var is None and bn.running_var is None:
         raise ValueError(f"{bn!r} has track_running_stats=False: it always normalizes by batch statistics, so it "
                          f"is not a fixed linear map; use track_running_stats=True or skip the BN-aware norm.")
-    scale = (bn.running_var + bn.eps).rsqrt()
+    scale = ((bn.running_var if var is None else var) + bn.eps).rsqrt()
     if bn.affine and bn.weight is not None:
         scale = bn.weight * scale
     return scale
@@ -122,11 +124,7 @@ class BatchNormPairs:
         bn = self.bn_of.get(name)
         if bn is None:
             return None
-        var = self._batch_var.get(name) if bn.training else None
-        if var is None:
-            return bn_scale(bn)
-        scale = (var + bn.eps).rsqrt()
-        return bn.weight * scale if bn.affine and bn.weight is not None else scale
+        return bn_scale(bn, self._batch_var.get(name) if bn.training else None)
 
     def remove(self) -> None:
         """Detach every hook and forget the recorded variances."""
