@@ -64,6 +64,7 @@ import torch
 
 from .common import (RESULTS, ROOT, RUNS, Run, burn_in_epochs, parallel_map, run_all, split_tensors,
                      write_json)
+from .transfer_digits import conv_sigmas, digits_test_split
 
 BASE_CONFIG = "fmnist_resnet_small_baseline"
 #: the penalty for the last third, at an undecayed lr (the transfer experiment's pretraining schedule)
@@ -123,23 +124,11 @@ def plan(seeds: list[int], runs_dir: Path, wd_lambda: float | None, sweep: list[
 
 
 # ------------------------------------------------------------------------------------- calibration
-def raw_conv_sum_sq(model: torch.nn.Module, n_iter: int = 300) -> float:
-    """sum over the convs of sigma_max^2 of the raw kernels (zero-padded operator at the 28x28 input, power
-    iteration on the operator itself)."""
-    from repspec_zoo.spectral import attach_spectral
-
-    reg = attach_spectral(model, mode="rep", warmup_iters=n_iter)
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, 1, 28, 28))
-    sigmas = reg.refresh(n_iter)
-    reg.remove()
-    return sum(s * s for s in sigmas.values())
-
-
 def _raw_sum_of_run(run_dir: Path) -> float:
+    """sum over the convs of sigma_max^2 of the raw kernels (zero-padded operators at the 28x28 input)."""
     from repspec_zoo.loader import load_model
 
-    return raw_conv_sum_sq(load_model(run_dir))
+    return sum(s * s for s in conv_sigmas(load_model(run_dir)).values())
 
 
 def calibrate_wd(runs_dir: Path, workers: int, out: Path) -> dict:
@@ -264,7 +253,7 @@ def evaluate_transfer(job: tuple) -> dict:
     from repspec_zoo.eval_result import json_clean
 
     model = _load(run_dir)
-    x, y = digits_split(model)
+    x, y = digits_test_split(model)
     result = evaluate(model, (x, y), model_name=f"{model_key(seed, arm)}->digits", dataset_name="digits",
                       n=len(indices), indices=indices, budgets=budgets, attack="ta,fmn", seed=0, lemma1=False,
                       progress=False)
@@ -275,11 +264,6 @@ def evaluate_transfer(job: tuple) -> dict:
                           l2=result.per_sample["l2"][top]))
     write_json(path, row)
     return row
-
-
-def digits_split(model) -> tuple[torch.Tensor, torch.Tensor]:
-    side = model.pretrained_cfg["input_size"][-1]
-    return split_tensors("digits", "test", image_size=side, channels=1)
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -360,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         tuned = transfer_plan({k: r for k, r in runs.items() if k[1] in ARMS}, args.runs)
         run_all(tuned.values(), args.workers)
         first = load_model(next(iter(tuned.values())).output)
-        dx, dy = digits_split(first)
+        dx, dy = digits_test_split(first)
         digit_file = out / "digit_indices.json"
         if digit_file.is_file():
             digit_indices = json.loads(digit_file.read_text())
