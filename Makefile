@@ -12,8 +12,9 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 setup: $(STAMP) $(FMNIST)
 
-# adv-lib (the white-box attacks) needs the build constraint on Python < 3.12 (build-constraints.txt):
-# its dependency visdom is there an sdist that setuptools >= 81 cannot build.
+# The test extra's adv-lib (ALMA, and the second implementation the FMN / DDN tests compare with) needs
+# the build constraint on Python < 3.12 (build-constraints.txt): its dependency visdom is there an sdist
+# that setuptools >= 81 cannot build. The package itself installs without it.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -17,7 +17,7 @@ protocol; its iterations and convergence are reported):
 * test accuracy; sigma_max of the hidden layer W1 and of the head (dense SVD; the head's also times
   the logit scale 1/sqrt(2000), the readout the logits see);
 * every model and head attacked on the SAME ``--n`` test images (correctly classified by all), so
-  that the comparisons are paired: the ensemble (TA, CGBA, FMN, ALMA; every image gets a start) at
+  that the comparisons are paired: the ensemble (``repspec_zoo.eval.ENSEMBLE``; every image gets a start) at
   ``--budgets``, and the paper's Tangent Attack (40 iterations, ~17k queries) on the first
   ``--n-paper`` of those images, read at 1k/2k/5k/10k/20k queries;
 * seed-level comparisons (the evidence; the seed is the unit of replication): per head, every arm
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
 import sys
@@ -145,9 +146,19 @@ def fit_heads(job: tuple) -> tuple:
 
 
 def evaluate_head(job: tuple) -> dict:
-    """Worker: every number of one (run, head) on the shared images."""
+    """Worker: every number of one (run, head) on the shared images; cached in the run folder
+    (``eval_<head>.json``, reused only for the same images, budgets and ensemble), so that a
+    killed run resumes."""
     run_dir, seed, mode, head, indices, n_paper, budgets = job
-    from repspec_zoo.eval import PAPER, evaluate
+    from repspec_zoo.eval import ENSEMBLE, PAPER, evaluate
+    from repspec_zoo.io import atomic_write_text
+
+    cache = Path(run_dir) / f"eval_{head}.json"
+    key = dict(indices=list(indices), n_paper=n_paper, budgets=list(budgets), ensemble=list(ENSEMBLE))
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return saved["row"]
 
     model = heads_of(run_dir, seed)[0][head]
     x, y = split_tensors("fashion_mnist", "test")
@@ -157,10 +168,12 @@ def evaluate_head(job: tuple) -> dict:
                         attack="ensemble", **common)
     paper = evaluate(model, (x, y), model_name=name, n=n_paper, indices=indices[:n_paper], budgets=PAPER["budgets"],
                      attack=PAPER["attack"], max_iter=PAPER["max_iter"], **common)
-    return dict(seed=seed, mode=mode, head=head, run=Path(os.path.relpath(run_dir, ROOT)).as_posix(),
-                sigma_w1=sigma_max(model.fc1.weight), sigma_head=sigma_max(model.head.weight),
-                logit_scale=getattr(model, "logit_scale", 1.0),
-                ensemble=_summary(ensemble), paper_ta=_summary(paper))
+    row = dict(seed=seed, mode=mode, head=head, run=Path(os.path.relpath(run_dir, ROOT)).as_posix(),
+               sigma_w1=sigma_max(model.fc1.weight), sigma_head=sigma_max(model.head.weight),
+               logit_scale=getattr(model, "logit_scale", 1.0),
+               ensemble=_summary(ensemble), paper_ta=_summary(paper))
+    atomic_write_text(cache, json.dumps(dict(key=key, row=row)))
+    return row
 
 
 def _summary(result) -> dict:
@@ -266,7 +279,7 @@ def report(saved: dict, out: Path) -> str:
               f"Written by `{command}`.\n{len(seeds)} seeds x {'/'.join(MODES)} x (trained head, "
               f"logistic-regression refit). Every model and head is attacked on the same {n} test images "
               f"(correctly classified by all): the ensemble {'+'.join(rows[0]['ensemble']['attacks'])} at "
-              f"{', '.join(map(str, saved['budgets']))} queries (hard-label; FMN/ALMA are white-box), every image "
+              f"{', '.join(map(str, saved['budgets']))} queries (TA and CGBA hard-label, the others white-box), every image "
               f"with a start; the paper's Tangent Attack (40 iterations) on the first {n_paper}. L2 in [0,1] pixel "
               f"units; medians count an unbroken image as +inf, means are over the broken ones. 95% CIs: "
               f"Clopper-Pearson (success), bootstrap (median, mean).\n\n" + _provenance(saved) +

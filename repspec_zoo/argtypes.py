@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from .errors import UserError
 from .eval import resolve_attacks
 
 __all__ = ["parse_budgets", "parse_attacks", "positive_int", "seed_int"]
@@ -23,7 +24,7 @@ def parse_attacks(text: str) -> list[str]:
     """argparse type of --attack: `repspec_zoo.eval.resolve_attacks` with argparse's error."""
     try:
         return resolve_attacks(text)
-    except ValueError as err:
+    except (ValueError, UserError) as err:  # an unknown name; a missing optional package (alma)
         raise argparse.ArgumentTypeError(str(err))
 
 

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import __version__, stats
 from .attacks import ATTACKS, AttackSettings, StartPool, predict_labels, run_attack
 from .attacks.oracle import check_images as check_values
+from .attacks.whitebox import check_available
 from .bounds import bracket, certified_radius, lemma1_estimate, unwrap
 from .errors import UserError
 from .eval_result import EvalResult
@@ -44,7 +45,7 @@ from .model_checks import check_model, first_images
 
 #: the attacks of ``attack="ensemble"``: the two strongest hard-label attacks and two white-box
 #: minimal-norm attacks; the reported distance is the per-sample minimum over them
-ENSEMBLE = ("ta", "cgba", "fmn", "alma")
+ENSEMBLE = ("ta", "cgba", "fmn", "ddn")
 #: rows per model call: the best folded-forward rows/s of the bundled models (within noise of 64
 #: and 256) at half the activation memory of 256 (benchmarks/README.md, evaluation forward)
 EVAL_BATCH_SIZE = 128
@@ -71,6 +72,7 @@ def resolve_attacks(attack: str | Sequence[str] | None) -> list[str]:
             if one not in ATTACKS:
                 raise ValueError(f"unknown attack {one!r}; valid names: {', '.join(sorted(ATTACKS))}, "
                                  f"'ensemble' ({'+'.join(ENSEMBLE)}), a comma-separated list, or None")
+            check_available(one)  # before any attack runs: a missing optional package fails at once
             if one not in out:
                 out.append(one)
     return out
@@ -236,7 +238,8 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
              dataset_name: str = "dataset", split: str = "test", n: int = 100, budgets: Sequence[int] = (1000,),
              attack: str | Sequence[str] | None = "ta", seed: int = 0, batch_size: int = EVAL_BATCH_SIZE,
              max_iter: int | None = None, lemma1: bool = True, progress: bool = True, accelerator=None,
-             indices: Sequence[int] | Tensor | None = None, start_pool: str | StartPool | None = "rest") -> EvalResult:
+             indices: Sequence[int] | Tensor | None = None, start_pool: str | StartPool | None = "rest",
+             attack_options: dict[str, dict] | None = None) -> EvalResult:
     """Clean accuracy, attack distances per budget, their statistics and bracket for ``model``.
 
     Args:
@@ -256,12 +259,18 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
             seeded draw of ``n``: paired comparisons attack every model on the same images.
         start_pool: fallback starts: 'rest' (correctly classified images of the split that are
             not attacked), a `StartPool`, or None (noise only).
+        attack_options: per attack name, its own keywords for `run_attack` (e.g.
+            ``{"fmn": {"steps": 100}}``); the attacks' defaults otherwise.
 
     seed, batch_size, max_iter and progress become the one `AttackSettings` of every attack (the
     default theta_scale, the [0,1] box); seed and batch_size also serve the accuracy pass and the
     choice of samples and start pool.
     """
     names = resolve_attacks(attack)
+    attack_options = dict(attack_options or {})
+    unused = sorted(set(attack_options) - set(names))
+    if unused:
+        raise ValueError(f"attack_options names attacks that do not run: {unused}; running: {names}")
     budgets = sorted(int(q) for q in budgets)
     if names and (not budgets or budgets[0] < 1):
         raise ValueError(f"budgets must be positive query counts, got {budgets}")
@@ -294,7 +303,8 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
     runs = {}
     for name in names:
         start = time.perf_counter()
-        res = run_attack(name, model, x, y, budgets[-1], attack_settings, starts=pool, sample_ids=mine.tolist())
+        res = run_attack(name, model, x, y, budgets[-1], attack_settings, starts=pool, sample_ids=mine.tolist(),
+                         **attack_options.get(name, {}))
         runs[name] = (res.l2_at_budgets(budgets).cpu(), res.queries.cpu(), time.perf_counter() - start, res.params)
     local = lemma1_estimate(model, x, y) if lemma1 else None
     cert = certified_radius(model, x, y)

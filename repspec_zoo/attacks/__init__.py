@@ -1,5 +1,5 @@
 """L2 attacks in [0, 1] pixel space, batched over samples: decision-based (hard-label) TA, G-TA,
-HSJA and CGBA, white-box minimal-norm FMN, ALMA and DDN (adv-lib), and white-box L2 PGD.
+HSJA and CGBA, white-box minimal-norm FMN and DDN (and ALMA from adv-lib, optional), and white-box L2 PGD.
 
 Attacks reach the model only through `HardLabelOracle` (hard per-sample query budget) and share
 their hyper-parameters through one frozen `AttackSettings`; `run_attack` is the single entry point::
@@ -38,7 +38,7 @@ HARD_LABEL_ATTACKS: dict[str, Callable[..., AttackResult]] = {
     "hsja": hop_skip_jump,  # HopSkipJump
     "cgba": cgba,  # Curvature-aware Geometric Black-box Attack
 }
-#: every attack; the white-box minimal-norm ones (adv-lib: fmn, alma, ddn) use gradients and their
+#: every attack; the white-box minimal-norm ones (fmn, ddn; alma from adv-lib) use gradients and their
 #: own step counts, and ignore the query budget
 ATTACKS: dict[str, Callable[..., AttackResult]] = {**HARD_LABEL_ATTACKS, **WHITE_BOX_ATTACKS}
 
@@ -49,7 +49,7 @@ def run_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor, b
     """Run the attack registered as ``name`` (see `ATTACKS`) with the shared ``settings`` on the
     per-call data (``budget``, ``starts``, ``sample_ids``: see `tangent_attack`); ``options`` are
     that attack's own keywords ('gta': ratio; 'cgba': variant, dim_reduc_factor, initial_probes;
-    white-box: steps, warm_start, adv-lib keywords)."""
+    white-box: steps, warm_start, the loop's own keywords)."""
     try:
         attack = ATTACKS[name.lower()]
     except (KeyError, AttributeError):

@@ -1,17 +1,21 @@
-"""White-box minimal-norm L2 attacks from ``adv-lib``: FMN, ALMA and DDN, batched over samples.
+"""White-box minimal-norm L2 attacks: FMN, DDN and (optional) ALMA, batched over samples.
 
 These give a tight *upper bound* on each sample's minimal adversarial L2 distance, to set
-against the hard-label attacks (TA, G-TA, HSJA): a decision-based attack that reaches the
+against the hard-label attacks (TA, G-TA, HSJA, CGBA): a decision-based attack that reaches the
 white-box distance has found (about) the closest boundary point.
 
 - ``fmn``: Fast Minimum-Norm attack, L2 (Pintor, Roli, Brendel, Biggio; NeurIPS 2021).
-- ``alma``: Augmented Lagrangian Method for Adversarial attacks, L2 (Rony et al.; ICCV 2021).
 - ``ddn``: Decoupled Direction and Norm attack (Rony et al.; CVPR 2019).
+- ``alma``: Augmented Lagrangian Method for Adversarial attacks, L2 (Rony et al.; ICCV 2021),
+  adv-lib's ``alma``; an optional extra (``pip install 'repspec-zoo[alma]'``) because adv-lib
+  depends on visdom, which stock pip cannot build on Python < 3.12. ALMA fails on some defenses
+  in AttackBench (Cina et al. 2024), so it never runs alone and is not in the default ensemble.
 
-The attacks themselves are adv-lib's code (``adv_lib.attacks``), called unchanged; this module
-only chunks the data, counts passes, seeds and isolates random numbers, protects the model's
-parameters and packs the result as an `AttackResult` like the hard-label attacks, so they share
-the registry (``run_attack("fmn", model, x, y, budget=None)``).
+FMN's and DDN's loops are in `minnorm` (why not a library's: its docstring); ALMA is adv-lib's
+code, called unchanged. This module chunks the data, counts passes, seeds and isolates random
+numbers, protects the model's parameters, warm-starts FMN, re-checks every point and packs the
+result as an `AttackResult` like the hard-label attacks, so they share the registry
+(``run_attack("fmn", model, x, y, budget=None)``).
 
 Units: pixel values in ``bounds`` (normally [0, 1]); every distance is an L2 norm in those
 pixel units (for other bounds the attack runs on the rescaled box [0, 1] and the result is
@@ -20,33 +24,34 @@ mapped back).
 `AttackResult` for a white-box attack:
 
 - ``l2``: ``||x_adv - x||_2`` where the returned point is adversarial, as re-checked by
-  `verify` (the model's arg-max label via `predict_labels`); ``inf`` where adv-lib found no
+  `verify` (the model's arg-max label via `predict_labels`); ``inf`` where the attack found no
   adversarial point (``x_adv = x`` there). Inputs the model already misclassifies get
   ``l2 = 0`` and ``x_adv = x`` and are not attacked.
-- ``queries``: forward + backward passes per sample (adv-lib's `ForwardCounter` /
-  `BackwardCounter` count rows; every sample of a chunk takes part in every pass, so the
+- ``queries``: forward + backward passes per sample (rows through the model's forward and
+  backward, counted by hooks; every sample of a chunk takes part in every pass, so the
   per-sample count is rows / chunk size). 0 for samples that were not attacked. These are
   gradient passes, not hard-label queries; ``params`` splits them into forwards/backwards.
 - ``trace_*``: ONE record per successful sample, at ``trace_queries = 0``, holding the final
   ``l2``. A white-box distance does not depend on a hard-label query budget, so
   ``l2_at_budgets(Q)`` returns the final distance for every Q (and inf where the attack failed).
 - ``params``: ``kind="white-box"``, steps, forwards, backwards (per attacked sample, main
-  pass), the adv-lib version, every keyword passed to adv-lib, and ``warm_started`` (FMN's
-  retried samples, see `fmn`).
+  pass), ``implementation`` (distribution and version), every keyword passed to it, and ``warm_started``
+  (FMN's retried samples, see `fmn`).
 
-For the tightest bound take the per-sample minimum over the three attacks: on piecewise-linear
+For the tightest bound take the per-sample minimum over the attacks: on piecewise-linear
 models the adversarial region is a union over target classes and each attack can settle on a
 different class (measured per-sample ratios to DDN from 0.82 to 1.77 on a linear model).
 
-Randomness: FMN draws none. ALMA (only with ``init_lr_distance``, for zero gradients) and DDN
-(when a gradient is exactly zero) call ``torch.randn_like``; those draws come from torch's
-global generator seeded with ``seed`` inside ``torch.random.fork_rng``, so a call is
-deterministic and the caller's RNG state is untouched. Such draws depend on which samples share
-a chunk; otherwise every sample's result is independent of ``batch_size`` (as far as the model's
-own outputs are: float32 kernels may differ with the batch size).
+Randomness: FMN and DDN draw none. ALMA (only with ``init_lr_distance``, for zero gradients)
+calls ``torch.randn_like``; those draws come from torch's global generator seeded with ``seed``
+inside ``torch.random.fork_rng``, so a call is deterministic and the caller's RNG state is
+untouched. Such draws depend on which samples share a chunk; otherwise every sample's result is
+independent of ``batch_size`` (as far as the model's own outputs are: float32 kernels may differ
+with the batch size).
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
 from dataclasses import fields
@@ -56,12 +61,14 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import UserError
+from .minnorm import ddn_l2, fmn_l2
 from .oracle import Classifier, check_attack_inputs, model_device_dtype, predict_labels
 from .result import AttackResult, verify, warn_unverified
 from .settings import AttackSettings
 from .starts import StartPool
 
-__all__ = ["alma", "ddn", "fmn", "WHITE_BOX_ATTACKS"]
+__all__ = ["alma", "check_available", "ddn", "fmn", "WHITE_BOX_ATTACKS"]
 
 # Default step counts. Measured on the first 20 correctly classified Fashion-MNIST test images
 # (CPU, 1 thread, batch of 20): mean L2 over the 20 at steps 100 / 300 / 1000, [wall time at
@@ -83,22 +90,52 @@ DDN_STEPS = 300
 
 
 class _Counted(nn.Module):
-    """``model(lo + scale * u)`` for ``u`` in [0, 1] (just ``model(u)`` for the unit box), with
-    adv-lib's pass counters attached: rows through forward and through backward."""
+    """``model(lo + scale * u)`` for ``u`` in [0, 1] (just ``model(u)`` for the unit box), counting
+    the rows that pass through its forward and its backward (hooks, like a profiler's counters)."""
 
     def __init__(self, model: Classifier, lo: float, scale: float):
         super().__init__()
         self.model = model  # an nn.Module attribute registers it as a submodule (no copy)
         self.lo, self.scale = lo, scale
-        from adv_lib.utils import BackwardCounter, ForwardCounter
-        self.forwards, self.backwards = ForwardCounter(), BackwardCounter()
-        self.register_forward_pre_hook(self.forwards)
-        self.register_full_backward_hook(self.backwards)
+        self.forwards = self.backwards = 0
+        self.register_forward_pre_hook(self._count_forward)
+        self.register_full_backward_hook(self._count_backward)
+
+    def _count_forward(self, module, args) -> None:
+        self.forwards += len(args[0])
+
+    def _count_backward(self, module, grad_input, grad_output) -> None:
+        self.backwards += len(grad_output[0])
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         if self.lo == 0.0 and self.scale == 1.0:
             return self.model(u)
         return self.model(u * self.scale + self.lo)
+
+
+def check_available(name: str) -> None:
+    """Raise a `UserError` naming the extra to install if attack ``name`` needs a package that is
+    missing (ALMA: adv-lib); nothing for the other attacks."""
+    if name == "alma" and importlib.util.find_spec("adv_lib") is None:
+        raise UserError("the ALMA attack needs adv-lib, an optional extra: pip install 'repspec-zoo[alma]' "
+                        "(on Python < 3.12 add --build-constraint build-constraints.txt, see the README); "
+                        "the default ensemble (ta, cgba, fmn, ddn) does not need it")
+
+
+def _alma_runner(counted: nn.Module, u: torch.Tensor, y: torch.Tensor, steps: int, starting_points=None, **kw):
+    """adv-lib's ALMA (L2) on the unit box; adv-lib returns ``u`` itself where it found nothing."""
+    check_available("alma")
+    from adv_lib.attacks import alma as _alma
+    return _alma(counted, u, y, num_steps=steps, **kw)
+
+
+#: attack -> (runner ``(model, u, y, steps, starting_points=None, **kw) -> u_adv`` on the unit box,
+#: the distribution whose version is recorded)
+_RUNNERS: dict[str, tuple[Callable, str]] = {
+    "fmn": (fmn_l2, "repspec-zoo"),
+    "ddn": (ddn_l2, "repspec-zoo"),
+    "alma": (_alma_runner, "adv-lib"),
+}
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -107,15 +144,15 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def _run_white_box(name: str, attack: Callable, steps_kw: str, model: Classifier,
+def _run_white_box(name: str, model: Classifier,
                    x: torch.Tensor, y: torch.Tensor, budget, settings: AttackSettings, steps: int,
                    attack_kw: dict, min_classes: int = 2, warm_start: bool = False,
                    starts: StartPool | torch.Tensor | None = None) -> AttackResult:
-    """Chunked, counted, seeded call of adv-lib's ``attack`` (see the module docstring)."""
+    """Chunked, counted, seeded call of the library's attack ``name`` (see the module docstring)."""
     misplaced = sorted(set(attack_kw) & {f.name for f in fields(AttackSettings)})
     if misplaced:
         raise TypeError(f"{name}: {', '.join(misplaced)} belong in settings=AttackSettings(...), not among "
-                        f"adv-lib's keywords")
+                        f"{name}'s own keywords")
     batch_size, seed = settings.batch_size, settings.seed
     (lo, hi), y = check_attack_inputs(model, x, y, settings.bounds, batch_size)
     _check_int("steps", steps, 1)
@@ -124,8 +161,9 @@ def _run_white_box(name: str, attack: Callable, steps_kw: str, model: Classifier
     y = y.to(device=device, dtype=torch.long)
     n = len(x)
     scale = hi - lo
+    runner, library = _RUNNERS[name]
 
-    # Parameters never need gradients here (adv-lib differentiates w.r.t. the input only);
+    # Parameters never need gradients here (the attacks differentiate w.r.t. the input only);
     # switching them off saves the weight-gradient graph and guarantees no .grad is written.
     params_list = list(model.parameters()) if isinstance(model, nn.Module) else []
     flags = [p.requires_grad for p in params_list]
@@ -147,7 +185,7 @@ def _run_white_box(name: str, attack: Callable, steps_kw: str, model: Classifier
                 clean[s:s + batch_size] = logits.argmax(1)
         if logits.shape[1] < min_classes:
             raise ValueError(f"{name} needs a model with at least {min_classes} classes "
-                             f"(adv-lib's loss uses the top-{min_classes} logits), got "
+                             f"(its loss uses the top-{min_classes} logits), got "
                              f"{logits.shape[1]}")
         todo = (clean == y).nonzero().flatten()
         bar = None
@@ -158,7 +196,7 @@ def _run_white_box(name: str, attack: Callable, steps_kw: str, model: Classifier
         view = (-1,) + (1,) * (x.dim() - 1)
 
         def run_chunks(rows: torch.Tensor, starts_for_rows: torch.Tensor | None) -> None:
-            """adv-lib on samples ``rows`` in chunks of batch_size; fills x_adv, found and
+            """The attack on samples ``rows`` in chunks of batch_size; fills x_adv, found and
             adds the per-sample pass counts (every sample of a chunk is in every pass)."""
             for s in range(0, len(rows), batch_size):
                 idx = rows[s:s + batch_size]
@@ -167,26 +205,25 @@ def _run_white_box(name: str, attack: Callable, steps_kw: str, model: Classifier
                 if starts_for_rows is not None:
                     sp = starts_for_rows[s:s + batch_size]
                     kw["starting_points"] = sp if unit else (sp - lo) / scale
-                counted.forwards.reset()
-                counted.backwards.reset()
+                counted.forwards = counted.backwards = 0
                 with torch.enable_grad():
                     try:
-                        u_adv = attack(counted, u, y[idx], **{steps_kw: steps}, **kw)
-                    except ValueError as err:  # adv-lib: "Starting points are not all adv."
+                        u_adv = runner(counted, u, y[idx], steps, **kw)
+                    except ValueError as err:  # "starting points are not all adversarial"
                         if starts_for_rows is None:
                             raise
                         warnings.warn(f"{name}: warm start skipped for {len(idx)} sample(s): "
                                       f"{err}", RuntimeWarning)
                         u_adv = u
                 u_adv = u_adv.detach().to(dtype)
-                # adv-lib returns the input itself where it found no adversarial point
+                # the libraries return the input itself where they found no adversarial point
                 hit = (u_adv != u).flatten(1).any(1)
                 found[idx] |= hit
                 if not unit:
                     u_adv = (u_adv * scale + lo).clamp_(lo, hi)
                 x_adv[idx] = torch.where(hit.view(view), u_adv, x_adv[idx])
-                forwards[idx] += counted.forwards.num_samples_called // len(idx)
-                backwards[idx] += counted.backwards.num_samples_called // len(idx)
+                forwards[idx] += counted.forwards // len(idx)
+                backwards[idx] += counted.backwards // len(idx)
                 if bar is not None:
                     bar.update(len(idx))
 
@@ -219,9 +256,9 @@ def _run_white_box(name: str, attack: Callable, steps_kw: str, model: Classifier
         for p, f in zip(params_list, flags):
             p.requires_grad_(f)
 
-    # Success: misclassified clean, or adv-lib returned a point (it returns x where it found
+    # Success: misclassified clean, or the attack returned a point (it returns x where it found
     # nothing) that the re-check by `verify` (label via predict_labels, bounds, distance)
-    # confirms. A point adv-lib claimed but the re-check rejects (labels that depend on the
+    # confirms. A point the attack claimed but the re-check rejects (labels that depend on the
     # batch, at the boundary) is dropped: x_adv = x, l2 = inf, verified = False.
     mis = clean != y
     verified = torch.ones(n, dtype=torch.bool, device=device)
@@ -241,7 +278,7 @@ def _run_white_box(name: str, attack: Callable, steps_kw: str, model: Classifier
     trace_mask = success[:, None].clone()
     params = dict(kind="white-box", budget=budget, batch_size=batch_size, seed=seed,
                   steps=steps, forwards=main_passes[0], backwards=main_passes[1],
-                  bounds=(lo, hi), adv_lib_version=_pkg_version("adv-lib"),
+                  bounds=(lo, hi), implementation=f"{library} {_pkg_version(library)}",
                   attack_kw=dict(attack_kw),
                   warm_started=retried.nonzero().flatten().tolist())
     return AttackResult(name, x_adv, l2, queries, success, verified, trace_q, trace_l2,
@@ -260,20 +297,20 @@ _IGNORED_DOC = """
 def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
         settings: AttackSettings = AttackSettings(), *, starts: StartPool | torch.Tensor | None = None,
         sample_ids=None, steps: int = FMN_STEPS, warm_start: bool = True, **attack_kw) -> AttackResult:
-    """Fast Minimum-Norm attack, L2, untargeted (adv-lib ``fmn(norm=2)``).
+    """Fast Minimum-Norm attack, L2, untargeted (foolbox ``L2FMNAttack``).
 
     Minimizes ``||delta||_2`` (pixel units) subject to ``argmax model(x + delta) != y`` and
     ``x + delta`` in ``bounds``: gradient steps on the logit difference (step size
-    cosine-annealed from ``α_init`` = 1 to 1/100 of it) inside an L2 ball of radius eps that
-    shrinks by (1 - γ) while adversarial and grows by (1 + γ) otherwise (γ annealed from 0.05
-    to 0.001); the best adversarial point seen is returned.
+    cosine-annealed from ``max_stepsize`` = 1 to 1/100 of it) inside an L2 ball of radius eps
+    that shrinks by (1 - γ) while adversarial and grows by (1 + γ) otherwise (γ annealed from
+    0.05 to 0.001); the best adversarial point seen is returned.
 
-    Warm start: adv-lib's FMN (like the original) has no overshoot; before its first
-    adversarial point it sets eps to the linearized distance to the boundary and so can creep
-    up to the boundary from the benign side forever (measured: 0/20 Fashion-MNIST images on the
+    Warm start: FMN (like the original) has no overshoot; before its first adversarial point
+    it sets eps to the linearized distance to the boundary and so can creep up to the boundary
+    from the benign side forever (measured with adv-lib's FMN: 0/20 Fashion-MNIST images on the
     linear slp_baseline.fmnist and 8/20 on resnet_small_baseline.fmnist at any of 100-1000
     steps; some samples on an exact hyperplane). With ``warm_start`` (default), each sample
-    FMN failed on is attacked again with adv-lib's own warm start (``starting_points``: 10
+    FMN failed on is attacked again with FMN's own warm start (``starting_points``: 10
     bisection steps to the boundary, then the same FMN loop) from the nearest (L2) image the
     model labels differently, among the correctly classified images of ``x`` and the rows of
     ``starts``; ``params['warm_started']`` lists them, and their ``queries`` include both
@@ -285,7 +322,7 @@ def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
         model: differentiable classifier (nn.Module in eval mode) on images in ``settings.bounds``
             returning logits; parameters are left untouched (requires_grad restored, no .grad).
         x: images (N, ...) in ``settings.bounds``; y: labels (N,).
-        settings: ``batch_size`` (samples per adv-lib call), ``seed`` (seeds torch's RNG inside
+        settings: ``batch_size`` (samples per library call), ``seed`` (seeds torch's RNG inside
             ``fork_rng``; FMN itself draws nothing), ``bounds`` ((min, max) pixel values),
             ``progress`` (tqdm bar over samples).
         steps: optimization steps = forward and backward passes per sample.
@@ -293,8 +330,8 @@ def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
         starts: extra candidate start images (M, ...) in the bounds for the warm start (e.g.
             correctly classified images of other classes); their labels are computed without
             counting passes, like the clean check.
-        **attack_kw: passed to ``adv_lib.attacks.fmn`` (e.g. ``α_init``, ``γ_init``,
-            ``γ_final``).
+        **attack_kw: passed to ``foolbox.attacks.L2FMNAttack`` (``max_stepsize``,
+            ``min_stepsize``, ``gamma``, ``binary_search_steps``).
     """ + _IGNORED_DOC + """
 
     Returns:
@@ -305,16 +342,40 @@ def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
         res = fmn(NormalizedModel(net).eval(), x, y)
         res.l2            # per-sample L2 upper bound on the minimal adversarial distance
     """
-    from adv_lib.attacks import fmn as _fmn
-    attack_kw.setdefault("norm", 2)
-    return _run_white_box("fmn", _fmn, "steps", model, x, y, budget, settings, steps, attack_kw,
+    return _run_white_box("fmn", model, x, y, budget, settings, steps, attack_kw,
                           warm_start=warm_start, starts=starts)
+
+
+def ddn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
+        settings: AttackSettings = AttackSettings(), *, starts=None, sample_ids=None,
+        steps: int = DDN_STEPS, **attack_kw) -> AttackResult:
+    """Decoupled Direction and Norm attack, L2, untargeted (foolbox ``DDNAttack``).
+
+    Minimizes ``||delta||_2`` (pixel units) subject to misclassification and the box: a
+    normalized cross-entropy ascent step (size cosine-annealed from 1 to 0.01) sets the
+    direction, and the norm is set separately to eps, shrunk by (1 - γ) while adversarial and
+    grown by (1 + γ) otherwise (γ = 0.05, eps starts at ``init_epsilon`` = 1); the best
+    adversarial point seen is returned. Points are continuous (not quantized to 8-bit colour).
+
+    Args: as `fmn`. ``**attack_kw`` go to ``foolbox.attacks.DDNAttack`` (``init_epsilon``,
+    ``gamma``). A zero gradient gives a zero step (no random direction).
+    """ + _IGNORED_DOC + """
+
+    Returns:
+        `AttackResult` with ``attack='ddn'``.
+
+    Example::
+
+        res = ddn(NormalizedModel(net).eval(), x, y)
+    """
+    return _run_white_box("ddn", model, x, y, budget, settings, steps, attack_kw)
 
 
 def alma(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
          settings: AttackSettings = AttackSettings(), *, starts=None, sample_ids=None,
          steps: int = ALMA_STEPS, **attack_kw) -> AttackResult:
-    """ALMA, L2, untargeted (adv-lib ``alma(distance='l2')``, penalty P2).
+    """ALMA, L2, untargeted (adv-lib ``alma(distance='l2')``, penalty P2); needs the optional
+    extra ``repspec-zoo[alma]`` (a `UserError` that says so otherwise).
 
     Minimizes ``||delta||_2`` (pixel units) subject to ``argmax model(x + delta) != y`` and the
     box, through the augmented Lagrangian ``||delta||_2 + P2(DLR, rho, mu)`` of the
@@ -334,42 +395,8 @@ def alma(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
 
         res = alma(NormalizedModel(net).eval(), x, y)
     """
-    from adv_lib.attacks import alma as _alma
     attack_kw.setdefault("distance", "l2")
-    return _run_white_box("alma", _alma, "num_steps", model, x, y, budget, settings, steps, attack_kw,
-                          min_classes=3)
+    return _run_white_box("alma", model, x, y, budget, settings, steps, attack_kw, min_classes=3)
 
 
-def ddn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
-        settings: AttackSettings = AttackSettings(), *, starts=None, sample_ids=None,
-        steps: int = DDN_STEPS, **attack_kw) -> AttackResult:
-    """Decoupled Direction and Norm attack, L2, untargeted (adv-lib ``ddn``).
-
-    Minimizes ``||delta||_2`` (pixel units) subject to misclassification and the box: a
-    normalized cross-entropy ascent step (size cosine-annealed from 1 to 0.01) sets the
-    direction, and the norm is set separately to eps, shrunk by (1 - γ) while adversarial and
-    grown by (1 + γ) otherwise (γ = 0.05, eps starts at ``init_norm`` = 1); the best
-    adversarial point seen is returned.
-
-    Unlike adv-lib (``levels=256``: points quantized to 8-bit colour), the default here is
-    ``levels=None`` (continuous), as for FMN and ALMA: quantization rounds every coordinate
-    and loosens the L2 bound. Pass ``levels=256`` to get 8-bit-valid images.
-
-    Args: as `fmn`. ``**attack_kw`` go to ``adv_lib.attacks.ddn`` (``γ``, ``init_norm``,
-    ``levels``). A zero gradient is replaced by a seeded Gaussian direction.
-    """ + _IGNORED_DOC + """
-
-    Returns:
-        `AttackResult` with ``attack='ddn'``.
-
-    Example::
-
-        res = ddn(NormalizedModel(net).eval(), x, y)
-    """
-    from adv_lib.attacks import ddn as _ddn
-    attack_kw.setdefault("levels", None)
-    return _run_white_box("ddn", _ddn, "steps", model, x, y, budget, settings, steps, attack_kw)
-
-
-WHITE_BOX_ATTACKS: dict[str, Callable[..., AttackResult]] = {"fmn": fmn, "alma": alma,
-                                                             "ddn": ddn}
+WHITE_BOX_ATTACKS: dict[str, Callable[..., AttackResult]] = {"fmn": fmn, "ddn": ddn, "alma": alma}
