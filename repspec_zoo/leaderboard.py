@@ -1,8 +1,9 @@
 """The leaderboard: the zoo's bundled backbones side by side (the main job, `repspec-zoo leaderboard`,
 whose command line is :mod:`repspec_zoo.cli.leaderboard`).
 
-For every zoo model whose weights ship with the package and were trained on ``--dataset``:
-clean accuracy on the whole test split, then the attacks (``--attack``, default the ensemble of
+For every zoo model whose weights ship with the package and were trained on ``--dataset`` (or
+the ``--models`` named; a headless self-supervised backbone gets a linear probe, see
+`load_zoo_model`): clean accuracy on the whole test split, then the attacks (``--attack``, default the ensemble of
 hard-label and white-box attacks) on the SAME ``--n`` test images for every model (drawn with
 ``--seed`` among the images every listed model classifies correctly), so that two models are
 compared pairwise: the change of mean distance against the unregularized baseline of the same
@@ -46,25 +47,51 @@ def bundled_models(dataset: str) -> list[str]:
 
 
 def family_baseline(name: str, dataset: str) -> str | None:
-    """The unregularized zoo model of the same base arch and dataset as ``name`` (None for a baseline
-    itself or a name outside the zoo)."""
-    base, mode = ARCHS.get(name.split(".")[0], (None, "none"))
+    """The unregularized zoo model of the same base arch, dataset and training (supervised or the same
+    self-supervised method) as ``name`` (None for a baseline itself or a name outside the zoo)."""
+    arch, _, tag = name.partition(".")
+    base, mode = ARCHS.get(arch, (None, "none"))
     if base is None or mode == "none":
         return None
     try:
-        return zoo_model_name(base, "none", dataset)
+        return zoo_model_name(base, "none", dataset, TAGS[tag].ssl if tag in TAGS else None)
     except ValueError:
         return None
 
 
-def load_zoo_model(name: str, compile: bool = False, images: torch.Tensor | None = None) -> NormalizedModel:
+#: a headless backbone's linear probe: logistic regression (sklearn, C = 1) on this many seeded,
+#: class-stratified training images, the zoo's SimCLR recipes' ``train_limit``
+PROBE_TRAIN_LIMIT = 5000
+
+
+def load_zoo_model(name: str, compile: bool = False, images: torch.Tensor | None = None,
+                   seed: int = 0) -> NormalizedModel:
     """A bundled / cached zoo model in [0,1] input space, eval mode, without regularizer hooks, with
     the fast evaluation forward (`NormalizedModel.fast_eval`; ``compile=True`` adds torch.compile).
-    Given a few test ``images``, `check_model` refuses a headless or non-finite model first."""
-    model = NormalizedModel(load_model(name)).eval()
+    A headless self-supervised backbone becomes backbone + a linear probe fitted by
+    `repspec_zoo.probe.fit_probe` (logistic, C = 1) on `PROBE_TRAIN_LIMIT` training images of its
+    tag's dataset drawn with ``seed``, as ``repspec-zoo probe --train-limit 5000`` does; the fit is
+    in ``model.probe_info`` (recorded in the evaluation's settings; None for a classifier). Given a
+    few test ``images``, `check_model` refuses a non-finite model first."""
+    backbone = load_model(name)
+    probe_info = None
+    if getattr(backbone, "num_classes", 1) == 0:
+        from .probe import fit_probe
+
+        dataset = TAGS[name.partition(".")[2]].dataset
+        in_chans, height = backbone.pretrained_cfg["input_size"][:2]
+        train = data.load_split(dataset, "train", image_size=height, channels=in_chans, limit=PROBE_TRAIN_LIMIT,
+                                seed=seed)
+        probe = fit_probe(backbone, train, seed=seed)
+        model = probe.model.eval()
+        probe_info = dict(probe.info(), classes=data.dataset_info(dataset).num_classes)
+    else:
+        model = NormalizedModel(backbone).eval()
     if images is not None:
         check_model(model, images, name)
-    return model.fast_eval(compile=compile)
+    model = model.fast_eval(compile=compile)
+    model.probe_info = probe_info
+    return model
 
 
 def common_indices(models: dict[str, NormalizedModel], x: torch.Tensor, y: torch.Tensor, n: int, seed: int,
@@ -248,10 +275,12 @@ def evaluate_job(job: dict, model: NormalizedModel | None = None, test=None) -> 
     worker = model is None
     if worker:
         torch.set_num_threads(1)
-        model = load_zoo_model(job["name"], job["compile"])
+        model = load_zoo_model(job["name"], job["compile"], seed=job["seed"])
         test = data.as_tensors(data.load_split(job["dataset"], "test"))
     result = evaluate(model, test, model_name=job["name"], dataset_name=job["dataset"], budgets=job["budgets"],
                       attack=job["attacks"], seed=job["seed"], batch_size=job["batch_size"], indices=job["index"],
                       progress=not worker)
+    if model.probe_info:
+        result.settings["probe"] = model.probe_info
     result.save(job["out"] / f"{job['name']}.json")
     return job["name"]

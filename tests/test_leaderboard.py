@@ -19,6 +19,36 @@ def test_family_baseline():
     assert leaderboard.family_baseline("resnet_small_ddsnr.fmnist", "fashion_mnist") == "resnet_small_baseline.fmnist"
     assert leaderboard.family_baseline("slp_baseline.fmnist", "fashion_mnist") is None
     assert leaderboard.family_baseline("resnet50", "imagenet1k") is None
+    assert (leaderboard.family_baseline("resnet_small_repspectral.fmnist_simclr", "fashion_mnist")
+            == "resnet_small_baseline.fmnist_simclr")
+
+
+def test_self_supervised_backbones_get_a_probe_and_shared_images(tmp_path):
+    """Headless SimCLR backbones: each gets the linear probe `repspec-zoo probe --train-limit 5000`
+    fits (the same fit: same train accuracy), all are attacked on the same images, and the rep one
+    is compared with the SimCLR baseline, not with the supervised one."""
+    import torch
+
+    from repspec_zoo import data
+    from repspec_zoo.loader import load_model
+    from repspec_zoo.probe import fit_probe
+
+    names = ["resnet_small_baseline.fmnist_simclr", "resnet_small_repspectral.fmnist_simclr"]
+    results = leaderboard_main(["--models", *names, "--n", "4", "--budgets", "20", "--attack", "ta", "--out",
+                                str(tmp_path)])
+    saved = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in names}
+    assert saved[names[0]]["per_sample"]["index"] == saved[names[1]]["per_sample"]["index"]
+    probe = saved[names[1]]["settings"]["probe"]
+    assert probe["n_train"] == leaderboard.PROBE_TRAIN_LIMIT and probe["classes"] == 10
+    train = data.load_split("fashion_mnist", "train", limit=leaderboard.PROBE_TRAIN_LIMIT, seed=0)
+    direct = fit_probe(load_model(names[1]), train, seed=0)
+    assert probe["train_acc"] == pytest.approx(direct.train_acc, abs=1e-9)
+    x, y = data.as_tensors(data.load_split("fashion_mnist", "test"))
+    with torch.no_grad():
+        acc = (direct.model.eval()(x).argmax(1) == y).float().mean().item()
+    assert results[names[1]].clean_acc == pytest.approx(acc, abs=2e-4)  # folded forward: rounding only
+    paired = json.loads((tmp_path / "leaderboard.json").read_text())["paired_vs_baseline"]
+    assert paired[names[1]]["baseline"] == names[0]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from .eval import add_forward_arguments
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="repspec-zoo leaderboard", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="*", help="zoo names (default: every bundled model trained on --dataset)")
+    p.add_argument("--models", nargs="*", help="zoo names (default: every bundled classifier trained on --dataset); a "
+                   "headless self-supervised backbone (*.fmnist_simclr) is evaluated with a linear probe")
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--n", type=positive_int, default=50,
                    help="test images attacked per model (the same for every model)")
@@ -80,7 +81,7 @@ def main(argv=None) -> dict[str, EvalResult]:
                          "shows what exists, or pass --models NAME ...")
     x, y = data.as_tensors(data.load_split(args.dataset, "test"))
     start = time.perf_counter()
-    models = {name: load_zoo_model(name, compile=args.compile, images=x[:8]) for name in names}
+    models = {name: load_zoo_model(name, compile=args.compile, images=x[:8], seed=args.seed) for name in names}
     index = common_indices(models, x, y, args.n, args.seed, args.batch_size).tolist()
     print(f"attacking the same {len(index)} test images (classified correctly by all {len(models)} models) "
           f"with {'+'.join(args.attack)}")
