@@ -194,17 +194,25 @@ class HardLabelOracle:
             raise ValueError(f"points must have shape (M, {', '.join(map(str, self.x.shape[1:]))})"
                              f" and idx shape (M,); got {tuple(points.shape)} and "
                              f"{tuple(idx.shape)}")
+        # The checks and the budget test read back from the device ONCE per call (one host sync,
+        # which the hard budget needs anyway): bincount runs on clamped ids and is only used once
+        # the ids are known to be valid.
+        flags = torch.zeros(3, dtype=torch.bool, device=self.device)  # points bad, idx bad, all rows fit
         if len(points):
-            lo, hi = torch.aminmax(points)  # one pass; NaN propagates into lo and hi
-            if not (self.bounds[0] <= lo.item() and hi.item() <= self.bounds[1]):
-                check_images("points", points, self.bounds)
+            lo, hi = torch.aminmax(points)  # one pass; NaN propagates into lo and hi (and fails both)
+            flags[0] = ~((lo >= self.bounds[0]) & (hi <= self.bounds[1]))
         if len(idx):
             first, last = torch.aminmax(idx)
-            if first.item() < 0 or last.item() >= self.n_samples:
-                raise ValueError(f"idx must index samples in [0, {self.n_samples}), got values "
-                                 f"in [{first.item()}, {last.item()}]")
-        need = torch.bincount(idx, minlength=self.n_samples)
-        if bool((need <= self.remaining).all()):  # the common case: every row is run
+            flags[1] = (first < 0) | (last >= self.n_samples)
+        need = torch.bincount(idx.clamp(0, self.n_samples - 1), minlength=self.n_samples)
+        flags[2] = (need <= self.remaining).all()
+        points_bad, idx_bad, all_fit = flags.tolist()
+        if points_bad:
+            check_images("points", points, self.bounds)
+        if idx_bad:
+            raise ValueError(f"idx must index samples in [0, {self.n_samples}), got values "
+                             f"in [{first.item()}, {last.item()}]")
+        if all_fit:  # the common case: every row is run
             answered = torch.ones(len(idx), dtype=torch.bool, device=self.device)
             run, rows, charged = idx, points, need
         else:
