@@ -64,15 +64,21 @@ def family_baseline(name: str, dataset: str) -> str | None:
 PROBE_TRAIN_LIMIT = 5000
 
 
+def default_device() -> torch.device:
+    """Where the leaderboard runs: the GPU if torch sees one (as Accelerate's default), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_zoo_model(name: str, compile: bool = False, images: torch.Tensor | None = None,
-                   seed: int = 0) -> NormalizedModel:
+                   seed: int = 0, device: torch.device | str | None = None) -> NormalizedModel:
     """A bundled / cached zoo model in [0,1] input space, eval mode, without regularizer hooks, with
     the fast evaluation forward (`NormalizedModel.fast_eval`; ``compile=True`` adds torch.compile).
     A headless self-supervised backbone becomes backbone + a linear probe fitted by
     `repspec_zoo.probe.fit_probe` (logistic, C = 1) on `PROBE_TRAIN_LIMIT` training images of its
     tag's dataset drawn with ``seed``, as ``repspec-zoo probe --train-limit 5000`` does; the fit is
-    in ``model.probe_info`` (recorded in the evaluation's settings; None for a classifier). Given a
-    few test ``images``, `check_model` refuses a non-finite model first."""
+    in ``model.probe_info`` (recorded in the evaluation's settings; None for a classifier). The
+    model ends on ``device`` (default `default_device`); `evaluate` then runs every attack there.
+    Given a few test ``images``, `check_model` refuses a non-finite model first."""
     backbone = load_model(name)
     probe_info = None
     if getattr(backbone, "num_classes", 1) == 0:
@@ -87,8 +93,10 @@ def load_zoo_model(name: str, compile: bool = False, images: torch.Tensor | None
         probe_info = dict(probe.info(), classes=data.dataset_info(dataset).num_classes)
     else:
         model = NormalizedModel(backbone).eval()
+    device = torch.device(device) if device is not None else default_device()
+    model = model.to(device)
     if images is not None:
-        check_model(model, images, name)
+        check_model(model, images.to(device), name)
     model = model.fast_eval(compile=compile)
     model.probe_info = probe_info
     return model
@@ -99,7 +107,7 @@ def common_indices(models: dict[str, NormalizedModel], x: torch.Tensor, y: torch
     """``n`` test positions every model classifies correctly, drawn with ``seed`` (ascending)."""
     correct = torch.ones(len(y), dtype=torch.bool)
     for model in models.values():
-        correct &= predict_split(model, (x, y), batch_size, torch.device("cpu"))[0]
+        correct &= predict_split(model, (x, y), batch_size, next(model.parameters()).device)[0]
     pool = correct.nonzero().flatten()
     return pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n]].sort().values
 
