@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import UserError
 from .eval import resolve_attacks
 
 __all__ = ["parse_budgets", "parse_attacks", "positive_int", "seed_int"]
@@ -24,7 +23,7 @@ def parse_attacks(text: str) -> list[str]:
     """argparse type of --attack: `repspec_zoo.eval.resolve_attacks` with argparse's error."""
     try:
         return resolve_attacks(text)
-    except (ValueError, UserError) as err:  # an unknown name; a missing optional package (alma)
+    except ValueError as err:
         raise argparse.ArgumentTypeError(str(err))
 
 

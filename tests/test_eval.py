@@ -164,7 +164,7 @@ def test_ensemble_is_the_per_sample_best_and_brackets_the_true_distance():
     model = NearestPrototype().eval()
     x, y = dataset(per_class=6)
     res = evaluate(model, (x, y), n=12, budgets=[300, 1000], attack="ensemble", seed=0, lemma1=False, progress=False)
-    assert res.attacks == ["ta", "cgba", "fmn", "ddn"] and res.attack == "ta+cgba+fmn+ddn"
+    assert res.attacks == ["ta", "cgba", "fmn", "ddn", "alma"] and res.attack == "ta+cgba+fmn+ddn+alma"
     best = torch.tensor(res.per_sample["l2"]["1000"], dtype=torch.float64)
     each = torch.tensor([res.per_sample["l2_by_attack"][a]["1000"] for a in res.attacks], dtype=torch.float64)
     assert torch.equal(best, each.min(0).values)
@@ -236,7 +236,7 @@ def test_paper_mode_sets_the_papers_attack_and_explicit_flags_win():
     paper = resolve_defaults(build_parser().parse_args(["slp", "--paper"]))
     assert (paper.attack, paper.max_iter, paper.budgets) == (["ta"], 40, list(PAPER["budgets"]))
     mixed = resolve_defaults(build_parser().parse_args(["slp", "--paper", "--budgets", "500,100", "--attack", "ensemble"]))
-    assert (mixed.attack, mixed.max_iter, mixed.budgets) == (["ta", "cgba", "fmn", "ddn"], 40, [100, 500])
+    assert (mixed.attack, mixed.max_iter, mixed.budgets) == (["ta", "cgba", "fmn", "ddn", "alma"], 40, [100, 500])
     plain = resolve_defaults(build_parser().parse_args(["slp"]))
     assert (plain.attack, plain.max_iter, plain.budgets) == (["ta"], None, [1000, 5000, 10000])
     from repspec_zoo.cli import UsageError

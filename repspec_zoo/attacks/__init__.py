@@ -1,5 +1,5 @@
 """L2 attacks in [0, 1] pixel space, batched over samples: decision-based (hard-label) TA, G-TA,
-HSJA and CGBA, white-box minimal-norm FMN and DDN (and ALMA from adv-lib, optional), and white-box L2 PGD.
+HSJA and CGBA, white-box minimal-norm FMN, DDN and ALMA, and white-box L2 PGD.
 
 Attacks reach the model only through `HardLabelOracle` (hard per-sample query budget) and share
 their hyper-parameters through one frozen `AttackSettings`; `run_attack` is the single entry point::
@@ -38,7 +38,7 @@ HARD_LABEL_ATTACKS: dict[str, Callable[..., AttackResult]] = {
     "hsja": hop_skip_jump,  # HopSkipJump
     "cgba": cgba,  # Curvature-aware Geometric Black-box Attack
 }
-#: every attack; the white-box minimal-norm ones (fmn, ddn; alma from adv-lib) use gradients and their
+#: every attack; the white-box minimal-norm ones (fmn, ddn, alma) use gradients and their
 #: own step counts, and ignore the query budget
 ATTACKS: dict[str, Callable[..., AttackResult]] = {**HARD_LABEL_ATTACKS, **WHITE_BOX_ATTACKS}
 

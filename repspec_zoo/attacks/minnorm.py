@@ -1,4 +1,4 @@
-"""The FMN and DDN optimization loops (L2, untargeted) on the unit box, batched and device-resident.
+"""The FMN, DDN and ALMA optimization loops (L2, untargeted) on the unit box, batched and device-resident.
 
 Written here rather than called from a library, for these measured reasons:
 
@@ -8,9 +8,9 @@ Written here rather than called from a library, for these measured reasons:
   and imports GitPython, which fails without a git executable.
 - secml-torch 1.5's min-distance loop copies each step's distances to the host (``.cpu()``), a
   per-step device sync, and takes data loaders and its own model wrapper.
-- adv-lib (0.2.8) has both, but needs visdom, which stock pip cannot build on Python < 3.12.
+- adv-lib (0.2.8) has all three, but needs visdom, which stock pip cannot build on Python < 3.12.
 
-Both loops keep everything on the input's device, with no host sync inside the loop, and return
+The loops keep everything on the input's device, with no host sync inside the loop, and return
 the best adversarial point seen (``u`` itself where none was found), as the libraries do.
 
 FMN, L2 (Pintor, Roli, Brendel, Biggio; NeurIPS 2021, Alg. 1), on the logit margin
@@ -21,6 +21,7 @@ FMN, L2 (Pintor, Roli, Brendel, Biggio; NeurIPS 2021, Alg. 1), on the logit marg
     eps <- min(eps (1 - gamma_k), ||delta*||)        if u + delta is adversarial
            eps (1 + gamma_k)                          elif an adversarial point was seen
            ||delta|| + |L| / ||grad L||               else (linearized distance to the boundary)
+    eps <- min(eps, ||max(u, 1 - u)||)                (no farther than the farthest point of the box)
     delta <- delta - alpha_k grad L / ||grad L||,  then onto the L2 ball of radius eps and the box.
 
 ``starting_points`` (adversarial): 10 bisection steps on the segment from ``u`` to the start give
@@ -31,6 +32,20 @@ cross-entropy of ``y`` (``alpha_k`` cosine-annealed from 1 to 0.01), then the no
 ``eps``, which shrinks by (1 - gamma) after an adversarial iterate and grows by (1 + gamma)
 otherwise (``eps`` starts at ``init_epsilon``); points are continuous (not quantized).
 
+ALMA, L2 (Rony, Granger, Pedersoli, Ben Ayed; ICCV 2021), untargeted: minimize
+``||delta|| + P2(dlr, rho, mu)`` where the difference-of-logits ratio
+``dlr = (z_y - max_{j != y} z_j + tol) / (z_(1) - z_(3) + 1e-8)`` (``z_(k)`` the k-th largest logit)
+is negative iff the point is adversarial, and P2 is the penalty-Lagrangian function of Birgin et
+al. (2005):
+
+    P2(y; rho, mu) = mu y + mu rho y^2 + rho^2 y^3 / 6   (y >= 0),   mu y / (1 - rho y)   (y < 0).
+
+The first step minimizes P2 alone. The multiplier follows ``mu <- a mu + (1 - a) dP2/dy`` (clamped to
+[1e-6, 1e12]); every ``check_steps`` steps ``rho <- gamma rho`` for samples that are not yet
+adversarial and whose dlr did not fall below ``tau`` times its value at the last check. Steps are
+RMSProp with momentum (both smoothing constants ``a``) at ``lr_init``, decayed exponentially to
+``lr_init * lr_reduction`` between a sample's first adversarial iterate and the last step.
+
 Units: ``u`` in [0, 1]; norms are L2 in those units.
 """
 from __future__ import annotations
@@ -40,7 +55,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ddn_l2", "fmn_l2"]
+__all__ = ["alma_l2", "ddn_l2", "fmn_l2", "p2_penalty", "p2_penalty_grad"]
 
 
 def _cosine(start: float, end: float, k: int, steps: int) -> float:
@@ -99,6 +114,7 @@ def fmn_l2(model, u: torch.Tensor, y: torch.Tensor, steps: int, starting_points:
     best_l2 = torch.full_like(eps, math.inf)
     best_delta = torch.zeros_like(u)
     found = torch.zeros(n, dtype=torch.bool, device=u.device)
+    worst = _norms(torch.maximum(u, 1 - u))
     for k in range(steps):
         alpha = _cosine(max_stepsize, min_stepsize, k, steps)
         gamma_k = _cosine(gamma, gamma_final, k, steps)
@@ -111,7 +127,7 @@ def fmn_l2(model, u: torch.Tensor, y: torch.Tensor, steps: int, starting_points:
         found |= adv
         grad_norm = _norms(grad).clamp_min(1e-12)
         eps = torch.where(adv, torch.minimum(eps * (1 - gamma_k), best_l2),
-                          torch.where(found, eps * (1 + gamma_k), l2 + margin.abs() / grad_norm))
+                          torch.where(found, eps * (1 + gamma_k), l2 + margin.abs() / grad_norm)).minimum(worst)
         delta = delta - alpha * grad / _view(grad_norm, u)
         delta = delta * _view((eps / _norms(delta).clamp_min(1e-12)).clamp(max=1.0), u)
         delta = (u + delta).clamp(0, 1) - u
@@ -144,4 +160,68 @@ def ddn_l2(model, u: torch.Tensor, y: torch.Tensor, steps: int, starting_points:
         eps = torch.where(adv, eps * (1 - gamma), eps * (1 + gamma))
         delta = delta * _view(eps / _norms(delta).clamp_min(1e-12), u)
         delta = (u + delta).clamp(0, 1) - u
+    return torch.where(_view(best_l2 < math.inf, u), u + best_delta, u)
+
+
+def p2_penalty(y: torch.Tensor, rho: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Birgin et al.'s P2 penalty-Lagrangian function (see the module docstring), elementwise."""
+    return torch.where(y >= 0, mu * y + mu * rho * y ** 2 + rho ** 2 * y ** 3 / 6,
+                       mu * y / (1 - rho * y.clamp(max=0)))
+
+
+def p2_penalty_grad(y: torch.Tensor, rho: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """dP2/dy: ``mu + 2 mu rho y + rho^2 y^2 / 2`` for y >= 0, ``mu / (1 - rho y)^2`` for y < 0."""
+    return torch.where(y >= 0, mu + 2 * mu * rho * y + rho ** 2 * y ** 2 / 2, mu / (1 - rho * y.clamp(max=0)) ** 2)
+
+
+def _dlr(logits: torch.Tensor, y: torch.Tensor, tol: float) -> torch.Tensor:
+    """Difference-of-logits ratio, positive iff the arg-max is ``y`` (needs >= 3 classes)."""
+    true = logits.gather(1, y[:, None])[:, 0]
+    other = logits.scatter(1, y[:, None], -math.inf).amax(1)
+    top3 = logits.topk(3, dim=1).values
+    return (true - other + tol) / (top3[:, 0] - top3[:, 2] + 1e-8)
+
+
+def alma_l2(model, u: torch.Tensor, y: torch.Tensor, steps: int, starting_points: torch.Tensor | None = None, *,
+            lr_init: float = 0.1, lr_reduction: float = 0.01, mu_init: float = 1.0, rho_init: float = 1.0,
+            check_steps: int = 10, tau: float = 0.95, gamma: float = 1.2, alpha: float = 0.9,
+            logit_tolerance: float = 1e-4) -> torch.Tensor:
+    """ALMA, L2, untargeted (see the module docstring): the smallest adversarial ``u + delta`` seen in
+    ``steps`` steps (one forward and one backward per step), ``u`` where none was found."""
+    if starting_points is not None:
+        raise TypeError("ALMA takes no starting points")
+    n = len(u)
+    kw = dict(device=u.device, dtype=u.dtype)
+    delta = torch.zeros_like(u)
+    square_avg, buffer = torch.ones_like(u), torch.zeros_like(u)
+    mu, rho = torch.full((n,), mu_init, **kw), torch.full((n,), rho_init, **kw)
+    best_l2 = torch.full((n,), math.inf, **kw)
+    best_delta = torch.zeros_like(u)
+    found = torch.zeros(n, dtype=torch.bool, device=u.device)
+    first_found = torch.full((n,), steps + 1, **kw)  # step of the first adversarial iterate
+    prev_dlr = None
+    for k in range(steps):
+        delta = delta.detach().requires_grad_(True)
+        l2 = _norms(delta)
+        dlr = _dlr(model(u + delta), y, logit_tolerance)
+        d = dlr.detach()
+        if k == 0:
+            prev_dlr = d
+        elif (k + 1) % check_steps == 0:
+            rho = torch.where(found | (d < tau * prev_dlr), rho, gamma * rho)
+            prev_dlr = d
+        if k:
+            mu = (alpha * mu + (1 - alpha) * p2_penalty_grad(d, rho, mu)).clamp(1e-6, 1e12)
+        adv = d < 0
+        first_found = torch.where(adv & ~found, torch.full_like(first_found, k), first_found)
+        found |= adv
+        better = adv & (l2.detach() < best_l2)
+        best_l2 = torch.where(better, l2.detach(), best_l2)
+        best_delta = torch.where(_view(better, u), delta.detach(), best_delta)
+        loss = p2_penalty(dlr, rho, mu) if k == 0 else l2 + p2_penalty(dlr, rho, mu)
+        (grad,) = torch.autograd.grad(loss.sum(), delta)
+        decay = lr_reduction ** ((k - first_found).clamp(min=0) / (steps - first_found))
+        square_avg = alpha * square_avg + (1 - alpha) * grad * grad
+        buffer = alpha * buffer + grad / (square_avg.sqrt() + 1e-8)
+        delta = (u + delta.detach() - _view(lr_init * decay, u) * buffer).clamp(0, 1) - u
     return torch.where(_view(best_l2 < math.inf, u), u + best_delta, u)

@@ -1,4 +1,4 @@
-"""White-box minimal-norm L2 attacks: FMN, DDN and (optional) ALMA, batched over samples.
+"""White-box minimal-norm L2 attacks: FMN, DDN and ALMA, batched over samples.
 
 These give a tight *upper bound* on each sample's minimal adversarial L2 distance, to set
 against the hard-label attacks (TA, G-TA, HSJA, CGBA): a decision-based attack that reaches the
@@ -6,15 +6,13 @@ white-box distance has found (about) the closest boundary point.
 
 - ``fmn``: Fast Minimum-Norm attack, L2 (Pintor, Roli, Brendel, Biggio; NeurIPS 2021).
 - ``ddn``: Decoupled Direction and Norm attack (Rony et al.; CVPR 2019).
-- ``alma``: Augmented Lagrangian Method for Adversarial attacks, L2 (Rony et al.; ICCV 2021),
-  adv-lib's ``alma``; an optional extra (``pip install 'repspec-zoo[alma]'``) because adv-lib
-  depends on visdom, which stock pip cannot build on Python < 3.12. ALMA fails on some defenses
-  in AttackBench (Cina et al. 2024), so it never runs alone and is not in the default ensemble.
+- ``alma``: Augmented Lagrangian Method for Adversarial attacks, L2 (Rony et al.; ICCV 2021).
+  AttackBench (Cina et al. 2024) shows ALMA failing on some defenses, so it never runs alone.
 
-FMN's and DDN's loops are in `minnorm` (why not a library's: its docstring); ALMA is adv-lib's
-code, called unchanged. This module chunks the data, counts passes, seeds and isolates random
-numbers, protects the model's parameters, warm-starts FMN, re-checks every point and packs the
-result as an `AttackResult` like the hard-label attacks, so they share the registry
+The three loops are in `minnorm` (why not a library's: its docstring; the tests check them
+against adv-lib's, step by step). This module chunks the data, counts passes, seeds and
+isolates random numbers, protects the model's parameters, warm-starts FMN, re-checks every
+point and packs the result as an `AttackResult` like the hard-label attacks, so they share the registry
 (``run_attack("fmn", model, x, y, budget=None)``).
 
 Units: pixel values in ``bounds`` (normally [0, 1]); every distance is an L2 norm in those
@@ -42,16 +40,14 @@ For the tightest bound take the per-sample minimum over the attacks: on piecewis
 models the adversarial region is a union over target classes and each attack can settle on a
 different class (measured per-sample ratios to DDN from 0.82 to 1.77 on a linear model).
 
-Randomness: FMN and DDN draw none. ALMA (only with ``init_lr_distance``, for zero gradients)
-calls ``torch.randn_like``; those draws come from torch's global generator seeded with ``seed``
-inside ``torch.random.fork_rng``, so a call is deterministic and the caller's RNG state is
-untouched. Such draws depend on which samples share a chunk; otherwise every sample's result is
-independent of ``batch_size`` (as far as the model's own outputs are: float32 kernels may differ
-with the batch size).
+Randomness: the three draw none (a zero gradient gives a zero step); the call still runs inside
+``torch.random.fork_rng`` seeded with ``seed``, so a model that draws (dropout left on, a
+stochastic defense) is deterministic and the caller's RNG state is untouched. Every sample's
+result is independent of ``batch_size`` (as far as the model's own outputs are: float32 kernels
+may differ with the batch size).
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import warnings
 from dataclasses import fields
@@ -61,31 +57,24 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import UserError
-from .minnorm import ddn_l2, fmn_l2
+from .minnorm import alma_l2, ddn_l2, fmn_l2
 from .oracle import Classifier, check_attack_inputs, model_device_dtype, predict_labels
 from .result import AttackResult, verify, warn_unverified
 from .settings import AttackSettings
 from .starts import StartPool
 
-__all__ = ["alma", "check_available", "ddn", "fmn", "WHITE_BOX_ATTACKS"]
+__all__ = ["alma", "ddn", "fmn", "WHITE_BOX_ATTACKS"]
 
-# Default step counts. Measured on the first 20 correctly classified Fashion-MNIST test images
-# (CPU, 1 thread, batch of 20): mean L2 over the 20 at steps 100 / 300 / 1000, [wall time at
-# 1000 steps]; wb.<attack>(NormalizedModel(m).eval(), x, y, steps=s) on the 20:
-#   slp_baseline.fmnist           fmn  0.8721 / 0.8720 / 0.8720 [7 s]
-#                                 ddn  0.8031 / 0.8023 / 0.8022 [3 s]
-#                                 alma 0.8101 / 0.8043 / 0.8007 [5 s]
-#   resnet_small_baseline.fmnist  fmn  0.5506 / 0.5485 / 0.5486 [53 s, 8 warm-started]
-#                                 ddn  0.5051 / 0.5032 / 0.5035 [24 s]
-#                                 alma 0.5351 / 0.5339 / 0.5361 [15 s]
-# FMN and DDN: 300 is within 0.1% of 1000 at a third of the cost. ALMA: its lr decays over
-# num_steps, so fewer steps is a different schedule; the mean is flat but the median still
-# moves (0.532 / 0.511 / 0.473 on the ResNet) and on the analytic sphere 300 steps leave 1.22x
-# vs 1.06x at 1000 (d = 32): 1000, as in AttackBench.
-# (FMN's 1000-step mean includes the warm-started retries, see `fmn`.)
-FMN_STEPS = 300
-ALMA_STEPS = 1000
+# Default step counts, from the curves of benchmarks/bench_whitebox.py (benchmarks/README.md): on the
+# first 64 of the published leaderboard's images of each of the 9 zoo models, each attack rerun at
+# fewer steps against the published setting (FMN 300, ALMA 1000, DDN 300), paired. DDN at 200 is
+# within +0.12% of 300 on every model (at 100: +0.3% to +1.2%); FMN at 200 and ALMA at 300 are within
+# noise of theirs (bootstrap CIs include 0 on every model but one at +0.03%..+1.1% for FMN), and the
+# per-sample best of the three at 200 / 200 / 300 is within noise of the previous ensemble's
+# (FMN 300 + ALMA 1000) on every model, at 700 instead of 1300 steps.
+FMN_STEPS = 200
+DDN_STEPS = 200
+ALMA_STEPS = 300
 DDN_STEPS = 300
 
 
@@ -113,29 +102,8 @@ class _Counted(nn.Module):
         return self.model(u * self.scale + self.lo)
 
 
-def check_available(name: str) -> None:
-    """Raise a `UserError` naming the extra to install if attack ``name`` needs a package that is
-    missing (ALMA: adv-lib); nothing for the other attacks."""
-    if name == "alma" and importlib.util.find_spec("adv_lib") is None:
-        raise UserError("the ALMA attack needs adv-lib, an optional extra: pip install 'repspec-zoo[alma]' "
-                        "(on Python < 3.12 add --build-constraint build-constraints.txt, see the README); "
-                        "the default ensemble (ta, cgba, fmn, ddn) does not need it")
-
-
-def _alma_runner(counted: nn.Module, u: torch.Tensor, y: torch.Tensor, steps: int, starting_points=None, **kw):
-    """adv-lib's ALMA (L2) on the unit box; adv-lib returns ``u`` itself where it found nothing."""
-    check_available("alma")
-    from adv_lib.attacks import alma as _alma
-    return _alma(counted, u, y, num_steps=steps, **kw)
-
-
-#: attack -> (runner ``(model, u, y, steps, starting_points=None, **kw) -> u_adv`` on the unit box,
-#: the distribution whose version is recorded)
-_RUNNERS: dict[str, tuple[Callable, str]] = {
-    "fmn": (fmn_l2, "repspec-zoo"),
-    "ddn": (ddn_l2, "repspec-zoo"),
-    "alma": (_alma_runner, "adv-lib"),
-}
+#: attack -> its loop ``(model, u, y, steps, starting_points=None, **kw) -> u_adv`` on the unit box
+_RUNNERS: dict[str, Callable] = {"fmn": fmn_l2, "ddn": ddn_l2, "alma": alma_l2}
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -144,11 +112,22 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def _run_white_box(name: str, model: Classifier,
-                   x: torch.Tensor, y: torch.Tensor, budget, settings: AttackSettings, steps: int,
-                   attack_kw: dict, min_classes: int = 2, warm_start: bool = False,
-                   starts: StartPool | torch.Tensor | None = None) -> AttackResult:
-    """Chunked, counted, seeded call of the library's attack ``name`` (see the module docstring)."""
+def _run_white_box(name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor, budget,
+                   settings: AttackSettings, steps: int, attack_kw: dict, **options) -> AttackResult:
+    """`_attack_and_verify` with torch's generators seeded by ``settings.seed`` inside fork_rng: a
+    model that draws random numbers gives the same result for the same seed, and the caller's RNG
+    state is untouched."""
+    device, _ = model_device_dtype(model, x)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(settings.seed)
+        return _attack_and_verify(name, model, x, y, budget, settings, steps, attack_kw, **options)
+
+
+def _attack_and_verify(name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor, budget,
+                       settings: AttackSettings, steps: int, attack_kw: dict, min_classes: int = 2,
+                       warm_start: bool = False, starts: StartPool | torch.Tensor | None = None) -> AttackResult:
+    """Chunked, counted call of the loop of attack ``name`` and the re-check of its points (see the
+    module docstring)."""
     misplaced = sorted(set(attack_kw) & {f.name for f in fields(AttackSettings)})
     if misplaced:
         raise TypeError(f"{name}: {', '.join(misplaced)} belong in settings=AttackSettings(...), not among "
@@ -161,7 +140,7 @@ def _run_white_box(name: str, model: Classifier,
     y = y.to(device=device, dtype=torch.long)
     n = len(x)
     scale = hi - lo
-    runner, library = _RUNNERS[name]
+    runner = _RUNNERS[name]
 
     # Parameters never need gradients here (the attacks differentiate w.r.t. the input only);
     # switching them off saves the weight-gradient graph and guarantees no .grad is written.
@@ -173,7 +152,6 @@ def _run_white_box(name: str, model: Classifier,
     backwards = torch.zeros(n, dtype=torch.long, device=device)
     found = torch.zeros(n, dtype=torch.bool, device=device)
     retried = torch.zeros(n, dtype=torch.bool, device=device)
-    fork_devices = [device] if device.type == "cuda" else []
     try:
         for p in params_list:
             p.requires_grad_(False)
@@ -227,29 +205,27 @@ def _run_white_box(name: str, model: Classifier,
                 if bar is not None:
                     bar.update(len(idx))
 
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(seed)
-            run_chunks(todo, None)
-            main_passes = (int(forwards[todo].max()) if len(todo) else 0,
-                           int(backwards[todo].max()) if len(todo) else 0)
-            retry = todo[~found[todo]]
-            if warm_start and len(retry):
-                images, labels = x[todo], y[todo]  # correctly classified: label = y
-                given = StartPool.of(starts)
-                if given is not None and len(given):
-                    given.check(x.shape[1:], (lo, hi))
-                    extra = given.images.to(device=device, dtype=dtype)
-                    images = torch.cat([images, extra])
-                    labels = torch.cat([labels, predict_labels(model, extra, batch_size)])  # the model's labels
-                # nearest image (L2) that the model labels differently from y
-                best = StartPool(images, labels, per_sample=1).order(x[retry].flatten(1), y[retry])[:, 0]
-                ok = labels[best] != y[retry]
-                pool = images
-                if ok.any():
-                    if bar is not None:
-                        bar.total += int(ok.sum())
-                    retried[retry[ok]] = True
-                    run_chunks(retry[ok], pool[best[ok]])
+        run_chunks(todo, None)
+        main_passes = (int(forwards[todo].max()) if len(todo) else 0,
+                       int(backwards[todo].max()) if len(todo) else 0)
+        retry = todo[~found[todo]]
+        if warm_start and len(retry):
+            images, labels = x[todo], y[todo]  # correctly classified: label = y
+            given = StartPool.of(starts)
+            if given is not None and len(given):
+                given.check(x.shape[1:], (lo, hi))
+                extra = given.images.to(device=device, dtype=dtype)
+                images = torch.cat([images, extra])
+                labels = torch.cat([labels, predict_labels(model, extra, batch_size)])  # the model's labels
+            # nearest image (L2) that the model labels differently from y
+            best = StartPool(images, labels, per_sample=1).order(x[retry].flatten(1), y[retry])[:, 0]
+            ok = labels[best] != y[retry]
+            pool = images
+            if ok.any():
+                if bar is not None:
+                    bar.total += int(ok.sum())
+                retried[retry[ok]] = True
+                run_chunks(retry[ok], pool[best[ok]])
         if bar is not None:
             bar.close()
     finally:
@@ -278,7 +254,7 @@ def _run_white_box(name: str, model: Classifier,
     trace_mask = success[:, None].clone()
     params = dict(kind="white-box", budget=budget, batch_size=batch_size, seed=seed,
                   steps=steps, forwards=main_passes[0], backwards=main_passes[1],
-                  bounds=(lo, hi), implementation=f"{library} {_pkg_version(library)}",
+                  bounds=(lo, hi), implementation=f"repspec_zoo.attacks.minnorm {_pkg_version('repspec-zoo')}",
                   attack_kw=dict(attack_kw),
                   warm_started=retried.nonzero().flatten().tolist())
     return AttackResult(name, x_adv, l2, queries, success, verified, trace_q, trace_l2,
@@ -297,7 +273,7 @@ _IGNORED_DOC = """
 def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
         settings: AttackSettings = AttackSettings(), *, starts: StartPool | torch.Tensor | None = None,
         sample_ids=None, steps: int = FMN_STEPS, warm_start: bool = True, **attack_kw) -> AttackResult:
-    """Fast Minimum-Norm attack, L2, untargeted (foolbox ``L2FMNAttack``).
+    """Fast Minimum-Norm attack, L2, untargeted (`minnorm.fmn_l2`).
 
     Minimizes ``||delta||_2`` (pixel units) subject to ``argmax model(x + delta) != y`` and
     ``x + delta`` in ``bounds``: gradient steps on the logit difference (step size
@@ -307,7 +283,7 @@ def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
 
     Warm start: FMN (like the original) has no overshoot; before its first adversarial point
     it sets eps to the linearized distance to the boundary and so can creep up to the boundary
-    from the benign side forever (measured with adv-lib's FMN: 0/20 Fashion-MNIST images on the
+    from the benign side forever (measured: 0/20 Fashion-MNIST images on the
     linear slp_baseline.fmnist and 8/20 on resnet_small_baseline.fmnist at any of 100-1000
     steps; some samples on an exact hyperplane). With ``warm_start`` (default), each sample
     FMN failed on is attacked again with FMN's own warm start (``starting_points``: 10
@@ -322,7 +298,7 @@ def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
         model: differentiable classifier (nn.Module in eval mode) on images in ``settings.bounds``
             returning logits; parameters are left untouched (requires_grad restored, no .grad).
         x: images (N, ...) in ``settings.bounds``; y: labels (N,).
-        settings: ``batch_size`` (samples per library call), ``seed`` (seeds torch's RNG inside
+        settings: ``batch_size`` (samples per loop call), ``seed`` (seeds torch's RNG inside
             ``fork_rng``; FMN itself draws nothing), ``bounds`` ((min, max) pixel values),
             ``progress`` (tqdm bar over samples).
         steps: optimization steps = forward and backward passes per sample.
@@ -330,8 +306,8 @@ def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
         starts: extra candidate start images (M, ...) in the bounds for the warm start (e.g.
             correctly classified images of other classes); their labels are computed without
             counting passes, like the clean check.
-        **attack_kw: passed to ``foolbox.attacks.L2FMNAttack`` (``max_stepsize``,
-            ``min_stepsize``, ``gamma``, ``binary_search_steps``).
+        **attack_kw: passed to `minnorm.fmn_l2` (``max_stepsize``, ``min_stepsize``, ``gamma``,
+            ``gamma_final``, ``binary_search_steps``).
     """ + _IGNORED_DOC + """
 
     Returns:
@@ -349,7 +325,7 @@ def fmn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
 def ddn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
         settings: AttackSettings = AttackSettings(), *, starts=None, sample_ids=None,
         steps: int = DDN_STEPS, **attack_kw) -> AttackResult:
-    """Decoupled Direction and Norm attack, L2, untargeted (foolbox ``DDNAttack``).
+    """Decoupled Direction and Norm attack, L2, untargeted (`minnorm.ddn_l2`).
 
     Minimizes ``||delta||_2`` (pixel units) subject to misclassification and the box: a
     normalized cross-entropy ascent step (size cosine-annealed from 1 to 0.01) sets the
@@ -357,8 +333,8 @@ def ddn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
     grown by (1 + γ) otherwise (γ = 0.05, eps starts at ``init_epsilon`` = 1); the best
     adversarial point seen is returned. Points are continuous (not quantized to 8-bit colour).
 
-    Args: as `fmn`. ``**attack_kw`` go to ``foolbox.attacks.DDNAttack`` (``init_epsilon``,
-    ``gamma``). A zero gradient gives a zero step (no random direction).
+    Args: as `fmn`. ``**attack_kw`` go to `minnorm.ddn_l2` (``init_epsilon``, ``gamma``,
+    ``max_stepsize``, ``min_stepsize``). A zero gradient gives a zero step (no random direction).
     """ + _IGNORED_DOC + """
 
     Returns:
@@ -374,8 +350,7 @@ def ddn(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
 def alma(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
          settings: AttackSettings = AttackSettings(), *, starts=None, sample_ids=None,
          steps: int = ALMA_STEPS, **attack_kw) -> AttackResult:
-    """ALMA, L2, untargeted (adv-lib ``alma(distance='l2')``, penalty P2); needs the optional
-    extra ``repspec-zoo[alma]`` (a `UserError` that says so otherwise).
+    """ALMA, L2, untargeted (penalty P2, difference-of-logits-ratio constraint; `minnorm.alma_l2`).
 
     Minimizes ``||delta||_2`` (pixel units) subject to ``argmax model(x + delta) != y`` and the
     box, through the augmented Lagrangian ``||delta||_2 + P2(DLR, rho, mu)`` of the
@@ -383,9 +358,9 @@ def alma(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
     the first adversarial point, penalty ``rho`` raised by ``γ`` when the constraint stalls);
     the best adversarial point seen is returned. The DLR needs at least 3 classes.
 
-    Args: as `fmn`; ``steps`` is adv-lib's ``num_steps`` (one forward and one backward pass per
-    sample each). ``**attack_kw`` go to ``adv_lib.attacks.alma`` (e.g. ``α``, ``lr_init``,
-    ``init_lr_distance``: with it set, a zero first gradient is replaced by a seeded Gaussian).
+    Args: as `fmn`; ``steps``: one forward and one backward pass per sample each. ``**attack_kw``
+    go to `minnorm.alma_l2` (``lr_init``, ``lr_reduction``, ``mu_init``, ``rho_init``,
+    ``check_steps``, ``tau``, ``gamma``, ``alpha``, ``logit_tolerance``).
     """ + _IGNORED_DOC + """
 
     Returns:
@@ -395,7 +370,6 @@ def alma(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget=None,
 
         res = alma(NormalizedModel(net).eval(), x, y)
     """
-    attack_kw.setdefault("distance", "l2")
     return _run_white_box("alma", model, x, y, budget, settings, steps, attack_kw, min_classes=3)
 
 
