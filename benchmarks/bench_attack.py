@@ -99,15 +99,20 @@ class RowInvariant(nn.Module):
 class CallRecorder(nn.Module):
     """Forwards to ``net`` and keeps a copy of every call's rows (the attack's own queries: on a
     CNN, random rows run about 1.4x slower than the attack's near-boundary ones, so only a
-    replay of these is a fair floor)."""
+    replay of these is a fair floor), up to ``max_rows`` rows (then whole calls stop being kept;
+    ``rows`` counts them all): a long attack on large images replays a prefix of its calls."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, max_rows: int | None = None):
         super().__init__()
-        self.net = net
+        self.net, self.max_rows = net, max_rows
         self.calls: list[torch.Tensor] = []
+        self.rows = self.kept_rows = 0
 
     def forward(self, x):
-        self.calls.append(x.detach().clone())
+        self.rows += len(x)
+        if self.max_rows is None or self.kept_rows + len(x) <= self.max_rows:
+            self.calls.append(x.detach().clone())
+            self.kept_rows += len(x)
         return self.net(x)
 
 

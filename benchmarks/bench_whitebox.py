@@ -1,22 +1,21 @@
-"""White-box attacks on the zoo models: distance against steps for FMN, DDN and ALMA, and the
-default ensemble (ta+cgba+fmn+ddn) against the previous one (ta+cgba+fmn+alma, adv-lib's FMN at
-300 steps and ALMA at 1000) on the published leaderboard's images.
+"""White-box attacks on the zoo models: distance against steps for FMN, DDN and ALMA (how the
+default step counts were chosen), and the default ensemble against the previous one on the
+published leaderboard's images.
 
-    PYTHONPATH=. python benchmarks/bench_whitebox.py                       # every leaderboard model
-    PYTHONPATH=. python benchmarks/bench_whitebox.py --models slp_baseline.fmnist --n-curve 16
+    PYTHONPATH=. python benchmarks/bench_whitebox.py --previous-commit 8f9329c
 
-Curves: on the first ``--n-curve`` of the leaderboard's shared images, each attack at each step
-count of `CURVE_STEPS` (a fresh run per count: the step sizes anneal over the whole run, so a
-shorter run is a different schedule, not a prefix); per model and attack the mean L2 and the
-paired mean difference to the longest count (bootstrap CI), and the wall time. The longest count
-is the published setting, read from the leaderboard's per-sample distances (FMN 300, ALMA 1000;
-DDN 300 from the ensemble run below).
+Curves: on the first ``--n-curve`` of the previous leaderboard's shared images (300, committed at
+``--previous-commit``), each attack at each step count of `CURVE_STEPS` (a fresh run per count:
+the step sizes anneal over the whole run, so a shorter run is a different schedule, not a
+prefix); per model and attack the mean L2 and the paired mean difference to the published
+setting (bootstrap CI), and the wall time. The published setting's distances are the previous
+leaderboard's own (FMN 300, ALMA 1000); DDN's reference is a 300-step run on all its images.
 
-Ensemble: on all the leaderboard's images, per sample the best of the new white-box attacks at
-``--fmn-steps`` / ``--ddn-steps`` and the leaderboard's own TA and CGBA distances at its top budget
-(same code, same seed: the hard-label attacks are unchanged), against the leaderboard's
-per-sample best (the previous ensemble): paired bootstrap CI of the mean difference, relative
-change and CI half width, and the white-box passes per sample before and after.
+Ensemble: the current leaderboard (``--current``, results/leaderboard: the default ensemble at the
+default steps) against the previous one on the images both attacked (the current draw of 500
+contains the previous 300: same seed, same permutation): per model the paired bootstrap CI of the
+per-sample best distance (new - old), relative to the old mean, its half width, and the white-box
+passes per sample before and after. The hard-label attacks are the same code and seeds in both.
 
 Every attack run goes through `repspec_zoo.eval.evaluate` (the leaderboard's model loading,
 folded forward, batch size, start pool and FMN warm start). Each (model, attack, steps, images)
@@ -29,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CACHE = ROOT / "runs" / "bench_whitebox"
-LEADERBOARD = ROOT / "results" / "leaderboard"
+LEADERBOARD = "results/leaderboard"
 #: step counts of the curves; the last of each is the setting the published leaderboard ran (FMN 300 and ALMA
 #: 1000: its own per-sample distances; DDN 300: this benchmark's ensemble run), read on the curve images
 CURVE_STEPS = {"fmn": [50, 100, 200, 300], "ddn": [50, 100, 200, 300], "alma": [100, 300, 1000]}
@@ -84,24 +85,49 @@ def paired(a: list[float], b: list[float], seed: int = 0) -> dict:
                 wilcoxon_p=cmp.get("wilcoxon_p"))
 
 
+def compare_ensembles(old: dict, new: dict) -> dict:
+    """Per-sample best distance of two leaderboard EvalResults (dicts) on the images both attacked,
+    at each one's top budget: paired comparison (new - old), and white-box passes per image."""
+    def by_index(r: dict) -> dict[int, int]:
+        return {i: k for k, i in enumerate(r["per_sample"]["index"])}
+
+    io, inew = by_index(old), by_index(new)
+    shared = sorted(set(io) & set(inew))
+    top_o, top_n = str(old["budgets"][-1]), str(new["budgets"][-1])
+    a = [float(old["per_sample"]["l2"][top_o][io[i]]) for i in shared]
+    b = [float(new["per_sample"]["l2"][top_n][inew[i]]) for i in shared]
+
+    def passes(r: dict, rows: dict) -> float:
+        white = [k for k, part in r["by_attack"].items() if part["params"].get("kind") == "white-box"]
+        return sum(sum(r["per_sample"]["queries"][k][rows[i]] for k in white) for i in shared) / len(shared)
+
+    return dict(n_shared=len(shared), previous_attacks=old["attack"], current_attacks=new["attack"],
+                previous_budget=int(top_o), current_budget=int(top_n), new_vs_old=paired(a, b),
+                previous_white_box_passes=passes(old, io), current_white_box_passes=passes(new, inew))
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="*", help="leaderboard models (default: all in results/leaderboard)")
     ap.add_argument("--n-curve", type=int, default=64, help="images of the step curves (the first of the leaderboard's)")
-    ap.add_argument("--fmn-steps", type=int, default=300, help="FMN steps of the new ensemble")
-    ap.add_argument("--ddn-steps", type=int, default=300, help="DDN steps of the new ensemble")
+    ap.add_argument("--previous-commit", required=True,
+                    help="git commit whose results/leaderboard holds the previous ensemble's run")
+    ap.add_argument("--current", type=Path, default=ROOT / LEADERBOARD, help="the current leaderboard's folder")
     ap.add_argument("--curves", nargs="*", default=list(CURVE_STEPS), help="attacks to draw curves for")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "results_whitebox.json")
     args = ap.parse_args(argv)
 
-    board = json.loads((LEADERBOARD / "leaderboard.json").read_text())
-    names = args.models or list(board["models"])
-    published = {n: json.loads((LEADERBOARD / f"{n}.json").read_text()) for n in names}
+    def previous(name: str) -> dict:
+        return json.loads(subprocess.run(["git", "show", f"{args.previous_commit}:{LEADERBOARD}/{name}.json"],
+                                         cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+
+    names = args.models or list(previous("leaderboard")["models"])
+    published = {n: previous(n) for n in names}
     index = published[names[0]]["per_sample"]["index"]
     assert all(p["per_sample"]["index"] == index for p in published.values()), "leaderboard images differ"
     curve_index = index[:args.n_curve]
-    jobs = [(n, a, s, index) for n in names for a, s in (("fmn", args.fmn_steps), ("ddn", args.ddn_steps))]
+    jobs = [(n, "ddn", CURVE_STEPS["ddn"][-1], index) for n in names]
     jobs += [(n, a, s, curve_index) for n in names for a in args.curves for s in CURVE_STEPS[a][:-1]]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
@@ -123,28 +149,13 @@ def main(argv=None) -> dict:
                 assert PUBLISHED_STEPS[a] == last
                 ref = [float(v) for v in p["per_sample"]["l2_by_attack"][a][str(p["budgets"][-1])]]
             else:
-                assert last == args.ddn_steps
                 ref = done[n, a, last, len(index)]["l2"]
             runs.append(dict(steps=last, l2=ref[:len(curve_index)], wall_s=None))
             curves[n][a] = [dict(steps=r["steps"], l2_mean=sum(r["l2"]) / len(r["l2"]), wall_s=r["wall_s"],
                                  vs_longest=paired(runs[-1]["l2"], r["l2"])) for r in runs]
-        top = str(p["budgets"][-1])
-        old_best = [float(v) for v in p["per_sample"]["l2"][top]]
-        hard = [min(float(t), float(c)) for t, c in zip(p["per_sample"]["l2_by_attack"]["ta"][top],
-                                                        p["per_sample"]["l2_by_attack"]["cgba"][top])]
-        fmn, ddn = done[n, "fmn", args.fmn_steps, len(index)], done[n, "ddn", args.ddn_steps, len(index)]
-        new_best = [min(h, f, d) for h, f, d in zip(hard, fmn["l2"], ddn["l2"])]
-        old_passes = sum(sum(p["per_sample"]["queries"][a]) for a in ("fmn", "alma")) / len(index)
-        new_passes = (sum(fmn["passes"]) + sum(ddn["passes"])) / len(index)
-        ensemble[n] = dict(old=paired(old_best, old_best), new_vs_old=paired(old_best, new_best),
-                           old_white_box_passes=old_passes, new_white_box_passes=new_passes,
-                           old_white_box_wall_s=sum(p["by_attack"][a]["wall_time_s"] for a in ("fmn", "alma")),
-                           new_white_box_wall_s=fmn["wall_s"] + ddn["wall_s"],
-                           wins={a: sum(1 for h, f, d in zip(hard, fmn["l2"], ddn["l2"])
-                                        if {"hard-label": h, "fmn": f, "ddn": d}[a] == min(h, f, d))
-                                 for a in ("hard-label", "fmn", "ddn")})
-    summary = dict(setup=dict(models=names, n=len(index), n_curve=len(curve_index), curve_steps=CURVE_STEPS,
-                              fmn_steps=args.fmn_steps, ddn_steps=args.ddn_steps, leaderboard_top_budget=top,
+        ensemble[n] = compare_ensembles(p, json.loads((args.current / f"{n}.json").read_text()))
+    summary = dict(setup=dict(models=names, n_curve=len(curve_index), curve_steps=CURVE_STEPS,
+                              previous_commit=args.previous_commit, current=os.path.relpath(args.current, ROOT),
                               workers=args.workers, threads_per_worker=1, torch=torch.__version__, wall_s=wall),
                    curves=curves, ensemble=ensemble)
     from repspec_zoo.io import atomic_write_text
@@ -152,8 +163,10 @@ def main(argv=None) -> dict:
     plot(summary, HERE / "whitebox_convergence.png")
     for n, e in ensemble.items():
         c = e["new_vs_old"]
-        print(f"{n}: previous {c['mean_a']:.4f} new {c['mean_b']:.4f} ({c['relative']:+.2%}, half width "
-              f"{c['half_width_relative']:.2%}); passes {e['old_white_box_passes']:.0f} -> {e['new_white_box_passes']:.0f}")
+        print(f"{n}: previous {e['previous_attacks']} {c['mean_a']:.4f}, current {e['current_attacks']} "
+              f"{c['mean_b']:.4f} ({c['relative']:+.2%} [{c['difference']['low'] / c['mean_a']:+.2%}, "
+              f"{c['difference']['high'] / c['mean_a']:+.2%}]) on {e['n_shared']} images; white-box passes per "
+              f"image {e['previous_white_box_passes']:.0f} -> {e['current_white_box_passes']:.0f}")
     print(f"wrote {args.out} ({wall:.0f} s)")
     return summary
 

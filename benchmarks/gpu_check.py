@@ -1,6 +1,6 @@
 """The GPU check: what rep-spectral training, the Tangent Attack and exact FFT norms cost on one GPU.
 
-    benchmarks/gpu_check.sh                 # one GPU: about 3 minutes on an H100 (--budget-s guards it)
+    benchmarks/gpu_check.sh                 # one GPU (--budget-s guards the training variants)
     benchmarks/gpu_check.sh --tiny          # CPU, under a minute (tests/test_gpu_check.py)
 
 Sections, each guarded (a failing one records ``{"error": "Type: message"}`` and the rest still run):
@@ -18,10 +18,16 @@ Sections, each guarded (a failing one records ``{"error": "Type: message"}`` and
    ``ratio_vs_plain``: ms_amortized / plain's. bf16 autocast first (the fast choice on GPUs), fp32
    (``mixed_precision: "no"``, what the configs ship) last, if the budget allows.
 2. ``attack``: Tangent Attack (``run_attack('ta')``, fp32 as ``repspec-zoo eval`` runs it) on a
-   random-init ResNet-50 at 224: the labels are the model's own predictions (so every sample counts
-   as correctly classified), starts from a pool of other images. ``rows_per_s``: model rows queried
-   (attack and final verification) per second of attack wall time; ``floor_rows_per_s``: the same
-   rows replayed as plain forwards in the same calls; ``ratio`` = attack time / replay time (>= 1).
+   random-init ResNet-50 at 224, 500 images at 10k queries: the labels are the model's own
+   predictions (so every sample counts as correctly classified), starts from a pool of other
+   images. ``rows_per_s``: model rows queried (attack and final verification) per second of attack
+   wall time; ``floor_rows_per_s``: the first ``attack_record_rows`` of those rows replayed as plain
+   forwards in the same calls; ``ratio`` = attack time / the time of all rows at the floor rate.
+   ``leaderboard``: ``repspec-zoo leaderboard`` at the published settings (500 images, budgets to
+   10k, the default ensemble) on the bundled models, on the GPU, into ``--leaderboard-out``: wall
+   time in total and per model and attack, the rows each attack ran and the model's forward floor
+   (rows/s of its no-grad forward at the same batch size). Every section records its peak memory
+   (``peak_gpu_gb``: torch's peak allocation; ``peak_rss_gb``: the process's peak resident set).
 3. ``fft_norms``: exact sigma_max of the circularly padded operator of every ResNet-50 conv at its
    input size for a 224 input (``conv_fft_sigma``, float64 as the regularizer's ``estimator: fft``),
    per layer and in total, and ``power_iters`` power-iteration steps on the same operators for
@@ -91,10 +97,12 @@ class Settings:
     every_amortized: int = 16
     direct_repeats: int = 3  # timed direct steps, after one untimed
     precisions: tuple[str, ...] = ("bf16", "fp32")
-    attack_n: int = 32
+    attack_n: int = 500
     attack_pool: int = 64
-    attack_budget: int = 500
-    attack_batch: int = 256  # rows per model call (repspec-zoo eval's default)
+    attack_budget: int = 10_000
+    attack_batch: int = 1024  # rows per model call
+    attack_record_rows: int = 4096  # rows kept for the forward-floor replay (2.4 GB at 224)
+    leaderboard_args: tuple[str, ...] = ("--n", "500", "--budgets", "1000,2000,5000,10000", "--batch-size", "1024")
     power_iters: int = 100
     dense_max_dim: int = 0  # also SVD the dense operator of the k x k convs (k > 1) with sides <= this and 4x this
     budget_s: float = 240.0  # no training variant starts after this many seconds
@@ -103,9 +111,12 @@ class Settings:
 
 TINY = Settings(device="cpu", img_size=32, batch_size=4, warmup_steps=2, timed_steps=4, every_amortized=4,
                 direct_repeats=1, precisions=("bf16",), attack_n=4, attack_pool=8, attack_budget=40, attack_batch=64,
-                power_iters=30, dense_max_dim=512, budget_s=120.0,
+                attack_record_rows=64, power_iters=30, dense_max_dim=512, budget_s=120.0,
+                leaderboard_args=("--models", "slp_baseline.fmnist", "slp_repspectral.fmnist", "--n", "3",
+                                  "--budgets", "10,20"),
                 note="tiny: ResNet-50 at 32x32 on CPU, batch 4, 2 warm-up + 4 timed steps, every=4 instead of 16, "
-                     "bf16 only, TA on 4 images with 40 queries; FFT norms checked against dense SVDs")
+                     "bf16 only, TA on 4 images with 40 queries; FFT norms checked against dense SVDs; the "
+                     "leaderboard of two bundled models on 3 images at 20 queries")
 
 
 def _sync(device: torch.device) -> None:
@@ -196,17 +207,54 @@ def attack(s: Settings, device: torch.device) -> dict:
     labels = predict_labels(net, images, s.attack_batch)  # also the warm-up forwards
     x, y = images[:s.attack_n], labels[:s.attack_n]
     pool = StartPool(images[s.attack_n:], labels[s.attack_n:])
-    recorder = CallRecorder(net).eval()
+    recorder = CallRecorder(net, max_rows=s.attack_record_rows).eval()
     result, seconds = _timed(device, run_attack, "ta", recorder, x, y, s.attack_budget,
                              AttackSettings(seed=0, batch_size=s.attack_batch), starts=pool)
     _, floor_seconds = _timed(device, replay_forward, net, recorder.calls)
-    rows, calls = sum(len(c) for c in recorder.calls), len(recorder.calls)
+    rows, kept = recorder.rows, recorder.kept_rows
     del recorder  # the recorded rows: 0.6 MB each at 224
+    floor_rows_per_s = kept / floor_seconds  # the replayed prefix of the attack's own calls
     return {"n": s.attack_n, "budget": s.attack_budget, "batch_size": s.attack_batch, "pool": s.attack_pool,
             "distinct_labels": len(labels.unique()), "success": float(result.success.float().mean()),
-            "queries": int(result.queries.sum()), "rows": rows, "model_calls": calls,
-            "seconds": seconds, "floor_seconds": floor_seconds,
-            "rows_per_s": rows / seconds, "floor_rows_per_s": rows / floor_seconds, "ratio": seconds / floor_seconds}
+            "queries": int(result.queries.sum()), "rows": rows, "replayed_rows": kept,
+            "seconds": seconds, "floor_seconds_replayed": floor_seconds, "rows_per_s": rows / seconds,
+            "floor_rows_per_s": floor_rows_per_s, "ratio": seconds / (rows / floor_rows_per_s),
+            "l2_median": float(result.l2.median())}
+
+
+# ----------------------------------------------------------------------------- 2b. published leaderboard
+def leaderboard(s: Settings, device: torch.device, out_dir: Path) -> dict:
+    """`repspec-zoo leaderboard` with the published settings (``s.leaderboard_args``: 500 images,
+    budgets to 10k, the default ensemble) on the bundled models, on ``device`` (the leaderboard
+    puts each model on the GPU when there is one), into ``out_dir``. Per model and attack: wall
+    seconds and the rows it ran (hard-label queries; white-box forward + backward passes), and the
+    forward floor: rows/s of the model's own no-grad forward on the attacked images at the same
+    batch size."""
+    from repspec_zoo import data
+    from repspec_zoo.cli.leaderboard import main as leaderboard_main
+    from repspec_zoo.leaderboard import load_zoo_model
+
+    args = [*s.leaderboard_args, "--out", str(out_dir)]
+    start = time.perf_counter()
+    results = leaderboard_main(args)
+    wall = time.perf_counter() - start
+    x, _ = data.as_tensors(data.load_split("fashion_mnist", "test"))
+    batch = int(args[args.index("--batch-size") + 1]) if "--batch-size" in args else 128
+    models = {}
+    for name, r in results.items():
+        net = load_zoo_model(name, device=device)
+        rows = x[r.per_sample["index"]].to(device)
+        rows = rows.repeat((batch + len(rows) - 1) // len(rows), 1, 1, 1)[:batch]
+        with torch.no_grad():
+            net(rows)  # warm-up
+            _, floor = _timed(device, lambda: [net(rows) for _ in range(20)])
+        attacks = {a: {"wall_s": part["wall_time_s"], "rows": int(sum(r.per_sample["queries"][a])),
+                       "kind": part["params"].get("kind", "hard-label")} for a, part in r.by_attack.items()}
+        for part in attacks.values():
+            part["rows_per_s"] = part["rows"] / part["wall_s"] if part["wall_s"] else None
+        models[name] = {"n": r.n_samples, "l2_mean": r.l2_mean, "success_rate": r.success_rate,
+                        "floor_rows_per_s": 20 * batch / floor, "attacks": attacks}
+    return {"args": args, "wall_s_total": wall, "models": models}
 
 
 # ----------------------------------------------------------------------------- 3. FFT norms
@@ -253,17 +301,26 @@ def fft_norms(s: Settings, device: torch.device) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 def guarded(fn, *args) -> dict:
-    """fn(*args), or {"error": "Type: message"} if it raises; plus its wall time. Its device memory
-    is released afterwards, so that the next section starts from an empty GPU even after an error."""
+    """fn(*args), or {"error": "Type: message"} if it raises; plus its wall time and peak memory
+    (GPU: torch's peak allocation during the section; CPU: the process's peak resident set so far).
+    Its device memory is released afterwards, so that the next section starts from an empty GPU
+    even after an error."""
+    import resource
+
+    if torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     try:
         out = fn(*args)
     except Exception as err:  # noqa: BLE001  (one failing section must not cost the others)
         out = {"error": f"{type(err).__name__}: {err}"}
+    out["wall_s"] = time.perf_counter() - start
+    if torch.cuda.is_initialized():
+        out["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
     gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-    out["wall_s"] = time.perf_counter() - start
     return out
 
 
@@ -285,6 +342,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget-s", type=float, help="no training variant starts after this many seconds "
                         f"(default {Settings.budget_s:g}, tiny {TINY.budget_s:g})")
     parser.add_argument("--out", type=Path, help=f"default benchmarks/{RESULTS.name}; --tiny: {TINY_RESULTS}")
+    parser.add_argument("--leaderboard-out", type=Path, help="the published leaderboard's folder (default "
+                        "runs/gpu_check/leaderboard; --tiny: a temporary folder)")
     args = parser.parse_args(argv)
     out = args.out or (TINY_RESULTS if args.tiny else RESULTS)
     s = TINY if args.tiny else Settings()
@@ -297,6 +356,9 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"settings": {**dataclasses.asdict(s), "tiny": args.tiny}, "environment": environment(device)}
     results["train_step_bf16"] = guarded(train_step, s, device, "bf16", deadline) if "bf16" in s.precisions else {}
     results["attack"] = guarded(attack, s, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        board = args.leaderboard_out or (Path(tmp) if args.tiny else ROOT / "runs" / "gpu_check" / "leaderboard")
+        results["leaderboard"] = guarded(leaderboard, s, device, board)
     results["fft_norms"] = guarded(fft_norms, s, device)
     if "fp32" in s.precisions:  # last: the most expensive and the least needed
         results["train_step_fp32"] = guarded(train_step, s, device, "fp32", deadline)

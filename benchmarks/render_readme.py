@@ -24,6 +24,7 @@ COMMANDS = {
     "gpu_check": "benchmarks/gpu_check.sh",
     "image_check": "OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_image_check.py",
     "gram": "OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_gram.py",
+    "whitebox": "PYTHONPATH=. python benchmarks/bench_whitebox.py --previous-commit 8f9329c",
 }
 GPU_VARIANTS = {"plain": "plain", "every_1": "rep-spectral in the loss, a power update every step",
                 "every_n": "same, a power update every {every} steps",
@@ -201,7 +202,8 @@ def gpu_check(r: dict) -> list[str]:
     rows += [f"| Tangent Attack | {_failed(a)} |"] if _failed(a) else [
         f"| Tangent Attack, {a['n']} images x {a['budget']} queries, {a['batch_size']} rows per call: rows/s | "
         f"{a['rows_per_s']:.0f} |",
-        f"| forward floor: rows/s of the same rows in the same calls | {a['floor_rows_per_s']:.0f} |",
+        f"| forward floor: rows/s of the attack's own rows replayed in the same calls "
+        f"({'all' if 'replayed_rows' not in a else 'the first %d' % a['replayed_rows']}) | {a['floor_rows_per_s']:.0f} |",
         f"| attack time / forward floor time | {a['ratio']:.2f} |"]
     rows += [f"| exact FFT norms | {_failed(f)} |"] if _failed(f) else [
         f"| exact FFT sigma_max of all {f['n_convs']} convs ({f['dtype']}): total / slowest layer (s) | "
@@ -209,6 +211,25 @@ def gpu_check(r: dict) -> list[str]:
         f"| {f['power_iters']} power steps on the same operators: total (s) | {f['power_seconds_total']:.2f} |",
         f"| their rel. gap below the FFT sigma: median / max | {f['power_rel_gap_median']:.1e} / "
         f"{f['power_rel_gap_max']:.1e} |"]
+    peaks = [(name, sec) for name, sec in r.items() if isinstance(sec, dict) and "peak_rss_gb" in sec]
+    rows += [f"| peak memory, {name}: GPU allocated / process resident (GB) | "
+             f"{sec['peak_gpu_gb'] if 'peak_gpu_gb' in sec else float('nan'):.2f} / {sec['peak_rss_gb']:.2f} |"
+             for name, sec in peaks]
+    board = r.get("leaderboard")
+    if board:
+        rows += ["", f"Published leaderboard: `repspec-zoo leaderboard {' '.join(board.get('args', []))}`"]
+        if _failed(board):
+            rows.append(f"failed: {_failed(board)}")
+        else:
+            rows += [f"{board['wall_s_total']:.0f} s in all. Per model: rows/s of each attack (hard-label: queries; "
+                     "white-box: forward + backward passes) against the model's no-grad forward floor.", "",
+                     "| model | images | wall (s) | forward floor rows/s | per attack: rows/s (wall s) |",
+                     "|---|---:|---:|---:|---|"]
+            for name, m in board["models"].items():
+                parts = ", ".join(f"{a} {p['rows_per_s']:.0f} ({p['wall_s']:.0f})" for a, p in m["attacks"].items()
+                                  if p["rows_per_s"])
+                wall = sum(p["wall_s"] for p in m["attacks"].values())
+                rows.append(f"| `{name}` | {m['n']} | {wall:.0f} | {m['floor_rows_per_s']:.0f} | {parts} |")
     return rows
 
 
@@ -309,6 +330,42 @@ def warm_start(r: dict) -> list[str]:
     return rows
 
 
+def _pct_ci(cmp: dict) -> str:
+    """'+x.xx% [lo, hi]' of a paired comparison relative to the reference mean."""
+    d, m = cmp["difference"], cmp["mean_a"]
+    return f"{cmp['relative']:+.2%} [{d['low'] / m:+.2%}, {d['high'] / m:+.2%}]"
+
+
+def whitebox(r: dict) -> list[str]:
+    setup = r["setup"]
+    attacks = list(setup["curve_steps"])
+    lines = [f"Curves: the first {setup['n_curve']} of the previous leaderboard's images (commit "
+             f"`{setup['previous_commit']}`) per model; each attack rerun at each step count (a fresh run: the step "
+             "sizes anneal over the run), against the published setting (last count; FMN and ALMA: the previous "
+             "leaderboard's own distances; DDN: a 300-step run). Mean L2 change, paired, 95% bootstrap CI.", "",
+             "![white-box convergence](whitebox_convergence.png)", ""]
+    for a in attacks:
+        steps = setup["curve_steps"][a]
+        lines += [f"| {a}: model | " + " | ".join(f"{s} steps" for s in steps[:-1]) + f" | mean L2 at {steps[-1]} |",
+                  "|---|" + "---:|" * len(steps)]
+        for model, curves in r["curves"].items():
+            pts = curves[a]
+            lines.append(f"| `{model}` | " + " | ".join(_pct_ci(p["vs_longest"]) for p in pts[:-1])
+                         + f" | {pts[-1]['l2_mean']:.4f} |")
+        lines.append("")
+    lines += [f"Ensemble: the current leaderboard (`{setup['current']}`) against the previous one on the images "
+              "both attacked; per-sample best distance at the top budget, new - old, paired 95% bootstrap CI "
+              "relative to the old mean; white-box passes (forward + backward) per image.", "",
+              "| model | images | previous | current | mean L2 previous / current | change [95% CI] | CI half width "
+              "| white-box passes per image previous / current |", "|---|---:|---|---|---:|---:|---:|---:|"]
+    for model, e in r["ensemble"].items():
+        c = e["new_vs_old"]
+        lines.append(f"| `{model}` | {e['n_shared']} | {e['previous_attacks']} | {e['current_attacks']} | "
+                     f"{c['mean_a']:.4f} / {c['mean_b']:.4f} | {_pct_ci(c)} | {c['half_width_relative']:.2%} | "
+                     f"{e['previous_white_box_passes']:.0f} / {e['current_white_box_passes']:.0f} |")
+    return lines
+
+
 def main() -> None:
     parts = ["# Benchmarks", "",
              "Written by `python benchmarks/render_readme.py` from the `results_*.json` files the scripts wrote. "
@@ -324,7 +381,9 @@ def main() -> None:
                                 ("recipe", "Accelerate recipe overhead", recipe),
                                  ("image_check", "Image folder check before training", image_check),
                                  ("gpu_check", "GPU check: ResNet-50 at 224 on one GPU", gpu_check),
-                                 ("gram", "Gram-iteration bound vs exact FFT, power iteration and dense SVD", gram)):
+                                 ("gram", "Gram-iteration bound vs exact FFT, power iteration and dense SVD", gram),
+                                 ("whitebox", "White-box attacks: steps to convergence and the default ensemble",
+                                  whitebox)):
         result = load(name)
         parts += [f"## {title}", "", f"Command: `{COMMANDS[name]}`", ""]
         parts += render(result) if result else ["Not measured yet: run the command above."]

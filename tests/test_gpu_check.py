@@ -53,13 +53,13 @@ def _numbers(tree):
 
 
 def test_every_section_ran_without_error(tiny):
-    assert {"settings", "environment", "train_step_bf16", "attack", "fft_norms", "wall_s"} <= tiny.keys()
+    assert {"settings", "environment", "train_step_bf16", "attack", "fft_norms", "leaderboard", "wall_s"} <= tiny.keys()
     assert tiny["settings"]["tiny"] and tiny["environment"]["device"] == "cpu"
     text = json.dumps(tiny)
     assert '"error"' not in text and '"skipped"' not in text
     assert all(math.isfinite(x) for x in _numbers(tiny))
-    for section in ("train_step_bf16", "attack", "fft_norms"):
-        assert tiny[section]["wall_s"] > 0
+    for section in ("train_step_bf16", "attack", "fft_norms", "leaderboard"):
+        assert tiny[section]["wall_s"] > 0 and tiny[section]["peak_rss_gb"] > 0
 
 
 def test_train_step_variants(tiny):
@@ -83,6 +83,18 @@ def test_attack_rows(tiny):
     assert a["rows_per_s"] == pytest.approx(a["rows"] / a["seconds"])
 
 
+def test_published_leaderboard_section(tiny):
+    """The leaderboard ran on the bundled models with the tiny settings: every model attacked on
+    the same images by the default ensemble, rows and wall time per attack, a forward floor."""
+    board = tiny["leaderboard"]
+    assert set(board["models"]) == {"slp_baseline.fmnist", "slp_repspectral.fmnist"}
+    for m in board["models"].values():
+        assert m["n"] == 3 and m["floor_rows_per_s"] > 0
+        assert set(m["attacks"]) == {"ta", "cgba", "fmn", "ddn", "alma"}
+        assert all(p["rows"] > 0 and p["wall_s"] > 0 for p in m["attacks"].values())
+        assert m["attacks"]["ta"]["rows"] <= 3 * 20  # the hard-label budget caps the queries
+
+
 def test_fft_norms_are_exact(tiny):
     f = tiny["fft_norms"]
     assert f["n_convs"] == len(f["layers"]) == 53
@@ -101,6 +113,7 @@ def test_readme_renders_results_and_failures(tiny):
     spec.loader.exec_module(render)
     text = "\n".join(render.gpu_check(tiny))
     assert f"| {tiny['train_step_bf16']['every_1']['ms_amortized']:.1f} |" in text
+    assert "| `slp_baseline.fmnist` | 3 |" in text and "peak memory, attack" in text
     assert f"every {tiny['settings']['every_amortized']} steps" in text and "every 80 steps" in text
     broken = {**tiny, "attack": {"error": "RuntimeError: CUDA out of memory", "wall_s": 1.0},
               "train_step_bf16": {**tiny["train_step_bf16"], "direct": {"skipped": "--budget-s 240 spent"}}}
