@@ -230,14 +230,18 @@ def leaderboard(s: Settings, device: torch.device, out_dir: Path) -> dict:
     seconds and the rows it ran (hard-label queries; white-box forward + backward passes), and the
     forward floor: rows/s of the model's own no-grad forward on the attacked images at the same
     batch size."""
+    import subprocess
+
     from repspec_zoo import data
-    from repspec_zoo.cli.leaderboard import main as leaderboard_main
+    from repspec_zoo.eval_result import EvalResult
     from repspec_zoo.leaderboard import load_zoo_model
 
     args = [*s.leaderboard_args, "--out", str(out_dir)]
-    start = time.perf_counter()
-    results = leaderboard_main(args)
+    start = time.perf_counter()  # the command as a user runs it (its own process, the GPU if there is one)
+    subprocess.run([sys.executable, "-m", "repspec_zoo.cli", "leaderboard", *args], check=True, cwd=ROOT)
     wall = time.perf_counter() - start
+    names = json.loads((out_dir / "leaderboard.json").read_text())["models"]
+    results = {name: EvalResult.load(out_dir / f"{name}.json") for name in names}
     x, _ = data.as_tensors(data.load_split("fashion_mnist", "test"))
     batch = int(args[args.index("--batch-size") + 1]) if "--batch-size" in args else 128
     models = {}
