@@ -261,8 +261,7 @@ def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path |
 
         for name, result in results.items():
             result.settings["command"] = meta["command"]
-            for folder in update_bundled_evaluation(name, json.loads(result.to_json())):
-                print(f"updated {folder}")
+            print(f"updated {update_bundled_evaluation(name, json.loads(result.to_json()))}")
     return tables
 
 

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="re-render tables, plots, README block and cards from the JSON files in --out")
     p.add_argument("--update-cards", action="store_true",
-                   help="write each model's evaluation into its bundled folder and model_cards/<name> (card re-rendered)")
+                   help="write each model's evaluation into repspec_zoo/weights/<name>/ (eval.json, config.json, README.md "
+                        "card re-rendered)")
     return p
 
 
