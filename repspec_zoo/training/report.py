@@ -26,7 +26,7 @@ from ..models.registry import zoo_model_name
 from ..regularizers.registry import get_spec
 from ..runs import EVAL_FILE
 from .config import TrainConfig
-from .loaders import XOR, load_split
+from .loaders import load_split, toy_spec
 from .model import plain_state_dict
 
 __all__ = ["save_weights", "quick_eval", "regularizer_summary", "run_summary", "unsynced_tensors", "summary_table"]
@@ -58,8 +58,8 @@ def write_quick_eval(classifier: nn.Module, test_set, cfg: TrainConfig, run_dir:
     (``settings`` added to the EvalResult's); returns what it wrote."""
     from ..eval import evaluate
 
-    # the XOR toy's inputs are the points (+-1, +-1), not images in the [0,1] box the attacks search
-    attack = None if cfg.eval.attack == "none" or cfg.eval.n == 0 or cfg.dataset.name == XOR else cfg.eval.attack
+    # a toy problem's inputs are points, not images in the [0,1] box the attacks search
+    attack = None if cfg.eval.attack == "none" or cfg.eval.n == 0 or toy_spec(cfg) else cfg.eval.attack
     result = evaluate(classifier, test_set, model_name=model_name, dataset_name=cfg.dataset.name,
                       n=max(cfg.eval.n, 1), budgets=[cfg.eval.budget], attack=attack, seed=cfg.seed,
                       batch_size=cfg.micro_batch_size, lemma1=False, progress=False)
@@ -86,7 +86,7 @@ def _model_name(cfg: TrainConfig) -> str:
 
 def _class_names(cfg: TrainConfig) -> list[str] | None:
     """The class names of the data the run trained on (a --data-dir folder's own), None where unknown."""
-    if cfg.dataset.name == XOR:
+    if toy_spec(cfg):
         return None
     names = data.dataset_info(cfg.dataset.name, cfg.dataset.data_dir).class_names
     return list(names) if names else None
