@@ -121,7 +121,7 @@ def attack_summary(result) -> dict:
 
 def distance_rule(summary: dict) -> str:
     """How a saved attack summary's mean and median were taken. Summaries with a ``start_pool``
-    come from the evaluation where every sample gets a start (issue 11); older ones were made
+    come from the evaluation where every sample gets a start (noise, then other-class images); older ones were made
     with noise starts only, and both statistics skipped the samples the attack never broke."""
     if summary.get("start_pool") is not None:
         return ("every attacked image got a start (noise, then other-class test images); mean over the images the "

@@ -1,4 +1,4 @@
-"""Issue 7's comparison: Roth et al.'s baselines vs rep-spectral on Fashion-MNIST at equal clean accuracy.
+"""Roth et al.'s baselines vs rep-spectral on Fashion-MNIST at equal clean accuracy.
 
     python -m experiments.roth_fmnist            # sweep, pick, evaluate, analyze, bundle adv/ddsnr
 

@@ -42,7 +42,7 @@ def _scipy_stats():
 STANDARD_L2_EPS: dict[str, float] = {
     "cifar10": 0.5,  # RobustBench L2 track (Croce et al. 2021), eps = 0.5
     # ImageNet: L2 eps = 3.0 as in the madrylab robust ResNet-50s (robustness library); RobustBench
-    # has no ImageNet L2 track (their issue #113).
+    # has no ImageNet L2 track (RobustBench's GitHub issue #113).
     "imagenet": 3.0,
     # (Fashion-)MNIST has no benchmark L2 radius; the MNIST L2 literature uses 1.5 (Schott et al. 2019, ABS)
     # or 2.0 (Rony et al. 2019, DDN). OUR CHOICE: 1.5, the smaller one, for the same 28x28x1 [0,1] geometry,

@@ -1,6 +1,6 @@
 """`repspec-zoo` answers expected errors with one line and exit status 2; --debug shows the traceback.
 
-Each bad `eval` input of issue 14 runs through ``repspec_zoo.cli.main`` in-process: SystemExit(2),
+Each bad `eval` input runs through ``repspec_zoo.cli.main`` in-process: SystemExit(2),
 exactly one stderr line ``repspec-zoo eval: error: ...`` naming the input and the fix, no traceback.
 """
 import json
