@@ -183,9 +183,9 @@ def test_debug_after_the_command_raises_the_error(tmp_path):
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    from repspec_zoo.cli import eval as eval_cli
+    from repspec_zoo.cli import common
 
-    monkeypatch.setattr(eval_cli, "load_model", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         cli.main(["eval", ZOO, "--dataset", "digits"])
 

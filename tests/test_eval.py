@@ -230,7 +230,8 @@ def test_one_budget_parser_for_every_command():
 
 
 def test_paper_mode_sets_the_papers_attack_and_explicit_flags_win():
-    from repspec_zoo.cli.eval import build_parser, resolve_defaults
+    from repspec_zoo.cli.common import resolve_defaults
+    from repspec_zoo.cli.eval import build_parser
     from repspec_zoo.eval import PAPER
 
     paper = resolve_defaults(build_parser().parse_args(["slp", "--paper"]))

@@ -18,7 +18,7 @@ from ..leaderboard import (LeaderboardError, bundled_models, check_readme, commo
                            load_zoo_model, report)
 from ..argtypes import parse_attacks, parse_budgets, positive_int, seed_int
 from . import Parser, UsageError
-from .eval import add_forward_arguments
+from .common import add_forward_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
