@@ -62,7 +62,7 @@ from pathlib import Path
 
 import torch
 
-from .common import (RESULTS, ROOT, RUNS, Run, burn_in_epochs, parallel_map, run_all, split_tensors,
+from .common import (RESULTS, ROOT, RUNS, PlannedRun, burn_in_epochs, parallel_map, run_all, split_tensors,
                      write_json)
 from .transfer_digits import conv_sigmas, digits_test_split
 
@@ -89,19 +89,19 @@ CALIBRATION_WD = (5e-4, 2e-3, 8e-3)  # convwd strengths trained on seed 0 to mat
 REFERENCE = "resnet_small_advtrained.fmnist"  # the zoo's adversarially trained model, attacked on the same images
 
 
-def base_run(seed: int, runs_dir: Path) -> Run:
-    return Run(BASE_CONFIG, runs_dir / f"seed{seed}" / "none", [f"seed={seed}", *SCHEDULE])
+def base_run(seed: int, runs_dir: Path) -> PlannedRun:
+    return PlannedRun(BASE_CONFIG, runs_dir / f"seed{seed}" / "none", [f"seed={seed}", *SCHEDULE])
 
 
-def branch(seed: int, runs_dir: Path, name: str, config: str, overrides, base: Run) -> Run:
+def branch(seed: int, runs_dir: Path, name: str, config: str, overrides, base: PlannedRun) -> PlannedRun:
     burn_in = burn_in_epochs(config, SCHEDULE)
-    return Run(config, runs_dir / f"seed{seed}" / name, [f"seed={seed}", *SCHEDULE, *overrides], after=[base],
+    return PlannedRun(config, runs_dir / f"seed{seed}" / name, [f"seed={seed}", *SCHEDULE, *overrides], after=[base],
                branch_from=(base.output, burn_in))
 
 
 def plan(seeds: list[int], runs_dir: Path, wd_lambda: float | None, sweep: list[float], sweep_seeds: list[int],
          zoo_seed: int | None = None) -> dict:
-    """{(seed, arm): Run}; convwd only once its strength is known; repbn_g{gamma} for the sweep; the
+    """{(seed, arm): PlannedRun}; convwd only once its strength is known; repbn_g{gamma} for the sweep; the
     `ZOO_ARMS` for ``zoo_seed``."""
     runs = {}
     for seed in seeds:
@@ -239,7 +239,7 @@ FINETUNE_CONFIG = "digits_finetune_resnet_small"
 
 def transfer_plan(runs: dict, runs_dir: Path) -> dict:
     """A digits fine-tuning run (no regularizer) on every backbone of ``runs``."""
-    return {key: Run(FINETUNE_CONFIG, runs_dir / f"seed{key[0]}" / f"{key[1]}_to_digits",
+    return {key: PlannedRun(FINETUNE_CONFIG, runs_dir / f"seed{key[0]}" / f"{key[1]}_to_digits",
                      [f"seed={key[0]}", "regularizer.mode=none", "eval.attack=none"], init=run.output, after=[run])
             for key, run in runs.items()}
 

@@ -27,13 +27,13 @@ CONFIGS = ROOT / "recipes" / "configs"
 RESULTS = ROOT / "results" / "experiments"
 RUNS = ROOT / "runs" / "experiments"
 
-__all__ = ["ROOT", "RESULTS", "RUNS", "Run", "run_all", "parallel_map", "split_tensors", "burn_in_epochs", "load_results", "attack_summary", "distance_rule", "checkpoint_at_epoch", "sigma_max",
+__all__ = ["ROOT", "RESULTS", "RUNS", "PlannedRun", "run_all", "parallel_map", "split_tensors", "burn_in_epochs", "load_results", "attack_summary", "distance_rule", "checkpoint_at_epoch", "sigma_max",
            "mean_std", "table", "box_plot", "write_json", "paired_rows",
            "paired_table", "seed_level_rows", "seed_table"]
 
 
 @dataclass
-class Run:
+class PlannedRun:
     """One ``recipes/train.py`` run: its config, run folder and overrides."""
 
     config: str  # recipes/configs/<config>.yaml
@@ -41,7 +41,7 @@ class Run:
     overrides: Sequence[str] = ()  # KEY=VALUE
     init: Path | None = None  # fine-tune from this run directory
     branch_from: tuple[Path, int] | None = None  # (run dir, epoch): continue its end-of-epoch checkpoint
-    after: list["Run"] = field(default_factory=list)  # runs that must finish first
+    after: list["PlannedRun"] = field(default_factory=list)  # runs that must finish first
 
     @property
     def done(self) -> bool:
@@ -61,7 +61,7 @@ class Run:
         return argv
 
 
-def _execute(run: Run) -> float:
+def _execute(run: PlannedRun) -> float:
     run.output.mkdir(parents=True, exist_ok=True)
     log = run.output.parent / f"{run.output.name}.log"  # not with_suffix: "adv_0.5" has a dot
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -74,7 +74,7 @@ def _execute(run: Run) -> float:
     return time.perf_counter() - start
 
 
-def run_all(runs: Iterable[Run], workers: int = 2) -> None:
+def run_all(runs: Iterable[PlannedRun], workers: int = 2) -> None:
     """Train every unfinished run, ``workers`` at a time, each as soon as the runs it depends on are done.
 
     """

@@ -37,7 +37,7 @@ import torch
 from repspec_zoo.loader import load_model
 from repspec_zoo.runs import EVAL_FILE, SUMMARY_FILE
 
-from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, load_results, parallel_map, run_all,
+from .common import (RESULTS, ROOT, RUNS, PlannedRun, attack_summary, load_results, parallel_map, run_all,
                      split_tensors, write_json)
 
 CONFIG = "fmnist_resnet_small_baseline"
@@ -52,26 +52,26 @@ SWEEP = {
 BUNDLED = ("adv", "ddsnr")  # the zoo's bundled baseline/ll/rep models come from experiment 2's recipe instead
 
 
-def plan(runs_dir: Path, overrides: list[str]) -> tuple[Run, dict[tuple[str, float], Run]]:
+def plan(runs_dir: Path, overrides: list[str]) -> tuple[PlannedRun, dict[tuple[str, float], PlannedRun]]:
     common = ["eval.attack=none", "checkpoint.keep=3", *overrides]
-    standard = Run(CONFIG, runs_dir / "standard", common)
+    standard = PlannedRun(CONFIG, runs_dir / "standard", common)
     sweep = {}
     for method, (fixed, key, values) in SWEEP.items():
         for value in values:
-            sweep[method, value] = Run(CONFIG, runs_dir / f"{method}_{value:g}",
+            sweep[method, value] = PlannedRun(CONFIG, runs_dir / f"{method}_{value:g}",
                                        [*common, f"regularizer.mode={method}", f"regularizer.burn_in_epochs={BRANCH_EPOCH}",
                                         *fixed, f"{key}={value}"],
                                        after=[standard], branch_from=(standard.output, BRANCH_EPOCH))
     return standard, sweep
 
 
-def quick_acc(run: Run) -> float:
+def quick_acc(run: PlannedRun) -> float:
     """The run's end-of-training accuracy on its 2000 test images (run.json; evaluate_run later
     replaces eval.json with the full evaluation of the picked runs)."""
     return json.loads((run.output / SUMMARY_FILE).read_text())["eval"]["clean_acc"]
 
 
-def pick(standard: Run, sweep: dict, acc_drop: float) -> dict[str, tuple[float | None, Run]]:
+def pick(standard: PlannedRun, sweep: dict, acc_drop: float) -> dict[str, tuple[float | None, PlannedRun]]:
     """Per method the swept run whose clean accuracy is closest to the standard model's minus acc_drop."""
     target = quick_acc(standard) - acc_drop
     picked = {"standard": (None, standard)}

@@ -46,7 +46,7 @@ import torch
 from repspec_zoo.loader import load_model
 from repspec_zoo.stats import format_interval
 
-from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
+from .common import (RESULTS, ROOT, RUNS, PlannedRun, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
                      parallel_map, run_all, seed_level_rows, seed_table, split_tensors, table, weights_at_epoch,
                      write_json)
 
@@ -61,14 +61,14 @@ MAX_LAST_STEP_SHARE = 0.25
 
 
 def plan(seeds: list[int], runs_dir: Path, overrides: list[str]) -> dict:
-    """{(seed, arm): Run}: the baseline, and rep / ll branched from its burn-in checkpoint."""
+    """{(seed, arm): PlannedRun}: the baseline, and rep / ll branched from its burn-in checkpoint."""
     burn_in = burn_in_epochs(CONFIGS["rep"], overrides)
     runs = {}
     for seed in seeds:
         common = [f"seed={seed}", "eval.attack=none", *overrides]
-        base = runs[seed, "none"] = Run(CONFIGS["none"], runs_dir / f"seed{seed}" / "none", common)
+        base = runs[seed, "none"] = PlannedRun(CONFIGS["none"], runs_dir / f"seed{seed}" / "none", common)
         for arm in ("rep", "ll"):
-            runs[seed, arm] = Run(CONFIGS[arm], runs_dir / f"seed{seed}" / arm, common, after=[base],
+            runs[seed, arm] = PlannedRun(CONFIGS[arm], runs_dir / f"seed{seed}" / arm, common, after=[base],
                                   branch_from=(base.output, burn_in))
     return runs
 

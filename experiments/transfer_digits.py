@@ -39,7 +39,7 @@ import torch
 from repspec_zoo.loader import load_model
 from repspec_zoo.stats import format_interval
 
-from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
+from .common import (RESULTS, ROOT, RUNS, PlannedRun, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
                      parallel_map, run_all, seed_level_rows, seed_table, split_tensors, table, weights_at_epoch,
                      write_json)
 
@@ -58,13 +58,13 @@ def plan(seeds: list[int], runs_dir: Path, pretrain_overrides: list[str], finetu
     runs = {}
     for seed in seeds:
         common = [f"seed={seed}", "eval.attack=none", *pretrain_overrides]
-        base = Run(PRETRAIN_CONFIGS["none"], runs_dir / f"seed{seed}" / "pretrain_none", common)
-        rep = Run(PRETRAIN_CONFIGS["rep"], runs_dir / f"seed{seed}" / "pretrain_rep", common, after=[base],
+        base = PlannedRun(PRETRAIN_CONFIGS["none"], runs_dir / f"seed{seed}" / "pretrain_none", common)
+        rep = PlannedRun(PRETRAIN_CONFIGS["rep"], runs_dir / f"seed{seed}" / "pretrain_rep", common, after=[base],
                   branch_from=(base.output, burn_in))
         for pre, source in (("none", base), ("rep", rep)):
             runs[seed, pre, None] = source
             for fine in FINETUNE:
-                runs[seed, pre, fine] = Run(FINETUNE_CONFIG, runs_dir / f"seed{seed}" / f"{pre}_to_{fine}",
+                runs[seed, pre, fine] = PlannedRun(FINETUNE_CONFIG, runs_dir / f"seed{seed}" / f"{pre}_to_{fine}",
                                             [f"seed={seed}", f"regularizer.mode={fine}", "eval.attack=none",
                                              *finetune_overrides], init=source.output, after=[source])
     return runs

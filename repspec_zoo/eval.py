@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__, stats
 from .attacks import ATTACKS, AttackSettings, StartPool, predict_labels, run_attack
-from .attacks.oracle import check_images as check_values
+from .attacks.oracle import check_image_values
 from .bounds import bracket, certified_radius, lemma1_estimate, unwrap
 from .errors import UserError
 from .eval_result import EvalResult
@@ -105,7 +105,7 @@ class DataMismatchError(UserError, ValueError):
 def check_images(x: Tensor, model: nn.Module | None = None, box: bool = True) -> None:
     """Clear errors for images the model cannot take: NaN, outside [0,1] (``box``: the attacks
     search that box) and, given the model, wrong channels/size (one trial forward)."""
-    check_values("images", x, (0.0, 1.0) if box else (-math.inf, math.inf))
+    check_image_values("images", x, (0.0, 1.0) if box else (-math.inf, math.inf))
     if model is None:
         return
     net, _, _ = unwrap(model)

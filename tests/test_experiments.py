@@ -128,8 +128,8 @@ def test_run_all_respects_dependencies_and_the_worker_limit(tmp_path, monkeypatc
         return 0.05
 
     monkeypatch.setattr(common, "_execute", fake_execute)
-    roots = [common.Run("c", tmp_path / f"root{i}") for i in range(3)]
-    children = [common.Run("c", tmp_path / f"child{i}", after=[roots[i]]) for i in range(3)]
+    roots = [common.PlannedRun("c", tmp_path / f"root{i}") for i in range(3)]
+    children = [common.PlannedRun("c", tmp_path / f"child{i}", after=[roots[i]]) for i in range(3)]
     common.run_all([*children, *roots], workers=2)
     assert peak[0] == 2 and sorted(order) == sorted(r.output.name for r in [*roots, *children])
     for i in range(3):

@@ -349,11 +349,11 @@ def test_unknown_config_keys_list_the_valid_ones(tmp_path):
 
 def test_the_xor_recipe_trains_on_the_toy_table_points():
     """xor_toy.yaml's dataset is the toy table's XOR: the 4 sign patterns, label 1 where the signs differ."""
-    from repspec_zoo.training.loaders import data_summary, dataset_num_classes, load_split, toy_spec
+    from repspec_zoo.training.loaders import data_summary, dataset_num_classes, recipe_split, toy_spec
 
     cfg = load_config(CONFIG_DIR / "xor_toy.yaml")
     assert toy_spec(cfg) is not None and dataset_num_classes(cfg) == 2
-    points = load_split(cfg, None, "train")
+    points = recipe_split(cfg, None, "train")
     xs = torch.stack([x for x, _ in points])
     assert xs.shape == (4, 1, 1, 2) and {tuple(x.flatten().tolist()) for x in xs} == {(a, b) for a in (-1, 1) for b in (-1, 1)}
     assert [y for _, y in points] == [int(x[0, 0, 0] * x[0, 0, 1] < 0) for x in xs]

@@ -44,7 +44,7 @@ def bundle(folder, name: str, model: torch.nn.Module) -> dict:
               hub_weights.SHA_KEY: hub_weights.sha256_hex(payload)}
     (folder / name).mkdir(parents=True)
     (folder / name / hub_weights.WEIGHTS_FILE).write_bytes(payload)
-    (folder / name / hub_weights.CONFIG_FILE).write_text(json.dumps(config))
+    (folder / name / hub_weights.HUB_CONFIG_FILE).write_text(json.dumps(config))
     return state_dict
 
 
@@ -123,7 +123,7 @@ def test_other_num_classes_reinitializes_head_with_a_warning(bundled):
 def test_inconsistent_checkpoint_head_is_refused(bundled):
     name = "slp_baseline.fmnist"
     bundle(bundled, name, timm.create_model(name, num_classes=7))  # head of 7, config says 7 ...
-    config_path = bundled / name / hub_weights.CONFIG_FILE
+    config_path = bundled / name / hub_weights.HUB_CONFIG_FILE
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "num_classes": 10}))  # ... now 10
     with pytest.raises(hub_weights.PretrainedWeightsError, match=r"'head' has 7 outputs but config.json says num_classes=10"):
         timm.create_model(name, pretrained=True)
@@ -143,7 +143,7 @@ def test_tampered_bundled_weights_are_refused(bundled):
 def test_truncated_bundled_weights_are_refused(bundled):
     name = "resnet_small_llspectral.digits"
     bundle(bundled, name, timm.create_model(name))
-    weights, config_path = bundled / name / hub_weights.WEIGHTS_FILE, bundled / name / hub_weights.CONFIG_FILE
+    weights, config_path = bundled / name / hub_weights.WEIGHTS_FILE, bundled / name / hub_weights.HUB_CONFIG_FILE
     weights.write_bytes(weights.read_bytes()[:1000])
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
                                        hub_weights.SHA_KEY: hub_weights.sha256_hex(weights.read_bytes())}))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 __all__ = [
-    "HardLabelOracle", "OracleAnswer", "check_attack_inputs", "check_batch_size", "check_bounds", "check_images",
+    "HardLabelOracle", "OracleAnswer", "check_attack_inputs", "check_batch_size", "check_bounds", "check_image_values",
     "model_device_dtype", "predict_labels",
 ]
 
@@ -45,7 +45,7 @@ def model_device_dtype(model: Classifier, like: torch.Tensor) -> tuple[torch.dev
     return like.device, like.dtype
 
 
-def check_images(name: str, t: torch.Tensor, bounds: tuple[float, float]) -> None:
+def check_image_values(name: str, t: torch.Tensor, bounds: tuple[float, float]) -> None:
     """Raise ValueError unless ``t`` is a finite floating tensor with values inside ``bounds``."""
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
         raise ValueError(f"{name} must be a floating-point torch.Tensor of images in "
@@ -103,7 +103,7 @@ def check_attack_inputs(model: Classifier, x: torch.Tensor, y, bounds: Sequence[
                          "it (BatchNorm/Dropout in train mode make labels depend on the batch)")
     lo, hi = check_bounds(bounds)
     check_batch_size(batch_size)
-    check_images("x", x, (lo, hi))
+    check_image_values("x", x, (lo, hi))
     if x.dim() < 2 or len(x) == 0:
         raise ValueError(f"x must be a non-empty batch (N, ...), got shape {tuple(x.shape)}")
     y = torch.as_tensor(y)
@@ -208,7 +208,7 @@ class HardLabelOracle:
         flags[2] = (need <= self.remaining).all()
         points_bad, idx_bad, all_fit = flags.tolist()
         if points_bad:
-            check_images("points", points, self.bounds)
+            check_image_values("points", points, self.bounds)
         if idx_bad:
             raise ValueError(f"idx must index samples in [0, {self.n_samples}), got values "
                              f"in [{first.item()}, {last.item()}]")

@@ -33,11 +33,11 @@ from ..data import DATASETS
 from ..io import atomic_write_bytes, atomic_write_text, full_disk_is_user_error
 from ..models.registry import base_pretrained_cfg
 from ..regularizers.registry import REGULARIZERS, SPECTRAL_SETTINGS, get_spec
-from ..runs import CONFIG_FILE as CONFIG_YAML, WEIGHTS_FILE, Run, RunError, read_run
+from ..runs import RUN_CONFIG_FILE, WEIGHTS_FILE, Run, RunError, read_run
 from ..spectral import GAMMA_CONVENTION, select_layers
 from .cards import render_card
 from .provenance import Identity, portable, run_identity
-from .weights import CARD_FILE, CONFIG_FILE, EVAL_FILE, SHA_KEY, bundled_dir, read_config, sha256_hex
+from .weights import CARD_FILE, HUB_CONFIG_FILE, EVAL_FILE, SHA_KEY, bundled_dir, read_config, sha256_hex
 
 __all__ = ["ExportError", "PublishError", "Export", "export", "bundle", "update_bundled_evaluation", "publish"]
 
@@ -71,7 +71,7 @@ def _regularizer(run: Run, model: torch.nn.Module) -> dict:
     given, spec = run.config["regularizer"], get_spec(run.mode)
     if run.mode == "none":
         return {"mode": "none", "gamma": 0.0, "layers": []}
-    where = run.path / CONFIG_YAML
+    where = run.path / RUN_CONFIG_FILE
     if not spec.spectral:
         missing = [k for k in spec.export_keys if given.get(k) is None]
         if missing:
@@ -101,7 +101,7 @@ def _metadata(run: Run, identity: Identity, model: torch.nn.Module, sha: str) ->
 
 
 def _is_export(folder: Path) -> bool:
-    config = folder / CONFIG_FILE
+    config = folder / HUB_CONFIG_FILE
     return config.is_file() and "zoo_name" in read_config(config)
 
 
@@ -242,8 +242,8 @@ def _export(run: Run, to: Path, repo_id: str | None, force: bool, evidence: str 
     spec = None if identity.custom else DATASETS.get(identity.dataset)
     with _staged_dir(to, force) as staged:
         atomic_write_bytes(staged / WEIGHTS_FILE, payload)
-        save_config_for_hf(model, str(staged / CONFIG_FILE), model_config=meta)
-        config = read_config(staged / CONFIG_FILE)
+        save_config_for_hf(model, str(staged / HUB_CONFIG_FILE), model_config=meta)
+        config = read_config(staged / HUB_CONFIG_FILE)
         atomic_write_text(staged / CARD_FILE, str(render_card(config, repo_id, spec and spec.hub_id)))
         atomic_write_text(staged / EVAL_FILE, json.dumps(portable(run.evaluation), indent=2))
     return Export(to, identity.name, repo_id)
@@ -256,14 +256,14 @@ def update_bundled_evaluation(name: str, evaluation: dict) -> Path:
     Returns the folder written. Each file is replaced atomically.
     """
     folder = bundled_dir(name)
-    if not (folder / CONFIG_FILE).is_file():
+    if not (folder / HUB_CONFIG_FILE).is_file():
         raise ExportError(f"{name} has no bundled folder {folder}; `repspec-zoo list-pretrained` shows the "
                           "bundled models")
     repo_id, evaluation = get_pretrained_cfg(name).hf_hub_id, portable(evaluation)
-    config = read_config(folder / CONFIG_FILE)
+    config = read_config(folder / HUB_CONFIG_FILE)
     config["eval"] = {k: v for k, v in evaluation.items() if k not in EVAL_DETAIL_KEYS}
     spec = DATASETS.get(config["dataset"])
-    atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2))
+    atomic_write_text(folder / HUB_CONFIG_FILE, json.dumps(config, indent=2))
     atomic_write_text(folder / EVAL_FILE, json.dumps(evaluation, indent=2))
     atomic_write_text(folder / CARD_FILE, str(render_card(config, repo_id, spec and spec.hub_id)))
     return folder

@@ -30,8 +30,8 @@ import yaml
 from ..errors import UserError
 from ..models.registry import ARCHS, SSL_MODES
 from ..regularizers.registry import REGULARIZERS
-from ..runs import CONFIG_FILE
-from ..spectral.estimators import ESTIMATORS as SPECTRAL_ESTIMATORS
+from ..runs import RUN_CONFIG_FILE
+from ..spectral.estimators import ESTIMATORS
 
 __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "RegularizerConfig", "CheckpointConfig", "SSLConfig",
            "TrainConfig",
@@ -40,8 +40,7 @@ __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "Regularize
 SCHEDULES = ("constant", "step", "cosine")
 OPTIMIZERS = ("sgd", "lars")
 APPLY = ("loss", "direct")
-ESTIMATORS = tuple(SPECTRAL_ESTIMATORS)
-ATTACKS = ("ta", "gta", "hsja", "none")
+QUICK_EVAL_ATTACKS = ("ta", "gta", "hsja", "none")  # eval.attack: the attack of a run's quick evaluation
 MIXED_PRECISION = ("no", "fp16", "bf16")
 SSL_METHODS = ("simclr", "barlow_twins")
 SSL_REGULARIZERS = SSL_MODES  # the others read labels or logits, which self-supervised steps have not
@@ -282,7 +281,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         *_choice(cfg.mixed_precision, MIXED_PRECISION, "mixed_precision"),
         *_choice(o.schedule, SCHEDULES, "optim.schedule"), *_choice(o.optimizer, OPTIMIZERS, "optim.optimizer"),
         *_choice(r.mode, tuple(REGULARIZERS), "regularizer.mode"),
-        *_choice(r.estimator, ESTIMATORS, "regularizer.estimator"),
+        *_choice(r.estimator, tuple(ESTIMATORS), "regularizer.estimator"),
         *_choice(r.apply, APPLY, "regularizer.apply"),
         *_at_least(cfg.seed, 0, "seed"), *_at_least(cfg.epochs, 1, "epochs"), *_at_least(cfg.batch_size, 1, "batch_size"),
         *_at_least(cfg.grad_accum_steps, 1, "grad_accum_steps"), *_at_least(cfg.num_classes, 1, "num_classes"),
@@ -299,7 +298,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         *_at_least(r.wd_lambda, 0, "regularizer.wd_lambda"),
         *_at_least(c.every_epochs, 1, "checkpoint.every_epochs"), *_at_least(c.every_steps, 0, "checkpoint.every_steps"),
         *_at_least(c.keep, 1, "checkpoint.keep"),
-        *_choice(cfg.eval.attack, ATTACKS, "eval.attack"), *_at_least(cfg.eval.n, 0, "eval.n"),
+        *_choice(cfg.eval.attack, QUICK_EVAL_ATTACKS, "eval.attack"), *_at_least(cfg.eval.n, 0, "eval.n"),
         *_at_least(cfg.eval.budget, 1, "eval.budget"),
     ]
     problems += [f"regularizer.{key}={getattr(r, key)!r}: must be > 0 (an L2 length in [0,1] pixel units)"
@@ -381,7 +380,7 @@ def save_run_config(cfg: TrainConfig, run_dir: str | os.PathLike, resuming: bool
     """
     from ..io import atomic_write_text
 
-    path = Path(run_dir) / CONFIG_FILE
+    path = Path(run_dir) / RUN_CONFIG_FILE
     new = config_to_dict(cfg)
     if resuming and path.is_file():
         old_flat, new_flat = flatten_config(yaml.safe_load(path.read_text()) or {}), flatten_config(new)

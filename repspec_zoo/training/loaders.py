@@ -20,7 +20,7 @@ from .. import data
 from .config import ConfigError, TrainConfig
 
 __all__ = ["ToyDataset", "EpochSeededDataset", "toy_spec", "dataset_num_classes", "data_summary",
-           "model_data_config", "load_split", "make_loaders"]
+           "model_data_config", "recipe_split", "make_loaders"]
 
 
 class ToyDataset(Dataset):
@@ -104,7 +104,7 @@ def model_data_config(model: nn.Module, cfg: TrainConfig) -> dict:
     return config
 
 
-def load_split(cfg: TrainConfig, model: nn.Module, split: str) -> Dataset:
+def recipe_split(cfg: TrainConfig, model: nn.Module, split: str) -> Dataset:
     """One split (``'train'`` or ``'test'``) of ``(image in [0, 1], label)`` shaped for ``model``.
 
     Training images get the random augmentation when ``dataset.augment`` is on, seeded per

@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..attacks.normalize import NormalizedModel
 from ..models.registry import ARCHS
 from ..regularizers.registry import get_spec
-from ..runs import CONFIG_FILE as RUN_CONFIG_FILE, WEIGHTS_FILE
+from ..runs import RUN_CONFIG_FILE, WEIGHTS_FILE
 from ..spectral import attach_spectral
 from .config import ConfigError, OptimConfig, TrainConfig
 

@@ -26,7 +26,7 @@ from ..models.registry import zoo_model_name
 from ..regularizers.registry import get_spec
 from ..runs import EVAL_FILE
 from .config import TrainConfig
-from .loaders import load_split, toy_spec
+from .loaders import recipe_split, toy_spec
 from .model import plain_state_dict
 
 __all__ = ["save_weights", "quick_eval", "regularizer_summary", "run_summary", "unsynced_tensors", "summary_table"]
@@ -47,7 +47,7 @@ def quick_eval(model: nn.Module, cfg: TrainConfig, run_dir: str | os.PathLike) -
     normalization inside ``NormalizedModel``). ``repspec-zoo eval`` runs the full benchmark.
     Runs on the calling process only.
     """
-    test_set = load_split(cfg, model, "test")
+    test_set = recipe_split(cfg, model, "test")
     device = next(model.parameters()).device
     return write_quick_eval(NormalizedModel(model).to(device).eval(), test_set, cfg, run_dir, _model_name(cfg))
 
