@@ -170,9 +170,9 @@ def weights_at_epoch(run_dir: Path, epoch: int, module: str = "model.") -> dict[
     import safetensors.torch
 
     from repspec_zoo.runs import WEIGHTS_FILE
+    from repspec_zoo.spectral import without_regularizer
 
-    state = safetensors.torch.load_file(checkpoint_at_epoch(run_dir, epoch) / WEIGHTS_FILE)
-    return {k.removeprefix(module): v for k, v in state.items() if k.startswith(module) and ".spectral." not in k}
+    return without_regularizer(safetensors.torch.load_file(checkpoint_at_epoch(run_dir, epoch) / WEIGHTS_FILE), module)
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from torch import nn
 from .errors import UserError
 from .models.zoo import check_model_name
 from .models.registry import ARCHS
+from .spectral import without_regularizer
 from .runs import CHECKPOINTS_DIR, RUN_CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, is_run_dir, load_weights_file, read_run
 
 __all__ = ["ModelLoadError", "load_model"]
@@ -93,7 +94,7 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
             raise ModelLoadError(f"{given} is neither a safetensors file nor a torch state dict ({err}). "
                                  f"{fix}") from err
-    return {k: v for k, v in tensors.items() if not k.startswith("spectral.")}
+    return without_regularizer(tensors)
 
 
 def _guess_arch(keys: set[str]) -> str | None:

@@ -23,6 +23,7 @@ import yaml
 from safetensors import SafetensorError
 from torch import nn
 from .errors import UserError
+from .spectral import without_regularizer
 
 __all__ = ["RUN_CONFIG_FILE", "WEIGHTS_FILE", "EVAL_FILE", "SUMMARY_FILE", "METRICS_FILE", "CHECKPOINTS_DIR",
            "STATE_FILE", "RUN_FILES", "Run", "RunError", "read_run", "load_weights_file", "is_run_dir"]
@@ -144,8 +145,7 @@ def read_run(run_dir: str | os.PathLike) -> Run:
         raise RunError(f"{run_dir / EVAL_FILE} has no clean_acc, which every card reports: the recipe's "
                        "final evaluation writes it; evaluate the run before exporting it")
     summary = _load_json(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).is_file() else {}
-    state_dict = {k: v for k, v in tensors.items() if not k.startswith("spectral.")}
-    return Run(run_dir, config, state_dict, evaluation, summary)
+    return Run(run_dir, config, without_regularizer(tensors), evaluation, summary)
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:

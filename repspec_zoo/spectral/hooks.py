@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import warnings
 from functools import partial
+from typing import Mapping, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +59,7 @@ from .state import LayerState, state_key
 DIRECT_POWER_ITERS = 10  # power steps before each direct step (the authors': up to 10, tolerance 1e-6)
 GAMMA_CONVENTION = "penalty = gamma/2 * sum_l sigma_max(W_l)^2 (Yang et al. 2024, eq. 3)"
 _CONVS = (nn.Conv1d, nn.Conv2d)
+V = TypeVar("V")
 
 
 class SpectralRegularizer(nn.Module):
@@ -354,6 +356,14 @@ class SpectralRegularizer(nn.Module):
     def extra_repr(self) -> str:
         return (f"gamma={self.gamma}, mode={self.mode!r}, layers={len(self.layer_names)}, every={self.every}, "
                 f"estimator={self.estimator!r}, bn_aware={self.bn_aware}, activation_term={self.activation_term}")
+
+
+def without_regularizer(state: Mapping[str, V], prefix: str = "") -> dict[str, V]:
+    """The plain model's entries of a state dict: those under ``prefix`` (the model's key in a wrapper's
+    state, removed; "" for the model's own), less the regularizer buffers ``spectral.*`` that
+    :func:`attach_spectral` adds."""
+    return {k[len(prefix):]: v for k, v in state.items()
+            if k.startswith(prefix) and not k.startswith(prefix + "spectral.")}
 
 
 def attach_spectral(model: nn.Module, **kwargs) -> SpectralRegularizer:
