@@ -184,7 +184,7 @@ def evaluate_model(job: tuple) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     from repspec_zoo.eval import evaluate
-    from repspec_zoo.eval_result import json_clean
+    from repspec_zoo.stats import to_jsonable
 
     x, y = split_tensors("fashion_mnist", "test")
     model = _load(source)
@@ -193,7 +193,7 @@ def evaluate_model(job: tuple) -> dict:
                       indices=[i for i, ok in zip(indices, correct) if ok], budgets=budgets, attack="ensemble", seed=0,
                       lemma1=False, progress=False)
     top = str(max(budgets))
-    row = json_clean(dict(
+    row = to_jsonable(dict(
         seed=seed, arm=arm, source=source if isinstance(source, str) else Path(os.path.relpath(source, ROOT)).as_posix(),
         clean_acc=result.clean_acc, n_test=result.n_test, n_samples=result.n_samples, budgets=result.budgets,
         success_rate=result.success_rate, l2_mean=result.l2_mean, l2_median=result.l2_median, distance=result.distance,
@@ -250,7 +250,7 @@ def evaluate_transfer(job: tuple) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     from repspec_zoo.eval import evaluate
-    from repspec_zoo.eval_result import json_clean
+    from repspec_zoo.stats import to_jsonable
 
     model = _load(run_dir)
     x, y = digits_test_split(model)
@@ -258,7 +258,7 @@ def evaluate_transfer(job: tuple) -> dict:
                       n=len(indices), indices=indices, budgets=budgets, attack="ta,fmn", seed=0, lemma1=False,
                       progress=False)
     top = str(max(budgets))
-    row = json_clean(dict(seed=seed, arm=arm, clean_acc=result.clean_acc, n_test=result.n_test,
+    row = to_jsonable(dict(seed=seed, arm=arm, clean_acc=result.clean_acc, n_test=result.n_test,
                           n_samples=result.n_samples, success_rate=result.success_rate, distance=result.distance,
                           wall_time_s=result.wall_time_s, index=result.per_sample["index"],
                           l2=result.per_sample["l2"][top]))

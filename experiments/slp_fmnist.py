@@ -178,9 +178,9 @@ def evaluate_head(job: tuple) -> dict:
 
 def _summary(result) -> dict:
     """What the report needs of an EvalResult: accuracy, per-budget numbers, CIs, per-image distances."""
-    from repspec_zoo.eval_result import json_clean
+    from repspec_zoo.stats import to_jsonable
 
-    return json_clean(dict(clean_acc=result.clean_acc, n_test=result.n_test, n_samples=result.n_samples,
+    return to_jsonable(dict(clean_acc=result.clean_acc, n_test=result.n_test, n_samples=result.n_samples,
                            attacks=result.attacks, budgets=result.budgets, success_rate=result.success_rate,
                            l2_mean=result.l2_mean, l2_median=result.l2_median, distance=result.distance,
                            robust_accuracy=result.robust_accuracy, certified=result.certified,

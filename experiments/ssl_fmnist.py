@@ -86,12 +86,12 @@ def backbone_at(run_dir: Path, epoch: int | None, seed: int) -> torch.nn.Module:
 
 def _cached(path: Path, compute):
     """``compute()``'s JSON-able result, kept in ``path`` so that a re-run skips it."""
-    from repspec_zoo.eval_result import json_clean, json_restore
+    from repspec_zoo.stats import from_jsonable, to_jsonable
 
     if path.is_file():
-        return json_restore(json.loads(path.read_text()))
+        return from_jsonable(json.loads(path.read_text()))
     value = compute()
-    write_json(path, json_clean(value))
+    write_json(path, to_jsonable(value))
     return value
 
 
@@ -216,9 +216,9 @@ def _curve_plot(curve: list[dict], finals: list[dict], path: Path) -> None:
 
 def report(saved: dict, out: Path) -> str:
     """README.md (tables, curve, paired comparisons) and the plots, from results.json."""
-    from repspec_zoo.eval_result import json_restore
+    from repspec_zoo.stats import from_jsonable
 
-    finals, curve, attacks = saved["finals"], saved["curve"], json_restore(saved["attacks"])
+    finals, curve, attacks = saved["finals"], saved["curve"], from_jsonable(saved["attacks"])
     epochs = saved["epochs"]
     q = str(max(saved["budgets"]))
     acc = table([dict(r, arm=r["arm"]) for r in sorted(finals, key=lambda r: ARMS.index(r["arm"]))], ["arm"],
@@ -352,11 +352,11 @@ def main(argv: list[str] | None = None) -> None:
                                                               for k in todo], args.workers, "attacking")))
     attacks = [dict(seed=seed, arm=arm, **_cached(attack_cache(cache, seed, arm, indices), lambda: computed[seed, arm]))
                for seed, arm in probes]
-    from repspec_zoo.eval_result import json_clean
+    from repspec_zoo.stats import to_jsonable
 
     saved = dict(command=command, budgets=budgets, overrides=args.overrides, epochs=cfg.epochs,
                  burn_in=cfg.regularizer.burn_in_epochs, train_limit=cfg.dataset.train_limit,
-                 probe_train=args.probe_train, probe_test=args.probe_test, curve=curve, finals=finals, attacks=json_clean(attacks))
+                 probe_train=args.probe_train, probe_test=args.probe_test, curve=curve, finals=finals, attacks=to_jsonable(attacks))
     args.out.mkdir(parents=True, exist_ok=True)
     report(saved, args.out)
     write_json(args.out / "results.json", saved)

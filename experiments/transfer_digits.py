@@ -123,9 +123,9 @@ def _sum_sq(sigmas: dict) -> float:
 
 def report(saved: dict, out: Path) -> str:
     """README.md (tables, sigma drop, paired comparisons) and the box plots, from results.json."""
-    from repspec_zoo.eval_result import json_restore
+    from repspec_zoo.stats import from_jsonable
 
-    rows, command = json_restore(saved["rows"]), saved["command"]
+    rows, command = from_jsonable(saved["rows"]), saved["command"]
     q = str(max(saved["budgets"]))
     lines = ["| pretrain | finetune | seed | test accuracy | success @" + q + " [95% CI] | median L2 [95% CI] | "
              "mean L2 (broken) [95% CI] |", "|" + "---|" * 7]
@@ -225,10 +225,10 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(run.output, *k, indices, sorted(args.budgets)) for k, run in tuned.items()]
     rows = parallel_map(evaluate_run, jobs, args.workers, "evaluating")
     args.out.mkdir(parents=True, exist_ok=True)
-    from repspec_zoo.eval_result import json_clean
+    from repspec_zoo.stats import to_jsonable
 
     saved = dict(command=command, budgets=sorted(args.budgets), pretrain=args.pretrain, finetune=args.finetune,
-                 sigmas=sigmas, rows=json_clean(rows))
+                 sigmas=sigmas, rows=to_jsonable(rows))
     report(saved, args.out)
     write_json(args.out / "results.json", saved)
     print((args.out / "README.md").read_text())

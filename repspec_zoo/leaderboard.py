@@ -30,7 +30,7 @@ from .attacks import NormalizedModel
 from .stats import format_interval
 from .eval import evaluate, predict_split
 from .errors import UserError
-from .eval_result import EvalResult, json_clean
+from .eval_result import EvalResult
 from .io import atomic_write_text
 from .models.registry import ARCHS, TAGS, zoo_model_name
 from .models.zoo import list_pretrained
@@ -250,7 +250,7 @@ def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path |
               | {"robust_accuracy_at_eps": r.robust_accuracy["at_eps"],
                  "by_attack": {a: {k: v for k, v in part.items() if k != "params"} for a, part in r.by_attack.items()}}
               for name, r in results.items()}
-    atomic_write_text(out / "leaderboard.json", json.dumps(json_clean(
+    atomic_write_text(out / "leaderboard.json", json.dumps(stats.to_jsonable(
         dict(meta, paired_vs_baseline=deltas, models=models)), indent=2))
     plot_distance_curves(results, out / "distance_vs_queries.png")
     plot_robust_accuracy(results, out / "robust_accuracy.png")

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 __all__ = ["Interval", "STANDARD_L2_EPS", "standard_eps", "distance_summary", "paired_comparison",
-           "robust_accuracy", "robust_accuracy_curve", "seed_level_comparison", "to_jsonable"]
+           "robust_accuracy", "robust_accuracy_curve", "seed_level_comparison", "to_jsonable", "from_jsonable"]
 
 
 def _scipy_stats():
@@ -109,6 +109,17 @@ def to_jsonable(obj: Any) -> Any:
         return int(obj)
     if isinstance(obj, (float, np.floating)):
         return _json_float(float(obj))
+    return obj
+
+
+def from_jsonable(obj: Any) -> Any:
+    """Inverse of :func:`to_jsonable` for numbers: the strings "inf" / "-inf" back to floats (nan stays None)."""
+    if isinstance(obj, str) and obj in ("inf", "-inf"):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: from_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_jsonable(v) for v in obj]
     return obj
 
 
