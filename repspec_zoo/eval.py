@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__, stats
 from .attacks import ATTACKS, AttackSettings, StartPool, predict_labels, run_attack
-from .attacks.oracle import check_image_values
+from .attacks.oracle import EVAL_BATCH_SIZE, check_image_values
 from .bounds import bracket, certified_radius, lemma1_estimate, unwrap
 from .errors import UserError
 from .eval_result import EvalResult
@@ -45,9 +45,6 @@ from .model_checks import check_model, first_images
 #: the attacks of ``attack="ensemble"``: the two strongest hard-label attacks and the three white-box
 #: minimal-norm attacks; the reported distance is the per-sample minimum over them
 ENSEMBLE = ("ta", "cgba", "fmn", "ddn", "alma")
-#: rows per model call: the best folded-forward rows/s of the bundled models (within noise of 64
-#: and 256) at half the activation memory of 256 (benchmarks/README.md, evaluation forward)
-EVAL_BATCH_SIZE = 128
 #: the rep-spectral paper's evaluation: TA with T = 40 iterations (B_t = 100 sqrt(t) probes,
 #: about 17k queries per sample); the budgets are where its distances are read off
 PAPER = dict(attack="ta", max_iter=40, budgets=(1000, 2000, 5000, 10000, 20000))

@@ -244,3 +244,20 @@ def test_paper_mode_sets_the_papers_attack_and_explicit_flags_win():
 
     with pytest.raises(UsageError, match="argument --attack: unknown attack 'boundary'"):
         build_parser().parse_args(["slp", "--attack", "ta,boundary"])
+
+
+def test_one_default_of_rows_per_model_call():
+    """evaluate, AttackSettings, the oracle, verify, PGD's curve, the probe's features and the CLI share EVAL_BATCH_SIZE."""
+    import inspect
+
+    from repspec_zoo.attacks import AttackSettings, HardLabelOracle
+    from repspec_zoo.attacks.oracle import EVAL_BATCH_SIZE
+    from repspec_zoo.attacks.pgd import robust_accuracy_curve
+    from repspec_zoo.attacks.result import verify
+    from repspec_zoo.cli.eval import build_parser
+    from repspec_zoo.probe import extract_features
+
+    defaults = {f.__name__: inspect.signature(f).parameters["batch_size"].default
+                for f in (evaluate, HardLabelOracle, verify, robust_accuracy_curve, extract_features)}
+    assert defaults == dict.fromkeys(defaults, EVAL_BATCH_SIZE) and EVAL_BATCH_SIZE == 128
+    assert AttackSettings().batch_size == build_parser().parse_args(["slp"]).batch_size == EVAL_BATCH_SIZE

@@ -21,11 +21,15 @@ import torch
 from torch import nn
 
 __all__ = [
-    "HardLabelOracle", "OracleAnswer", "check_attack_inputs", "check_batch_size", "check_bounds", "check_image_values",
-    "model_device_dtype", "predict_labels",
+    "EVAL_BATCH_SIZE", "HardLabelOracle", "OracleAnswer", "check_attack_inputs", "check_batch_size", "check_bounds",
+    "check_image_values", "model_device_dtype", "predict_labels",
 ]
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
+#: rows per model call, the one default of every evaluation, attack and feature pass: the best folded-forward
+#: rows/s of the bundled models (within noise of 64 and 256) at half the activation memory of 256
+#: (benchmarks/README.md, evaluation forward). Chunking never changes an answer.
+EVAL_BATCH_SIZE = 128
 
 
 class OracleAnswer(NamedTuple):
@@ -153,7 +157,7 @@ class HardLabelOracle:
     """
 
     def __init__(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
-                 budget: int | torch.Tensor, batch_size: int = 256,
+                 budget: int | torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
                  bounds: Sequence[float] = (0.0, 1.0)):
         self.bounds, y = check_attack_inputs(model, x, y, bounds, batch_size)
         self._device_dtype = model_device_dtype(model, x)
