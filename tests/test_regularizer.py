@@ -391,3 +391,14 @@ def test_small_init_and_logit_scaling_are_the_authors_mlp():
     x = torch.rand(3, 1, 28, 28)
     raw = model.head(model.forward_features(x))
     torch.testing.assert_close(model(x), raw / 2000 ** 0.5)
+
+
+def test_one_default_gamma_for_the_regularizer_the_zoo_and_the_recipes():
+    import inspect
+
+    from repspec_zoo.spectral import DEFAULT_GAMMA
+    from repspec_zoo.training.config import RegularizerConfig
+
+    signature = inspect.signature(SpectralRegularizer).parameters["gamma"].default
+    zoo = timm.create_model("resnet_small_repspectral", num_classes=10).spectral.gamma
+    assert signature == zoo == RegularizerConfig().gamma == DEFAULT_GAMMA == 1e-3

@@ -44,7 +44,7 @@ from ..hub.cards import attack_label, attack_rows
 from ..hub import timm_routes
 from ..hub.weights import PretrainedWeightsUnavailable, load_weights, local_config
 from ..regularizers.registry import REGULARIZERS
-from ..spectral import attach_spectral
+from ..spectral import DEFAULT_GAMMA, attach_spectral
 from .registry import ARCHS, TAGS, base_pretrained_cfg, pretrained_cfg, zoo_names
 
 __all__ = ["ARCHS", "PretrainedWeightsUnavailable", "UnknownModelError", "PretrainedRow", "check_model_name",
@@ -180,7 +180,7 @@ def _pretrained_base_cfg(name: str, cfg: PretrainedCfg, base: str, cache_dir, kw
 
 
 def _entrypoint(name: str, base: str, mode: str):
-    def create(pretrained: bool = False, gamma: float = 1e-3, every: int = 1, estimator: str = "power",
+    def create(pretrained: bool = False, gamma: float = DEFAULT_GAMMA, every: int = 1, estimator: str = "power",
                pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs):
         cfg = _resolve_cfg(name, pretrained_cfg, pretrained_cfg_overlay)
         tagged = f"{name}.{cfg.tag}" if cfg.tag else name

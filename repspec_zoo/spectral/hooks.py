@@ -58,6 +58,7 @@ from .state import LayerState, state_key
 
 DIRECT_POWER_ITERS = 10  # power steps before each direct step (the authors': up to 10, tolerance 1e-6)
 GAMMA_CONVENTION = "penalty = gamma/2 * sum_l sigma_max(W_l)^2 (Yang et al. 2024, eq. 3)"
+DEFAULT_GAMMA = 1e-3  # the strength of a regularizer, a zoo entrypoint and a recipe that set none
 _CONVS = (nn.Conv1d, nn.Conv2d)
 V = TypeVar("V")
 
@@ -93,7 +94,7 @@ class SpectralRegularizer(nn.Module):
         >>> loss = F.cross_entropy(model(x), y) + reg.penalty()
     """
 
-    def __init__(self, model: nn.Module, gamma: float = 1e-3, mode: str = "rep",
+    def __init__(self, model: nn.Module, gamma: float = DEFAULT_GAMMA, mode: str = "rep",
                  layers: list[str] | None = None, every: int = 1, estimator: str = "power",
                  bn_aware: bool = False, n_power_iter: int = 1, warmup_iters: int = 10,
                  activation_term: bool = False):

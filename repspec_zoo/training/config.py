@@ -31,6 +31,7 @@ from ..errors import UserError
 from ..models.registry import ARCHS, SSL_MODES
 from ..regularizers.registry import REGULARIZERS
 from ..runs import RUN_CONFIG_FILE
+from ..spectral import DEFAULT_GAMMA
 from ..spectral.estimators import ESTIMATORS
 
 __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "RegularizerConfig", "CheckpointConfig", "SSLConfig",
@@ -79,7 +80,7 @@ class OptimConfig:
 @dataclass
 class RegularizerConfig:
     mode: str = "none"  # a repspec_zoo.regularizers.registry mode: 'none', 'rep', 'repbn', 'll', 'adv', 'ddsnr', 'bss', 'convwd'
-    gamma: float = 1e-3  # rep/ll strength, paper convention: penalty = gamma/2 * sum_l sigma_max(W_l)^2
+    gamma: float = DEFAULT_GAMMA  # rep/ll strength, paper convention: penalty = gamma/2 * sum_l sigma_max(W_l)^2
     burn_in_epochs: int = 0  # penalty off for epochs < this (power iteration keeps running); 0 = on from the start
     apply: str = "loss"  # rep/ll (other modes ignore it): 'loss' (eq. 3 in the loss) or 'direct' (the authors' ResNet step)
     every: int = 1  # rep/ll: 'loss': a power-iteration update every this many optimizer steps; 'direct': a direct step
