@@ -62,6 +62,8 @@ from pathlib import Path
 
 import torch
 
+from repspec_zoo.argtypes import parse_budgets
+
 from .common import (RESULTS, ROOT, RUNS, PlannedRun, burn_in_epochs, parallel_map, run_all, split_tensors,
                      write_json)
 from .transfer_digits import conv_sigmas, digits_test_split
@@ -283,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="arms to train and attack")
     parser.add_argument("--n", type=int, default=50, help="shared correctly classified test images attacked")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[500, 1000], help="ensemble budgets; the last is reported")
+    parser.add_argument("--budgets", type=parse_budgets, default="500,1000",
+                        help="comma-separated ensemble budgets; the largest is reported")
     parser.add_argument("--sweep-gammas", type=float, nargs="*", default=[], help="extra repbn strengths (seeds 0-2)")
     parser.add_argument("--zoo-arms", action="store_true", help=f"also train and attack {', '.join(ZOO_ARMS)} on seed 0 "
                                                                   "(the zoo's other models on this schedule)")
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         models = {k: load_model(str(s) if isinstance(s, str) else s) for k, s in sources.items()}
         indices = common_indices(models, x, y, args.n, seed=0, batch_size=512).tolist()
         write_json(index_file, indices)
-    budgets = sorted(args.budgets)
+    budgets = args.budgets
     keyed = {model_key(*k): k for k in runs} | {REFERENCE: (None, REFERENCE)}
     jobs = [(out / "models" / f"{key}.json", sources[key], *keyed[key], indices, budgets) for key in sources]
     saved = dict(command=command, seeds=args.seeds, budgets=budgets, n=len(indices), schedule=list(SCHEDULE),

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from repspec_zoo.argtypes import parse_budgets
 from repspec_zoo.loader import load_model
 from repspec_zoo.runs import EVAL_FILE, SUMMARY_FILE
 
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eps", type=float, nargs=2, default=[0.5, 1.0], help="the two PGD radii")
     parser.add_argument("--pgd-n", type=int, default=500, help="test images for PGD robust accuracy")
     parser.add_argument("--n", type=int, default=100, help="correctly classified test images for the Tangent Attack")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[250, 500, 1000], help="the last is reported")
+    parser.add_argument("--budgets", type=parse_budgets, default="250,500,1000",
+                        help="comma-separated query budgets; the largest is reported")
     parser.add_argument("--analysis-n", type=int, default=32, help="test images for the Jacobian analyses")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-bundle", action="store_true", help="do not bundle the adv/ddsnr models into the zoo")
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     standard, sweep = plan(args.runs, args.overrides)
     run_all([standard, *sweep.values()], args.workers)
     picked = pick(standard, sweep, args.acc_drop)
-    settings = dict(n=args.n, budgets=sorted(args.budgets), eps=sorted(args.eps), pgd_n=args.pgd_n,
+    settings = dict(n=args.n, budgets=args.budgets, eps=sorted(args.eps), pgd_n=args.pgd_n,
                     analysis_n=args.analysis_n)
     jobs = [(method, value, str(run.output), str(args.out / method), settings) for method, (value, run) in picked.items()]
     rows = parallel_map(evaluate_run, jobs, args.workers, "evaluating")

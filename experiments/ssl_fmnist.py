@@ -43,6 +43,7 @@ from pathlib import Path
 import timm
 import torch
 
+from repspec_zoo.argtypes import parse_budgets
 from repspec_zoo.loader import load_model
 from repspec_zoo.stats import format_interval
 
@@ -301,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--n", type=int, default=40, help="shared correctly classified test images attacked")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[250, 500], help="the last is reported")
+    parser.add_argument("--budgets", type=parse_budgets, default="250,500",
+                        help="comma-separated query budgets; the largest is reported")
     parser.add_argument("--probe-train", type=int, default=5000, help="Fashion-MNIST images the probe is fitted on")
     parser.add_argument("--probe-test", type=int, default=5000, help="Fashion-MNIST test images the probe is scored on")
     parser.add_argument("--curve-epochs", type=int, nargs="+", default=[0, 1, 3, 5, 7, 9],
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
              for seed in args.seeds for e in sorted({0, cfg.regularizer.burn_in_epochs, *args.curve_epochs})
              if e <= cfg.epochs]
     indices = common_indices(probes, *fmnist_test, args.n, seed=0, batch_size=512).tolist()
-    budgets = sorted(args.budgets)
+    budgets = args.budgets
     todo = [key for key in probes if not attack_cache(cache, *key, indices).is_file()]
     computed = dict(zip(todo, parallel_map(evaluate_attacks, [(probes[k], indices, budgets, f"{k[1]}/seed{k[0]}")
                                                               for k in todo], args.workers, "attacking")))

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from repspec_zoo.argtypes import parse_budgets
 from repspec_zoo.loader import load_model
 from repspec_zoo.stats import format_interval
 
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--n", type=int, default=100, help="shared correctly classified test digits attacked")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[250, 500, 1000], help="the last is reported")
+    parser.add_argument("--budgets", type=parse_budgets, default="250,500,1000",
+                        help="comma-separated query budgets; the largest is reported")
     parser.add_argument("--workers", type=int, default=2, help="parallel one-thread processes")
     parser.add_argument("--pretrain", nargs="*", default=list(PRETRAIN), metavar="KEY=VALUE",
                         help="pretraining overrides (default: the authors' share of penalized training)")
@@ -222,12 +224,12 @@ def main(argv: list[str] | None = None) -> None:
     models = {k: load_model(run.output) for k, run in tuned.items()}
     x, y = digits_test_split(next(iter(models.values())))
     indices = common_indices(models, x, y, args.n, seed=0, batch_size=512).tolist()
-    jobs = [(run.output, *k, indices, sorted(args.budgets)) for k, run in tuned.items()]
+    jobs = [(run.output, *k, indices, args.budgets) for k, run in tuned.items()]
     rows = parallel_map(evaluate_run, jobs, args.workers, "evaluating")
     args.out.mkdir(parents=True, exist_ok=True)
     from repspec_zoo.stats import to_jsonable
 
-    saved = dict(command=command, budgets=sorted(args.budgets), pretrain=args.pretrain, finetune=args.finetune,
+    saved = dict(command=command, budgets=args.budgets, pretrain=args.pretrain, finetune=args.finetune,
                  sigmas=sigmas, rows=to_jsonable(rows))
     report(saved, args.out)
     write_json(args.out / "results.json", saved)

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__, stats
 from .attacks import ATTACKS, AttackSettings, StartPool, predict_labels, run_attack
-from .attacks.oracle import EVAL_BATCH_SIZE, check_image_values
+from .attacks.oracle import EVAL_BATCH_SIZE, check_budgets, check_image_values
 from .bounds import bracket, certified_radius, lemma1_estimate, unwrap
 from .errors import UserError
 from .eval_result import EvalResult
@@ -266,9 +266,7 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
     unused = sorted(set(attack_options) - set(names))
     if unused:
         raise ValueError(f"attack_options names attacks that do not run: {unused}; running: {names}")
-    budgets = sorted(int(q) for q in budgets)
-    if names and (not budgets or budgets[0] < 1):
-        raise ValueError(f"budgets must be positive query counts, got {budgets}")
+    budgets = check_budgets(budgets) if names else sorted(int(q) for q in budgets)  # no attack reads them
     if n < 1:
         raise ValueError(f"n must be >= 1 sample, got {n}")
     main = accelerator is None or accelerator.is_local_main_process

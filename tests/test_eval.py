@@ -229,6 +229,18 @@ def test_one_budget_parser_for_every_command():
     assert leaderboard.build_parser().parse_args(["--budgets", "500,100"]).budgets == [100, 500]
 
 
+def test_one_budget_rule_for_the_parser_and_evaluate():
+    from repspec_zoo.attacks.oracle import check_budgets
+
+    assert check_budgets((500, 100)) == [100, 500]
+    for bad in ([], [0, 100], [-5]):
+        with pytest.raises(ValueError, match="budgets must be positive query counts"):
+            check_budgets(bad)
+    model, x, y = NormalizedModel(timm.create_model("slp", num_classes=10)).eval(), torch.rand(4, 1, 28, 28), torch.zeros(4)
+    with pytest.raises(ValueError, match=r"budgets must be positive query counts, got \[0, 100\]"):
+        evaluate(model, (x, y.long()), budgets=[100, 0], progress=False)
+
+
 def test_paper_mode_sets_the_papers_attack_and_explicit_flags_win():
     from repspec_zoo.cli.common import resolve_defaults
     from repspec_zoo.cli.eval import build_parser

@@ -15,14 +15,14 @@ from the sample's label). The oracle
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
 __all__ = [
     "EVAL_BATCH_SIZE", "HardLabelOracle", "OracleAnswer", "check_attack_inputs", "check_batch_size", "check_bounds",
-    "check_image_values", "model_device_dtype", "predict_labels",
+    "check_budgets", "check_image_values", "model_device_dtype", "predict_labels",
 ]
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
@@ -78,6 +78,15 @@ def check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1 (rows per model call), got {batch_size!r}")
     return batch_size
+
+
+def check_budgets(budgets: Iterable) -> list[int]:
+    """The query budgets at which an evaluation reads distances, as ints in ascending order; ValueError
+    unless there is one at least and every one is >= 1 query (the rule an attack call's budget obeys)."""
+    values = sorted(int(q) for q in budgets)
+    if not values or values[0] < 1:
+        raise ValueError(f"budgets must be positive query counts, got {values}")
+    return values
 
 
 def _check_budget(budget: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
