@@ -37,7 +37,6 @@ from accelerate.utils import set_seed
 import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
 from repspec_zoo.errors import UserError
 from repspec_zoo.io import atomic_write_text, full_disk_is_user_error
-from repspec_zoo.regularizers.registry import get_spec
 from repspec_zoo.ssl import SSLModule, build_ssl_model
 from repspec_zoo.ssl.trainer import SSLTrainer, probe_eval, ssl_train_split
 from repspec_zoo.runs import CHECKPOINTS_DIR, METRICS_FILE, STATE_FILE, SUMMARY_FILE, WEIGHTS_FILE
@@ -140,7 +139,7 @@ def train(args: argparse.Namespace, cfg, run_dir: Path, argv: list[str], started
         model = build_model(cfg)
         train_set, test_set = recipe_split(cfg, model, "train"), recipe_split(cfg, model, "test")
         check_input(model, train_set[0][0], cfg)
-        net = TrainingModule(model, return_features=get_spec(cfg.regularizer.mode).needs_features)
+        net = TrainingModule(model, return_features=cfg.regularizer.spec.needs_features)
     accelerator.print(data_summary(cfg, train_set, test_set))
     optimizer = build_optimizer(cfg, model)
     train_loader, test_loader = make_loaders(cfg, train_set, test_set, accelerator.num_processes)

@@ -34,6 +34,7 @@ from .eval_result import EvalResult
 from .io import atomic_write_text
 from .models.registry import ARCHS, TAGS, zoo_model_name
 from .models.zoo import list_pretrained
+from .regularizers.registry import BASELINE_MODE, REGULARIZERS
 from .loader import load_model
 from .model_checks import check_model
 from .plots import plot_distance_curves, plot_robust_accuracy
@@ -50,11 +51,11 @@ def family_baseline(name: str, dataset: str) -> str | None:
     """The unregularized zoo model of the same base arch, dataset and training (supervised or the same
     self-supervised method) as ``name`` (None for a baseline itself or a name outside the zoo)."""
     arch, _, tag = name.partition(".")
-    base, mode = ARCHS.get(arch, (None, "none"))
-    if base is None or mode == "none":
+    base, mode = ARCHS.get(arch, (None, BASELINE_MODE))
+    if base is None or REGULARIZERS[mode].baseline:
         return None
     try:
-        return zoo_model_name(base, "none", dataset, TAGS[tag].ssl if tag in TAGS else None)
+        return zoo_model_name(base, BASELINE_MODE, dataset, TAGS[tag].ssl if tag in TAGS else None)
     except ValueError:
         return None
 

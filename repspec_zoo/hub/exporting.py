@@ -69,8 +69,8 @@ def _regularizer(run: Run, model: torch.nn.Module) -> dict:
     instead of gamma.
     """
     given, spec = run.config["regularizer"], get_spec(run.mode)
-    if run.mode == "none":
-        return {"mode": "none", "gamma": 0.0, "layers": []}
+    if spec.baseline:
+        return {"mode": run.mode, "gamma": 0.0, "layers": []}
     where = run.path / RUN_CONFIG_FILE
     if not spec.spectral:
         missing = [k for k in spec.export_keys if given.get(k) is None]

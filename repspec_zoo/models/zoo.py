@@ -134,7 +134,8 @@ class PretrainedRow:
 def _row(name: str, mode: str, tag: str) -> PretrainedRow:
     hf_hub_id = get_pretrained_cfg(name).hf_hub_id
     source, config = local_config(name, hf_hub_id)
-    gamma, acc, attack, queries, l2, success = (0.0 if mode == "none" else None), None, None, None, None, None
+    gamma = 0.0 if REGULARIZERS[mode].baseline else None  # a baseline has none; the others read it from config.json
+    acc, attack, queries, l2, success = None, None, None, None, None
     headless = TAGS[tag].num_classes == 0  # a self-supervised backbone: its numbers are of a fitted linear probe
     if config is not None:
         evaluation = config.get("eval", {})

@@ -31,7 +31,8 @@ from typing import Any, Callable, Mapping
 from ..spectral.hooks import GAMMA_CONVENTION
 from . import steps
 
-__all__ = ["RegularizerSpec", "REGULARIZERS", "SPECTRAL_MODES", "get_spec", "BSS_CONVENTION", "RECIPE_GAMMA_CONVENTION"]
+__all__ = ["RegularizerSpec", "REGULARIZERS", "SPECTRAL_MODES", "BASELINE_MODE", "get_spec", "BSS_CONVENTION",
+           "RECIPE_GAMMA_CONVENTION"]
 
 BSS_CONVENTION = "penalty = bss_eta * sum of the bss_k smallest squared singular values of the batch features"
 RECIPE_GAMMA_CONVENTION = f"{GAMMA_CONVENTION}; the authors' scripts' lam = gamma/2"
@@ -93,6 +94,7 @@ class RegularizerSpec:
         note: what its strength settings mean (pretrained-cfg notes).
         keys: the ``regularizer.*`` settings it reads (besides mode and burn_in_epochs).
         export_keys: settings an export requires and records with their types (non-spectral modes).
+        baseline: the unregularized baseline (no regularizer at all), which the other modes are compared against.
         spectral: its models carry a SpectralRegularizer as ``model.spectral``.
         summary: RegularizerConfig -> the run.json ``regularizer`` section.
         card: config.json ``regularizer`` section -> the card's one-sentence description.
@@ -113,6 +115,7 @@ class RegularizerSpec:
     card: Callable[[Mapping], str]
     step_class: type
     export_keys: Mapping[str, type] = field(default_factory=dict)
+    baseline: bool = False
     spectral: bool = False
     needs_features: bool = False
     spectral_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -150,7 +153,7 @@ _SPECS = (
         note=_GAMMA_NOTE, keys=(),
         summary=lambda r: {"mode": "none"},
         card=lambda r: "none: the unregularized baseline, trained with the same recipe as the regularized models.",
-        step_class=steps.RegularizerStep),
+        step_class=steps.RegularizerStep, baseline=True),
     _spectral_spec("rep", "layers up to the features; head excluded", "head excluded"),
     _spectral_spec("repbn", "layers up to the features; head excluded", "head excluded", bn_folded=True),
     _spectral_spec("ll", "every layer, head included", "head included"),
@@ -203,6 +206,8 @@ _SPECS = (
 #: mode -> spec, in the order listings show them
 REGULARIZERS: dict[str, RegularizerSpec] = {spec.mode: spec for spec in _SPECS}
 SPECTRAL_MODES = tuple(mode for mode, spec in REGULARIZERS.items() if spec.spectral)
+BASELINE_MODE = next(mode for mode, spec in REGULARIZERS.items() if spec.baseline)  # 'none'
+
 
 
 def get_spec(mode: str) -> RegularizerSpec:

@@ -29,7 +29,7 @@ import yaml
 
 from ..errors import UserError
 from ..models.registry import ARCHS, SSL_MODES
-from ..regularizers.registry import REGULARIZERS
+from ..regularizers.registry import REGULARIZERS, RegularizerSpec, get_spec
 from ..runs import RUN_CONFIG_FILE
 from ..spectral import DEFAULT_GAMMA
 from ..spectral.estimators import ESTIMATORS
@@ -96,6 +96,12 @@ class RegularizerConfig:
     pgd_eps: float = 0.5  # adv: L2-PGD radius in [0,1] pixel units
     pgd_steps: int = 10  # adv: PGD steps of 2 * pgd_eps / pgd_steps
     wd_lambda: float = 1e-3  # convwd (a control): penalty = wd_lambda/2 * sum ||W_l||_F^2 over the rep layers
+
+    @property
+    def spec(self) -> RegularizerSpec:
+        """The registry's entry for ``mode``: the one place a run asks the registry what its regularizer is
+        and does (the model builder, the loop, the report and the layer check read it here)."""
+        return get_spec(self.mode)
 
 
 @dataclass
@@ -309,7 +315,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.batch_size % cfg.grad_accum_steps:
         problems.append(f"batch_size={cfg.batch_size} is not a multiple of grad_accum_steps={cfg.grad_accum_steps}; "
                         "each optimizer step sums grad_accum_steps equal micro-batches")
-    if r.mode != "none" and r.burn_in_epochs >= cfg.epochs:
+    spec = REGULARIZERS.get(r.mode)  # None: an unknown mode, listed above
+    if not (spec and spec.baseline) and r.burn_in_epochs >= cfg.epochs:
         problems.append(f"regularizer.burn_in_epochs={r.burn_in_epochs} >= epochs={cfg.epochs}: the {r.mode} penalty "
                         "would never be applied; lower burn_in_epochs or set regularizer.mode=none")
     if cfg.model in ARCHS:
@@ -317,8 +324,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         problems.append(f"model={cfg.model!r} is a zoo architecture (the name of {base} trained with regularizer.mode="
                         f"{mode}; spectral ones attach their own regularizer); train the base architecture "
                         f"instead: model={base} regularizer.mode={mode}")
-    if r.apply == "direct" and r.mode == "repbn":
-        problems.append("regularizer.mode=repbn with apply=direct: the BatchNorm-folded norm depends on the batch "
+    if r.apply == "direct" and spec and spec.spectral_kwargs.get("bn_aware"):
+        problems.append(f"regularizer.mode={r.mode} with apply=direct: the BatchNorm-folded norm depends on the batch "
                         "statistics of the forward pass, so it is added to the loss; use apply=loss (or mode=rep for the "
                         "authors' direct step on raw kernels)")
     if r.apply == "direct" and r.activation_term:
@@ -326,7 +333,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                         "their singular vectors alone and has no data term; use apply=loss for the eig-ub term")
     if r.layers is not None and (not r.layers or not all(isinstance(name, str) for name in r.layers)):
         problems.append(f"regularizer.layers={r.layers!r}: a non-empty list of layer names, e.g. [head] or [fc1, head]")
-    if r.activation_term and r.mode in REGULARIZERS and not REGULARIZERS[r.mode].spectral:
+    if r.activation_term and spec and not spec.spectral:
         problems.append(f"regularizer.activation_term=true needs a spectral mode (rep, repbn, ll), not {r.mode!r}")
     problems += _ssl_problems(cfg)
     if problems:

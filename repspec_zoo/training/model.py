@@ -21,7 +21,6 @@ from torch import nn
 from ..errors import UserError
 from ..attacks.normalize import NormalizedModel
 from ..models.registry import ARCHS
-from ..regularizers.registry import get_spec
 from ..runs import RUN_CONFIG_FILE, WEIGHTS_FILE
 from ..spectral import attach_spectral, without_regularizer
 from .config import ConfigError, OptimConfig, TrainConfig
@@ -54,7 +53,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 def attach_regularizer(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """``model`` with the configured rep/ll regularizer attached as ``model.spectral`` (other modes: as is)."""
     r = cfg.regularizer
-    spec = get_spec(r.mode)
+    spec = r.spec
     if spec.spectral:
         attach_spectral(model, **spec.spectral_kwargs, gamma=r.gamma, every=r.every * cfg.grad_accum_steps,
                         estimator=r.estimator, activation_term=r.activation_term, layers=r.layers)

@@ -23,7 +23,6 @@ from .. import data
 from ..attacks.normalize import NormalizedModel
 from ..io import atomic_write_bytes, atomic_write_text
 from ..models.registry import zoo_model_name
-from ..regularizers.registry import get_spec
 from ..runs import EVAL_FILE
 from .config import TrainConfig
 from .loaders import recipe_split, toy_spec
@@ -70,7 +69,7 @@ def write_quick_eval(classifier: nn.Module, test_set, cfg: TrainConfig, run_dir:
 
 def regularizer_summary(cfg: TrainConfig) -> dict:
     """The regularizer settings of a run, with the strength convention spelled out (the registry's summary)."""
-    return get_spec(cfg.regularizer.mode).summary(cfg.regularizer)
+    return cfg.regularizer.spec.summary(cfg.regularizer)
 
 
 def _model_name(cfg: TrainConfig) -> str:
@@ -81,7 +80,7 @@ def _model_name(cfg: TrainConfig) -> str:
             return zoo_model_name(cfg.model, cfg.regularizer.mode, cfg.dataset.name, cfg.ssl.method)
     except ValueError:
         pass
-    return cfg.model if cfg.regularizer.mode == "none" else f"{cfg.model}+{cfg.regularizer.mode}"
+    return cfg.model if cfg.regularizer.spec.baseline else f"{cfg.model}+{cfg.regularizer.mode}"
 
 
 def _class_names(cfg: TrainConfig) -> list[str] | None:
