@@ -202,3 +202,21 @@ def test_cli_list_names_every_regularizer(capsys):
     assert "regularizer=ddsnr" in lines["resnet_small_ddsnr"]
     assert "regularizer=rep-spectral" in lines["slp_repspectral"]
     assert "regularizer=none (baseline)" in lines["slp_baseline"]
+
+
+def test_every_arch_has_one_greppable_entrypoint_in_zoo_py():
+    """Each ARCHS name is a ``def NAME`` under ``@zoo_model`` in models/zoo.py (no generated names), registered in
+    timm with its spec's docstring."""
+    import ast
+    import inspect
+
+    from repspec_zoo.models import zoo
+    from repspec_zoo.regularizers.registry import REGULARIZERS
+
+    tree = ast.parse(inspect.getsource(zoo))
+    decorated = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+                 and any(isinstance(d, ast.Name) and d.id == "zoo_model" for d in node.decorator_list)]
+    assert sorted(decorated) == sorted(ARCHS) and len(set(decorated)) == len(decorated)
+    for name, (base, mode) in ARCHS.items():
+        entrypoint = timm.models.model_entrypoint(name)
+        assert entrypoint is getattr(zoo, name) and entrypoint.__doc__ == REGULARIZERS[mode].doc.format(base=base)
