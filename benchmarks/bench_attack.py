@@ -17,45 +17,23 @@ Prints a markdown table and writes benchmarks/results_attack.json (atomically).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
 import platform
-import struct
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repspec_zoo import data
 from repspec_zoo.attacks import HARD_LABEL_ATTACKS, AttackSettings, predict_labels, run_attack
 
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")  # IDX files as distributed upstream
+DATA_DIR = data.FASHION_MNIST_DIR  # IDX files as distributed upstream
 RESULTS = Path(__file__).with_name("results_attack.json")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Array stored in an IDX(.gz) file: magic (0, 0, dtype code, ndim), big-endian dims."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    zero, code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (magic {data[:4].hex()})")
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def load_split(data_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fashion-MNIST images (N, 1, 28, 28) in [0, 1] and labels (N,)."""
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz")
-    labels = read_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz")
-    x = torch.from_numpy(images.copy()).float().div_(255).unsqueeze(1)
-    return x, torch.from_numpy(labels.astype(np.int64))
 
 
 def small_cnn() -> nn.Module:
@@ -143,8 +121,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    x_train, y_train = load_split(args.data_dir, "train")
-    x_test, y_test = load_split(args.data_dir, "test")
+    x_train, y_train = data.as_tensors(data.load_split(args.data_dir, "train"))  # (N, 1, 28, 28) in [0, 1]
+    x_test, y_test = data.as_tensors(data.load_split(args.data_dir, "test"))
     net = small_cnn()
     train_seconds = train(net, x_train, y_train, args.train_steps)
     net = RowInvariant(net).eval()

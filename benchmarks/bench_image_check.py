@@ -4,7 +4,7 @@
 
 Generates two image folders (2 classes each): 28x28 grayscale PNGs (Fashion-MNIST-like) and
 224x224 RGB JPEGs (quality 90, smooth random images, ImageNet-like). For each, in this process:
-``check``, the up-front check (``repspec_zoo.data.folder_checks.check_images``, decoded-file cache
+``check``, the up-front check (``repspec_zoo.data.folder_checks.check_image_files``, decoded-file cache
 cleared first), and ``one pass``, reading every item of the train split from ``load_split``
 (decode + eval transform of each item, one thread: what one epoch's data loading costs with ``num_workers: 0``).
 Reported: seconds per image of each, best of ``--repeats``, and check / one pass. Goal: the check
@@ -56,7 +56,7 @@ def best_seconds(action, repeats: int) -> float:
 def measure(root: Path, files: list[str], repeats: int) -> dict:
     def check():
         folder_checks._decoded.clear()
-        folder_checks.check_images(files, root)
+        folder_checks.check_image_files(files, root)
 
     dataset = load_split(root, "train")  # builds the datasets arrow cache, checks once: not part of either timing
 

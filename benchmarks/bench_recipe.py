@@ -33,7 +33,7 @@ from accelerate.utils import set_seed
 import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
 from repspec_zoo.io import atomic_write_text
 from repspec_zoo.training import (TrainingModule, build_model, build_optimizer, check_input, dataset_num_classes,
-                                  load_config, load_split, loop, make_loaders)
+                                  load_config, recipe_split, loop, make_loaders)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def run_plain(config: Path, overrides: list[str], clock: EpochClock) -> None:
     set_seed(cfg.seed)
     cfg.num_classes = cfg.num_classes or dataset_num_classes(cfg)
     model = build_model(cfg)
-    train_set = load_split(cfg, model, "train")
+    train_set = recipe_split(cfg, model, "train")
     check_input(model, train_set[0][0], cfg)
     net = TrainingModule(model).to(clock.device).train()
     optimizer = build_optimizer(cfg, model)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-ATTACKS = ("ta", "gta", "hsja", "cgba")
+COMPARED_ATTACKS = ("ta", "gta", "hsja", "cgba")
 
 
 CACHE = HERE.parent / "runs" / "bench_zoo_attacks"  # one EvalResult per model: a killed run resumes
@@ -44,13 +44,14 @@ def attack_model(job: tuple) -> dict:
     torch.set_num_threads(1)
     x, y = data.as_tensors(data.load_split("fashion_mnist", "test"))
     result = evaluate(load_zoo_model(name), (x, y), model_name=name, dataset_name="fashion_mnist", budgets=budgets,
-                      attack=list(ATTACKS), seed=seed, batch_size=1000, indices=index, lemma1=False, progress=False)
+                      attack=list(COMPARED_ATTACKS), seed=seed, batch_size=1000, indices=index, lemma1=False,
+                      progress=False)
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cache, result.to_json())
     return json.loads(result.to_json())
 
 
-def compare(result: dict, budgets: list[int], seed: int, attacks=ATTACKS) -> dict:
+def compare(result: dict, budgets: list[int], seed: int, attacks=COMPARED_ATTACKS) -> dict:
     """Per budget: each attack's mean / median / success, and CGBA vs TA paired on the same images."""
     from repspec_zoo import stats
 
@@ -97,19 +98,21 @@ def main(argv=None) -> dict:
             print(f"done: {result['model']}", flush=True)
             results.append(result)
     wall = time.perf_counter() - start
-    summary = {"setup": {"n": len(index), "index": index, "budgets": budgets, "seed": args.seed, "attacks": ATTACKS,
-                         "workers": args.workers, "threads_per_worker": 1, "torch": torch.__version__,
-                         "wall_s": wall},
+    summary = {"setup": {"n": len(index), "index": index, "budgets": budgets, "seed": args.seed,
+                         "attacks": COMPARED_ATTACKS, "workers": args.workers, "threads_per_worker": 1,
+                         "torch": torch.__version__, "wall_s": wall},
                "models": {r["model"]: {"clean_acc": r["clean_acc"], "by_budget": compare(r, budgets, args.seed),
-                                       "wall_s": {a: r["by_attack"][a]["wall_time_s"] for a in ATTACKS}}
+                                       "wall_s": {a: r["by_attack"][a]["wall_time_s"] for a in COMPARED_ATTACKS}}
                           for r in results}}
     atomic_write_text(args.out, json.dumps(summary, indent=1))
     top = str(budgets[-1])
-    print("| model | " + " | ".join(f"{a} mean/median @{top}" for a in ATTACKS) + " | CGBA - TA mean [95% CI] |")
+    print("| model | " + " | ".join(f"{a} mean/median @{top}" for a in COMPARED_ATTACKS)
+          + " | CGBA - TA mean [95% CI] |")
     for name, m in summary["models"].items():
         row = m["by_budget"][top]
         d = row["cgba_vs_ta"]["mean_difference"]
-        print(f"| {name} | " + " | ".join(f"{row[a]['l2_mean']:.3f}/{row[a]['l2_median']:.3f}" for a in ATTACKS)
+        print(f"| {name} | "
+              + " | ".join(f"{row[a]['l2_mean']:.3f}/{row[a]['l2_median']:.3f}" for a in COMPARED_ATTACKS)
               + f" | {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")
     print(f"wrote {args.out} ({wall:.0f} s)")
     return summary

@@ -62,7 +62,9 @@ from pathlib import Path
 
 import torch
 
-from .common import (RESULTS, ROOT, RUNS, Run, burn_in_epochs, parallel_map, run_all, split_tensors,
+from repspec_zoo.argtypes import parse_budgets
+
+from .common import (RESULTS, ROOT, RUNS, PlannedRun, burn_in_epochs, parallel_map, run_all, split_tensors,
                      write_json)
 from .transfer_digits import conv_sigmas, digits_test_split
 
@@ -89,19 +91,19 @@ CALIBRATION_WD = (5e-4, 2e-3, 8e-3)  # convwd strengths trained on seed 0 to mat
 REFERENCE = "resnet_small_advtrained.fmnist"  # the zoo's adversarially trained model, attacked on the same images
 
 
-def base_run(seed: int, runs_dir: Path) -> Run:
-    return Run(BASE_CONFIG, runs_dir / f"seed{seed}" / "none", [f"seed={seed}", *SCHEDULE])
+def base_run(seed: int, runs_dir: Path) -> PlannedRun:
+    return PlannedRun(BASE_CONFIG, runs_dir / f"seed{seed}" / "none", [f"seed={seed}", *SCHEDULE])
 
 
-def branch(seed: int, runs_dir: Path, name: str, config: str, overrides, base: Run) -> Run:
+def branch(seed: int, runs_dir: Path, name: str, config: str, overrides, base: PlannedRun) -> PlannedRun:
     burn_in = burn_in_epochs(config, SCHEDULE)
-    return Run(config, runs_dir / f"seed{seed}" / name, [f"seed={seed}", *SCHEDULE, *overrides], after=[base],
+    return PlannedRun(config, runs_dir / f"seed{seed}" / name, [f"seed={seed}", *SCHEDULE, *overrides], after=[base],
                branch_from=(base.output, burn_in))
 
 
 def plan(seeds: list[int], runs_dir: Path, wd_lambda: float | None, sweep: list[float], sweep_seeds: list[int],
          zoo_seed: int | None = None) -> dict:
-    """{(seed, arm): Run}; convwd only once its strength is known; repbn_g{gamma} for the sweep; the
+    """{(seed, arm): PlannedRun}; convwd only once its strength is known; repbn_g{gamma} for the sweep; the
     `ZOO_ARMS` for ``zoo_seed``."""
     runs = {}
     for seed in seeds:
@@ -184,7 +186,7 @@ def evaluate_model(job: tuple) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     from repspec_zoo.eval import evaluate
-    from repspec_zoo.eval_result import json_clean
+    from repspec_zoo.stats import to_jsonable
 
     x, y = split_tensors("fashion_mnist", "test")
     model = _load(source)
@@ -193,7 +195,7 @@ def evaluate_model(job: tuple) -> dict:
                       indices=[i for i, ok in zip(indices, correct) if ok], budgets=budgets, attack="ensemble", seed=0,
                       lemma1=False, progress=False)
     top = str(max(budgets))
-    row = json_clean(dict(
+    row = to_jsonable(dict(
         seed=seed, arm=arm, source=source if isinstance(source, str) else Path(os.path.relpath(source, ROOT)).as_posix(),
         clean_acc=result.clean_acc, n_test=result.n_test, n_samples=result.n_samples, budgets=result.budgets,
         success_rate=result.success_rate, l2_mean=result.l2_mean, l2_median=result.l2_median, distance=result.distance,
@@ -239,7 +241,7 @@ FINETUNE_CONFIG = "digits_finetune_resnet_small"
 
 def transfer_plan(runs: dict, runs_dir: Path) -> dict:
     """A digits fine-tuning run (no regularizer) on every backbone of ``runs``."""
-    return {key: Run(FINETUNE_CONFIG, runs_dir / f"seed{key[0]}" / f"{key[1]}_to_digits",
+    return {key: PlannedRun(FINETUNE_CONFIG, runs_dir / f"seed{key[0]}" / f"{key[1]}_to_digits",
                      [f"seed={key[0]}", "regularizer.mode=none", "eval.attack=none"], init=run.output, after=[run])
             for key, run in runs.items()}
 
@@ -250,7 +252,7 @@ def evaluate_transfer(job: tuple) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     from repspec_zoo.eval import evaluate
-    from repspec_zoo.eval_result import json_clean
+    from repspec_zoo.stats import to_jsonable
 
     model = _load(run_dir)
     x, y = digits_test_split(model)
@@ -258,7 +260,7 @@ def evaluate_transfer(job: tuple) -> dict:
                       n=len(indices), indices=indices, budgets=budgets, attack="ta,fmn", seed=0, lemma1=False,
                       progress=False)
     top = str(max(budgets))
-    row = json_clean(dict(seed=seed, arm=arm, clean_acc=result.clean_acc, n_test=result.n_test,
+    row = to_jsonable(dict(seed=seed, arm=arm, clean_acc=result.clean_acc, n_test=result.n_test,
                           n_samples=result.n_samples, success_rate=result.success_rate, distance=result.distance,
                           wall_time_s=result.wall_time_s, index=result.per_sample["index"],
                           l2=result.per_sample["l2"][top]))
@@ -283,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="arms to train and attack")
     parser.add_argument("--n", type=int, default=50, help="shared correctly classified test images attacked")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[500, 1000], help="ensemble budgets; the last is reported")
+    parser.add_argument("--budgets", type=parse_budgets, default="500,1000",
+                        help="comma-separated ensemble budgets; the largest is reported")
     parser.add_argument("--sweep-gammas", type=float, nargs="*", default=[], help="extra repbn strengths (seeds 0-2)")
     parser.add_argument("--zoo-arms", action="store_true", help=f"also train and attack {', '.join(ZOO_ARMS)} on seed 0 "
                                                                   "(the zoo's other models on this schedule)")
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         models = {k: load_model(str(s) if isinstance(s, str) else s) for k, s in sources.items()}
         indices = common_indices(models, x, y, args.n, seed=0, batch_size=512).tolist()
         write_json(index_file, indices)
-    budgets = sorted(args.budgets)
+    budgets = args.budgets
     keyed = {model_key(*k): k for k in runs} | {REFERENCE: (None, REFERENCE)}
     jobs = [(out / "models" / f"{key}.json", sources[key], *keyed[key], indices, budgets) for key in sources]
     saved = dict(command=command, seeds=args.seeds, budgets=budgets, n=len(indices), schedule=list(SCHEDULE),

@@ -27,13 +27,13 @@ CONFIGS = ROOT / "recipes" / "configs"
 RESULTS = ROOT / "results" / "experiments"
 RUNS = ROOT / "runs" / "experiments"
 
-__all__ = ["ROOT", "RESULTS", "RUNS", "Run", "run_all", "parallel_map", "split_tensors", "burn_in_epochs", "load_results", "attack_summary", "distance_rule", "checkpoint_at_epoch", "sigma_max",
+__all__ = ["ROOT", "RESULTS", "RUNS", "PlannedRun", "run_all", "parallel_map", "split_tensors", "burn_in_epochs", "load_results", "attack_summary", "distance_rule", "checkpoint_at_epoch", "sigma_max",
            "mean_std", "table", "box_plot", "write_json", "paired_rows",
            "paired_table", "seed_level_rows", "seed_table"]
 
 
 @dataclass
-class Run:
+class PlannedRun:
     """One ``recipes/train.py`` run: its config, run folder and overrides."""
 
     config: str  # recipes/configs/<config>.yaml
@@ -41,7 +41,7 @@ class Run:
     overrides: Sequence[str] = ()  # KEY=VALUE
     init: Path | None = None  # fine-tune from this run directory
     branch_from: tuple[Path, int] | None = None  # (run dir, epoch): continue its end-of-epoch checkpoint
-    after: list["Run"] = field(default_factory=list)  # runs that must finish first
+    after: list["PlannedRun"] = field(default_factory=list)  # runs that must finish first
 
     @property
     def done(self) -> bool:
@@ -61,7 +61,7 @@ class Run:
         return argv
 
 
-def _execute(run: Run) -> float:
+def _execute(run: PlannedRun) -> float:
     run.output.mkdir(parents=True, exist_ok=True)
     log = run.output.parent / f"{run.output.name}.log"  # not with_suffix: "adv_0.5" has a dot
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -74,7 +74,7 @@ def _execute(run: Run) -> float:
     return time.perf_counter() - start
 
 
-def run_all(runs: Iterable[Run], workers: int = 2) -> None:
+def run_all(runs: Iterable[PlannedRun], workers: int = 2) -> None:
     """Train every unfinished run, ``workers`` at a time, each as soon as the runs it depends on are done.
 
     """
@@ -121,7 +121,7 @@ def attack_summary(result) -> dict:
 
 def distance_rule(summary: dict) -> str:
     """How a saved attack summary's mean and median were taken. Summaries with a ``start_pool``
-    come from the evaluation where every sample gets a start (issue 11); older ones were made
+    come from the evaluation where every sample gets a start (noise, then other-class images); older ones were made
     with noise starts only, and both statistics skipped the samples the attack never broke."""
     if summary.get("start_pool") is not None:
         return ("every attacked image got a start (noise, then other-class test images); mean over the images the "
@@ -170,9 +170,9 @@ def weights_at_epoch(run_dir: Path, epoch: int, module: str = "model.") -> dict[
     import safetensors.torch
 
     from repspec_zoo.runs import WEIGHTS_FILE
+    from repspec_zoo.spectral import without_regularizer
 
-    state = safetensors.torch.load_file(checkpoint_at_epoch(run_dir, epoch) / WEIGHTS_FILE)
-    return {k.removeprefix(module): v for k, v in state.items() if k.startswith(module) and ".spectral." not in k}
+    return without_regularizer(safetensors.torch.load_file(checkpoint_at_epoch(run_dir, epoch) / WEIGHTS_FILE), module)
 
 
 @torch.no_grad()

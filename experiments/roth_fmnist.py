@@ -1,4 +1,4 @@
-"""Issue 7's comparison: Roth et al.'s baselines vs rep-spectral on Fashion-MNIST at equal clean accuracy.
+"""Roth et al.'s baselines vs rep-spectral on Fashion-MNIST at equal clean accuracy.
 
     python -m experiments.roth_fmnist            # sweep, pick, evaluate, analyze, bundle adv/ddsnr
 
@@ -34,10 +34,11 @@ from pathlib import Path
 
 import torch
 
+from repspec_zoo.argtypes import parse_budgets
 from repspec_zoo.loader import load_model
 from repspec_zoo.runs import EVAL_FILE, SUMMARY_FILE
 
-from .common import (RESULTS, ROOT, RUNS, Run, attack_summary, load_results, parallel_map, run_all,
+from .common import (RESULTS, ROOT, RUNS, PlannedRun, attack_summary, load_results, parallel_map, run_all,
                      split_tensors, write_json)
 
 CONFIG = "fmnist_resnet_small_baseline"
@@ -52,26 +53,26 @@ SWEEP = {
 BUNDLED = ("adv", "ddsnr")  # the zoo's bundled baseline/ll/rep models come from experiment 2's recipe instead
 
 
-def plan(runs_dir: Path, overrides: list[str]) -> tuple[Run, dict[tuple[str, float], Run]]:
+def plan(runs_dir: Path, overrides: list[str]) -> tuple[PlannedRun, dict[tuple[str, float], PlannedRun]]:
     common = ["eval.attack=none", "checkpoint.keep=3", *overrides]
-    standard = Run(CONFIG, runs_dir / "standard", common)
+    standard = PlannedRun(CONFIG, runs_dir / "standard", common)
     sweep = {}
     for method, (fixed, key, values) in SWEEP.items():
         for value in values:
-            sweep[method, value] = Run(CONFIG, runs_dir / f"{method}_{value:g}",
+            sweep[method, value] = PlannedRun(CONFIG, runs_dir / f"{method}_{value:g}",
                                        [*common, f"regularizer.mode={method}", f"regularizer.burn_in_epochs={BRANCH_EPOCH}",
                                         *fixed, f"{key}={value}"],
                                        after=[standard], branch_from=(standard.output, BRANCH_EPOCH))
     return standard, sweep
 
 
-def quick_acc(run: Run) -> float:
+def quick_acc(run: PlannedRun) -> float:
     """The run's end-of-training accuracy on its 2000 test images (run.json; evaluate_run later
     replaces eval.json with the full evaluation of the picked runs)."""
     return json.loads((run.output / SUMMARY_FILE).read_text())["eval"]["clean_acc"]
 
 
-def pick(standard: Run, sweep: dict, acc_drop: float) -> dict[str, tuple[float | None, Run]]:
+def pick(standard: PlannedRun, sweep: dict, acc_drop: float) -> dict[str, tuple[float | None, PlannedRun]]:
     """Per method the swept run whose clean accuracy is closest to the standard model's minus acc_drop."""
     target = quick_acc(standard) - acc_drop
     picked = {"standard": (None, standard)}
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eps", type=float, nargs=2, default=[0.5, 1.0], help="the two PGD radii")
     parser.add_argument("--pgd-n", type=int, default=500, help="test images for PGD robust accuracy")
     parser.add_argument("--n", type=int, default=100, help="correctly classified test images for the Tangent Attack")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[250, 500, 1000], help="the last is reported")
+    parser.add_argument("--budgets", type=parse_budgets, default="250,500,1000",
+                        help="comma-separated query budgets; the largest is reported")
     parser.add_argument("--analysis-n", type=int, default=32, help="test images for the Jacobian analyses")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-bundle", action="store_true", help="do not bundle the adv/ddsnr models into the zoo")
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     standard, sweep = plan(args.runs, args.overrides)
     run_all([standard, *sweep.values()], args.workers)
     picked = pick(standard, sweep, args.acc_drop)
-    settings = dict(n=args.n, budgets=sorted(args.budgets), eps=sorted(args.eps), pgd_n=args.pgd_n,
+    settings = dict(n=args.n, budgets=args.budgets, eps=sorted(args.eps), pgd_n=args.pgd_n,
                     analysis_n=args.analysis_n)
     jobs = [(method, value, str(run.output), str(args.out / method), settings) for method, (value, run) in picked.items()]
     rows = parallel_map(evaluate_run, jobs, args.workers, "evaluating")

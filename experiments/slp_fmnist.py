@@ -45,7 +45,7 @@ import torch
 from repspec_zoo.loader import load_model
 from repspec_zoo.stats import format_interval
 
-from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results,
+from .common import (RESULTS, ROOT, RUNS, PlannedRun, box_plot, burn_in_epochs, load_results,
                      paired_rows, paired_table, parallel_map, run_all, seed_level_rows, seed_table,
                      sigma_max, split_tensors, write_json)
 
@@ -59,17 +59,17 @@ LOGREG_MAX_ITER = 5000
 LOGREG_CACHE = "logreg_head_standardized.safetensors"
 
 
-def plan(seeds: list[int], runs_dir: Path, overrides: list[str]) -> dict[tuple[int, str], Run]:
+def plan(seeds: list[int], runs_dir: Path, overrides: list[str]) -> dict[tuple[int, str], PlannedRun]:
     """The training runs: a baseline per seed, ll/rep branched from its end of burn-in."""
     burn_in = burn_in_epochs(MODES["rep"][0], overrides)
     runs = {}
     for seed in seeds:
         # a checkpoint every 10 epochs, 5 kept: the epoch-160 one the branches start from survives to the end
         common = [f"seed={seed}", "eval.attack=none", "checkpoint.every_epochs=10", "checkpoint.keep=5", *overrides]
-        base = Run(MODES["none"][0], runs_dir / f"seed{seed}" / "none", common)
+        base = PlannedRun(MODES["none"][0], runs_dir / f"seed{seed}" / "none", common)
         runs[seed, "none"] = base
         for mode, (config, extra) in list(MODES.items())[1:]:
-            branch = Run(config, runs_dir / f"seed{seed}" / mode, [*common, *extra], after=[base],
+            branch = PlannedRun(config, runs_dir / f"seed{seed}" / mode, [*common, *extra], after=[base],
                          branch_from=(base.output, burn_in))
             runs[seed, mode] = branch
     return runs
@@ -178,9 +178,9 @@ def evaluate_head(job: tuple) -> dict:
 
 def _summary(result) -> dict:
     """What the report needs of an EvalResult: accuracy, per-budget numbers, CIs, per-image distances."""
-    from repspec_zoo.eval_result import json_clean
+    from repspec_zoo.stats import to_jsonable
 
-    return json_clean(dict(clean_acc=result.clean_acc, n_test=result.n_test, n_samples=result.n_samples,
+    return to_jsonable(dict(clean_acc=result.clean_acc, n_test=result.n_test, n_samples=result.n_samples,
                            attacks=result.attacks, budgets=result.budgets, success_rate=result.success_rate,
                            l2_mean=result.l2_mean, l2_median=result.l2_median, distance=result.distance,
                            robust_accuracy=result.robust_accuracy, certified=result.certified,

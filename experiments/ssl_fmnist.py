@@ -43,10 +43,11 @@ from pathlib import Path
 import timm
 import torch
 
+from repspec_zoo.argtypes import parse_budgets
 from repspec_zoo.loader import load_model
 from repspec_zoo.stats import format_interval
 
-from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
+from .common import (RESULTS, ROOT, RUNS, PlannedRun, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
                      parallel_map, run_all, seed_level_rows, seed_table, split_tensors, table, weights_at_epoch,
                      write_json)
 
@@ -61,14 +62,14 @@ MAX_LAST_STEP_SHARE = 0.25
 
 
 def plan(seeds: list[int], runs_dir: Path, overrides: list[str]) -> dict:
-    """{(seed, arm): Run}: the baseline, and rep / ll branched from its burn-in checkpoint."""
+    """{(seed, arm): PlannedRun}: the baseline, and rep / ll branched from its burn-in checkpoint."""
     burn_in = burn_in_epochs(CONFIGS["rep"], overrides)
     runs = {}
     for seed in seeds:
         common = [f"seed={seed}", "eval.attack=none", *overrides]
-        base = runs[seed, "none"] = Run(CONFIGS["none"], runs_dir / f"seed{seed}" / "none", common)
+        base = runs[seed, "none"] = PlannedRun(CONFIGS["none"], runs_dir / f"seed{seed}" / "none", common)
         for arm in ("rep", "ll"):
-            runs[seed, arm] = Run(CONFIGS[arm], runs_dir / f"seed{seed}" / arm, common, after=[base],
+            runs[seed, arm] = PlannedRun(CONFIGS[arm], runs_dir / f"seed{seed}" / arm, common, after=[base],
                                   branch_from=(base.output, burn_in))
     return runs
 
@@ -86,12 +87,12 @@ def backbone_at(run_dir: Path, epoch: int | None, seed: int) -> torch.nn.Module:
 
 def _cached(path: Path, compute):
     """``compute()``'s JSON-able result, kept in ``path`` so that a re-run skips it."""
-    from repspec_zoo.eval_result import json_clean, json_restore
+    from repspec_zoo.stats import from_jsonable, to_jsonable
 
     if path.is_file():
-        return json_restore(json.loads(path.read_text()))
+        return from_jsonable(json.loads(path.read_text()))
     value = compute()
-    write_json(path, json_clean(value))
+    write_json(path, to_jsonable(value))
     return value
 
 
@@ -216,9 +217,9 @@ def _curve_plot(curve: list[dict], finals: list[dict], path: Path) -> None:
 
 def report(saved: dict, out: Path) -> str:
     """README.md (tables, curve, paired comparisons) and the plots, from results.json."""
-    from repspec_zoo.eval_result import json_restore
+    from repspec_zoo.stats import from_jsonable
 
-    finals, curve, attacks = saved["finals"], saved["curve"], json_restore(saved["attacks"])
+    finals, curve, attacks = saved["finals"], saved["curve"], from_jsonable(saved["attacks"])
     epochs = saved["epochs"]
     q = str(max(saved["budgets"]))
     acc = table([dict(r, arm=r["arm"]) for r in sorted(finals, key=lambda r: ARMS.index(r["arm"]))], ["arm"],
@@ -301,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--n", type=int, default=40, help="shared correctly classified test images attacked")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[250, 500], help="the last is reported")
+    parser.add_argument("--budgets", type=parse_budgets, default="250,500",
+                        help="comma-separated query budgets; the largest is reported")
     parser.add_argument("--probe-train", type=int, default=5000, help="Fashion-MNIST images the probe is fitted on")
     parser.add_argument("--probe-test", type=int, default=5000, help="Fashion-MNIST test images the probe is scored on")
     parser.add_argument("--curve-epochs", type=int, nargs="+", default=[0, 1, 3, 5, 7, 9],
@@ -346,17 +348,17 @@ def main(argv: list[str] | None = None) -> None:
              for seed in args.seeds for e in sorted({0, cfg.regularizer.burn_in_epochs, *args.curve_epochs})
              if e <= cfg.epochs]
     indices = common_indices(probes, *fmnist_test, args.n, seed=0, batch_size=512).tolist()
-    budgets = sorted(args.budgets)
+    budgets = args.budgets
     todo = [key for key in probes if not attack_cache(cache, *key, indices).is_file()]
     computed = dict(zip(todo, parallel_map(evaluate_attacks, [(probes[k], indices, budgets, f"{k[1]}/seed{k[0]}")
                                                               for k in todo], args.workers, "attacking")))
     attacks = [dict(seed=seed, arm=arm, **_cached(attack_cache(cache, seed, arm, indices), lambda: computed[seed, arm]))
                for seed, arm in probes]
-    from repspec_zoo.eval_result import json_clean
+    from repspec_zoo.stats import to_jsonable
 
     saved = dict(command=command, budgets=budgets, overrides=args.overrides, epochs=cfg.epochs,
                  burn_in=cfg.regularizer.burn_in_epochs, train_limit=cfg.dataset.train_limit,
-                 probe_train=args.probe_train, probe_test=args.probe_test, curve=curve, finals=finals, attacks=json_clean(attacks))
+                 probe_train=args.probe_train, probe_test=args.probe_test, curve=curve, finals=finals, attacks=to_jsonable(attacks))
     args.out.mkdir(parents=True, exist_ok=True)
     report(saved, args.out)
     write_json(args.out / "results.json", saved)

@@ -36,10 +36,11 @@ from pathlib import Path
 
 import torch
 
+from repspec_zoo.argtypes import parse_budgets
 from repspec_zoo.loader import load_model
 from repspec_zoo.stats import format_interval
 
-from .common import (RESULTS, ROOT, RUNS, Run, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
+from .common import (RESULTS, ROOT, RUNS, PlannedRun, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
                      parallel_map, run_all, seed_level_rows, seed_table, split_tensors, table, weights_at_epoch,
                      write_json)
 
@@ -58,13 +59,13 @@ def plan(seeds: list[int], runs_dir: Path, pretrain_overrides: list[str], finetu
     runs = {}
     for seed in seeds:
         common = [f"seed={seed}", "eval.attack=none", *pretrain_overrides]
-        base = Run(PRETRAIN_CONFIGS["none"], runs_dir / f"seed{seed}" / "pretrain_none", common)
-        rep = Run(PRETRAIN_CONFIGS["rep"], runs_dir / f"seed{seed}" / "pretrain_rep", common, after=[base],
+        base = PlannedRun(PRETRAIN_CONFIGS["none"], runs_dir / f"seed{seed}" / "pretrain_none", common)
+        rep = PlannedRun(PRETRAIN_CONFIGS["rep"], runs_dir / f"seed{seed}" / "pretrain_rep", common, after=[base],
                   branch_from=(base.output, burn_in))
         for pre, source in (("none", base), ("rep", rep)):
             runs[seed, pre, None] = source
             for fine in FINETUNE:
-                runs[seed, pre, fine] = Run(FINETUNE_CONFIG, runs_dir / f"seed{seed}" / f"{pre}_to_{fine}",
+                runs[seed, pre, fine] = PlannedRun(FINETUNE_CONFIG, runs_dir / f"seed{seed}" / f"{pre}_to_{fine}",
                                             [f"seed={seed}", f"regularizer.mode={fine}", "eval.attack=none",
                                              *finetune_overrides], init=source.output, after=[source])
     return runs
@@ -123,9 +124,9 @@ def _sum_sq(sigmas: dict) -> float:
 
 def report(saved: dict, out: Path) -> str:
     """README.md (tables, sigma drop, paired comparisons) and the box plots, from results.json."""
-    from repspec_zoo.eval_result import json_restore
+    from repspec_zoo.stats import from_jsonable
 
-    rows, command = json_restore(saved["rows"]), saved["command"]
+    rows, command = from_jsonable(saved["rows"]), saved["command"]
     q = str(max(saved["budgets"]))
     lines = ["| pretrain | finetune | seed | test accuracy | success @" + q + " [95% CI] | median L2 [95% CI] | "
              "mean L2 (broken) [95% CI] |", "|" + "---|" * 7]
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--n", type=int, default=100, help="shared correctly classified test digits attacked")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[250, 500, 1000], help="the last is reported")
+    parser.add_argument("--budgets", type=parse_budgets, default="250,500,1000",
+                        help="comma-separated query budgets; the largest is reported")
     parser.add_argument("--workers", type=int, default=2, help="parallel one-thread processes")
     parser.add_argument("--pretrain", nargs="*", default=list(PRETRAIN), metavar="KEY=VALUE",
                         help="pretraining overrides (default: the authors' share of penalized training)")
@@ -222,13 +224,13 @@ def main(argv: list[str] | None = None) -> None:
     models = {k: load_model(run.output) for k, run in tuned.items()}
     x, y = digits_test_split(next(iter(models.values())))
     indices = common_indices(models, x, y, args.n, seed=0, batch_size=512).tolist()
-    jobs = [(run.output, *k, indices, sorted(args.budgets)) for k, run in tuned.items()]
+    jobs = [(run.output, *k, indices, args.budgets) for k, run in tuned.items()]
     rows = parallel_map(evaluate_run, jobs, args.workers, "evaluating")
     args.out.mkdir(parents=True, exist_ok=True)
-    from repspec_zoo.eval_result import json_clean
+    from repspec_zoo.stats import to_jsonable
 
-    saved = dict(command=command, budgets=sorted(args.budgets), pretrain=args.pretrain, finetune=args.finetune,
-                 sigmas=sigmas, rows=json_clean(rows))
+    saved = dict(command=command, budgets=args.budgets, pretrain=args.pretrain, finetune=args.finetune,
+                 sigmas=sigmas, rows=to_jsonable(rows))
     report(saved, args.out)
     write_json(args.out / "results.json", saved)
     print((args.out / "README.md").read_text())

@@ -17,9 +17,9 @@ For each model:
 2. benchmark it with `repspec-zoo eval` (clean accuracy on the whole test split, the attack ensemble on N
    correctly classified test images) -> <run>/eval.json; a self-supervised backbone with `repspec-zoo probe`
    (a logistic-regression probe fitted on the run's training images, then backbone + probe, TA + FMN);
-3. export the Hub-ready folder into repspec_zoo/weights/<arch>.<tag> (bundled: loads offline) and the card,
-   config and eval into model_cards/<arch>.<tag>, with the experiment's seed-level comparison against the
-   unregularized arm as the card's evidence.
+3. export the Hub-ready folder (weights, config, eval and the card README.md) into
+   repspec_zoo/weights/<arch>.<tag> (bundled: loads offline), with the experiment's seed-level comparison
+   against the unregularized arm as the card's evidence.
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def main() -> None:
                 "--checkpoint", os.path.relpath(run_dir / WEIGHTS_FILE, ROOT), "--attack", "ensemble",
                 "--dataset", trained.dataset, "--n", str(args.n), "--budgets", args.budgets, *out)
         bundle(run_dir, evidence=evidence(experiment, arm) if experiment else None)
-        print(f"{name}: bundled in repspec_zoo/weights/{name}, card in model_cards/{name}")
+        print(f"{name}: bundled in repspec_zoo/weights/{name} (card: repspec_zoo/weights/{name}/README.md)")
 
 
 if __name__ == "__main__":

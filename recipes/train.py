@@ -37,13 +37,12 @@ from accelerate.utils import set_seed
 import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
 from repspec_zoo.errors import UserError
 from repspec_zoo.io import atomic_write_text, full_disk_is_user_error
-from repspec_zoo.regularizers.registry import get_spec
 from repspec_zoo.ssl import SSLModule, build_ssl_model
 from repspec_zoo.ssl.trainer import SSLTrainer, probe_eval, ssl_train_split
 from repspec_zoo.runs import CHECKPOINTS_DIR, METRICS_FILE, STATE_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from repspec_zoo.training import (CheckpointError, Checkpoints, Trainer, TrainingModule, build_model,
                                   build_optimizer, check_input, checkpoint_problem, data_summary, dataset_num_classes,
-                                  load_config, load_split, make_accelerator, make_loaders, quick_eval, run_summary,
+                                  load_config, recipe_split, make_accelerator, make_loaders, quick_eval, run_summary,
                                   save_run_config, save_weights, summary_table, unsynced_tensors)
 from repspec_zoo.training.lock import lock_run_dir
 from repspec_zoo.training.layer_check import check_regularizer_layers
@@ -133,14 +132,14 @@ def train(args: argparse.Namespace, cfg, run_dir: Path, argv: list[str], started
     # 2. model (init weights + new head when fine-tuning, regularizer attached), data shaped for it
     if ssl:  # backbone + projection head on two views per image (repspec_zoo.ssl)
         model = build_ssl_model(cfg)
-        train_set, test_set = ssl_train_split(cfg, model), load_split(cfg, model, "test")
+        train_set, test_set = ssl_train_split(cfg, model), recipe_split(cfg, model, "test")
         check_input(model, test_set[0][0], cfg)
         net = SSLModule(model)
     else:
         model = build_model(cfg)
-        train_set, test_set = load_split(cfg, model, "train"), load_split(cfg, model, "test")
+        train_set, test_set = recipe_split(cfg, model, "train"), recipe_split(cfg, model, "test")
         check_input(model, train_set[0][0], cfg)
-        net = TrainingModule(model, return_features=get_spec(cfg.regularizer.mode).needs_features)
+        net = TrainingModule(model, return_features=cfg.regularizer.spec.needs_features)
     accelerator.print(data_summary(cfg, train_set, test_set))
     optimizer = build_optimizer(cfg, model)
     train_loader, test_loader = make_loaders(cfg, train_set, test_set, accelerator.num_processes)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from .attacks.oracle import check_budgets
 from .eval import resolve_attacks
 
 __all__ = ["parse_budgets", "parse_attacks", "positive_int", "seed_int"]
@@ -11,12 +12,13 @@ __all__ = ["parse_budgets", "parse_attacks", "positive_int", "seed_int"]
 def parse_budgets(text: str) -> list[int]:
     """argparse type of --budgets: comma-separated positive query counts, sorted, unique."""
     try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
+        values = {int(v) for v in text.split(",") if v.strip()}
     except ValueError:
         raise argparse.ArgumentTypeError(f"--budgets takes comma-separated integers like 1000,5000, got {text!r}")
-    if not values or min(values) < 1:
+    try:
+        return check_budgets(values)
+    except ValueError:
         raise argparse.ArgumentTypeError(f"--budgets must be positive query counts, got {text!r}")
-    return values
 
 
 def parse_attacks(text: str) -> list[str]:

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__, stats
 from .attacks import ATTACKS, AttackSettings, StartPool, predict_labels, run_attack
-from .attacks.oracle import check_images as check_values
+from .attacks.oracle import EVAL_BATCH_SIZE, check_budgets, check_image_values
 from .bounds import bracket, certified_radius, lemma1_estimate, unwrap
 from .errors import UserError
 from .eval_result import EvalResult
@@ -45,9 +45,6 @@ from .model_checks import check_model, first_images
 #: the attacks of ``attack="ensemble"``: the two strongest hard-label attacks and the three white-box
 #: minimal-norm attacks; the reported distance is the per-sample minimum over them
 ENSEMBLE = ("ta", "cgba", "fmn", "ddn", "alma")
-#: rows per model call: the best folded-forward rows/s of the bundled models (within noise of 64
-#: and 256) at half the activation memory of 256 (benchmarks/README.md, evaluation forward)
-EVAL_BATCH_SIZE = 128
 #: the rep-spectral paper's evaluation: TA with T = 40 iterations (B_t = 100 sqrt(t) probes,
 #: about 17k queries per sample); the budgets are where its distances are read off
 PAPER = dict(attack="ta", max_iter=40, budgets=(1000, 2000, 5000, 10000, 20000))
@@ -105,7 +102,7 @@ class DataMismatchError(UserError, ValueError):
 def check_images(x: Tensor, model: nn.Module | None = None, box: bool = True) -> None:
     """Clear errors for images the model cannot take: NaN, outside [0,1] (``box``: the attacks
     search that box) and, given the model, wrong channels/size (one trial forward)."""
-    check_values("images", x, (0.0, 1.0) if box else (-math.inf, math.inf))
+    check_image_values("images", x, (0.0, 1.0) if box else (-math.inf, math.inf))
     if model is None:
         return
     net, _, _ = unwrap(model)
@@ -269,9 +266,7 @@ def evaluate(model: nn.Module, dataset: Dataset | tuple[Tensor, Tensor], *, mode
     unused = sorted(set(attack_options) - set(names))
     if unused:
         raise ValueError(f"attack_options names attacks that do not run: {unused}; running: {names}")
-    budgets = sorted(int(q) for q in budgets)
-    if names and (not budgets or budgets[0] < 1):
-        raise ValueError(f"budgets must be positive query counts, got {budgets}")
+    budgets = check_budgets(budgets) if names else sorted(int(q) for q in budgets)  # no attack reads them
     if n < 1:
         raise ValueError(f"n must be >= 1 sample, got {n}")
     main = accelerator is None or accelerator.is_local_main_process

@@ -1,22 +1,21 @@
 """`EvalResult`: what `repspec_zoo.eval.evaluate` measured, as a JSON-able record and a summary table.
 
 Distances are L2 in [0,1] pixel units; fractions are 0..1. In JSON, infinite distances (unbroken
-samples) are the strings 'inf' / '-inf' and NaN is null (`json_clean`); `EvalResult.load` reads
-them back as floats (`json_restore`).
+samples) are the strings 'inf' / '-inf' and NaN is null (`stats.to_jsonable`); `EvalResult.load` reads
+them back as floats (`stats.from_jsonable`).
 """
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .bounds import VACUOUS_FRACTION
 from .errors import UserError
 from .io import atomic_write_text
-from .stats import format_interval
+from .stats import format_interval, from_jsonable, to_jsonable
 
-__all__ = ["EvalResult", "EvalResultError", "json_clean", "json_restore"]
+__all__ = ["EvalResult", "EvalResultError"]
 
 
 class EvalResultError(UserError, ValueError):
@@ -54,7 +53,7 @@ class EvalResult:
     settings: dict = field(default_factory=dict)  # seed, batch size, start pool, versions, attack params
 
     def to_json(self) -> str:
-        return json.dumps(json_clean(asdict(self)), indent=2)
+        return json.dumps(to_jsonable(asdict(self)), indent=2)
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_text(path, self.to_json())
@@ -67,7 +66,7 @@ class EvalResult:
         if not path.is_file():
             raise EvalResultError(f"{path} does not exist (or is not a file)")
         try:
-            return cls(**json_restore(json.loads(path.read_text())))
+            return cls(**from_jsonable(json.loads(path.read_text())))
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
             raise EvalResultError(f"{path} is not an EvalResult JSON file: truncated or damaged ({err})") from err
 
@@ -118,26 +117,4 @@ class EvalResult:
             rows.append(f"bracket best attack / certified: median {b['median']:.2f}, max {b['max']:.2f} "
                         f"({b['n']} samples, {self.bracket['violations']} below the certificate)")
         return "\n".join(rows)
-
-
-def json_clean(v):
-    """JSON-able copy: inf as the string 'inf' ('-inf'), NaN as null."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    if isinstance(v, dict):
-        return {k: json_clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [json_clean(x) for x in v]
-    return v
-
-
-def json_restore(v):
-    """Inverse of `json_clean` for numbers: the strings 'inf' / '-inf' back to floats."""
-    if isinstance(v, str) and v in ("inf", "-inf"):
-        return float(v)
-    if isinstance(v, dict):
-        return {k: json_restore(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [json_restore(x) for x in v]
-    return v
 

@@ -30,10 +30,11 @@ from .attacks import NormalizedModel
 from .stats import format_interval
 from .eval import evaluate, predict_split
 from .errors import UserError
-from .eval_result import EvalResult, json_clean
+from .eval_result import EvalResult
 from .io import atomic_write_text
 from .models.registry import ARCHS, TAGS, zoo_model_name
 from .models.zoo import list_pretrained
+from .regularizers.registry import BASELINE_MODE, REGULARIZERS
 from .loader import load_model
 from .model_checks import check_model
 from .plots import plot_distance_curves, plot_robust_accuracy
@@ -50,11 +51,11 @@ def family_baseline(name: str, dataset: str) -> str | None:
     """The unregularized zoo model of the same base arch, dataset and training (supervised or the same
     self-supervised method) as ``name`` (None for a baseline itself or a name outside the zoo)."""
     arch, _, tag = name.partition(".")
-    base, mode = ARCHS.get(arch, (None, "none"))
-    if base is None or mode == "none":
+    base, mode = ARCHS.get(arch, (None, BASELINE_MODE))
+    if base is None or REGULARIZERS[mode].baseline:
         return None
     try:
-        return zoo_model_name(base, "none", dataset, TAGS[tag].ssl if tag in TAGS else None)
+        return zoo_model_name(base, BASELINE_MODE, dataset, TAGS[tag].ssl if tag in TAGS else None)
     except ValueError:
         return None
 
@@ -250,7 +251,7 @@ def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path |
               | {"robust_accuracy_at_eps": r.robust_accuracy["at_eps"],
                  "by_attack": {a: {k: v for k, v in part.items() if k != "params"} for a, part in r.by_attack.items()}}
               for name, r in results.items()}
-    atomic_write_text(out / "leaderboard.json", json.dumps(json_clean(
+    atomic_write_text(out / "leaderboard.json", json.dumps(stats.to_jsonable(
         dict(meta, paired_vs_baseline=deltas, models=models)), indent=2))
     plot_distance_curves(results, out / "distance_vs_queries.png")
     plot_robust_accuracy(results, out / "robust_accuracy.png")
@@ -261,8 +262,7 @@ def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path |
 
         for name, result in results.items():
             result.settings["command"] = meta["command"]
-            for folder in update_bundled_evaluation(name, json.loads(result.to_json())):
-                print(f"updated {folder}")
+            print(f"updated {update_bundled_evaluation(name, json.loads(result.to_json()))}")
     return tables
 
 

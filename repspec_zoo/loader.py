@@ -19,7 +19,8 @@ from torch import nn
 from .errors import UserError
 from .models.zoo import check_model_name
 from .models.registry import ARCHS
-from .runs import CHECKPOINTS_DIR, CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, is_run_dir, load_weights_file, read_run
+from .spectral import without_regularizer
+from .runs import CHECKPOINTS_DIR, RUN_CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, is_run_dir, load_weights_file, read_run
 
 __all__ = ["ModelLoadError", "load_model"]
 
@@ -64,7 +65,7 @@ def _check_path_spec(spec: str) -> None:
         if path.is_file():
             raise ModelLoadError(f"{spec} is a weights file; pass its architecture as MODEL and the file as "
                                  f"--checkpoint, e.g. `repspec-zoo eval resnet_small --checkpoint {spec}`")
-        raise ModelLoadError(f"{spec} is a folder without {CONFIG_FILE}, so not a training run directory; for a "
+        raise ModelLoadError(f"{spec} is a folder without {RUN_CONFIG_FILE}, so not a training run directory; for a "
                              f"folder with a timm config.json and weights (e.g. an export) pass local-dir:{spec}")
     if spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or path.suffix in (".safetensors", ".pth", ".bin"):
         raise ModelLoadError(f"{spec} does not exist; {_MODEL_FORMS}")
@@ -93,7 +94,7 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
             raise ModelLoadError(f"{given} is neither a safetensors file nor a torch state dict ({err}). "
                                  f"{fix}") from err
-    return {k: v for k, v in tensors.items() if not k.startswith("spectral.")}
+    return without_regularizer(tensors)
 
 
 def _guess_arch(keys: set[str]) -> str | None:
@@ -118,7 +119,7 @@ def _misfit(model: nn.Module, state: dict[str, torch.Tensor], spec: str, path: P
                  f"{len(missing)} of {spec}'s tensors are missing from it (e.g. {missing[:2]}) and "
                  f"{len(extra)} are not {spec}'s (e.g. {extra[:2]})")
         return (f"--checkpoint {path} is not a {spec} checkpoint: {found}; pass the architecture it was trained as "
-                f"(the run's {CONFIG_FILE} says model: ...) or the run directory itself")
+                f"(the run's {RUN_CONFIG_FILE} says model: ...) or the run directory itself")
     wrong = [k for k in want if state[k].shape != want[k].shape]
     if not wrong:
         return f"--checkpoint {path} does not load into {spec}: {err}"

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .attacks.normalize import NormalizedModel
+from .attacks.oracle import EVAL_BATCH_SIZE
 from .errors import UserError
 
 __all__ = ["ProbeError", "Probe", "PROBE_METHODS", "extract_features", "fit_probe"]
@@ -70,7 +71,7 @@ def _batches(data, batch_size: int):
 
 
 @torch.no_grad()
-def extract_features(backbone: NormalizedModel, data, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+def extract_features(backbone: NormalizedModel, data, batch_size: int = EVAL_BATCH_SIZE) -> tuple[Tensor, Tensor]:
     """(features (N, D) float64 on CPU, labels (N,)) of images in [0,1], the backbone in eval mode."""
     device = next(backbone.parameters()).device
     modes = [(module, module.training) for module in backbone.modules()]  # restored as found, module by module

@@ -23,13 +23,14 @@ import yaml
 from safetensors import SafetensorError
 from torch import nn
 from .errors import UserError
+from .spectral import without_regularizer
 
-__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "EVAL_FILE", "SUMMARY_FILE", "METRICS_FILE", "CHECKPOINTS_DIR",
+__all__ = ["RUN_CONFIG_FILE", "WEIGHTS_FILE", "EVAL_FILE", "SUMMARY_FILE", "METRICS_FILE", "CHECKPOINTS_DIR",
            "STATE_FILE", "RUN_FILES", "Run", "RunError", "read_run", "load_weights_file", "is_run_dir"]
 
-CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE, SUMMARY_FILE = "config.yaml", "model.safetensors", "eval.json", "run.json"
+RUN_CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE, SUMMARY_FILE = "config.yaml", "model.safetensors", "eval.json", "run.json"
 METRICS_FILE, CHECKPOINTS_DIR, STATE_FILE = "metrics.jsonl", "checkpoints", "train_state.json"
-RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE, SUMMARY_FILE)  # what a finished run holds
+RUN_FILES = (RUN_CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE, SUMMARY_FILE)  # what a finished run holds
 
 
 class RunError(UserError, ValueError):
@@ -86,7 +87,7 @@ class Run:
             model.load_state_dict(self.state_dict)
         except RuntimeError as err:
             raise RunError(f"{self.path / WEIGHTS_FILE} does not fit timm {base!r} with num_classes={num_classes} "
-                           f"({CONFIG_FILE}): {err}") from err
+                           f"({RUN_CONFIG_FILE}): {err}") from err
         return model
 
     @property
@@ -131,10 +132,10 @@ def _load_yaml(path: Path) -> dict:
 def read_run(run_dir: str | os.PathLike) -> Run:
     """Read a training run directory; RunError names a missing file or key."""
     run_dir = Path(run_dir)
-    config = _load_yaml(_run_file(run_dir, CONFIG_FILE))
+    config = _load_yaml(_run_file(run_dir, RUN_CONFIG_FILE))
     missing = [k for k in ("model", "num_classes", "dataset", "regularizer") if k not in config]
     if missing or "mode" not in (config.get("regularizer") or {}):
-        raise RunError(f"{run_dir / CONFIG_FILE} lacks {missing or ['regularizer.mode']}: a run config needs "
+        raise RunError(f"{run_dir / RUN_CONFIG_FILE} lacks {missing or ['regularizer.mode']}: a run config needs "
                        "model, num_classes, dataset and regularizer.mode (none|rep|ll|adv|ddsnr)")
     weights_path = _run_file(run_dir, WEIGHTS_FILE)
     tensors = load_weights_file(weights_path.read_bytes(), weights_path,
@@ -144,10 +145,9 @@ def read_run(run_dir: str | os.PathLike) -> Run:
         raise RunError(f"{run_dir / EVAL_FILE} has no clean_acc, which every card reports: the recipe's "
                        "final evaluation writes it; evaluate the run before exporting it")
     summary = _load_json(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).is_file() else {}
-    state_dict = {k: v for k, v in tensors.items() if not k.startswith("spectral.")}
-    return Run(run_dir, config, state_dict, evaluation, summary)
+    return Run(run_dir, config, without_regularizer(tensors), evaluation, summary)
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a training run directory (it holds config.yaml)."""
-    return (Path(path) / CONFIG_FILE).is_file()
+    return (Path(path) / RUN_CONFIG_FILE).is_file()

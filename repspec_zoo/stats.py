@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 __all__ = ["Interval", "STANDARD_L2_EPS", "standard_eps", "distance_summary", "paired_comparison",
-           "robust_accuracy", "robust_accuracy_curve", "seed_level_comparison", "to_jsonable"]
+           "robust_accuracy", "robust_accuracy_curve", "seed_level_comparison", "to_jsonable", "from_jsonable"]
 
 
 def _scipy_stats():
@@ -42,7 +42,7 @@ def _scipy_stats():
 STANDARD_L2_EPS: dict[str, float] = {
     "cifar10": 0.5,  # RobustBench L2 track (Croce et al. 2021), eps = 0.5
     # ImageNet: L2 eps = 3.0 as in the madrylab robust ResNet-50s (robustness library); RobustBench
-    # has no ImageNet L2 track (their issue #113).
+    # has no ImageNet L2 track (RobustBench's GitHub issue #113).
     "imagenet": 3.0,
     # (Fashion-)MNIST has no benchmark L2 radius; the MNIST L2 literature uses 1.5 (Schott et al. 2019, ABS)
     # or 2.0 (Rony et al. 2019, DDN). OUR CHOICE: 1.5, the smaller one, for the same 28x28x1 [0,1] geometry,
@@ -109,6 +109,17 @@ def to_jsonable(obj: Any) -> Any:
         return int(obj)
     if isinstance(obj, (float, np.floating)):
         return _json_float(float(obj))
+    return obj
+
+
+def from_jsonable(obj: Any) -> Any:
+    """Inverse of :func:`to_jsonable` for numbers: the strings "inf" / "-inf" back to floats (nan stays None)."""
+    if isinstance(obj, str) and obj in ("inf", "-inf"):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: from_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_jsonable(v) for v in obj]
     return obj
 
 

@@ -13,7 +13,7 @@ from repspec_zoo.spectral import attach_spectral
 from repspec_zoo.training import load_config
 from repspec_zoo.training.config import ConfigError
 
-from test_regularizer import dense_operator, input_shapes
+from test_spectral_regularizer import dense_operator, input_shapes
 
 GAMMA = 0.3
 

@@ -21,6 +21,14 @@ def test_every_cpu_family_ships_baseline_ll_and_rep_weights():
     assert {f"{base}_{kind}" for base in FAMILIES for kind in ("baseline", "llspectral", "repspectral")} <= shipped
 
 
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_config_marks_the_fixed_input_size_the_arch_has(name):
+    """slp flattens its 28x28 input (fixed_input_size in tiny.py); resnet_small pools any size."""
+    published = json.loads((hub_weights.WEIGHTS_DIR / name / "config.json").read_text())["pretrained_cfg"]
+    base = ARCHS[name.split(".")[0]][0]
+    assert published["fixed_input_size"] == timm.get_pretrained_cfg(name).fixed_input_size == (base == "slp")
+
+
 @pytest.fixture(scope="module")
 def fmnist_test():
     return data.as_tensors(data.load_split("fashion_mnist", "test"))

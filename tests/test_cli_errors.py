@@ -1,6 +1,6 @@
 """`repspec-zoo` answers expected errors with one line and exit status 2; --debug shows the traceback.
 
-Each bad `eval` input of issue 14 runs through ``repspec_zoo.cli.main`` in-process: SystemExit(2),
+Each bad `eval` input runs through ``repspec_zoo.cli.main`` in-process: SystemExit(2),
 exactly one stderr line ``repspec-zoo eval: error: ...`` naming the input and the fix, no traceback.
 """
 import json
@@ -183,9 +183,9 @@ def test_debug_after_the_command_raises_the_error(tmp_path):
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    from repspec_zoo.cli import eval as eval_cli
+    from repspec_zoo.cli import common
 
-    monkeypatch.setattr(eval_cli, "load_model", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         cli.main(["eval", ZOO, "--dataset", "digits"])
 

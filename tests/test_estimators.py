@@ -1,6 +1,7 @@
 """The estimator table behind SpectralRegularizer(estimator=...): every entry works, and a layer an
 estimator cannot measure falls back to power iteration on the same operator."""
 import warnings
+from pathlib import Path
 
 import pytest
 import timm
@@ -8,9 +9,10 @@ import torch
 
 from repspec_zoo import SpectralRegularizer
 from repspec_zoo.spectral.estimators import ESTIMATORS, Estimator, EstimatorUnavailable
-from repspec_zoo.training.config import ESTIMATORS as CONFIG_ESTIMATORS
+from repspec_zoo.training.config import ConfigError, load_config
 
 STRIDED = "layer2.0.conv1"  # resnet_small: 3x3 stride-2 conv, padding 1
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "xor_toy.yaml"
 
 
 def _regularized(estimator, size):
@@ -30,8 +32,12 @@ def test_every_estimator_measures_its_geometry(name):
     geom = est.geometry(conv, reg.states[STRIDED.replace(".", "__")].shape)
     assert geom.padding_mode == ("circular" if est.circular else conv.padding_mode)
     assert torch.isfinite(reg.penalty()) and reg.sigmas()[STRIDED] > 0
-    assert name in CONFIG_ESTIMATORS  # recipes accept exactly the table's names
-    assert set(CONFIG_ESTIMATORS) == set(ESTIMATORS)
+    assert load_config(RECIPE, [f"regularizer.estimator={name}"]).regularizer.estimator == name  # recipes take it
+
+
+def test_recipes_refuse_an_estimator_the_table_lacks():
+    with pytest.raises(ConfigError, match="regularizer.estimator='svd': choose one of " + ", ".join(ESTIMATORS)):
+        load_config(RECIPE, ["regularizer.estimator=svd"])
 
 
 def test_unmeasurable_layer_falls_back_to_power_iteration_once(monkeypatch):

@@ -229,8 +229,21 @@ def test_one_budget_parser_for_every_command():
     assert leaderboard.build_parser().parse_args(["--budgets", "500,100"]).budgets == [100, 500]
 
 
+def test_one_budget_rule_for_the_parser_and_evaluate():
+    from repspec_zoo.attacks.oracle import check_budgets
+
+    assert check_budgets((500, 100)) == [100, 500]
+    for bad in ([], [0, 100], [-5]):
+        with pytest.raises(ValueError, match="budgets must be positive query counts"):
+            check_budgets(bad)
+    model, x, y = NormalizedModel(timm.create_model("slp", num_classes=10)).eval(), torch.rand(4, 1, 28, 28), torch.zeros(4)
+    with pytest.raises(ValueError, match=r"budgets must be positive query counts, got \[0, 100\]"):
+        evaluate(model, (x, y.long()), budgets=[100, 0], progress=False)
+
+
 def test_paper_mode_sets_the_papers_attack_and_explicit_flags_win():
-    from repspec_zoo.cli.eval import build_parser, resolve_defaults
+    from repspec_zoo.cli.common import resolve_defaults
+    from repspec_zoo.cli.eval import build_parser
     from repspec_zoo.eval import PAPER
 
     paper = resolve_defaults(build_parser().parse_args(["slp", "--paper"]))
@@ -243,3 +256,20 @@ def test_paper_mode_sets_the_papers_attack_and_explicit_flags_win():
 
     with pytest.raises(UsageError, match="argument --attack: unknown attack 'boundary'"):
         build_parser().parse_args(["slp", "--attack", "ta,boundary"])
+
+
+def test_one_default_of_rows_per_model_call():
+    """evaluate, AttackSettings, the oracle, verify, PGD's curve, the probe's features and the CLI share EVAL_BATCH_SIZE."""
+    import inspect
+
+    from repspec_zoo.attacks import AttackSettings, HardLabelOracle
+    from repspec_zoo.attacks.oracle import EVAL_BATCH_SIZE
+    from repspec_zoo.attacks.pgd import robust_accuracy_curve
+    from repspec_zoo.attacks.result import verify
+    from repspec_zoo.cli.eval import build_parser
+    from repspec_zoo.probe import extract_features
+
+    defaults = {f.__name__: inspect.signature(f).parameters["batch_size"].default
+                for f in (evaluate, HardLabelOracle, verify, robust_accuracy_curve, extract_features)}
+    assert defaults == dict.fromkeys(defaults, EVAL_BATCH_SIZE) and EVAL_BATCH_SIZE == 128
+    assert AttackSettings().batch_size == build_parser().parse_args(["slp"]).batch_size == EVAL_BATCH_SIZE

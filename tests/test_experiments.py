@@ -128,8 +128,8 @@ def test_run_all_respects_dependencies_and_the_worker_limit(tmp_path, monkeypatc
         return 0.05
 
     monkeypatch.setattr(common, "_execute", fake_execute)
-    roots = [common.Run("c", tmp_path / f"root{i}") for i in range(3)]
-    children = [common.Run("c", tmp_path / f"child{i}", after=[roots[i]]) for i in range(3)]
+    roots = [common.PlannedRun("c", tmp_path / f"root{i}") for i in range(3)]
+    children = [common.PlannedRun("c", tmp_path / f"child{i}", after=[roots[i]]) for i in range(3)]
     common.run_all([*children, *roots], workers=2)
     assert peak[0] == 2 and sorted(order) == sorted(r.output.name for r in [*roots, *children])
     for i in range(3):
@@ -268,3 +268,15 @@ def test_xor_reproduces_the_authors_unregularized_seed_400_run():
     model = xor_toy.make_model(400, 8)
     xor_toy.train_steps(model, xor_toy._optimizer(model), 15000, record_every=15000)
     assert xor_toy.sigma_max(model.fc1.weight) == pytest.approx(6.3896, abs=5e-4)
+
+
+@pytest.mark.parametrize("name", ["transfer_digits", "ssl_fmnist", "roth_fmnist", "bn_resnet_fmnist"])
+def test_experiments_take_budgets_as_the_cli_does(name, capsys):
+    """--budgets is repspec-zoo's comma-separated list (argtypes.parse_budgets), checked before any work."""
+    import importlib
+
+    main = importlib.import_module(f"experiments.{name}").main
+    for bad, words in (("1000 2000", "comma-separated integers"), ("0,100", "positive query counts")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--budgets", bad])
+        assert exit_.value.code == 2 and words in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Issue 27 faults, each reproduced first: a model that cannot be evaluated (NaN weights, overflowing
+"""Faults, each reproduced first: a model that cannot be evaluated (NaN weights, overflowing
 logits, a headless backbone), two trainings on one run directory, a full disk, an export killed
 between its renames, damaged leaderboard files, a closed stdout pipe, tampered or misspelled timm
 weights. The command-line answers (one line, status 2) are in test_cli_errors_surfaces.py."""

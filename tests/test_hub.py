@@ -84,7 +84,7 @@ def metrics(card: ModelCard) -> dict:
                                         ("none", "resnet_small_baseline.fmnist")])
 def test_export_writes_a_hub_folder_with_card(tmp_path, capsys, mode, name):
     run, weights = make_run(tmp_path / "run", mode)
-    out = tmp_path / "model_cards" / name
+    out = tmp_path / "export" / name
     cli.main(["export", str(run), "--to", str(out)])
     assert f"exported {name}" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == FILES
@@ -306,7 +306,7 @@ def test_architecture_kwargs_travel_with_the_export(tmp_path):
 
 
 def test_bundle_writes_weights_and_card_under_the_zoo_name(tmp_path, monkeypatch):
-    """bundle(): the export into the package's weights and a copy of card, config and eval in model_cards/."""
+    """bundle(): the export (weights, card, config, eval) into the package's weights folder, and nowhere else."""
     run_dir, weights = make_run(tmp_path / "run", mode="adv")
     monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", tmp_path / "repspec_zoo" / "weights")
     evidence = "Across 5 seeds: +0.2 [0.1, 0.3], 5 of 5 positive."
@@ -314,8 +314,7 @@ def test_bundle_writes_weights_and_card_under_the_zoo_name(tmp_path, monkeypatch
     folder = tmp_path / "repspec_zoo" / "weights" / "resnet_small_advtrained.fmnist"
     assert json.loads((folder / "config.json").read_text())["evidence"] == evidence
     assert f"## Evidence across training seeds\n\n{evidence}" in (folder / "README.md").read_text()
-    card = tmp_path / "model_cards" / "resnet_small_advtrained.fmnist"
     assert_same(safetensors.torch.load_file(folder / "model.safetensors"), weights)
-    assert sorted(p.name for p in card.iterdir()) == ["README.md", "config.json", "eval.json"]
-    assert (card / "config.json").read_bytes() == (folder / "config.json").read_bytes()
-    assert json.loads((card / "config.json").read_text())["regularizer"]["mode"] == "adv"
+    assert sorted(p.name for p in folder.iterdir()) == FILES
+    assert json.loads((folder / "config.json").read_text())["regularizer"]["mode"] == "adv"
+    assert {p.parent for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(run_dir)} == {folder}

@@ -180,7 +180,7 @@ def test_load_model_suggests_close_names():
 
 @pytest.mark.parametrize("arch, needed", [("slp", True), ("resnet18", False)])
 def test_cards_say_whether_timm_needs_the_import(arch, needed):
-    config = json.loads((ROOT / "model_cards" / "slp_repspectral.fmnist" / "config.json").read_text())
+    config = json.loads((ROOT / "repspec_zoo" / "weights" / "slp_repspectral.fmnist" / "config.json").read_text())
     text = cards.render_card({**config, "architecture": arch}, f"{HF_ORG}/x").text
     assert ("import repspec_zoo  # required: registers `slp`" in text) == needed
     assert ("import repspec_zoo  # optional: `resnet18` is a timm architecture" in text) == (not needed)
@@ -201,12 +201,23 @@ def test_portable_paths():
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout (git ls-files)")
 def test_committed_results_and_cards_hold_no_machine_paths():
-    tracked = subprocess.run(["git", "ls-files", "*.json", "model_cards/*.md", "repspec_zoo/weights/*.md",
+    tracked = subprocess.run(["git", "ls-files", "*.json", "repspec_zoo/weights/*.md",
                               "results/*.md", "benchmarks/*.md"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.split()
     assert tracked
     pattern = re.compile(r"(?<![\w.])/(?:work|home|root|Users|tmp)/")
     assert [f for f in tracked if pattern.search((ROOT / f).read_text(errors="ignore"))] == []
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout (git ls-files)")
+def test_bundled_cards_have_one_copy_in_the_repository():
+    """The card, config and eval of a bundled model live only in repspec_zoo/weights/<name>/: no tracked file
+    elsewhere has the same bytes (git's blob id)."""
+    staged = subprocess.run(["git", "ls-files", "-s"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    blobs = [(line.split()[1], line.split("\t", 1)[1]) for line in staged.splitlines()]
+    bundled = {blob for blob, path in blobs if path.startswith("repspec_zoo/weights/") and path.count("/") == 3}
+    assert len(bundled) >= 3 * len(list((ROOT / "repspec_zoo" / "weights").glob("*/config.json")))
+    assert [path for blob, path in blobs if blob in bundled and not path.startswith("repspec_zoo/weights/")] == []
 
 
 def test_run_json_records_what_the_run_trained_on(tmp_path):

@@ -103,23 +103,22 @@ def test_update_bundled_evaluation_rewrites_card_and_keeps_weights(board, tmp_pa
     name = "slp_repspectral.fmnist"
     weights = tmp_path / "repspec_zoo" / "weights"
     shutil.copytree(hub_weights.WEIGHTS_DIR / name, weights / name)
-    cards = tmp_path / "model_cards" / name
-    cards.mkdir(parents=True)
-    for file in ("README.md", "config.json", "eval.json"):
-        shutil.copy2(hub_weights.WEIGHTS_DIR / name / file, cards / file)
     monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", weights)
-    sha = json.loads((weights / name / "config.json").read_text())["weights_sha256"]
+    folder = weights / name
+    sha = json.loads((folder / "config.json").read_text())["weights_sha256"]
+    weight_bytes = (folder / "model.safetensors").read_bytes()
     evaluation = json.loads(results[name].to_json())
-    assert exporting.update_bundled_evaluation(name, evaluation) == [weights / name, cards]
-    for folder in (weights / name, cards):
-        config = json.loads((folder / "config.json").read_text())
-        assert config["weights_sha256"] == sha and config["eval"]["attacks"] == ["ta", "fmn"]
-        assert "per_sample" not in config["eval"] and json.loads((folder / "eval.json").read_text()) == evaluation
-        card = ModelCard.load(folder / "README.md")
-        metrics = {(m.metric_type, m.metric_config) for m in card.data.eval_results}
-        assert {("ensemble_l2_mean", "queries=80"), ("ensemble_success_rate", "queries=80"),
-                ("robust_accuracy_upper_bound", "l2_eps=1.5")} <= metrics
-        assert "best of TA+FMN success rate, 95% Clopper-Pearson CI" in card.text
+    assert exporting.update_bundled_evaluation(name, evaluation) == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "eval.json", "model.safetensors"]
+    assert (folder / "model.safetensors").read_bytes() == weight_bytes
+    config = json.loads((folder / "config.json").read_text())
+    assert config["weights_sha256"] == sha and config["eval"]["attacks"] == ["ta", "fmn"]
+    assert "per_sample" not in config["eval"] and json.loads((folder / "eval.json").read_text()) == evaluation
+    card = ModelCard.load(folder / "README.md")
+    metrics = {(m.metric_type, m.metric_config) for m in card.data.eval_results}
+    assert {("ensemble_l2_mean", "queries=80"), ("ensemble_success_rate", "queries=80"),
+            ("robust_accuracy_upper_bound", "l2_eps=1.5")} <= metrics
+    assert "best of TA+FMN success rate, 95% Clopper-Pearson CI" in card.text
     with pytest.raises(exporting.ExportError, match="no bundled folder"):
         exporting.update_bundled_evaluation("slp_baseline.fmnist", evaluation)
 

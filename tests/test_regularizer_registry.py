@@ -9,9 +9,9 @@ import torch.nn.functional as F
 import repspec_zoo  # noqa: F401
 from repspec_zoo.models.registry import ARCHS
 from repspec_zoo.regularizers import bss_penalty
-from repspec_zoo.regularizers.registry import REGULARIZERS, SPECTRAL_MODES, get_spec
+from repspec_zoo.regularizers.registry import BASELINE_MODE, REGULARIZERS, SPECTRAL_MODES, get_spec
 from repspec_zoo.regularizers.steps import RegularizerStep
-from repspec_zoo.training.config import RegularizerConfig, TrainConfig, validate
+from repspec_zoo.training.config import ConfigError, RegularizerConfig, TrainConfig, validate
 from repspec_zoo.training.model import TrainingModule, build_model
 
 MODES = list(REGULARIZERS)
@@ -50,6 +50,34 @@ def test_zoo_archs_come_from_the_specs():
     assert [mode for mode, spec in REGULARIZERS.items() if spec.arch_suffix is None] == ["bss", "convwd"]
     with pytest.raises(ValueError, match="unknown regularizer mode 'spectral'; known: none, rep, repbn, ll, bss"):
         get_spec("spectral")
+
+
+def test_a_run_reads_its_spec_from_its_config_and_one_spec_is_the_baseline():
+    assert [mode for mode, spec in REGULARIZERS.items() if spec.baseline] == [BASELINE_MODE] == ["none"]
+    assert all(RegularizerConfig(mode=mode).spec is REGULARIZERS[mode] for mode in MODES)
+    with pytest.raises(ValueError, match="unknown regularizer mode"):
+        RegularizerConfig(mode="spectral").spec
+    epochs = TrainConfig().epochs
+    validate(TrainConfig(regularizer=RegularizerConfig(mode="none", burn_in_epochs=epochs)))  # nothing to burn in
+    with pytest.raises(ConfigError, match="burn_in_epochs=.* the rep penalty would never be applied"):
+        validate(TrainConfig(regularizer=RegularizerConfig(mode="rep", burn_in_epochs=epochs)))
+    with pytest.raises(ConfigError, match="mode=repbn with apply=direct"):
+        validate(TrainConfig(regularizer=RegularizerConfig(mode="repbn", apply="direct")))
+    validate(TrainConfig(regularizer=RegularizerConfig(mode="rep", apply="direct")))
+
+
+def test_the_source_asks_no_mode_by_name_outside_the_registry():
+    """Which mode is the baseline (or BN-folded, or spectral) is a spec field, not a string compared in the code."""
+    import re
+    from pathlib import Path
+
+    package = Path(repspec_zoo.__file__).parent
+    pattern = re.compile(r"\bmode\s*[!=]=\s*['\"]|\bmode\s+(?:not\s+)?in\s+\(['\"]")
+    skip = ("regularizers/registry.py", "spectral/")  # spectral/: SpectralRegularizer's own layer selection 'rep'/'ll'
+    found = [f"{name}:{n}" for path in package.rglob("*.py")
+             if not (name := path.relative_to(package).as_posix()).startswith(skip)
+             for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert found == []
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -73,6 +73,18 @@ def test_all_equal_falls_back_to_percentile_and_json_is_strict():
     assert data["l2_quantiles"]["q90"] == "inf" and data["success_rate"]["method"] == "clopper-pearson"
 
 
+def test_to_jsonable_writes_strict_json_and_from_jsonable_reads_the_numbers_back():
+    value = {"d": [1.5, math.inf, -math.inf, math.nan, np.float32(0.25), np.int64(3), True], 1000: (2, "inf"),
+             "ci": stats.Interval(0.5, 0.25, math.inf, 0.95, "bootstrap-bca")}
+    text = json.dumps(stats.to_jsonable(value), allow_nan=False)
+    assert json.loads(text) == {"d": [1.5, "inf", "-inf", None, 0.25, 3, True], "1000": [2, "inf"],
+                                "ci": {"estimate": 0.5, "low": 0.25, "high": "inf", "confidence": 0.95,
+                                       "method": "bootstrap-bca"}}
+    back = stats.from_jsonable(json.loads(text))
+    assert back["d"] == [1.5, math.inf, -math.inf, None, 0.25, 3, True] and back["ci"]["high"] == math.inf
+    assert back["1000"] == [2, math.inf]  # a string "inf" cannot be told from the number: read back as one
+
+
 def test_all_inf_has_no_mean_and_torch_input_is_accepted():
     s = stats.distance_summary(torch.full((10,), float("inf")), n_resamples=B)
     assert s["n_success"] == 0 and s["l2_mean"] is None and s["l2_median"].estimate == np.inf

@@ -347,6 +347,20 @@ def test_unknown_config_keys_list_the_valid_ones(tmp_path):
         load_config(CONFIG_DIR / "xor_toy.yaml", ["model=slp_repspectral"])
 
 
+def test_the_xor_recipe_trains_on_the_toy_table_points():
+    """xor_toy.yaml's dataset is the toy table's XOR: the 4 sign patterns, label 1 where the signs differ."""
+    from repspec_zoo.training.loaders import data_summary, dataset_num_classes, recipe_split, toy_spec
+
+    cfg = load_config(CONFIG_DIR / "xor_toy.yaml")
+    assert toy_spec(cfg) is not None and dataset_num_classes(cfg) == 2
+    points = recipe_split(cfg, None, "train")
+    xs = torch.stack([x for x, _ in points])
+    assert xs.shape == (4, 1, 1, 2) and {tuple(x.flatten().tolist()) for x in xs} == {(a, b) for a in (-1, 1) for b in (-1, 1)}
+    assert [y for _, y in points] == [int(x[0, 0, 0] * x[0, 0, 1] < 0) for x in xs]
+    assert data_summary(cfg, points, points) == "data: xor from the 4 points of the toy problem: train 4 images, test 4"
+    assert toy_spec(load_config(CONFIG_DIR / "fmnist_slp_repspectral.yaml")) is None
+
+
 def test_overrides_are_typed_by_the_field():
     cfg = apply_overrides(TrainConfig(), ["mixed_precision=no", "dataset.train_limit=null", "optim.lr=1e-2",
                                           "model_kwargs={hidden_dim: 8}", "dataset.augment=false"])

@@ -44,7 +44,7 @@ def bundle(folder, name: str, model: torch.nn.Module) -> dict:
               hub_weights.SHA_KEY: hub_weights.sha256_hex(payload)}
     (folder / name).mkdir(parents=True)
     (folder / name / hub_weights.WEIGHTS_FILE).write_bytes(payload)
-    (folder / name / hub_weights.CONFIG_FILE).write_text(json.dumps(config))
+    (folder / name / hub_weights.HUB_CONFIG_FILE).write_text(json.dumps(config))
     return state_dict
 
 
@@ -123,7 +123,7 @@ def test_other_num_classes_reinitializes_head_with_a_warning(bundled):
 def test_inconsistent_checkpoint_head_is_refused(bundled):
     name = "slp_baseline.fmnist"
     bundle(bundled, name, timm.create_model(name, num_classes=7))  # head of 7, config says 7 ...
-    config_path = bundled / name / hub_weights.CONFIG_FILE
+    config_path = bundled / name / hub_weights.HUB_CONFIG_FILE
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "num_classes": 10}))  # ... now 10
     with pytest.raises(hub_weights.PretrainedWeightsError, match=r"'head' has 7 outputs but config.json says num_classes=10"):
         timm.create_model(name, pretrained=True)
@@ -143,7 +143,7 @@ def test_tampered_bundled_weights_are_refused(bundled):
 def test_truncated_bundled_weights_are_refused(bundled):
     name = "resnet_small_llspectral.digits"
     bundle(bundled, name, timm.create_model(name))
-    weights, config_path = bundled / name / hub_weights.WEIGHTS_FILE, bundled / name / hub_weights.CONFIG_FILE
+    weights, config_path = bundled / name / hub_weights.WEIGHTS_FILE, bundled / name / hub_weights.HUB_CONFIG_FILE
     weights.write_bytes(weights.read_bytes()[:1000])
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
                                        hub_weights.SHA_KEY: hub_weights.sha256_hex(weights.read_bytes())}))
@@ -202,3 +202,21 @@ def test_cli_list_names_every_regularizer(capsys):
     assert "regularizer=ddsnr" in lines["resnet_small_ddsnr"]
     assert "regularizer=rep-spectral" in lines["slp_repspectral"]
     assert "regularizer=none (baseline)" in lines["slp_baseline"]
+
+
+def test_every_arch_has_one_greppable_entrypoint_in_zoo_py():
+    """Each ARCHS name is a ``def NAME`` under ``@zoo_model`` in models/zoo.py (no generated names), registered in
+    timm with its spec's docstring."""
+    import ast
+    import inspect
+
+    from repspec_zoo.models import zoo
+    from repspec_zoo.regularizers.registry import REGULARIZERS
+
+    tree = ast.parse(inspect.getsource(zoo))
+    decorated = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+                 and any(isinstance(d, ast.Name) and d.id == "zoo_model" for d in node.decorator_list)]
+    assert sorted(decorated) == sorted(ARCHS) and len(set(decorated)) == len(decorated)
+    for name, (base, mode) in ARCHS.items():
+        entrypoint = timm.models.model_entrypoint(name)
+        assert entrypoint is getattr(zoo, name) and entrypoint.__doc__ == REGULARIZERS[mode].doc.format(base=base)

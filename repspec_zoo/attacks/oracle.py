@@ -15,17 +15,21 @@ from the sample's label). The oracle
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
 __all__ = [
-    "HardLabelOracle", "OracleAnswer", "check_attack_inputs", "check_batch_size", "check_bounds", "check_images",
-    "model_device_dtype", "predict_labels",
+    "EVAL_BATCH_SIZE", "HardLabelOracle", "OracleAnswer", "check_attack_inputs", "check_batch_size", "check_bounds",
+    "check_budgets", "check_image_values", "model_device_dtype", "predict_labels",
 ]
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
+#: rows per model call, the one default of every evaluation, attack and feature pass: the best folded-forward
+#: rows/s of the bundled models (within noise of 64 and 256) at half the activation memory of 256
+#: (benchmarks/README.md, evaluation forward). Chunking never changes an answer.
+EVAL_BATCH_SIZE = 128
 
 
 class OracleAnswer(NamedTuple):
@@ -45,7 +49,7 @@ def model_device_dtype(model: Classifier, like: torch.Tensor) -> tuple[torch.dev
     return like.device, like.dtype
 
 
-def check_images(name: str, t: torch.Tensor, bounds: tuple[float, float]) -> None:
+def check_image_values(name: str, t: torch.Tensor, bounds: tuple[float, float]) -> None:
     """Raise ValueError unless ``t`` is a finite floating tensor with values inside ``bounds``."""
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
         raise ValueError(f"{name} must be a floating-point torch.Tensor of images in "
@@ -76,6 +80,15 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
+def check_budgets(budgets: Iterable) -> list[int]:
+    """The query budgets at which an evaluation reads distances, as ints in ascending order; ValueError
+    unless there is one at least and every one is >= 1 query (the rule an attack call's budget obeys)."""
+    values = sorted(int(q) for q in budgets)
+    if not values or values[0] < 1:
+        raise ValueError(f"budgets must be positive query counts, got {values}")
+    return values
+
+
 def _check_budget(budget: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
     """The per-sample query budget as a LongTensor (n,) on ``device``, from an int or a tensor
     of shape () or (n,); ValueError unless every entry is an integer >= 1."""
@@ -103,7 +116,7 @@ def check_attack_inputs(model: Classifier, x: torch.Tensor, y, bounds: Sequence[
                          "it (BatchNorm/Dropout in train mode make labels depend on the batch)")
     lo, hi = check_bounds(bounds)
     check_batch_size(batch_size)
-    check_images("x", x, (lo, hi))
+    check_image_values("x", x, (lo, hi))
     if x.dim() < 2 or len(x) == 0:
         raise ValueError(f"x must be a non-empty batch (N, ...), got shape {tuple(x.shape)}")
     y = torch.as_tensor(y)
@@ -153,7 +166,7 @@ class HardLabelOracle:
     """
 
     def __init__(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
-                 budget: int | torch.Tensor, batch_size: int = 256,
+                 budget: int | torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
                  bounds: Sequence[float] = (0.0, 1.0)):
         self.bounds, y = check_attack_inputs(model, x, y, bounds, batch_size)
         self._device_dtype = model_device_dtype(model, x)
@@ -208,7 +221,7 @@ class HardLabelOracle:
         flags[2] = (need <= self.remaining).all()
         points_bad, idx_bad, all_fit = flags.tolist()
         if points_bad:
-            check_images("points", points, self.bounds)
+            check_image_values("points", points, self.bounds)
         if idx_bad:
             raise ValueError(f"idx must index samples in [0, {self.n_samples}), got values "
                              f"in [{first.item()}, {last.item()}]")

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .oracle import Classifier, check_images, predict_labels
+from .oracle import EVAL_BATCH_SIZE, Classifier, check_image_values, predict_labels
 
 __all__ = ["pgd_l2", "robust_accuracy_curve"]
 
@@ -64,7 +64,7 @@ def pgd_l2(model: Classifier, x: torch.Tensor, y: torch.Tensor, eps: float | tor
         loss = F.cross_entropy(model(x_adv), y)   # adversarial training step
     """
     lo, hi = float(bounds[0]), float(bounds[1])
-    check_images("x", x, (lo, hi))
+    check_image_values("x", x, (lo, hi))
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     x = x.detach()
@@ -93,7 +93,7 @@ def pgd_l2(model: Classifier, x: torch.Tensor, y: torch.Tensor, eps: float | tor
 def robust_accuracy_curve(model: Classifier, x: torch.Tensor, y: torch.Tensor,
                           eps_list: Sequence[float], steps: int = 10,
                           step_size: float | None = None, random_start: bool = True,
-                          generator: torch.Generator | None = None, batch_size: int = 256,
+                          generator: torch.Generator | None = None, batch_size: int = EVAL_BATCH_SIZE,
                           bounds: Sequence[float] = (0.0, 1.0)) -> list[float]:
     """Robust accuracy (fraction 0..1) under L2 PGD for each eps in ``eps_list``.
 

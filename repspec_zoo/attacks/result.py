@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from .oracle import Classifier, HardLabelOracle, predict_labels
+from .oracle import EVAL_BATCH_SIZE, Classifier, HardLabelOracle, predict_labels
 
 __all__ = ["AttackResult", "AttackVerificationError", "verify", "warn_unverified"]
 
@@ -24,7 +24,7 @@ class AttackVerificationError(RuntimeError):
 
 def verify(model_or_oracle: Classifier | HardLabelOracle, x: torch.Tensor, x_adv: torch.Tensor,
            y: torch.Tensor, l2: torch.Tensor, *, bounds: Sequence[float] = (0.0, 1.0),
-           batch_size: int = 256, raise_on_error: bool = True) -> torch.Tensor:
+           batch_size: int = EVAL_BATCH_SIZE, raise_on_error: bool = True) -> torch.Tensor:
     """Re-check every returned point without charging queries.
 
     For each sample with finite ``l2`` (an ``inf`` marks a failed attack and is skipped):

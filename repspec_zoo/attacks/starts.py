@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .oracle import check_images
+from .oracle import check_image_values
 
 __all__ = ["StartPool"]
 
@@ -58,7 +58,7 @@ class StartPool:
 
     def check(self, shape: torch.Size, bounds: tuple[float, float]) -> None:
         """Raise ValueError unless the images are finite, inside ``bounds`` and shaped (M, *shape)."""
-        check_images("starts", self.images, bounds)
+        check_image_values("starts", self.images, bounds)
         if self.images.shape[1:] != shape:
             raise ValueError(f"starts must be images shaped like x (M, {', '.join(map(str, shape))}), "
                              f"got {tuple(self.images.shape)}")

@@ -36,8 +36,9 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see '{self.prog} --help'")
 
 
-def _list(argv) -> None:
+def _list(argv: list[str]) -> None:
     """Print the zoo's registered architectures."""
+    Parser(prog="repspec-zoo list", description=_list.__doc__).parse_args(argv)
     import timm
 
     from ..models.registry import ARCHS
@@ -79,7 +80,6 @@ def _run(command: str, rest: list[str]) -> None:
     import repspec_zoo  # noqa: F401  (registers the zoo with timm)
 
     if command == "list":
-        Parser(prog="repspec-zoo list", description=_list.__doc__).parse_args(rest)
         _list(rest)
         return
     import importlib

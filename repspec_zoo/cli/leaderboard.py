@@ -18,7 +18,7 @@ from ..leaderboard import (LeaderboardError, bundled_models, check_readme, commo
                            load_zoo_model, report)
 from ..argtypes import parse_attacks, parse_budgets, positive_int, seed_int
 from . import Parser, UsageError
-from .eval import add_forward_arguments
+from .common import add_forward_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="re-render tables, plots, README block and cards from the JSON files in --out")
     p.add_argument("--update-cards", action="store_true",
-                   help="write each model's evaluation into its bundled folder and model_cards/<name> (card re-rendered)")
+                   help="write each model's evaluation into repspec_zoo/weights/<name>/ (eval.json, config.json, README.md "
+                        "card re-rendered)")
     return p
 
 

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 
-from .. import data
 from ..eval import evaluate
-from ..loader import load_model
 from ..argtypes import positive_int
 from ..probe import PROBE_METHODS, fit_probe
 from . import Parser
-from .eval import add_attack_arguments, add_input_arguments, data_name, resolve_defaults
+from .common import add_attack_arguments, add_input_arguments, attack_options, read_inputs, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,29 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = resolve_defaults(build_parser().parse_args(argv))
-    name = data_name(args)
-    info = data.dataset_info(name, data_dir=args.data_dir)
-    backbone = load_model(args.model, args.checkpoint, num_classes=0 if args.checkpoint else None)
-    in_chans, height = backbone.pretrained_cfg["input_size"][:2]
-
-    def split(which: str, limit: int | None):
-        return data.load_split(name, which, data_dir=args.data_dir, image_size=height, channels=in_chans,
-                               limit=limit, seed=args.seed)
-
-    probe = fit_probe(backbone, split("train", args.train_limit), method=args.method, C=args.C,
+    inputs = read_inputs(build_parser(), argv, head_size=lambda info: 0)  # the backbone's head is discarded
+    args = inputs.args
+    probe = fit_probe(inputs.model, inputs.split("train", args.train_limit), method=args.method, C=args.C,
                       batch_size=args.batch_size, seed=args.seed)
     model = probe.model.eval().fast_eval(compile=args.compile)
-    result = evaluate(model, split("test", args.limit), model_name=f"{args.model} + linear probe",
-                      dataset_name=name, n=args.n, budgets=args.budgets, attack=args.attack or None,
-                      seed=args.seed, batch_size=args.batch_size, max_iter=args.max_iter, lemma1=False,
-                      start_pool=None if args.no_start_pool else "rest")
-    result.settings.update(checkpoint=args.checkpoint, data_dir=args.data_dir, limit=args.limit, paper=args.paper,
-                           probe=dict(probe.info(), classes=info.num_classes))
+    result = evaluate(model, inputs.split("test", args.limit), model_name=f"{args.model} + linear probe",
+                      dataset_name=inputs.name, lemma1=False, **attack_options(args))
     print(f"linear probe ({probe.method}, C={probe.C:g}) on {probe.n_train} training images: "
           f"train accuracy {probe.train_acc:.4f}")
-    print(result.summary_table())
-    if args.out:
-        result.save(args.out)
-        print(f"wrote {args.out}")
+    report(result, args, probe=dict(probe.info(), classes=inputs.info.num_classes))
     return result

@@ -42,13 +42,13 @@ from .embedded import FASHION_MNIST_DIR, IdxFiles, SklearnDigits
 from .folder_checks import DataFolderError
 from .image_datasets import ArrayImageDataset, HFImageDataset, ImageClassificationDataset
 from .loading import DatasetInfo, as_tensors, dataset_info, describe_source, load_split, make_loader
-from .registry import DATASETS, DatasetSpec
+from .registry import DATASETS, TOY_DATASETS, DatasetSpec, ToySpec
 from .sources import DatasetUnavailableError
 from .splits import SPLITS
 from .transforms import make_transform
 
 __all__ = [
-    "DATASETS", "SPLITS", "FASHION_MNIST_DIR", "DatasetSpec", "DatasetInfo", "DatasetUnavailableError",
+    "DATASETS", "TOY_DATASETS", "ToySpec", "SPLITS", "FASHION_MNIST_DIR", "DatasetSpec", "DatasetInfo", "DatasetUnavailableError",
     "DataFolderError", "ImageClassificationDataset", "ArrayImageDataset", "HFImageDataset", "IdxFiles", "SklearnDigits",
     "load_split", "dataset_info", "describe_source", "make_transform", "as_tensors", "make_loader",
 ]

@@ -3,7 +3,7 @@
 The ``datasets`` imagefolder builder labels an image by its parent folder, and only when the folder
 holds at least two such class folders at one depth; otherwise it returns images without labels.
 It decodes images only when an item is read, so a damaged file would stop a run mid-epoch.
-:func:`check_images` decodes every file up front instead (in threads: Pillow releases the GIL while
+:func:`check_image_files` decodes every file up front instead (in threads: Pillow releases the GIL while
 decoding) and names the bad ones, and those under MIN_SIDE pixels a side (a 1x1 "image" upscaled to the
 model's input is a flat patch); a file that passed once in this process is not checked again.
 """
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 
-__all__ = ["DataFolderError", "check_class_names", "check_images", "explain_missing_labels"]
+__all__ = ["DataFolderError", "check_class_names", "check_image_files", "explain_missing_labels"]
 
 _SPLIT_FOLDERS = {"train", "test", "val", "valid", "validation"}  # folder names the builder reads as splits
 _SHOWN = 5  # bad files named in the message
@@ -71,7 +71,7 @@ def _decode_error(path: str) -> tuple[str | None, tuple[int, int]]:
     return None, size
 
 
-def check_images(files: Sequence[str], directory: Path) -> None:
+def check_image_files(files: Sequence[str], directory: Path) -> None:
     """Decode every image file once; DataFolderError naming the first few that fail and their count."""
     keys = {}
     for f in files:

@@ -57,3 +57,24 @@ DATASETS: dict[str, DatasetSpec] = {
                           embedded=SklearnDigits(), hflip=False),
 }
 SPEC_BY_HUB_ID = {spec.hub_id: spec for spec in DATASETS.values() if spec.hub_id}
+
+
+@dataclass(frozen=True)
+class ToySpec:
+    """A toy problem a training recipe can name as its dataset: a few points, both splits.
+
+    Its inputs are points, not images in [0, 1]: a recipe's quick evaluation runs no attack (attacks
+    search the [0, 1] box) and the run records no class names.
+    """
+
+    points: tuple[tuple[float, ...], ...]  # each point, fed to the model as a (1, 1, len(point)) tensor
+    labels: tuple[int, ...]  # the class index of each point
+    num_classes: int
+    description: str  # how the run's log names the data
+
+
+TOY_DATASETS: dict[str, ToySpec] = {
+    # the paper's App. F.1: x in {-1, +1}^2, label 1 where the signs differ (an slp with img_size [1, 2])
+    "xor": ToySpec(((-1.0, -1.0), (-1.0, 1.0), (1.0, -1.0), (1.0, 1.0)), (0, 1, 1, 0), 2,
+                   "the 4 points of the toy problem"),
+}

@@ -21,7 +21,7 @@ import huggingface_hub.constants as hf_constants
 
 from ..errors import UserError
 from .embedded import EmbeddedSource, IdxFiles
-from .folder_checks import check_class_names, check_images, explain_missing_labels
+from .folder_checks import check_class_names, check_image_files, explain_missing_labels
 from .image_datasets import ArrayImageDataset, HFImageDataset, ImageClassificationDataset
 from .registry import DATASETS, SPEC_BY_HUB_ID, DatasetSpec
 from .splits import match_splits
@@ -197,7 +197,7 @@ def _check_image_folder(hf: datasets.Dataset, files: list[str], directory: Path)
         raise explain_missing_labels(images, directory)
     if isinstance(hf.features["label"], datasets.ClassLabel):  # from folders, not from a metadata file
         check_class_names(hf.features["label"].names, directory)
-    check_images(images, directory)
+    check_image_files(images, directory)
 
 
 def _array_dataset(embedded: EmbeddedSource, split: str, spec: DatasetSpec | None) -> ArrayImageDataset:

@@ -12,7 +12,7 @@ import math
 from typing import Mapping
 
 import timm
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult as CardMetric, ModelCard, ModelCardData  # one metric row of a card
 
 from ..regularizers.registry import get_spec
 from ..stats import format_interval
@@ -56,11 +56,11 @@ def attack_label(evaluation: Mapping) -> tuple[str, str]:
     return attacks[0], attacks[0].upper()
 
 
-def _eval_results(config: Mapping, dataset_hub_id: str | None) -> list[EvalResult]:
+def _eval_results(config: Mapping, dataset_hub_id: str | None) -> list[CardMetric]:
     evaluation, dataset = config["eval"], config["dataset"]
     common = dict(task_type=TASK, dataset_type=dataset_hub_id or dataset, dataset_name=dataset, dataset_split="test")
     accuracy = "linear-probe accuracy" if probe_settings(evaluation) else None
-    results = [EvalResult(metric_type="accuracy", metric_value=float(evaluation["clean_acc"]), **common,
+    results = [CardMetric(metric_type="accuracy", metric_value=float(evaluation["clean_acc"]), **common,
                           metric_name=accuracy)]
     prefix, label = attack_label(evaluation)
     for queries, mean, median in attack_rows(evaluation):
@@ -68,16 +68,16 @@ def _eval_results(config: Mapping, dataset_hub_id: str | None) -> list[EvalResul
         at = "" if queries is None else f", {queries} queries"
         for stat, value in (("mean", mean), ("median", median)):
             if value is not None and math.isfinite(value):  # no successful attack: no number for the Hub
-                results.append(EvalResult(metric_type=f"{prefix}_l2_{stat}", metric_value=value, **common,
+                results.append(CardMetric(metric_type=f"{prefix}_l2_{stat}", metric_value=value, **common,
                                           metric_config=metric_config,
                                           metric_name=f"{label} {stat} L2 distance ([0,1] pixels{at})"))
         rate = (evaluation.get("success_rate") or {}).get(str(queries))
         if rate is not None:
-            results.append(EvalResult(metric_type=f"{prefix}_success_rate", metric_value=float(rate), **common,
+            results.append(CardMetric(metric_type=f"{prefix}_success_rate", metric_value=float(rate), **common,
                                       metric_config=metric_config, metric_name=f"{label} success rate{at}"))
     at_eps = (evaluation.get("robust_accuracy") or {}).get("at_eps")
     if at_eps:
-        results.append(EvalResult(metric_type="robust_accuracy_upper_bound",
+        results.append(CardMetric(metric_type="robust_accuracy_upper_bound",
                                   metric_value=float(at_eps["robust_accuracy_upper"]["estimate"]), **common,
                                   metric_config=f"l2_eps={at_eps['eps']}",
                                   metric_name=f"robust accuracy at L2 eps {at_eps['eps']} (upper bound, {label})"))

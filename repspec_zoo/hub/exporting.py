@@ -4,7 +4,7 @@ The folder layout is in :mod:`repspec_zoo.hub.weights`. Example::
 
     export("runs/fmnist_rep", "runs/export/resnet_small_repspectral.fmnist")
     publish("runs/fmnist_rep", repo_id="me/resnet_small_repspectral.fmnist", endpoint="https://hub.example")
-    bundle("runs/zoo/fmnist_slp_repspectral")   # into repspec_zoo/weights/<name> and model_cards/<name>
+    bundle("runs/zoo/fmnist_slp_repspectral")   # into repspec_zoo/weights/<name>
 """
 from __future__ import annotations
 
@@ -33,21 +33,15 @@ from ..data import DATASETS
 from ..io import atomic_write_bytes, atomic_write_text, full_disk_is_user_error
 from ..models.registry import base_pretrained_cfg
 from ..regularizers.registry import REGULARIZERS, SPECTRAL_SETTINGS, get_spec
-from ..runs import CONFIG_FILE as CONFIG_YAML, WEIGHTS_FILE, Run, RunError, read_run
+from ..runs import RUN_CONFIG_FILE, WEIGHTS_FILE, Run, RunError, read_run
 from ..spectral import GAMMA_CONVENTION, select_layers
 from .cards import render_card
 from .provenance import Identity, portable, run_identity
-from .weights import CARD_FILE, CONFIG_FILE, EVAL_FILE, SHA_KEY, bundled_dir, read_config, sha256_hex
+from .weights import CARD_FILE, HUB_CONFIG_FILE, EVAL_FILE, SHA_KEY, bundled_dir, read_config, sha256_hex
 
 __all__ = ["ExportError", "PublishError", "Export", "export", "bundle", "update_bundled_evaluation", "publish"]
 
 EVAL_DETAIL_KEYS = ("per_sample",)  # per-sample records stay in eval.json, out of config.json's summary
-CARD_FILES = (CARD_FILE, CONFIG_FILE, EVAL_FILE)  # what model_cards/<name> keeps of an export (no weights)
-
-
-def cards_dir(name: str) -> Path:
-    """``model_cards/<name>`` of a source checkout: the copies of a bundled model's card, config and eval."""
-    return bundled_dir(name).parents[2] / "model_cards" / name
 
 
 class ExportError(UserError, ValueError):
@@ -75,9 +69,9 @@ def _regularizer(run: Run, model: torch.nn.Module) -> dict:
     instead of gamma.
     """
     given, spec = run.config["regularizer"], get_spec(run.mode)
-    if run.mode == "none":
-        return {"mode": "none", "gamma": 0.0, "layers": []}
-    where = run.path / CONFIG_YAML
+    if spec.baseline:
+        return {"mode": run.mode, "gamma": 0.0, "layers": []}
+    where = run.path / RUN_CONFIG_FILE
     if not spec.spectral:
         missing = [k for k in spec.export_keys if given.get(k) is None]
         if missing:
@@ -107,7 +101,7 @@ def _metadata(run: Run, identity: Identity, model: torch.nn.Module, sha: str) ->
 
 
 def _is_export(folder: Path) -> bool:
-    config = folder / CONFIG_FILE
+    config = folder / HUB_CONFIG_FILE
     return config.is_file() and "zoo_name" in read_config(config)
 
 
@@ -248,35 +242,31 @@ def _export(run: Run, to: Path, repo_id: str | None, force: bool, evidence: str 
     spec = None if identity.custom else DATASETS.get(identity.dataset)
     with _staged_dir(to, force) as staged:
         atomic_write_bytes(staged / WEIGHTS_FILE, payload)
-        save_config_for_hf(model, str(staged / CONFIG_FILE), model_config=meta)
-        config = read_config(staged / CONFIG_FILE)
+        save_config_for_hf(model, str(staged / HUB_CONFIG_FILE), model_config=meta)
+        config = read_config(staged / HUB_CONFIG_FILE)
         atomic_write_text(staged / CARD_FILE, str(render_card(config, repo_id, spec and spec.hub_id)))
         atomic_write_text(staged / EVAL_FILE, json.dumps(portable(run.evaluation), indent=2))
     return Export(to, identity.name, repo_id)
 
 
-def update_bundled_evaluation(name: str, evaluation: dict) -> list[Path]:
+def update_bundled_evaluation(name: str, evaluation: dict) -> Path:
     """Replace the evaluation of a bundled zoo model: ``eval.json``, config.json's ``eval`` summary
-    and the re-rendered card, in ``repspec_zoo/weights/<name>`` and, where it exists, the
-    repository's ``model_cards/<name>``. The weights and their sha256 are untouched.
+    and the re-rendered card, in ``repspec_zoo/weights/<name>``. The weights and their sha256 are untouched.
 
-    Returns the folders written. Each file is replaced atomically.
+    Returns the folder written. Each file is replaced atomically.
     """
-    folders = [bundled_dir(name)]
-    cards = cards_dir(name)
-    folders += [cards] if (cards / CONFIG_FILE).is_file() else []
-    if not (folders[0] / CONFIG_FILE).is_file():
-        raise ExportError(f"{name} has no bundled folder {folders[0]}; `repspec-zoo list-pretrained` shows the "
+    folder = bundled_dir(name)
+    if not (folder / HUB_CONFIG_FILE).is_file():
+        raise ExportError(f"{name} has no bundled folder {folder}; `repspec-zoo list-pretrained` shows the "
                           "bundled models")
     repo_id, evaluation = get_pretrained_cfg(name).hf_hub_id, portable(evaluation)
-    for folder in folders:
-        config = read_config(folder / CONFIG_FILE)
-        config["eval"] = {k: v for k, v in evaluation.items() if k not in EVAL_DETAIL_KEYS}
-        spec = DATASETS.get(config["dataset"])
-        atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2))
-        atomic_write_text(folder / EVAL_FILE, json.dumps(evaluation, indent=2))
-        atomic_write_text(folder / CARD_FILE, str(render_card(config, repo_id, spec and spec.hub_id)))
-    return folders
+    config = read_config(folder / HUB_CONFIG_FILE)
+    config["eval"] = {k: v for k, v in evaluation.items() if k not in EVAL_DETAIL_KEYS}
+    spec = DATASETS.get(config["dataset"])
+    atomic_write_text(folder / HUB_CONFIG_FILE, json.dumps(config, indent=2))
+    atomic_write_text(folder / EVAL_FILE, json.dumps(evaluation, indent=2))
+    atomic_write_text(folder / CARD_FILE, str(render_card(config, repo_id, spec and spec.hub_id)))
+    return folder
 
 
 def _transport_errors() -> tuple[type[Exception], ...]:
@@ -334,21 +324,15 @@ def publish(run_dir: str | os.PathLike, repo_id: str | None = None, endpoint: st
 
 
 def bundle(run_dir: str | os.PathLike, evidence: str | None = None) -> str:
-    """Export a finished run as a bundled zoo model: weights in ``repspec_zoo/weights/<name>`` (loads
-    offline with ``pretrained=True``), and card, config and eval.json copied to ``model_cards/<name>``.
-    ``evidence``: what the experiment behind the model showed across training seeds (markdown), kept in
+    """Export a finished run as a bundled zoo model into ``repspec_zoo/weights/<name>``: weights (load
+    offline with ``pretrained=True``), card, config and eval.json. ``evidence``: what the experiment behind the model showed across training seeds (markdown), kept in
     config.json and shown on the card.
 
-    Returns the zoo name ``arch.tag``. Each folder is replaced atomically (the old export or the new one).
+    Returns the zoo name ``arch.tag``. The folder is replaced atomically (the old export or the new one).
     """
     run = _read(run_dir)
     identity = _identity(run)
     if identity.custom:
         raise ExportError(f"{run.path} was trained on custom data ({identity.dataset}); only zoo-data runs are "
                           "bundled with the package: use repspec-zoo export instead")
-    exported = _export(run, bundled_dir(identity.name), None, force=True, evidence=evidence)
-    name, card_dir = exported.name, cards_dir(exported.name)
-    card_dir.mkdir(parents=True, exist_ok=True)
-    for file in CARD_FILES:
-        shutil.copy2(exported.folder / file, card_dir / file)
-    return name
+    return _export(run, bundled_dir(identity.name), None, force=True, evidence=evidence).name

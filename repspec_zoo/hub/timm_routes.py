@@ -17,7 +17,7 @@ import torch
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from timm.models import _builder, _factory
 
-from .weights import (CONFIG_FILE, REFETCH, SHA_KEY, WEIGHTS_FILE, PretrainedWeightsError,
+from .weights import (HUB_CONFIG_FILE, REFETCH, SHA_KEY, WEIGHTS_FILE, PretrainedWeightsError,
                       PretrainedWeightsUnavailable, _hub_reason, bundled_dir, hub_file, read_config, read_weights)
 from ..runs import load_weights_file
 
@@ -40,14 +40,15 @@ def _state_dict_from_hf(model_id: str, filename: str = "pytorch_model.bin", weig
                         cache_dir=None) -> dict[str, torch.Tensor]:
     if filename in _TIMM_DEFAULT_FILES:
         try:
-            return _verified(hub_file(model_id, CONFIG_FILE, cache_dir), hub_file(model_id, WEIGHTS_FILE, cache_dir))
+            return _verified(hub_file(model_id, HUB_CONFIG_FILE, cache_dir),
+                             hub_file(model_id, WEIGHTS_FILE, cache_dir))
         except EntryNotFoundError:  # no config.json or no model.safetensors (e.g. pytorch_model.bin): timm's way
             pass
     return _TIMM_FROM_HF(model_id, filename, weights_only=weights_only, cache_dir=cache_dir)
 
 
 def _state_dict_from_path(path, weights_only: bool = True) -> dict[str, torch.Tensor]:
-    config, weights = Path(path) / CONFIG_FILE, Path(path) / WEIGHTS_FILE
+    config, weights = Path(path) / HUB_CONFIG_FILE, Path(path) / WEIGHTS_FILE
     if config.is_file() and weights.is_file():
         return _verified(config, weights)
     return _TIMM_FROM_PATH(path, weights_only=weights_only)
@@ -57,7 +58,7 @@ def _state_dict_from_file(checkpoint_path, *args, **kwargs) -> dict[str, torch.T
     """timm's ``pretrained_cfg_overlay=dict(file=PATH)``: a safetensors file beside a zoo export's config.json
     (which records its sha256) is verified like the other routes; any other file loads as timm loads it."""
     path = Path(checkpoint_path)
-    config = path.parent / CONFIG_FILE
+    config = path.parent / HUB_CONFIG_FILE
     if path.suffix == ".safetensors" and path.is_file() and config.is_file() and SHA_KEY in read_config(config):
         return read_weights(config, path).state_dict
     return _TIMM_FROM_FILE(checkpoint_path, *args, **kwargs)

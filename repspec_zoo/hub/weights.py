@@ -31,14 +31,14 @@ from timm.models import get_arch_pretrained_cfgs, split_model_name_tag
 from timm.models._hub import hf_split
 
 from ..errors import UserError
-from ..runs import WEIGHTS_FILE, load_weights_file
+from ..runs import EVAL_FILE, WEIGHTS_FILE, load_weights_file
 
-__all__ = ["WEIGHTS_DIR", "WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE", "EVAL_FILE", "SHA_KEY", "Weights",
+__all__ = ["WEIGHTS_DIR", "WEIGHTS_FILE", "HUB_CONFIG_FILE", "CARD_FILE", "EVAL_FILE", "SHA_KEY", "Weights",
            "PretrainedWeightsUnavailable", "PretrainedWeightsError", "sha256_hex", "read_config",
            "read_weights", "hub_file", "bundled_dir", "load_weights", "local_config"]
 
 WEIGHTS_DIR = Path(__file__).parents[1] / "weights"  # bundled weights: WEIGHTS_DIR / "<arch>.<tag>" / files
-CONFIG_FILE, CARD_FILE, EVAL_FILE = "config.json", "README.md", "eval.json"  # beside WEIGHTS_FILE in an export
+HUB_CONFIG_FILE, CARD_FILE = "config.json", "README.md"  # beside WEIGHTS_FILE and EVAL_FILE in an export
 SHA_KEY = "weights_sha256"  # config.json key: sha256 hex digest of WEIGHTS_FILE
 REFETCH = ("Delete it (a Hugging Face cache copy: `hf cache rm model/<repo id>`) and download or export it again "
            "(repspec-zoo export RUN_DIR --to DIR)")
@@ -156,12 +156,13 @@ def load_weights(name: str, hf_hub_id: str | None, cache_dir: str | os.PathLike 
     neither has them; with HF_HUB_OFFLINE=1 and nothing cached that is immediate.
     """
     folder = bundled_dir(name)
-    if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
-        return read_weights(folder / CONFIG_FILE, folder / WEIGHTS_FILE)
+    if (folder / HUB_CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+        return read_weights(folder / HUB_CONFIG_FILE, folder / WEIGHTS_FILE)
     tried = [f"bundled: {folder} (not shipped with this install)"]
     if hf_hub_id:
         try:
-            return read_weights(hub_file(hf_hub_id, CONFIG_FILE, cache_dir), hub_file(hf_hub_id, WEIGHTS_FILE, cache_dir))
+            return read_weights(hub_file(hf_hub_id, HUB_CONFIG_FILE, cache_dir),
+                                hub_file(hf_hub_id, WEIGHTS_FILE, cache_dir))
         except (HfHubHTTPError, EntryNotFoundError) as err:
             tried.append(f"Hugging Face Hub {hf_hub_id}: {_hub_reason(err, hf_hub_id)}")
     raise _unavailable(name, tried)
@@ -172,12 +173,12 @@ def local_config(name: str, hf_hub_id: str | None) -> tuple[str, dict | None]:
 
     source: 'bundled', 'hf-cache', or 'hub' (fetched from ``hf_hub_id`` on first pretrained=True).
     """
-    bundled = bundled_dir(name) / CONFIG_FILE
+    bundled = bundled_dir(name) / HUB_CONFIG_FILE
     if bundled.is_file():
         return "bundled", read_config(bundled)
     if hf_hub_id:
         repo_id, revision = hf_split(hf_hub_id)
-        cached = try_to_load_from_cache(repo_id, CONFIG_FILE, revision=revision)
+        cached = try_to_load_from_cache(repo_id, HUB_CONFIG_FILE, revision=revision)
         if isinstance(cached, str):
             return "hf-cache", read_config(Path(cached))
     return "hub", None

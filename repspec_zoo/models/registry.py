@@ -61,8 +61,8 @@ TAGS: dict[str, Tag] = {
 #: the regularizer modes a self-supervised step can train with (the others read labels or logits)
 SSL_MODES = ("none", "rep", "ll")
 
-#: base arch -> its tags, the first is the default. slp flattens a fixed input size, so it has
-#: only the 28x28 tag (tiny.py's slp cfg does not mark fixed_input_size).
+#: base arch -> its tags, the first is the default. slp flattens a fixed input size (its cfg in
+#: tiny.py marks fixed_input_size, and its zoo cfgs carry the mark), so it has only the 28x28 tag.
 BASE_TAGS: dict[str, tuple[str, ...]] = {
     "slp": ("fmnist",),
     "resnet_small": ("fmnist", "digits", "fmnist_simclr"),
@@ -100,6 +100,7 @@ def pretrained_cfg(arch: str, tag: str) -> dict:
         hf_hub_id=f"{HF_ORG}/{arch}.{tag}", num_classes=data.num_classes, input_size=data.input_size,
         mean=data.mean, std=data.std, crop_pct=data.crop_pct, interpolation="bilinear",
         pool_size=base_cfg.pool_size if base_cfg.input_size == data.input_size else None,
+        fixed_input_size=base_cfg.fixed_input_size,
         first_conv=base_cfg.first_conv, classifier=base_cfg.classifier, license="apache-2.0",
         description=_description(arch, tag),
         paper_ids=PAPER_IDS, paper_name=PAPER_NAME,

@@ -1,5 +1,7 @@
-"""The zoo: regularized architectures and their baselines, registered as timm models from one
-table, each with pretrained cfgs named ``arch.tag`` (the tag names data and recipe).
+"""The zoo: regularized architectures and their baselines as timm models, one entrypoint each at the
+end of this file (``@zoo_model``: timm's ``@register_model``, documented by the regularizer spec),
+named for the (base, mode) pairs of ``models.registry.ARCHS``, each with pretrained cfgs named
+``arch.tag`` (the tag names data and recipe).
 
 A regularized entry is a base timm architecture plus a SpectralRegularizer attached as
 ``model.spectral``; the regularizer settings are ``create_model`` kwargs::
@@ -32,19 +34,21 @@ from __future__ import annotations
 import difflib
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import timm
 from timm.models import (PretrainedCfg, generate_default_cfgs, get_arch_pretrained_cfgs, get_pretrained_cfg,
                          register_model, resolve_pretrained_cfg, split_model_name_tag)
 from timm.models import _factory
 from timm.models._builder import pretrained_cfg_for_features
+from torch import nn
 
 from ..errors import UserError
 from ..hub.cards import attack_label, attack_rows
 from ..hub import timm_routes
 from ..hub.weights import PretrainedWeightsUnavailable, load_weights, local_config
 from ..regularizers.registry import REGULARIZERS
-from ..spectral import attach_spectral
+from ..spectral import DEFAULT_GAMMA, attach_spectral
 from .registry import ARCHS, TAGS, base_pretrained_cfg, pretrained_cfg, zoo_names
 
 __all__ = ["ARCHS", "PretrainedWeightsUnavailable", "UnknownModelError", "PretrainedRow", "check_model_name",
@@ -134,7 +138,8 @@ class PretrainedRow:
 def _row(name: str, mode: str, tag: str) -> PretrainedRow:
     hf_hub_id = get_pretrained_cfg(name).hf_hub_id
     source, config = local_config(name, hf_hub_id)
-    gamma, acc, attack, queries, l2, success = (0.0 if mode == "none" else None), None, None, None, None, None
+    gamma = 0.0 if REGULARIZERS[mode].baseline else None  # a baseline has none; the others read it from config.json
+    acc, attack, queries, l2, success = None, None, None, None, None
     headless = TAGS[tag].num_classes == 0  # a self-supervised backbone: its numbers are of a fitted linear probe
     if config is not None:
         evaluation = config.get("eval", {})
@@ -179,26 +184,112 @@ def _pretrained_base_cfg(name: str, cfg: PretrainedCfg, base: str, cache_dir, kw
     return base_pretrained_cfg(cfg, base, state_dict=weights.state_dict, num_classes=weights.num_classes)
 
 
-def _entrypoint(name: str, base: str, mode: str):
-    def create(pretrained: bool = False, gamma: float = 1e-3, every: int = 1, estimator: str = "power",
-               pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs):
-        cfg = _resolve_cfg(name, pretrained_cfg, pretrained_cfg_overlay)
-        tagged = f"{name}.{cfg.tag}" if cfg.tag else name
-        build_cfg = (_pretrained_base_cfg(tagged, cfg, base, cache_dir, kwargs) if pretrained
-                     else base_pretrained_cfg(cfg, base))
-        model = timm.create_model(base, pretrained=pretrained, pretrained_cfg=build_cfg, cache_dir=cache_dir, **kwargs)
-        features_only = kwargs.get("features_only", False)
-        own_cfg = cfg.to_dict()
-        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(own_cfg) if features_only else own_cfg
-        if REGULARIZERS[mode].spectral and not features_only:  # timm's feature wrappers call every child module
-            attach_spectral(model, **REGULARIZERS[mode].spectral_kwargs, gamma=gamma, every=every, estimator=estimator)
-        return model
-
-    create.__name__ = create.__qualname__ = name
-    create.__module__ = __name__
-    create.__doc__ = REGULARIZERS[mode].doc.format(base=base)
-    return register_model(create)
+def _create(name: str, pretrained: bool = False, gamma: float = DEFAULT_GAMMA, every: int = 1, estimator: str = "power",
+            pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs):
+    """Build zoo arch ``name`` (an ARCHS key): its base timm model, weights verified when ``pretrained``, and a
+    SpectralRegularizer as ``model.spectral`` for a spectral mode (strength ``gamma``, paper convention)."""
+    base, mode = ARCHS[name]
+    cfg = _resolve_cfg(name, pretrained_cfg, pretrained_cfg_overlay)
+    tagged = f"{name}.{cfg.tag}" if cfg.tag else name
+    build_cfg = (_pretrained_base_cfg(tagged, cfg, base, cache_dir, kwargs) if pretrained
+                 else base_pretrained_cfg(cfg, base))
+    model = timm.create_model(base, pretrained=pretrained, pretrained_cfg=build_cfg, cache_dir=cache_dir, **kwargs)
+    features_only = kwargs.get("features_only", False)
+    own_cfg = cfg.to_dict()
+    model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(own_cfg) if features_only else own_cfg
+    if REGULARIZERS[mode].spectral and not features_only:  # timm's feature wrappers call every child module
+        attach_spectral(model, **REGULARIZERS[mode].spectral_kwargs, gamma=gamma, every=every, estimator=estimator)
+    return model
 
 
-for _name, (_base, _mode) in ARCHS.items():
-    globals()[_name] = _entrypoint(_name, _base, _mode)
+def zoo_model(entrypoint: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """timm's ``@register_model`` for a zoo arch's entrypoint, which is named for its ARCHS key; its
+    docstring is its regularizer spec's ``doc``."""
+    base, mode = ARCHS[entrypoint.__name__]
+    entrypoint.__doc__ = REGULARIZERS[mode].doc.format(base=base)
+    return register_model(entrypoint)
+
+
+@zoo_model
+def resnet18_repspectral(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet18_repspectral", pretrained, **kwargs)
+
+
+@zoo_model
+def resnet18_repspectralbn(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet18_repspectralbn", pretrained, **kwargs)
+
+
+@zoo_model
+def resnet18_llspectral(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet18_llspectral", pretrained, **kwargs)
+
+
+@zoo_model
+def resnet18_baseline(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet18_baseline", pretrained, **kwargs)
+
+
+@zoo_model
+def resnet50_repspectral(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet50_repspectral", pretrained, **kwargs)
+
+
+@zoo_model
+def resnet50_repspectralbn(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet50_repspectralbn", pretrained, **kwargs)
+
+
+@zoo_model
+def resnet50_llspectral(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet50_llspectral", pretrained, **kwargs)
+
+
+@zoo_model
+def resnet50_baseline(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet50_baseline", pretrained, **kwargs)
+
+
+@zoo_model
+def slp_repspectral(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("slp_repspectral", pretrained, **kwargs)
+
+
+@zoo_model
+def slp_llspectral(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("slp_llspectral", pretrained, **kwargs)
+
+
+@zoo_model
+def slp_baseline(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("slp_baseline", pretrained, **kwargs)
+
+
+@zoo_model
+def resnet_small_repspectral(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet_small_repspectral", pretrained, **kwargs)
+
+
+@zoo_model
+def resnet_small_repspectralbn(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet_small_repspectralbn", pretrained, **kwargs)
+
+
+@zoo_model
+def resnet_small_llspectral(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet_small_llspectral", pretrained, **kwargs)
+
+
+@zoo_model
+def resnet_small_baseline(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet_small_baseline", pretrained, **kwargs)
+
+
+@zoo_model
+def resnet_small_advtrained(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet_small_advtrained", pretrained, **kwargs)
+
+
+@zoo_model
+def resnet_small_ddsnr(pretrained: bool = False, **kwargs) -> nn.Module:
+    return _create("resnet_small_ddsnr", pretrained, **kwargs)

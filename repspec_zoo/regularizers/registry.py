@@ -31,7 +31,8 @@ from typing import Any, Callable, Mapping
 from ..spectral.hooks import GAMMA_CONVENTION
 from . import steps
 
-__all__ = ["RegularizerSpec", "REGULARIZERS", "SPECTRAL_MODES", "get_spec", "BSS_CONVENTION", "RECIPE_GAMMA_CONVENTION"]
+__all__ = ["RegularizerSpec", "REGULARIZERS", "SPECTRAL_MODES", "BASELINE_MODE", "get_spec", "BSS_CONVENTION",
+           "RECIPE_GAMMA_CONVENTION"]
 
 BSS_CONVENTION = "penalty = bss_eta * sum of the bss_k smallest squared singular values of the batch features"
 RECIPE_GAMMA_CONVENTION = f"{GAMMA_CONVENTION}; the authors' scripts' lam = gamma/2"
@@ -79,9 +80,9 @@ def _ddsnr_card(r: Mapping) -> str:
             f"steps on the input-output Jacobian{_after(r)}.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RegularizerSpec:
-    """What one ``regularizer.mode`` is and does.
+    """What one ``regularizer.mode`` is and does; built by keyword.
 
     Attributes:
         mode: the config value (``regularizer.mode``).
@@ -93,6 +94,7 @@ class RegularizerSpec:
         note: what its strength settings mean (pretrained-cfg notes).
         keys: the ``regularizer.*`` settings it reads (besides mode and burn_in_epochs).
         export_keys: settings an export requires and records with their types (non-spectral modes).
+        baseline: the unregularized baseline (no regularizer at all), which the other modes are compared against.
         spectral: its models carry a SpectralRegularizer as ``model.spectral``.
         summary: RegularizerConfig -> the run.json ``regularizer`` section.
         card: config.json ``regularizer`` section -> the card's one-sentence description.
@@ -113,6 +115,7 @@ class RegularizerSpec:
     card: Callable[[Mapping], str]
     step_class: type
     export_keys: Mapping[str, type] = field(default_factory=dict)
+    baseline: bool = False
     spectral: bool = False
     needs_features: bool = False
     spectral_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -133,70 +136,78 @@ def _spectral_spec(mode: str, layers: str, head: str, bn_folded: bool = False) -
     label = f"{selection}-spectral" + ("-bn" if bn_folded else "")
     norm = _FOLDED if bn_folded else _RAW
     return RegularizerSpec(
-        mode, label, (label, "spectral-regularization"), f"{selection}spectral" + ("bn" if bn_folded else ""),
-        f"{{base}} trained on {{dataset}} with {label} regularization ({layers}; {norm})",
-        f"timm ``{{base}}`` with {label} regularization ({head}; {norm}) as ``model.spectral``.", _GAMMA_NOTE,
-        ("gamma", "apply", "every", "activation_term", "layers", "estimator"),
-        _spectral_summary, _spectral_card(label, norm), steps.SpectralStep, spectral=True,
+        mode=mode, label=label, hub_tags=(label, "spectral-regularization"),
+        arch_suffix=f"{selection}spectral" + ("bn" if bn_folded else ""),
+        description=f"{{base}} trained on {{dataset}} with {label} regularization ({layers}; {norm})",
+        doc=f"timm ``{{base}}`` with {label} regularization ({head}; {norm}) as ``model.spectral``.",
+        note=_GAMMA_NOTE, keys=("gamma", "apply", "every", "activation_term", "layers", "estimator"),
+        summary=_spectral_summary, card=_spectral_card(label, norm), step_class=steps.SpectralStep, spectral=True,
         spectral_kwargs={"mode": selection, "bn_aware": bn_folded})
 
 
 _SPECS = (
     RegularizerSpec(
-        "none", "none (baseline)", ("baseline",), "baseline",
-        "{base} trained on {dataset} with the same recipe and no spectral regularizer (baseline)",
-        "timm ``{base}``, the unregularized baseline of the zoo's spectral models (same recipe).",
-        _GAMMA_NOTE, (),
-        lambda r: {"mode": "none"},
-        lambda r: "none: the unregularized baseline, trained with the same recipe as the regularized models.",
-        steps.RegularizerStep),
+        mode="none", label="none (baseline)", hub_tags=("baseline",), arch_suffix="baseline",
+        description="{base} trained on {dataset} with the same recipe and no spectral regularizer (baseline)",
+        doc="timm ``{base}``, the unregularized baseline of the zoo's spectral models (same recipe).",
+        note=_GAMMA_NOTE, keys=(),
+        summary=lambda r: {"mode": "none"},
+        card=lambda r: "none: the unregularized baseline, trained with the same recipe as the regularized models.",
+        step_class=steps.RegularizerStep, baseline=True),
     _spectral_spec("rep", "layers up to the features; head excluded", "head excluded"),
     _spectral_spec("repbn", "layers up to the features; head excluded", "head excluded", bn_folded=True),
     _spectral_spec("ll", "every layer, head included", "head included"),
     RegularizerSpec(
-        "bss", "bss (batch spectral shrinkage)", ("batch-spectral-shrinkage",), None,
-        "{base} trained on {dataset} with batch spectral shrinkage (Chen et al. 2019)",
-        "timm ``{base}`` fine-tuned with batch spectral shrinkage (Chen et al. 2019); no regularizer.",
-        BSS_CONVENTION, ("bss_eta", "bss_k"),
-        lambda r: {"mode": "bss", "bss_eta": r.bss_eta, "bss_k": r.bss_k, "convention": BSS_CONVENTION,
-                   "burn_in_epochs": r.burn_in_epochs},
-        lambda r: f"batch spectral shrinkage (Chen et al. 2019), {BSS_CONVENTION}, bss_eta={r['bss_eta']}, "
-                  f"bss_k={r['bss_k']}{_after(r)}.",
-        steps.BssStep, needs_features=True),
+        mode="bss", label="bss (batch spectral shrinkage)", hub_tags=("batch-spectral-shrinkage",), arch_suffix=None,
+        description="{base} trained on {dataset} with batch spectral shrinkage (Chen et al. 2019)",
+        doc="timm ``{base}`` fine-tuned with batch spectral shrinkage (Chen et al. 2019); no regularizer.",
+        note=BSS_CONVENTION, keys=("bss_eta", "bss_k"),
+        summary=lambda r: {"mode": "bss", "bss_eta": r.bss_eta, "bss_k": r.bss_k, "convention": BSS_CONVENTION,
+                           "burn_in_epochs": r.burn_in_epochs},
+        card=lambda r: f"batch spectral shrinkage (Chen et al. 2019), {BSS_CONVENTION}, bss_eta={r['bss_eta']}, "
+                       f"bss_k={r['bss_k']}{_after(r)}.",
+        step_class=steps.BssStep, needs_features=True),
     RegularizerSpec(
-        "ddsnr", "ddsnr", ("data-dependent-spectral-norm",), "ddsnr",
-        "{base} trained on {dataset} with data-dependent spectral norm regularization (Roth et al. 2020, eq. 13)",
-        "timm ``{base}`` trained with data-dependent spectral norm regularization (Roth et al. 2020); no regularizer.",
-        "penalty = ddsnr_lambda * ||f(x + ddsnr_eps v) - f(x)||^2, v from ddsnr_iters power-iteration steps on the "
-        "input-output Jacobian, ddsnr_eps in [0, 1] pixel units",
-        ("ddsnr_lambda", "ddsnr_eps", "ddsnr_iters"),
-        lambda r: {"mode": "ddsnr", "ddsnr_lambda": r.ddsnr_lambda, "ddsnr_eps": r.ddsnr_eps,
-                   "ddsnr_iters": r.ddsnr_iters, "convention": _DDSNR_CONVENTION, "burn_in_epochs": r.burn_in_epochs},
-        _ddsnr_card, steps.DdsnrStep,
+        mode="ddsnr", label="ddsnr", hub_tags=("data-dependent-spectral-norm",), arch_suffix="ddsnr",
+        description="{base} trained on {dataset} with data-dependent spectral norm regularization "
+                    "(Roth et al. 2020, eq. 13)",
+        doc="timm ``{base}`` trained with data-dependent spectral norm regularization (Roth et al. 2020); "
+            "no regularizer.",
+        note="penalty = ddsnr_lambda * ||f(x + ddsnr_eps v) - f(x)||^2, v from ddsnr_iters power-iteration steps on "
+             "the input-output Jacobian, ddsnr_eps in [0, 1] pixel units",
+        keys=("ddsnr_lambda", "ddsnr_eps", "ddsnr_iters"),
+        summary=lambda r: {"mode": "ddsnr", "ddsnr_lambda": r.ddsnr_lambda, "ddsnr_eps": r.ddsnr_eps,
+                           "ddsnr_iters": r.ddsnr_iters, "convention": _DDSNR_CONVENTION,
+                           "burn_in_epochs": r.burn_in_epochs},
+        card=_ddsnr_card, step_class=steps.DdsnrStep,
         export_keys={"ddsnr_lambda": float, "ddsnr_eps": float, "ddsnr_iters": int}),
     RegularizerSpec(
-        "adv", "adv (L2-PGD)", ("adversarial-training",), "advtrained",
-        "{base} trained on {dataset} with L2-PGD adversarial training (Roth et al. 2020 baseline)",
-        "timm ``{base}`` trained with L2-PGD adversarial training (Roth et al. 2020 baseline); no regularizer.",
-        "pgd_eps: L2-PGD radius in [0, 1] pixel units; pgd_steps steps of 2*pgd_eps/pgd_steps from a random start",
-        ("pgd_eps", "pgd_steps"),
-        lambda r: {"mode": "adv", "pgd_eps": r.pgd_eps, "pgd_steps": r.pgd_steps,
-                   "step_size": 2 * r.pgd_eps / r.pgd_steps,
-                   "convention": "L2-PGD adversarial training, eps in [0,1] pixel L2", "burn_in_epochs": r.burn_in_epochs},
-        _adv_card, steps.AdversarialStep, export_keys={"pgd_eps": float, "pgd_steps": int}),
+        mode="adv", label="adv (L2-PGD)", hub_tags=("adversarial-training",), arch_suffix="advtrained",
+        description="{base} trained on {dataset} with L2-PGD adversarial training (Roth et al. 2020 baseline)",
+        doc="timm ``{base}`` trained with L2-PGD adversarial training (Roth et al. 2020 baseline); no regularizer.",
+        note="pgd_eps: L2-PGD radius in [0, 1] pixel units; pgd_steps steps of 2*pgd_eps/pgd_steps from a random "
+             "start",
+        keys=("pgd_eps", "pgd_steps"),
+        summary=lambda r: {"mode": "adv", "pgd_eps": r.pgd_eps, "pgd_steps": r.pgd_steps,
+                           "step_size": 2 * r.pgd_eps / r.pgd_steps,
+                           "convention": "L2-PGD adversarial training, eps in [0,1] pixel L2",
+                           "burn_in_epochs": r.burn_in_epochs},
+        card=_adv_card, step_class=steps.AdversarialStep, export_keys={"pgd_eps": float, "pgd_steps": int}),
     RegularizerSpec(
-        "convwd", "convwd (conv weight-decay control)", ("weight-decay",), None,
-        "{base} trained on {dataset} with extra weight decay on its convs (a control)",
-        "timm ``{base}`` trained with extra weight decay on the layers rep-spectral penalizes; no regularizer.",
-        _CONVWD_CONVENTION, ("wd_lambda",),
-        lambda r: {"mode": "convwd", "wd_lambda": r.wd_lambda, "convention": _CONVWD_CONVENTION,
-                   "burn_in_epochs": r.burn_in_epochs},
-        _convwd_card, steps.ConvWeightDecayStep, export_keys={"wd_lambda": float}),
+        mode="convwd", label="convwd (conv weight-decay control)", hub_tags=("weight-decay",), arch_suffix=None,
+        description="{base} trained on {dataset} with extra weight decay on its convs (a control)",
+        doc="timm ``{base}`` trained with extra weight decay on the layers rep-spectral penalizes; no regularizer.",
+        note=_CONVWD_CONVENTION, keys=("wd_lambda",),
+        summary=lambda r: {"mode": "convwd", "wd_lambda": r.wd_lambda, "convention": _CONVWD_CONVENTION,
+                           "burn_in_epochs": r.burn_in_epochs},
+        card=_convwd_card, step_class=steps.ConvWeightDecayStep, export_keys={"wd_lambda": float}),
 )
 
 #: mode -> spec, in the order listings show them
 REGULARIZERS: dict[str, RegularizerSpec] = {spec.mode: spec for spec in _SPECS}
 SPECTRAL_MODES = tuple(mode for mode, spec in REGULARIZERS.items() if spec.spectral)
+BASELINE_MODE = next(mode for mode, spec in REGULARIZERS.items() if spec.baseline)  # 'none'
+
 
 
 def get_spec(mode: str) -> RegularizerSpec:

@@ -9,11 +9,12 @@ Regularizer: hooks.py (SpectralRegularizer) with estimators.py (the ``estimator=
 from .bn import bn_scale, bn_scaled_weight
 from .fft import conv_fft_sigma, conv_fft_upper_bound
 from .gram import conv_gram_bound
-from .hooks import GAMMA_CONVENTION, SpectralRegularizer, attach_spectral
+from .hooks import DEFAULT_GAMMA, GAMMA_CONVENTION, SpectralRegularizer, attach_spectral, without_regularizer
 from .operator import ConvGeometry
 from .power import conv_power_iteration, matrix_power_iteration, sigma_from_vectors
 from .select import head_modules, select_layers
 
-__all__ = ["GAMMA_CONVENTION", "SpectralRegularizer", "attach_spectral", "head_modules", "select_layers",
-           "ConvGeometry", "conv_power_iteration", "matrix_power_iteration", "sigma_from_vectors",
-           "conv_fft_sigma", "conv_fft_upper_bound", "conv_gram_bound", "bn_scale", "bn_scaled_weight"]
+__all__ = ["DEFAULT_GAMMA", "GAMMA_CONVENTION", "SpectralRegularizer", "attach_spectral", "without_regularizer",
+           "head_modules", "select_layers", "ConvGeometry", "conv_power_iteration", "matrix_power_iteration",
+           "sigma_from_vectors", "conv_fft_sigma", "conv_fft_upper_bound", "conv_gram_bound", "bn_scale",
+           "bn_scaled_weight"]

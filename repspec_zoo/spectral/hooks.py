@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import warnings
 from functools import partial
+from typing import Mapping, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +58,9 @@ from .state import LayerState, state_key
 
 DIRECT_POWER_ITERS = 10  # power steps before each direct step (the authors': up to 10, tolerance 1e-6)
 GAMMA_CONVENTION = "penalty = gamma/2 * sum_l sigma_max(W_l)^2 (Yang et al. 2024, eq. 3)"
+DEFAULT_GAMMA = 1e-3  # the strength of a regularizer, a zoo entrypoint and a recipe that set none
 _CONVS = (nn.Conv1d, nn.Conv2d)
+V = TypeVar("V")
 
 
 class SpectralRegularizer(nn.Module):
@@ -91,7 +94,7 @@ class SpectralRegularizer(nn.Module):
         >>> loss = F.cross_entropy(model(x), y) + reg.penalty()
     """
 
-    def __init__(self, model: nn.Module, gamma: float = 1e-3, mode: str = "rep",
+    def __init__(self, model: nn.Module, gamma: float = DEFAULT_GAMMA, mode: str = "rep",
                  layers: list[str] | None = None, every: int = 1, estimator: str = "power",
                  bn_aware: bool = False, n_power_iter: int = 1, warmup_iters: int = 10,
                  activation_term: bool = False):
@@ -354,6 +357,14 @@ class SpectralRegularizer(nn.Module):
     def extra_repr(self) -> str:
         return (f"gamma={self.gamma}, mode={self.mode!r}, layers={len(self.layer_names)}, every={self.every}, "
                 f"estimator={self.estimator!r}, bn_aware={self.bn_aware}, activation_term={self.activation_term}")
+
+
+def without_regularizer(state: Mapping[str, V], prefix: str = "") -> dict[str, V]:
+    """The plain model's entries of a state dict: those under ``prefix`` (the model's key in a wrapper's
+    state, removed; "" for the model's own), less the regularizer buffers ``spectral.*`` that
+    :func:`attach_spectral` adds."""
+    return {k[len(prefix):]: v for k, v in state.items()
+            if k.startswith(prefix) and not k.startswith(prefix + "spectral.")}
 
 
 def attach_spectral(model: nn.Module, **kwargs) -> SpectralRegularizer:

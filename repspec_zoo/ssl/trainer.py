@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .. import data
-from ..training.loaders import EpochSeededDataset, load_split, model_data_config
+from ..training.loaders import EpochSeededDataset, model_data_config, recipe_split
 from ..training.loop import Trainer
 from ..training.report import write_quick_eval
 from .augment import TwoViews, simclr_augmentation
@@ -119,6 +119,6 @@ def probe_eval(backbone, cfg, run_dir: str | os.PathLike) -> dict:
     from ..probe import fit_probe
 
     plain = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, augment=False))
-    probe = fit_probe(backbone, load_split(plain, backbone, "train"), batch_size=cfg.micro_batch_size)
-    return write_quick_eval(probe.model, load_split(plain, backbone, "test"), cfg, run_dir,
+    probe = fit_probe(backbone, recipe_split(plain, backbone, "train"), batch_size=cfg.micro_batch_size)
+    return write_quick_eval(probe.model, recipe_split(plain, backbone, "test"), cfg, run_dir,
                             f"{cfg.model} + linear probe", probe=probe.info())

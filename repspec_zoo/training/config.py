@@ -29,9 +29,10 @@ import yaml
 
 from ..errors import UserError
 from ..models.registry import ARCHS, SSL_MODES
-from ..regularizers.registry import REGULARIZERS
-from ..runs import CONFIG_FILE
-from ..spectral.estimators import ESTIMATORS as SPECTRAL_ESTIMATORS
+from ..regularizers.registry import REGULARIZERS, RegularizerSpec, get_spec
+from ..runs import RUN_CONFIG_FILE
+from ..spectral import DEFAULT_GAMMA
+from ..spectral.estimators import ESTIMATORS
 
 __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "RegularizerConfig", "CheckpointConfig", "SSLConfig",
            "TrainConfig",
@@ -40,8 +41,7 @@ __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "Regularize
 SCHEDULES = ("constant", "step", "cosine")
 OPTIMIZERS = ("sgd", "lars")
 APPLY = ("loss", "direct")
-ESTIMATORS = tuple(SPECTRAL_ESTIMATORS)
-ATTACKS = ("ta", "gta", "hsja", "none")
+QUICK_EVAL_ATTACKS = ("ta", "gta", "hsja", "none")  # eval.attack: the attack of a run's quick evaluation
 MIXED_PRECISION = ("no", "fp16", "bf16")
 SSL_METHODS = ("simclr", "barlow_twins")
 SSL_REGULARIZERS = SSL_MODES  # the others read labels or logits, which self-supervised steps have not
@@ -80,7 +80,7 @@ class OptimConfig:
 @dataclass
 class RegularizerConfig:
     mode: str = "none"  # a repspec_zoo.regularizers.registry mode: 'none', 'rep', 'repbn', 'll', 'adv', 'ddsnr', 'bss', 'convwd'
-    gamma: float = 1e-3  # rep/ll strength, paper convention: penalty = gamma/2 * sum_l sigma_max(W_l)^2
+    gamma: float = DEFAULT_GAMMA  # rep/ll strength, paper convention: penalty = gamma/2 * sum_l sigma_max(W_l)^2
     burn_in_epochs: int = 0  # penalty off for epochs < this (power iteration keeps running); 0 = on from the start
     apply: str = "loss"  # rep/ll (other modes ignore it): 'loss' (eq. 3 in the loss) or 'direct' (the authors' ResNet step)
     every: int = 1  # rep/ll: 'loss': a power-iteration update every this many optimizer steps; 'direct': a direct step
@@ -96,6 +96,12 @@ class RegularizerConfig:
     pgd_eps: float = 0.5  # adv: L2-PGD radius in [0,1] pixel units
     pgd_steps: int = 10  # adv: PGD steps of 2 * pgd_eps / pgd_steps
     wd_lambda: float = 1e-3  # convwd (a control): penalty = wd_lambda/2 * sum ||W_l||_F^2 over the rep layers
+
+    @property
+    def spec(self) -> RegularizerSpec:
+        """The registry's entry for ``mode``: the one place a run asks the registry what its regularizer is
+        and does (the model builder, the loop, the report and the layer check read it here)."""
+        return get_spec(self.mode)
 
 
 @dataclass
@@ -282,7 +288,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         *_choice(cfg.mixed_precision, MIXED_PRECISION, "mixed_precision"),
         *_choice(o.schedule, SCHEDULES, "optim.schedule"), *_choice(o.optimizer, OPTIMIZERS, "optim.optimizer"),
         *_choice(r.mode, tuple(REGULARIZERS), "regularizer.mode"),
-        *_choice(r.estimator, ESTIMATORS, "regularizer.estimator"),
+        *_choice(r.estimator, tuple(ESTIMATORS), "regularizer.estimator"),
         *_choice(r.apply, APPLY, "regularizer.apply"),
         *_at_least(cfg.seed, 0, "seed"), *_at_least(cfg.epochs, 1, "epochs"), *_at_least(cfg.batch_size, 1, "batch_size"),
         *_at_least(cfg.grad_accum_steps, 1, "grad_accum_steps"), *_at_least(cfg.num_classes, 1, "num_classes"),
@@ -299,7 +305,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         *_at_least(r.wd_lambda, 0, "regularizer.wd_lambda"),
         *_at_least(c.every_epochs, 1, "checkpoint.every_epochs"), *_at_least(c.every_steps, 0, "checkpoint.every_steps"),
         *_at_least(c.keep, 1, "checkpoint.keep"),
-        *_choice(cfg.eval.attack, ATTACKS, "eval.attack"), *_at_least(cfg.eval.n, 0, "eval.n"),
+        *_choice(cfg.eval.attack, QUICK_EVAL_ATTACKS, "eval.attack"), *_at_least(cfg.eval.n, 0, "eval.n"),
         *_at_least(cfg.eval.budget, 1, "eval.budget"),
     ]
     problems += [f"regularizer.{key}={getattr(r, key)!r}: must be > 0 (an L2 length in [0,1] pixel units)"
@@ -309,7 +315,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.batch_size % cfg.grad_accum_steps:
         problems.append(f"batch_size={cfg.batch_size} is not a multiple of grad_accum_steps={cfg.grad_accum_steps}; "
                         "each optimizer step sums grad_accum_steps equal micro-batches")
-    if r.mode != "none" and r.burn_in_epochs >= cfg.epochs:
+    spec = REGULARIZERS.get(r.mode)  # None: an unknown mode, listed above
+    if not (spec and spec.baseline) and r.burn_in_epochs >= cfg.epochs:
         problems.append(f"regularizer.burn_in_epochs={r.burn_in_epochs} >= epochs={cfg.epochs}: the {r.mode} penalty "
                         "would never be applied; lower burn_in_epochs or set regularizer.mode=none")
     if cfg.model in ARCHS:
@@ -317,8 +324,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         problems.append(f"model={cfg.model!r} is a zoo architecture (the name of {base} trained with regularizer.mode="
                         f"{mode}; spectral ones attach their own regularizer); train the base architecture "
                         f"instead: model={base} regularizer.mode={mode}")
-    if r.apply == "direct" and r.mode == "repbn":
-        problems.append("regularizer.mode=repbn with apply=direct: the BatchNorm-folded norm depends on the batch "
+    if r.apply == "direct" and spec and spec.spectral_kwargs.get("bn_aware"):
+        problems.append(f"regularizer.mode={r.mode} with apply=direct: the BatchNorm-folded norm depends on the batch "
                         "statistics of the forward pass, so it is added to the loss; use apply=loss (or mode=rep for the "
                         "authors' direct step on raw kernels)")
     if r.apply == "direct" and r.activation_term:
@@ -326,7 +333,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                         "their singular vectors alone and has no data term; use apply=loss for the eig-ub term")
     if r.layers is not None and (not r.layers or not all(isinstance(name, str) for name in r.layers)):
         problems.append(f"regularizer.layers={r.layers!r}: a non-empty list of layer names, e.g. [head] or [fc1, head]")
-    if r.activation_term and r.mode in REGULARIZERS and not REGULARIZERS[r.mode].spectral:
+    if r.activation_term and spec and not spec.spectral:
         problems.append(f"regularizer.activation_term=true needs a spectral mode (rep, repbn, ll), not {r.mode!r}")
     problems += _ssl_problems(cfg)
     if problems:
@@ -381,7 +388,7 @@ def save_run_config(cfg: TrainConfig, run_dir: str | os.PathLike, resuming: bool
     """
     from ..io import atomic_write_text
 
-    path = Path(run_dir) / CONFIG_FILE
+    path = Path(run_dir) / RUN_CONFIG_FILE
     new = config_to_dict(cfg)
     if resuming and path.is_file():
         old_flat, new_flat = flatten_config(yaml.safe_load(path.read_text()) or {}), flatten_config(new)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import timm
 import torch
 
-from ..regularizers.registry import get_spec
 from ..spectral import select_layers
 from ..ssl.model import SSLNetwork, projector
 from .config import ConfigError, TrainConfig
@@ -24,7 +23,7 @@ def check_regularizer_layers(cfg: TrainConfig) -> None:
     A self-supervised recipe (``ssl.method``) regularizes the backbone + projector network, whose
     layers are named ``backbone.*`` and ``projector.*``.
     """
-    r, spec = cfg.regularizer, get_spec(cfg.regularizer.mode)
+    r, spec = cfg.regularizer, cfg.regularizer.spec
     if not spec.spectral:
         return
     ssl = cfg.ssl.method is not None

@@ -2,7 +2,8 @@
 
 Images stay in [0, 1]; the model's mean/std normalization happens inside
 :class:`~repspec_zoo.training.model.TrainingModule`. Besides the ``repspec_zoo.data`` sources, a
-recipe can train on ``xor``: the paper's 4-point toy problem (Yang et al. 2024, App. F.1).
+recipe can train on a toy problem of ``data.TOY_DATASETS`` (``xor``: the paper's 4-point problem,
+Yang et al. 2024, App. F.1).
 """
 from __future__ import annotations
 
@@ -18,27 +19,30 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from .. import data
 from .config import ConfigError, TrainConfig
 
-__all__ = ["XorDataset", "EpochSeededDataset", "dataset_num_classes", "data_summary", "model_data_config",
-           "load_split", "make_loaders", "XOR"]
-
-XOR = "xor"
+__all__ = ["ToyDataset", "EpochSeededDataset", "toy_spec", "dataset_num_classes", "data_summary",
+           "model_data_config", "recipe_split", "make_loaders"]
 
 
-class XorDataset(Dataset):
-    """The 4 XOR points x in {-1, +1}^2 as (1, 1, 2) tensors; label 1 where the signs differ.
+class ToyDataset(Dataset):
+    """The points of a toy problem (:class:`repspec_zoo.data.ToySpec`) as (1, 1, D) tensors with their labels.
 
-    Not [0, 1] images: the toy problem of the paper, with a 2-input network (``slp`` with
-    ``img_size: [1, 2]``); the test split is the same 4 points.
+    Not [0, 1] images: for XOR a 2-input network (``slp`` with ``img_size: [1, 2]``); the test split
+    is the same points.
     """
 
-    points = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
+    def __init__(self, spec: data.ToySpec):
+        self.points, self.labels = torch.tensor(spec.points), spec.labels
 
     def __len__(self) -> int:
         return len(self.points)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x = self.points[index]
-        return x.view(1, 1, 2), int(x[0] * x[1] < 0)
+        return self.points[index].view(1, 1, -1), self.labels[index]
+
+
+def toy_spec(cfg: TrainConfig) -> data.ToySpec | None:
+    """The toy problem the recipe trains on, None for image data."""
+    return data.TOY_DATASETS.get(cfg.dataset.name)
 
 
 class EpochSeededDataset(Dataset):
@@ -74,9 +78,8 @@ class EpochSeededDataset(Dataset):
 
 def dataset_num_classes(cfg: TrainConfig) -> int:
     """Number of classes of the configured dataset (no download for registry names)."""
-    if cfg.dataset.name == XOR:
-        return 2
-    return data.dataset_info(cfg.dataset.name, cfg.dataset.data_dir).num_classes
+    toy = toy_spec(cfg)
+    return toy.num_classes if toy else data.dataset_info(cfg.dataset.name, cfg.dataset.data_dir).num_classes
 
 
 def data_summary(cfg: TrainConfig, train: Dataset, test: Dataset) -> str:
@@ -84,10 +87,8 @@ def data_summary(cfg: TrainConfig, train: Dataset, test: Dataset) -> str:
 
     Warns when ``dataset.train_limit`` / ``test_limit`` exceeds its split (the whole split is used).
     """
-    if cfg.dataset.name == XOR:
-        source = "the 4 points of the toy problem"
-    else:  # 'idx:DIR', 'imagefolder:DIR', 'parquet:DIR', 'sklearn:load_digits' or 'hub:ORG/NAME'
-        source = data.describe_source(cfg.dataset.name, cfg.dataset.data_dir)
+    toy = toy_spec(cfg)  # else 'idx:DIR', 'imagefolder:DIR', 'parquet:DIR', 'sklearn:load_digits' or 'hub:ORG/NAME'
+    source = toy.description if toy else data.describe_source(cfg.dataset.name, cfg.dataset.data_dir)
     for split, dataset, limit in (("train", train, cfg.dataset.train_limit), ("test", test, cfg.dataset.test_limit)):
         if limit is not None and limit > len(dataset):
             warnings.warn(f"dataset.{split}_limit={limit} is larger than the {split} split of {source} "
@@ -103,7 +104,7 @@ def model_data_config(model: nn.Module, cfg: TrainConfig) -> dict:
     return config
 
 
-def load_split(cfg: TrainConfig, model: nn.Module, split: str) -> Dataset:
+def recipe_split(cfg: TrainConfig, model: nn.Module, split: str) -> Dataset:
     """One split (``'train'`` or ``'test'``) of ``(image in [0, 1], label)`` shaped for ``model``.
 
     Training images get the random augmentation when ``dataset.augment`` is on, seeded per
@@ -113,9 +114,9 @@ def load_split(cfg: TrainConfig, model: nn.Module, split: str) -> Dataset:
     takes 0.4 s instead of 4.2 s (one thread; the per-item transform is about as slow as the slp's
     training step itself).
     """
-    d = cfg.dataset
-    if d.name == XOR:
-        return XorDataset()
+    d, toy = cfg.dataset, toy_spec(cfg)
+    if toy:
+        return ToyDataset(toy)
     train = split == "train"
     spec = data.DATASETS.get(d.name)
     dataset = data.load_split(d.name, split, data_dir=d.data_dir, limit=d.train_limit if train else d.test_limit,

@@ -26,7 +26,6 @@ from accelerate.utils import DataLoaderConfiguration
 from tqdm.auto import tqdm
 
 from ..io import atomic_write_text
-from ..regularizers.registry import get_spec
 from ..runs import CHECKPOINTS_DIR, METRICS_FILE
 from .checkpoint import Checkpoints
 from .config import TrainConfig, config_to_dict, flatten_config
@@ -134,7 +133,7 @@ class Trainer:
         self.plain = accelerator.unwrap_model(net)  # the TrainingModule: jvp/vjp and PGD need it, not the DDP wrapper
         self.model = self.plain.model  # the timm model
         self.spectral = getattr(self.model, "spectral", None)
-        self.regularizer = get_spec(cfg.regularizer.mode).step(cfg.regularizer, self.model)
+        self.regularizer = cfg.regularizer.spec.step(cfg.regularizer, self.model)
         self.checkpoints = Checkpoints(Path(run_dir) / CHECKPOINTS_DIR, cfg.checkpoint.keep)
         self.metrics = MetricsLog(Path(run_dir) / METRICS_FILE)
         self.state = TrainState()

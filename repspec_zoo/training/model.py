@@ -21,9 +21,8 @@ from torch import nn
 from ..errors import UserError
 from ..attacks.normalize import NormalizedModel
 from ..models.registry import ARCHS
-from ..regularizers.registry import get_spec
-from ..runs import CONFIG_FILE as RUN_CONFIG_FILE, WEIGHTS_FILE
-from ..spectral import attach_spectral
+from ..runs import RUN_CONFIG_FILE, WEIGHTS_FILE
+from ..spectral import attach_spectral, without_regularizer
 from .config import ConfigError, OptimConfig, TrainConfig
 
 __all__ = ["InitError", "build_model", "attach_regularizer", "load_init", "TrainingModule", "build_optimizer", "lr_factor", "check_input",
@@ -54,7 +53,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 def attach_regularizer(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """``model`` with the configured rep/ll regularizer attached as ``model.spectral`` (other modes: as is)."""
     r = cfg.regularizer
-    spec = get_spec(r.mode)
+    spec = r.spec
     if spec.spectral:
         attach_spectral(model, **spec.spectral_kwargs, gamma=r.gamma, every=r.every * cfg.grad_accum_steps,
                         estimator=r.estimator, activation_term=r.activation_term, layers=r.layers)
@@ -100,7 +99,7 @@ def _from_run_dir(cfg: TrainConfig, run_dir: Path) -> nn.Module:
     model = timm.create_model(cfg.model, num_classes=source["num_classes"], **cfg.model_kwargs)
     state = safetensors.torch.load_file(weights)
     try:
-        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("spectral.")})
+        model.load_state_dict(without_regularizer(state))
     except RuntimeError as err:
         raise InitError(f"{weights} does not fit {cfg.model} with num_classes={source['num_classes']} and "
                         f"model_kwargs={cfg.model_kwargs} (the run used model_kwargs={source.get('model_kwargs')}): "
@@ -168,7 +167,7 @@ class TrainingModule(NormalizedModel):
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights as a plain timm state dict (regularizer buffers ``spectral.*`` stripped), on CPU."""
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("spectral.")}
+    return {k: v.detach().cpu().contiguous() for k, v in without_regularizer(model.state_dict()).items()}
 
 
 # ----------------------------------------------------------------------------- optimization

@@ -23,10 +23,9 @@ from .. import data
 from ..attacks.normalize import NormalizedModel
 from ..io import atomic_write_bytes, atomic_write_text
 from ..models.registry import zoo_model_name
-from ..regularizers.registry import get_spec
 from ..runs import EVAL_FILE
 from .config import TrainConfig
-from .loaders import XOR, load_split
+from .loaders import recipe_split, toy_spec
 from .model import plain_state_dict
 
 __all__ = ["save_weights", "quick_eval", "regularizer_summary", "run_summary", "unsynced_tensors", "summary_table"]
@@ -47,7 +46,7 @@ def quick_eval(model: nn.Module, cfg: TrainConfig, run_dir: str | os.PathLike) -
     normalization inside ``NormalizedModel``). ``repspec-zoo eval`` runs the full benchmark.
     Runs on the calling process only.
     """
-    test_set = load_split(cfg, model, "test")
+    test_set = recipe_split(cfg, model, "test")
     device = next(model.parameters()).device
     return write_quick_eval(NormalizedModel(model).to(device).eval(), test_set, cfg, run_dir, _model_name(cfg))
 
@@ -58,8 +57,8 @@ def write_quick_eval(classifier: nn.Module, test_set, cfg: TrainConfig, run_dir:
     (``settings`` added to the EvalResult's); returns what it wrote."""
     from ..eval import evaluate
 
-    # the XOR toy's inputs are the points (+-1, +-1), not images in the [0,1] box the attacks search
-    attack = None if cfg.eval.attack == "none" or cfg.eval.n == 0 or cfg.dataset.name == XOR else cfg.eval.attack
+    # a toy problem's inputs are points, not images in the [0,1] box the attacks search
+    attack = None if cfg.eval.attack == "none" or cfg.eval.n == 0 or toy_spec(cfg) else cfg.eval.attack
     result = evaluate(classifier, test_set, model_name=model_name, dataset_name=cfg.dataset.name,
                       n=max(cfg.eval.n, 1), budgets=[cfg.eval.budget], attack=attack, seed=cfg.seed,
                       batch_size=cfg.micro_batch_size, lemma1=False, progress=False)
@@ -70,7 +69,7 @@ def write_quick_eval(classifier: nn.Module, test_set, cfg: TrainConfig, run_dir:
 
 def regularizer_summary(cfg: TrainConfig) -> dict:
     """The regularizer settings of a run, with the strength convention spelled out (the registry's summary)."""
-    return get_spec(cfg.regularizer.mode).summary(cfg.regularizer)
+    return cfg.regularizer.spec.summary(cfg.regularizer)
 
 
 def _model_name(cfg: TrainConfig) -> str:
@@ -81,12 +80,12 @@ def _model_name(cfg: TrainConfig) -> str:
             return zoo_model_name(cfg.model, cfg.regularizer.mode, cfg.dataset.name, cfg.ssl.method)
     except ValueError:
         pass
-    return cfg.model if cfg.regularizer.mode == "none" else f"{cfg.model}+{cfg.regularizer.mode}"
+    return cfg.model if cfg.regularizer.spec.baseline else f"{cfg.model}+{cfg.regularizer.mode}"
 
 
 def _class_names(cfg: TrainConfig) -> list[str] | None:
     """The class names of the data the run trained on (a --data-dir folder's own), None where unknown."""
-    if cfg.dataset.name == XOR:
+    if toy_spec(cfg):
         return None
     names = data.dataset_info(cfg.dataset.name, cfg.dataset.data_dir).class_names
     return list(names) if names else None

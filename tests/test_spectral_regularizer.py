@@ -193,6 +193,21 @@ def test_state_dict_round_trip_dtype_and_remove():
     c.load_state_dict(plain.state_dict())
 
 
+def test_without_regularizer_leaves_the_plain_models_keys():
+    """The one strip of the regularizer's buffers: a regularized model's state -> the plain model's keys,
+    also inside a wrapper's state under a prefix (as a training checkpoint holds it)."""
+    from repspec_zoo.spectral import without_regularizer
+
+    model = timm.create_model("resnet_small_repspectral", num_classes=10)
+    model(torch.rand(2, 1, 28, 28))
+    plain = set(timm.create_model("resnet_small", num_classes=10).state_dict())
+    state = model.state_dict()
+    assert any(k.startswith("spectral.") for k in state) and set(without_regularizer(state)) == plain
+    wrapped = {**{f"model.{k}": v for k, v in state.items()}, "projector.weight": torch.zeros(1)}
+    stripped = without_regularizer(wrapped, "model.")
+    assert set(stripped) == plain and all(stripped[k] is state[k] for k in plain)
+
+
 def test_penalty_is_float32_under_autocast():
     model = timm.create_model("resnet_small_repspectral", num_classes=10)
     x = torch.rand(2, 1, 28, 28)
@@ -376,3 +391,14 @@ def test_small_init_and_logit_scaling_are_the_authors_mlp():
     x = torch.rand(3, 1, 28, 28)
     raw = model.head(model.forward_features(x))
     torch.testing.assert_close(model(x), raw / 2000 ** 0.5)
+
+
+def test_one_default_gamma_for_the_regularizer_the_zoo_and_the_recipes():
+    import inspect
+
+    from repspec_zoo.spectral import DEFAULT_GAMMA
+    from repspec_zoo.training.config import RegularizerConfig
+
+    signature = inspect.signature(SpectralRegularizer).parameters["gamma"].default
+    zoo = timm.create_model("resnet_small_repspectral", num_classes=10).spectral.gamma
+    assert signature == zoo == RegularizerConfig().gamma == DEFAULT_GAMMA == 1e-3
