@@ -262,6 +262,8 @@ def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path |
 
         for name, result in results.items():
             result.settings["command"] = meta["command"]
+            if name in deltas:  # the card states the paired comparison with its family baseline
+                result.settings["paired_vs_baseline"] = deltas[name]
             print(f"updated {update_bundled_evaluation(name, json.loads(result.to_json()))}")
     return tables
 

@@ -123,6 +123,23 @@ def test_update_bundled_evaluation_rewrites_card_and_keeps_weights(board, tmp_pa
         exporting.update_bundled_evaluation("slp_baseline.fmnist", evaluation)
 
 
+def test_cards_state_the_paired_comparison_with_the_family_baseline(board, tmp_path, monkeypatch):
+    """--update-cards: a regularized model's card carries the leaderboard's paired change against its
+    baseline (same images), as the leaderboard's own summary has it; the baseline's card has none."""
+    out, _, _ = board
+    weights = tmp_path / "repspec_zoo" / "weights"
+    for name in SLPS:
+        shutil.copytree(hub_weights.WEIGHTS_DIR / name, weights / name)
+    monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", weights)
+    leaderboard_main(["--out", str(out), "--report-only", "--update-cards"])
+    paired = json.loads((out / "leaderboard.json").read_text())["paired_vs_baseline"]["slp_repspectral.fmnist"]
+    d = paired["mean_difference"]
+    card = (weights / "slp_repspectral.fmnist" / "README.md").read_text()
+    assert (f"| mean L2 change against `slp_baseline.fmnist` on the same 6 images, 95% paired bootstrap CI "
+            f"(Wilcoxon p) | {d['estimate']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]") in card
+    assert "mean L2 change against" not in (weights / "slp_baseline.fmnist" / "README.md").read_text()
+
+
 def test_report_only_rerenders_the_same_tables(board):
     out, _, results = board
     before = (out / "leaderboard.md").read_text(), json.loads((out / "leaderboard.json").read_text())

@@ -123,6 +123,13 @@ def _evaluation_table(evaluation: Mapping) -> str:
     ratio = (evaluation.get("bracket") or {}).get("upper_over_certified") or {}
     if ratio.get("median") is not None:
         lines.append(f"| best attack / certified radius, median over samples | {ratio['median']:.2f} |")
+    paired = (evaluation.get("settings") or {}).get("paired_vs_baseline")
+    if paired:  # the leaderboard's comparison on the same images (one trained network each)
+        diff = paired["mean_difference"]
+        lines.append(f"| mean L2 change against `{paired['baseline']}` on the same {paired['n_pairs']} images, "
+                     f"95% paired bootstrap CI (Wilcoxon p) | {diff['estimate']:+.4f} [{diff['low']:+.4f}, "
+                     f"{diff['high']:+.4f}] (p = {paired['wilcoxon']['p_value']:.2g}; "
+                     f"{'beyond noise' if paired['beyond_noise'] else 'within noise'}) |")
     return "\n".join(lines)
 
 
