@@ -230,7 +230,11 @@ def sample():
         time.sleep(0.005)
 threading.Thread(target=sample, daemon=True).start()
 t = time.perf_counter()
-runpy.run_module('repspec_zoo.cli', run_name='__main__', alter_sys=True)
+try:
+    runpy.run_module('repspec_zoo.cli', run_name='__main__', alter_sys=True)
+except SystemExit as done:  # the console entry point exits with the command's status
+    if done.code not in (0, None):
+        raise
 print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, peak[0])
 """
 
