@@ -233,8 +233,8 @@ def leaderboard(s: Settings, device: torch.device, out_dir: Path) -> dict:
     import subprocess
 
     from repspec_zoo import data
-    from repspec_zoo.eval_result import EvalResult
-    from repspec_zoo.leaderboard import load_zoo_model
+    from repspec_zoo.evaluation.result import EvalResult
+    from repspec_zoo.evaluation.leaderboard import load_zoo_model
 
     args = [*s.leaderboard_args, "--out", str(out_dir)]
     start = time.perf_counter()  # the command as a user runs it (its own process, the GPU if there is one)

@@ -8,7 +8,7 @@ import repspec_zoo  # noqa: F401
 from repspec_zoo import data
 from repspec_zoo.hub import weights as hub_weights
 from repspec_zoo.attacks import NormalizedModel
-from repspec_zoo.eval import evaluate
+from repspec_zoo.evaluation.evaluate import evaluate
 from repspec_zoo.models.registry import ARCHS, TAGS
 
 BUNDLED = sorted(p.name for p in hub_weights.WEIGHTS_DIR.iterdir() if (p / hub_weights.WEIGHTS_FILE).is_file())

@@ -19,14 +19,15 @@ import torch
 from torch import nn
 
 import repspec_zoo  # noqa: F401  (registers the zoo with timm)
-from repspec_zoo import eval as eval_module, io
+from repspec_zoo.evaluation import evaluate as eval_module
+from repspec_zoo import io
 from repspec_zoo.attacks import NormalizedModel
-from repspec_zoo.eval import evaluate
-from repspec_zoo.eval_result import EvalResult, EvalResultError
+from repspec_zoo.evaluation.evaluate import evaluate
+from repspec_zoo.evaluation.result import EvalResult, EvalResultError
 from repspec_zoo.hub import exporting
 from repspec_zoo.hub.cards import render_card
 from repspec_zoo.loader import load_model
-from repspec_zoo.model_checks import UnusableModelError
+from repspec_zoo.evaluation.model_checks import UnusableModelError
 from repspec_zoo.training.lock import LOCK_FILE, RunLock, RunLockedError
 
 from multiproc import ROOT
@@ -347,7 +348,7 @@ def test_a_damaged_result_file_names_itself(tmp_path):
 
 def test_leaderboard_resume_evaluates_a_damaged_result_again(tmp_path, capsys, monkeypatch):
     """Before: a raw JSONDecodeError naming no file."""
-    from repspec_zoo import leaderboard
+    from repspec_zoo.evaluation import leaderboard
     from repspec_zoo.cli.leaderboard import main
 
     argv = ["--models", "slp_baseline.fmnist", "slp_repspectral.fmnist", "--n", "2", "--budgets", "20",

@@ -97,7 +97,7 @@ def test_layers_import_downwards_only(low, high):
 
 
 def test_the_library_never_imports_the_command_line():
-    """Library, experiments and benchmarks import no CLI module (plots live in repspec_zoo.plots,
+    """Library, experiments and benchmarks import no CLI module (plots live in repspec_zoo.evaluation.plots,
     argparse types in repspec_zoo.argtypes)."""
     graph = import_graph()
     assert {m: sorted(t) for m, targets in graph.items() if not m.startswith("repspec_zoo.cli")

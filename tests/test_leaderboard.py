@@ -7,7 +7,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 import repspec_zoo  # noqa: F401
-from repspec_zoo import leaderboard
+from repspec_zoo.evaluation import leaderboard
 from repspec_zoo.cli.leaderboard import main as leaderboard_main
 from repspec_zoo.hub import exporting, weights as hub_weights
 
@@ -31,7 +31,7 @@ def test_self_supervised_backbones_get_a_probe_and_shared_images(tmp_path):
 
     from repspec_zoo import data
     from repspec_zoo.loader import load_model
-    from repspec_zoo.probe import fit_probe
+    from repspec_zoo.evaluation.linear_probe import fit_probe
 
     names = ["resnet_small_baseline.fmnist_simclr", "resnet_small_repspectral.fmnist_simclr"]
     results = leaderboard_main(["--models", *names, "--n", "4", "--budgets", "20", "--attack", "ta", "--out",

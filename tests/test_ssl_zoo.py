@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard
 import repspec_zoo  # noqa: F401
 from repspec_zoo.cli import probe as probe_cli
 from repspec_zoo.hub import exporting, weights as hub_weights
-from repspec_zoo.leaderboard import bundled_models
+from repspec_zoo.evaluation.leaderboard import bundled_models
 from repspec_zoo.models.registry import zoo_model_name, zoo_names
 from repspec_zoo.models.zoo import list_pretrained
 from repspec_zoo.training import load_config

@@ -1,6 +1,6 @@
 """`repspec-zoo leaderboard`: the bundled zoo models side by side on the same test images.
 
-Tables, per-model EvalResult JSON and plots into ``--out`` (see :mod:`repspec_zoo.leaderboard`);
+Tables, per-model EvalResult JSON and plots into ``--out`` (see :mod:`repspec_zoo.evaluation.leaderboard`);
 ``--report-only`` re-renders them from the JSON files; a killed run continues where it stopped.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from .. import data
-from ..eval import resolve_attacks
-from ..eval_result import EvalResult, EvalResultError
-from ..leaderboard import (LeaderboardError, bundled_models, check_readme, common_indices, evaluate_job, finished,
-                           load_zoo_model, report)
+from ..evaluation.evaluate import resolve_attacks
+from ..evaluation.result import EvalResult, EvalResultError
+from ..evaluation.leaderboard import (LeaderboardError, bundled_models, check_readme, common_indices, evaluate_job,
+                                      finished, load_zoo_model, report)
 from ..argtypes import parse_attacks, parse_budgets, positive_int, seed_int
 from . import Parser, UsageError
 from .common import add_forward_arguments

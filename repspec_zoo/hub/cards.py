@@ -15,7 +15,7 @@ import timm
 from huggingface_hub import EvalResult as CardMetric, ModelCard, ModelCardData  # one metric row of a card
 
 from ..regularizers.registry import get_spec
-from ..stats import format_interval
+from ..evaluation.stats import format_interval
 
 TASK = "image-classification"
 FEATURES_TASK = "image-feature-extraction"  # the Hub pipeline of a headless backbone

@@ -55,7 +55,7 @@ def write_quick_eval(classifier: nn.Module, test_set, cfg: TrainConfig, run_dir:
                      model_name: str, **settings) -> dict:
     """Evaluate ``classifier`` (images in [0, 1]) as the recipes' quick evaluation -> ``RUN_DIR/eval.json``
     (``settings`` added to the EvalResult's); returns what it wrote."""
-    from ..eval import evaluate
+    from ..evaluation.evaluate import evaluate
 
     # a toy problem's inputs are points, not images in the [0,1] box the attacks search
     attack = None if cfg.eval.attack == "none" or cfg.eval.n == 0 or toy_spec(cfg) else cfg.eval.attack

@@ -25,17 +25,18 @@ from pathlib import Path
 
 import torch
 
-from . import data, stats
-from .attacks import NormalizedModel
+from .. import data
+from . import stats
+from ..attacks import NormalizedModel
 from .stats import format_interval
-from .eval import evaluate, predict_split
-from .errors import UserError
-from .eval_result import EvalResult
-from .io import atomic_write_text
-from .models.registry import ARCHS, TAGS, zoo_model_name
-from .models.zoo import list_pretrained
-from .regularizers.registry import BASELINE_MODE, REGULARIZERS
-from .loader import load_model
+from .evaluate import evaluate, predict_split
+from ..errors import UserError
+from .result import EvalResult
+from ..io import atomic_write_text
+from ..models.registry import ARCHS, TAGS, zoo_model_name
+from ..models.zoo import list_pretrained
+from ..regularizers.registry import BASELINE_MODE, REGULARIZERS
+from ..loader import load_model
 from .model_checks import check_model
 from .plots import plot_distance_curves, plot_robust_accuracy
 
@@ -75,7 +76,7 @@ def load_zoo_model(name: str, compile: bool = False, images: torch.Tensor | None
     """A bundled / cached zoo model in [0,1] input space, eval mode, without regularizer hooks, with
     the fast evaluation forward (`NormalizedModel.fast_eval`; ``compile=True`` adds torch.compile).
     A headless self-supervised backbone becomes backbone + a linear probe fitted by
-    `repspec_zoo.probe.fit_probe` (logistic, C = 1) on `PROBE_TRAIN_LIMIT` training images of its
+    `repspec_zoo.evaluation.linear_probe.fit_probe` (logistic, C = 1) on `PROBE_TRAIN_LIMIT` training images of its
     tag's dataset drawn with ``seed``, as ``repspec-zoo probe --train-limit 5000`` does; the fit is
     in ``model.probe_info`` (recorded in the evaluation's settings; None for a classifier). The
     model ends on ``device`` (default `default_device`); `evaluate` then runs every attack there.
@@ -83,7 +84,7 @@ def load_zoo_model(name: str, compile: bool = False, images: torch.Tensor | None
     backbone = load_model(name)
     probe_info = None
     if getattr(backbone, "num_classes", 1) == 0:
-        from .probe import fit_probe
+        from .linear_probe import fit_probe
 
         dataset = TAGS[name.partition(".")[2]].dataset
         in_chans, height = backbone.pretrained_cfg["input_size"][:2]
@@ -258,7 +259,7 @@ def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path |
     if readme:
         update_readme(readme, block)
     if update_cards:
-        from .hub.exporting import update_bundled_evaluation
+        from ..hub.exporting import update_bundled_evaluation
 
         for name, result in results.items():
             result.settings["command"] = meta["command"]

@@ -15,7 +15,7 @@ Two fits of the head ``logits = W phi(x) + b``:
 
 :func:`fit_probe` returns a :class:`~repspec_zoo.attacks.NormalizedModel` around a copy of the
 backbone whose timm classifier (``reset_classifier`` + ``get_classifier()``) holds the fitted
-head: a plain timm classifier that :func:`repspec_zoo.eval.evaluate` takes as any other model.
+head: a plain timm classifier that :func:`repspec_zoo.evaluation.evaluate.evaluate` takes as any other model.
 
 Example::
 
@@ -34,9 +34,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .attacks.normalize import NormalizedModel
-from .attacks.oracle import EVAL_BATCH_SIZE
-from .errors import UserError
+from ..attacks.normalize import NormalizedModel
+from ..attacks.oracle import EVAL_BATCH_SIZE
+from ..errors import UserError
 
 __all__ = ["ProbeError", "Probe", "PROBE_METHODS", "extract_features", "fit_probe"]
 
