@@ -60,7 +60,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
-from repspec_zoo.attacks import AttackSettings, NormalizedModel, StartPool, predict_labels, run_attack
+from repspec_zoo.attacks import AttackSettings, StartPool, predict_labels, run_attack
+from repspec_zoo.models.normalize import NormalizedModel
 from repspec_zoo.io import atomic_write_text
 from repspec_zoo.training import Trainer, TrainingModule, build_model, build_optimizer, check_input, load_config
 from repspec_zoo.spectral import ConvGeometry, conv_fft_sigma, conv_power_iteration

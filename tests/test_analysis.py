@@ -8,7 +8,7 @@ from torch import nn
 
 from repspec_zoo.evaluation import analysis
 from repspec_zoo import cli
-from repspec_zoo.attacks import NormalizedModel
+from repspec_zoo.models.normalize import NormalizedModel
 from repspec_zoo.models.tiny import SingleHiddenLayerNet
 
 

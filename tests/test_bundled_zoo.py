@@ -7,7 +7,7 @@ import timm
 import repspec_zoo  # noqa: F401
 from repspec_zoo import data
 from repspec_zoo.hub import weights as hub_weights
-from repspec_zoo.attacks import NormalizedModel
+from repspec_zoo.models.normalize import NormalizedModel
 from repspec_zoo.evaluation.evaluate import evaluate
 from repspec_zoo.models.registry import ARCHS, TAGS
 

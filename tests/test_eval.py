@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 import repspec_zoo  # noqa: F401
-from repspec_zoo.attacks import NormalizedModel
+from repspec_zoo.models.normalize import NormalizedModel
 from repspec_zoo.evaluation.bounds import GELU_MAX_SLOPE, certified_radius, lemma1_estimate
 from repspec_zoo.evaluation.evaluate import evaluate
 from repspec_zoo.evaluation.jacobian import jacobian_top_singular

@@ -21,7 +21,7 @@ from torch import nn
 import repspec_zoo  # noqa: F401  (registers the zoo with timm)
 from repspec_zoo.evaluation import evaluate as eval_module
 from repspec_zoo import io
-from repspec_zoo.attacks import NormalizedModel
+from repspec_zoo.models.normalize import NormalizedModel
 from repspec_zoo.evaluation.evaluate import evaluate
 from repspec_zoo.evaluation.result import EvalResult, EvalResultError
 from repspec_zoo.hub import exporting

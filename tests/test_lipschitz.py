@@ -14,7 +14,7 @@ from torch import nn
 import repspec_zoo  # noqa: F401
 from repspec_zoo import data
 from repspec_zoo.evaluation.analysis import function_report
-from repspec_zoo.attacks import NormalizedModel
+from repspec_zoo.models.normalize import NormalizedModel
 from repspec_zoo.evaluation.bounds import GELU_MAX_SLOPE, VACUOUS_FRACTION, bracket, certified_radius
 from repspec_zoo.evaluation.evaluate import evaluate
 from repspec_zoo.evaluation.jacobian import jacobian_top_singular

@@ -9,7 +9,7 @@ import timm
 import torch
 
 import repspec_zoo  # noqa: F401
-from repspec_zoo.attacks import NormalizedModel
+from repspec_zoo.models.normalize import NormalizedModel
 from repspec_zoo.cli import main as cli_main
 from repspec_zoo.data import as_tensors, load_split
 from repspec_zoo.evaluation.linear_probe import ProbeError, fit_probe

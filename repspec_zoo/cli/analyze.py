@@ -25,7 +25,7 @@ import torch
 
 from ..evaluation import analysis
 from .. import data
-from ..attacks import NormalizedModel
+from ..models.normalize import NormalizedModel
 from ..io import atomic_write_text
 from ..evaluation.plots import plot_analysis
 from ..argtypes import positive_int, seed_int

@@ -31,7 +31,7 @@ import argparse
 import sys
 
 from .. import data
-from ..attacks import NormalizedModel
+from ..models.normalize import NormalizedModel
 from ..evaluation.evaluate import evaluate
 from ..models.registry import ARCHS, TAGS
 from ..evaluation.model_checks import check_model, first_images

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attacks import pgd_l2, robust_accuracy_curve
-from ..attacks.normalize import as_normalized
+from ..models.normalize import as_normalized
 from .bounds import certified_radius, is_vacuous, logit_lipschitz, unwrap
 from .jacobian import jacobian_top_singular, jvp, vjp
 from .lipschitz import function_bound

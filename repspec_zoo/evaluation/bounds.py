@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..attacks.normalize import NormalizedModel, as_normalized
+from ..models.normalize import NormalizedModel, as_normalized
 from .jacobian import jacobian_top_singular
 from .lipschitz import GELU_MAX_SLOPE, activation_max_slope, try_feature_lipschitz
 

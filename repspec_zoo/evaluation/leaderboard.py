@@ -27,7 +27,7 @@ import torch
 
 from .. import data
 from . import stats
-from ..attacks import NormalizedModel
+from ..models.normalize import NormalizedModel
 from .stats import format_interval
 from .evaluate import evaluate, predict_split
 from ..errors import UserError

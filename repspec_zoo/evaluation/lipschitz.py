@@ -37,8 +37,8 @@ from timm.layers import Conv2dSame, DropBlock2d, DropPath, SelectAdaptivePool2d
 from timm.layers.activations import GELU as TimmGELU
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..attacks.fold import conv_bn_pairs
-from ..attacks.normalize import NormalizedModel
+from ..models.fold import conv_bn_pairs
+from ..models.normalize import NormalizedModel
 from ..models.tiny import ResNetSmall, SingleHiddenLayerNet
 from ..spectral.bn import bn_scale, bn_scaled_weight
 from ..spectral.fft import conv_fft_upper_bound

@@ -39,7 +39,7 @@ def first_images(dataset, device=None, count: int = 8) -> Tensor:
 
 def _inner(model: nn.Module) -> nn.Module:
     """The timm network inside a NormalizedModel (or the model itself)."""
-    from ..attacks.normalize import NormalizedModel
+    from ..models.normalize import NormalizedModel
 
     return model.model if isinstance(model, NormalizedModel) else model
 

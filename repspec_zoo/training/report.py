@@ -20,7 +20,7 @@ from accelerate.utils import gather_object
 from torch import nn
 
 from .. import data
-from ..attacks.normalize import NormalizedModel
+from ..models.normalize import NormalizedModel
 from ..io import atomic_write_bytes, atomic_write_text
 from ..models.registry import zoo_model_name
 from ..runs import EVAL_FILE
