@@ -382,7 +382,7 @@ def test_timm_file_overlay_verifies_a_zoo_export(tmp_path):
     import shutil
 
     import timm
-    from repspec_zoo.hub.weights import PretrainedWeightsError, bundled_dir
+    from repspec_zoo.models.pretrained import PretrainedWeightsError, bundled_dir
 
     folder = tmp_path / "export"
     shutil.copytree(bundled_dir("slp_repspectral.fmnist"), folder)
@@ -409,11 +409,11 @@ def test_timm_create_model_suggests_close_zoo_names():
 
 def test_readme_hf_hub_snippet_offline_names_the_bundled_model(tmp_path, monkeypatch):
     import timm
-    from repspec_zoo.hub import weights as hub_weights
+    from repspec_zoo.models import pretrained
 
-    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(hub_weights.PretrainedWeightsUnavailable,
+    monkeypatch.setattr(pretrained.hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(pretrained.hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(pretrained.PretrainedWeightsUnavailable,
                        match=r"cannot load hf-hub:repspec-zoo/slp_repspectral.fmnist: offline \(HF_HUB_OFFLINE=1\).*"
                              r"slp_repspectral.fmnist ships with repspec_zoo and loads offline"):
         timm.create_model("hf-hub:repspec-zoo/slp_repspectral.fmnist", pretrained=True)

@@ -87,7 +87,7 @@ def test_no_import_circles():
 
 
 @pytest.mark.parametrize("low, high", [("repspec_zoo.models", "repspec_zoo.hub.exporting"),
-                                       ("repspec_zoo.hub.weights", "repspec_zoo.models"),
+                                       ("repspec_zoo.models.pretrained", "repspec_zoo.models"),
                                        ("repspec_zoo.spectral", "repspec_zoo.training")])
 def test_layers_import_downwards_only(low, high):
     graph = import_graph()

@@ -9,7 +9,8 @@ from huggingface_hub import ModelCard
 import repspec_zoo  # noqa: F401
 from repspec_zoo.evaluation import leaderboard
 from repspec_zoo.cli.leaderboard import main as leaderboard_main
-from repspec_zoo.hub import exporting, weights as hub_weights
+from repspec_zoo.hub import exporting
+from repspec_zoo.models import pretrained
 
 SLPS = ["slp_baseline.fmnist", "slp_repspectral.fmnist"]
 
@@ -102,8 +103,8 @@ def test_update_bundled_evaluation_rewrites_card_and_keeps_weights(board, tmp_pa
     _, _, results = board
     name = "slp_repspectral.fmnist"
     weights = tmp_path / "repspec_zoo" / "weights"
-    shutil.copytree(hub_weights.WEIGHTS_DIR / name, weights / name)
-    monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", weights)
+    shutil.copytree(pretrained.WEIGHTS_DIR / name, weights / name)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights)
     folder = weights / name
     sha = json.loads((folder / "config.json").read_text())["weights_sha256"]
     weight_bytes = (folder / "model.safetensors").read_bytes()
