@@ -10,7 +10,7 @@ import repspec_zoo  # noqa: F401
 from repspec_zoo.models.normalize import NormalizedModel
 from repspec_zoo.evaluation.bounds import GELU_MAX_SLOPE, certified_radius, lemma1_estimate
 from repspec_zoo.evaluation.evaluate import evaluate
-from repspec_zoo.evaluation.jacobian import jacobian_top_singular
+from repspec_zoo.spectral.jacobian import jacobian_top_singular
 from multiproc import ROOT, launch_two_processes
 
 
@@ -49,7 +49,7 @@ def test_jacobian_power_iteration_matches_svd_of_jacrev():
 def test_power_iteration_keeps_no_autograd_history(monkeypatch):
     """Parameters that require grad put jv on the autograd graph; a step's vector must not carry it
     into the next step (that chain held every step's activations: 1.4 GB in a 2-model leaderboard)."""
-    from repspec_zoo.evaluation import jacobian
+    from repspec_zoo.spectral import jacobian
 
     net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4))
     assert all(p.requires_grad for p in net.parameters())

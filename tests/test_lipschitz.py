@@ -17,7 +17,7 @@ from repspec_zoo.evaluation.analysis import function_report
 from repspec_zoo.models.normalize import NormalizedModel
 from repspec_zoo.evaluation.bounds import GELU_MAX_SLOPE, VACUOUS_FRACTION, bracket, certified_radius
 from repspec_zoo.evaluation.evaluate import evaluate
-from repspec_zoo.evaluation.jacobian import jacobian_top_singular
+from repspec_zoo.spectral.jacobian import jacobian_top_singular
 from repspec_zoo.evaluation.lipschitz import feature_lipschitz, function_bound, try_feature_lipschitz
 
 from spectral_cases import F64, dense_of, top_sigma

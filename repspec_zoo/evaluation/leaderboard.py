@@ -228,10 +228,10 @@ def update_readme(readme: Path, block: str, section: str = "leaderboard") -> Non
     atomic_write_text(readme, f"{head}{start}\n{block}\n{end}{tail}")
 
 
-def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path | None = None,
-           update_cards: bool = False) -> str:
-    """Tables, JSON summary and plots of ``results`` into ``out``; optionally the README block and
-    the bundled cards. ``meta``: dataset, index, budgets, attacks, seed, wall_time_s, command."""
+def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path | None = None) -> str:
+    """Tables, JSON summary and plots of ``results`` into ``out``; optionally the README block (the
+    bundled cards are the command line's ``--update-cards``). ``meta``: dataset, index, budgets,
+    attacks, seed, wall_time_s, command."""
     budgets, attacks = meta["budgets"], meta["attacks"]
     deltas = paired_deltas(results, meta["dataset"], meta["seed"])
     tables = markdown_tables(results, budgets, deltas)
@@ -258,14 +258,6 @@ def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path |
     plot_robust_accuracy(results, out / "robust_accuracy.png")
     if readme:
         update_readme(readme, block)
-    if update_cards:
-        from ..hub.exporting import update_bundled_evaluation
-
-        for name, result in results.items():
-            result.settings["command"] = meta["command"]
-            if name in deltas:  # the card states the paired comparison with its family baseline
-                result.settings["paired_vs_baseline"] = deltas[name]
-            print(f"updated {update_bundled_evaluation(name, json.loads(result.to_json()))}")
     return tables
 
 
