@@ -130,8 +130,8 @@ def test_cards_state_the_paired_comparison_with_the_family_baseline(board, tmp_p
     out, _, _ = board
     weights = tmp_path / "repspec_zoo" / "weights"
     for name in SLPS:
-        shutil.copytree(hub_weights.WEIGHTS_DIR / name, weights / name)
-    monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", weights)
+        shutil.copytree(pretrained.WEIGHTS_DIR / name, weights / name)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights)
     leaderboard_main(["--out", str(out), "--report-only", "--update-cards"])
     paired = json.loads((out / "leaderboard.json").read_text())["paired_vs_baseline"]["slp_repspectral.fmnist"]
     d = paired["mean_difference"]
