@@ -39,10 +39,10 @@ import torch.nn.functional as F
 
 import repspec_zoo  # noqa: F401  (registers the zoo's architectures with timm)
 from repspec_zoo import data
-from repspec_zoo.attacks import NormalizedModel
-from repspec_zoo.eval import EVAL_BATCH_SIZE, evaluate
+from repspec_zoo.models.normalize import NormalizedModel
+from repspec_zoo.evaluation.evaluate import EVAL_BATCH_SIZE, evaluate
 from repspec_zoo.io import atomic_write_text
-from repspec_zoo.leaderboard import common_indices, load_zoo_model
+from repspec_zoo.evaluation.leaderboard import common_indices, load_zoo_model
 from repspec_zoo.loader import load_model
 
 ROOT = Path(__file__).resolve().parents[1]

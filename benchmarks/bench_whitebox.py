@@ -17,7 +17,7 @@ contains the previous 300: same seed, same permutation): per model the paired bo
 per-sample best distance (new - old), relative to the old mean, its half width, and the white-box
 passes per sample before and after. The hard-label attacks are the same code and seeds in both.
 
-Every attack run goes through `repspec_zoo.eval.evaluate` (the leaderboard's model loading,
+Every attack run goes through `repspec_zoo.evaluation.evaluate.evaluate` (the leaderboard's model loading,
 folded forward, batch size, start pool and FMN warm start). Each (model, attack, steps, images)
 result is cached under runs/bench_whitebox/, so a killed run resumes. Writes
 benchmarks/results_whitebox.json (rendered into benchmarks/README.md) and the curve plot
@@ -56,9 +56,9 @@ def run_one(job: tuple) -> dict:
             return saved
     torch.set_num_threads(1)
     from repspec_zoo import data
-    from repspec_zoo.eval import evaluate
+    from repspec_zoo.evaluation.evaluate import evaluate
     from repspec_zoo.io import atomic_write_text
-    from repspec_zoo.leaderboard import load_zoo_model
+    from repspec_zoo.evaluation.leaderboard import load_zoo_model
 
     x, y = data.as_tensors(data.load_split("fashion_mnist", "test"))
     start = time.perf_counter()
@@ -75,7 +75,7 @@ def run_one(job: tuple) -> dict:
 
 def paired(a: list[float], b: list[float], seed: int = 0) -> dict:
     """b - a on the same images: bootstrap CI of the mean difference, relative to mean(a), half width."""
-    from repspec_zoo import stats
+    from repspec_zoo.evaluation import stats
 
     cmp = stats.to_jsonable(stats.paired_comparison(a, b, seed=seed))
     d = cmp["mean_difference"]

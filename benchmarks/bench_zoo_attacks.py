@@ -3,7 +3,7 @@ queries, on the same correctly classified Fashion-MNIST test images for every mo
 
 For every model: mean and median L2 per attack and budget (the TA paper's rule: last iterate
 within the budget), success rates, and a paired comparison of CGBA against TA on the same images
-(`repspec_zoo.stats.paired_comparison`: bootstrap CI of the mean difference, Wilcoxon). Writes
+(`repspec_zoo.evaluation.stats.paired_comparison`: bootstrap CI of the mean difference, Wilcoxon). Writes
 benchmarks/results_zoo_attacks.json (rendered into benchmarks/README.md by render_readme.py).
 
     PYTHONPATH=. python benchmarks/bench_zoo_attacks.py                 # 8 models, n=40, ~30 min on 2 cores
@@ -32,9 +32,9 @@ def attack_model(job: tuple) -> dict:
     """All hard-label attacks on one model (a worker process, one torch thread); cached by settings."""
     name, index, budgets, seed = job
     from repspec_zoo import data
-    from repspec_zoo.eval import evaluate
+    from repspec_zoo.evaluation.evaluate import evaluate
     from repspec_zoo.io import atomic_write_text
-    from repspec_zoo.leaderboard import load_zoo_model
+    from repspec_zoo.evaluation.leaderboard import load_zoo_model
 
     cache = CACHE / f"{name}.json"
     if cache.is_file():
@@ -53,7 +53,7 @@ def attack_model(job: tuple) -> dict:
 
 def compare(result: dict, budgets: list[int], seed: int, attacks=COMPARED_ATTACKS) -> dict:
     """Per budget: each attack's mean / median / success, and CGBA vs TA paired on the same images."""
-    from repspec_zoo import stats
+    from repspec_zoo.evaluation import stats
 
     out = {}
     for q in map(str, budgets):
@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
 
     from repspec_zoo import data
     from repspec_zoo.io import atomic_write_text
-    from repspec_zoo.leaderboard import bundled_models, common_indices, load_zoo_model
+    from repspec_zoo.evaluation.leaderboard import bundled_models, common_indices, load_zoo_model
 
     budgets = args.budgets
     names = args.models or bundled_models("fashion_mnist")

@@ -60,7 +60,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
-from repspec_zoo.attacks import AttackSettings, NormalizedModel, StartPool, predict_labels, run_attack
+from repspec_zoo.attacks import AttackSettings, StartPool, predict_labels, run_attack
+from repspec_zoo.models.normalize import NormalizedModel
 from repspec_zoo.io import atomic_write_text
 from repspec_zoo.training import Trainer, TrainingModule, build_model, build_optimizer, check_input, load_config
 from repspec_zoo.spectral import ConvGeometry, conv_fft_sigma, conv_power_iteration
@@ -233,8 +234,8 @@ def leaderboard(s: Settings, device: torch.device, out_dir: Path) -> dict:
     import subprocess
 
     from repspec_zoo import data
-    from repspec_zoo.eval_result import EvalResult
-    from repspec_zoo.leaderboard import load_zoo_model
+    from repspec_zoo.evaluation.result import EvalResult
+    from repspec_zoo.evaluation.leaderboard import load_zoo_model
 
     args = [*s.leaderboard_args, "--out", str(out_dir)]
     start = time.perf_counter()  # the command as a user runs it (its own process, the GPU if there is one)

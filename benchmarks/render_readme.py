@@ -73,7 +73,7 @@ def attack(r: dict) -> list[str]:
 
 
 def eval_forward(r: dict) -> list[str]:
-    from repspec_zoo.eval import EVAL_BATCH_SIZE  # the evaluation's default batch (torch loads only here)
+    from repspec_zoo.evaluation.evaluate import EVAL_BATCH_SIZE  # the evaluation's default batch (torch loads only here)
 
     s, sizes = r["setup"], [str(b) for b in r["setup"]["batch_sizes"]]
     rows = [f"No-grad logits of the bundled models, {s['threads']} thread, torch {s['torch']}, median of {s['rounds']} "

@@ -25,7 +25,7 @@ arm branches from its epoch-6 checkpoint and trains epochs 7-9 with its regulari
   the zoo's ``resnet_small_advtrained.fmnist`` is attacked on the same images as a second reference.
 
 Measured per model: clean accuracy on the 10k test images; the function-level numbers of
-``repspec_zoo.analysis.function_report`` (raw and BatchNorm-folded sums of conv sigma_max^2, the global
+``repspec_zoo.evaluation.analysis.function_report`` (raw and BatchNorm-folded sums of conv sigma_max^2, the global
 Lipschitz bound, the median certified radius, the median feature-Jacobian norm); the attack distance on
 the same ``--n`` test images for every model (correctly classified by all): the ensemble (TA, CGBA, FMN,
 ALMA; per-image best) at ``--budgets``, and the Tangent Attack's own distance at the largest budget
@@ -185,8 +185,8 @@ def evaluate_model(job: tuple) -> dict:
     path, source, seed, arm, indices, budgets = job
     if path.is_file():
         return json.loads(path.read_text())
-    from repspec_zoo.eval import evaluate
-    from repspec_zoo.stats import to_jsonable
+    from repspec_zoo.evaluation.evaluate import evaluate
+    from repspec_zoo.evaluation.stats import to_jsonable
 
     x, y = split_tensors("fashion_mnist", "test")
     model = _load(source)
@@ -225,8 +225,8 @@ def function_numbers(job: tuple) -> dict:
     path, source, indices = job
     if path.is_file():
         return json.loads(path.read_text())
-    from repspec_zoo.analysis import function_report
-    from repspec_zoo.stats import to_jsonable
+    from repspec_zoo.evaluation.analysis import function_report
+    from repspec_zoo.evaluation.stats import to_jsonable
 
     x, y = split_tensors("fashion_mnist", "test")
     index = torch.as_tensor(indices)
@@ -251,8 +251,8 @@ def evaluate_transfer(job: tuple) -> dict:
     path, run_dir, seed, arm, indices, budgets = job
     if path.is_file():
         return json.loads(path.read_text())
-    from repspec_zoo.eval import evaluate
-    from repspec_zoo.stats import to_jsonable
+    from repspec_zoo.evaluation.evaluate import evaluate
+    from repspec_zoo.evaluation.stats import to_jsonable
 
     model = _load(run_dir)
     x, y = digits_test_split(model)
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     # adversarial training costs ~6x a plain epoch: the other arms of every seed first
     run_all(sorted(runs.values(), key=lambda r: r.output.name == "adv"), args.workers)
 
-    from repspec_zoo.leaderboard import common_indices
+    from repspec_zoo.evaluation.leaderboard import common_indices
     from repspec_zoo.loader import load_model
 
     sources = {model_key(*k): r.output for k, r in runs.items()}

@@ -32,7 +32,7 @@ def decide(comparison: dict) -> bool:
 
 
 def seed_level(rows: dict, seeds: list[int], field: str = "l2") -> list[dict]:
-    from repspec_zoo.stats import seed_level_comparison, to_jsonable
+    from repspec_zoo.evaluation.stats import seed_level_comparison, to_jsonable
 
     arms = sorted({a for pair in COMPARISONS for a in pair[:2]})
     arms = [a for a in arms if all(model_key(s, a) in rows for s in seeds)]
@@ -61,7 +61,7 @@ def _seed_table(comparisons: list[dict]) -> str:
 
 def outcome(rows: dict, functions: dict, seeds: list[int], comparisons: list[dict]) -> list[str]:
     """The hypotheses as measured: each decision, the clean-accuracy cost and the folded-norm check."""
-    from repspec_zoo.stats import seed_level_comparison
+    from repspec_zoo.evaluation.stats import seed_level_comparison
 
     lines, costly = [], []
     for c in comparisons:
@@ -98,7 +98,7 @@ def _num(v, fmt=".4g") -> str:
 
 
 def _model_table(rows: dict, functions: dict, keys: list[str]) -> str:
-    from repspec_zoo.stats import format_interval
+    from repspec_zoo.evaluation.stats import format_interval
 
     lines = ["| model | clean acc | raw sum sigma^2 | BN-folded sum sigma^2 | Lipschitz bound | median certified "
              "radius | median feature-Jacobian norm | success | ensemble mean L2 [95% CI] | TA mean L2 |",
@@ -172,8 +172,8 @@ def report(saved: dict, out: Path) -> str:
              "Tangent Attack alone (hard-label, the paper's attack):", "", _seed_table(ta_comparisons), "",
              "## Every model", "", _model_table(rows, functions, keys), "",
              "Raw and BN-folded sums: every conv's sigma_max^2, raw kernel and with its eval-mode BatchNorm folded in "
-             f"({functions[keys[0]]['estimator'] if keys and keys[0] in functions else 'see repspec_zoo.lipschitz'}); "
-             "the Lipschitz bound and certified radius come from repspec_zoo.lipschitz (sound upper bounds per layer, "
+             f"({functions[keys[0]]['estimator'] if keys and keys[0] in functions else 'see repspec_zoo.evaluation.lipschitz'}); "
+             "the Lipschitz bound and certified radius come from repspec_zoo.evaluation.lipschitz (sound upper bounds per layer, "
              "residual blocks as 1 + the branch). "
              f"`{REFERENCE}` is the zoo's model as bundled when it was attacked (a resumed run reuses that result; "
              "recipes/build_zoo.py now bundles seed 0 of the adv arm under that name).", "",
@@ -189,7 +189,7 @@ def report(saved: dict, out: Path) -> str:
                   "New head, 15 epochs, no regularizer; TA + FMN (best per image) on shared test digits.", "",
                   _seed_table(t_comp), "",
                   "| model | digits accuracy | success | mean L2 [95% CI] |", "|---|---|---|---|"]
-        from repspec_zoo.stats import format_interval
+        from repspec_zoo.evaluation.stats import format_interval
 
         for key in sorted(transfer, key=lambda k: (transfer[k]["seed"], k)):
             r = transfer[key]

@@ -111,7 +111,7 @@ def parallel_map(fn, jobs: list, workers: int, desc: str) -> list:
 
 
 def attack_summary(result) -> dict:
-    """The numbers of an :class:`~repspec_zoo.eval_result.EvalResult` an experiment keeps (per-sample included)."""
+    """The numbers of an :class:`~repspec_zoo.evaluation.result.EvalResult` an experiment keeps (per-sample included)."""
     return dict(clean_acc=result.clean_acc, n_test=result.n_test, n_samples=result.n_samples,
                 l2_mean=result.l2_mean, l2_median=result.l2_median, success_rate=result.success_rate,
                 distance=result.distance, start_pool=result.settings.get("start_pool"),
@@ -248,7 +248,7 @@ def paired_rows(results: dict[tuple, list[float]], baseline: str, position: int)
     (b = the arm, a = the baseline; positive = the arm is more robust). The images are resampled,
     the networks are not: a row says nothing about another seed (see :func:`seed_level_rows`).
     """
-    from repspec_zoo import stats
+    from repspec_zoo.evaluation import stats
 
     groups: dict[tuple, dict[str, list[float]]] = {}
     for key, distances in results.items():
@@ -272,7 +272,7 @@ def seed_level_rows(results: dict[tuple, list[float]], baseline: str, position: 
     b = arm)`` (mean difference with a Student-t CI over seeds, sign count, sign-test p). Each row
     also holds ``arm``, ``group`` (the rest of the key), ``seeds``, ``per_seed_a``, ``per_seed_b``.
     """
-    from repspec_zoo import stats
+    from repspec_zoo.evaluation import stats
 
     if position == seed_position:
         raise ValueError("the arm and the seed must sit at different positions of the key")
@@ -327,7 +327,7 @@ def seed_table(rows: list[dict], group_names: Sequence[str], baseline: str = "ba
 
 def paired_table(rows: list[dict], group_names: Sequence[str]) -> str:
     """Markdown table of `paired_rows`: mean difference with its CI, Wilcoxon p and the verdict."""
-    from repspec_zoo.stats import format_interval
+    from repspec_zoo.evaluation.stats import format_interval
 
     head = ["arm vs baseline", *group_names, "pairs", "mean a", "mean b", "mean b - a [95% CI]", "Wilcoxon p",
             "beyond noise"]

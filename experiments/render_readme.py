@@ -6,7 +6,7 @@ into EXPERIMENTS.md between the ``<!-- experiments:start -->`` and ``:end`` mark
 """
 from __future__ import annotations
 
-from repspec_zoo.leaderboard import update_readme
+from repspec_zoo.evaluation.leaderboard import update_readme
 
 from .common import RESULTS, ROOT
 

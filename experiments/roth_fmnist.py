@@ -92,10 +92,10 @@ def evaluate_run(job: tuple) -> dict:
         row = json.loads(cached.read_text())
         if row["run"] == Path(run_dir).relative_to(ROOT).as_posix() and row["settings"] == args:
             return row
-    from repspec_zoo import analysis
+    from repspec_zoo.evaluation import analysis
     from repspec_zoo.attacks import robust_accuracy_curve
-    from repspec_zoo.plots import plot_analysis
-    from repspec_zoo.eval import evaluate
+    from repspec_zoo.evaluation.plots import plot_analysis
+    from repspec_zoo.evaluation.evaluate import evaluate
 
     model = load_model(Path(run_dir))
     x, y = split_tensors("fashion_mnist", "test")

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from repspec_zoo.loader import load_model
-from repspec_zoo.stats import format_interval
+from repspec_zoo.evaluation.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, PlannedRun, box_plot, burn_in_epochs, load_results,
                      paired_rows, paired_table, parallel_map, run_all, seed_level_rows, seed_table,
@@ -150,7 +150,7 @@ def evaluate_head(job: tuple) -> dict:
     (``eval_<head>.json``, reused only for the same images, budgets and ensemble), so that a
     killed run resumes."""
     run_dir, seed, mode, head, indices, n_paper, budgets = job
-    from repspec_zoo.eval import ENSEMBLE, PAPER, evaluate
+    from repspec_zoo.evaluation.evaluate import ENSEMBLE, PAPER, evaluate
     from repspec_zoo.io import atomic_write_text
 
     cache = Path(run_dir) / f"eval_{head}.json"
@@ -178,7 +178,7 @@ def evaluate_head(job: tuple) -> dict:
 
 def _summary(result) -> dict:
     """What the report needs of an EvalResult: accuracy, per-budget numbers, CIs, per-image distances."""
-    from repspec_zoo.stats import to_jsonable
+    from repspec_zoo.evaluation.stats import to_jsonable
 
     return to_jsonable(dict(clean_acc=result.clean_acc, n_test=result.n_test, n_samples=result.n_samples,
                            attacks=result.attacks, budgets=result.budgets, success_rate=result.success_rate,

@@ -9,7 +9,7 @@ undecayed until the last epoch; rep-spectral on the backbone's convs, ll-spectra
 the projector, gamma 2e-3, in the last third of the epochs). The rep and ll runs branch from the
 baseline's checkpoint at the end of the burn-in, so the three backbones of a seed share their
 first two thirds.
-Linear probe (:mod:`repspec_zoo.probe`, scikit-learn logistic regression on the frozen, standardized
+Linear probe (:mod:`repspec_zoo.evaluation.linear_probe`, scikit-learn logistic regression on the frozen, standardized
 64 backbone features): fitted on ``--probe-train`` Fashion-MNIST training images, accuracy on
 ``--probe-test`` test images; the transfer probe is fitted on the 1,437 sklearn digits (8x8, resized to
 28x28) and scored on the other 360. The probe-accuracy curve: the same Fashion-MNIST probe on the
@@ -45,7 +45,7 @@ import torch
 
 from repspec_zoo.argtypes import parse_budgets
 from repspec_zoo.loader import load_model
-from repspec_zoo.stats import format_interval
+from repspec_zoo.evaluation.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, PlannedRun, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
                      parallel_map, run_all, seed_level_rows, seed_table, split_tensors, table, weights_at_epoch,
@@ -87,7 +87,7 @@ def backbone_at(run_dir: Path, epoch: int | None, seed: int) -> torch.nn.Module:
 
 def _cached(path: Path, compute):
     """``compute()``'s JSON-able result, kept in ``path`` so that a re-run skips it."""
-    from repspec_zoo.stats import from_jsonable, to_jsonable
+    from repspec_zoo.evaluation.stats import from_jsonable, to_jsonable
 
     if path.is_file():
         return from_jsonable(json.loads(path.read_text()))
@@ -98,7 +98,7 @@ def _cached(path: Path, compute):
 
 def probe_accuracies(backbone, splits: dict) -> dict:
     """Fashion-MNIST and digits probe accuracies of one backbone (probes fitted on each training split)."""
-    from repspec_zoo.probe import fit_probe
+    from repspec_zoo.evaluation.linear_probe import fit_probe
 
     out = {}
     for name, (train, test) in splits.items():
@@ -181,7 +181,7 @@ def _plateau_section(checks: list[dict], burn_in: int) -> str:
 def evaluate_attacks(job: tuple) -> dict:
     """Worker: TA + FMN distances of one backbone + probe on the shared test images."""
     probe_model, indices, budgets, name = job
-    from repspec_zoo.eval import evaluate
+    from repspec_zoo.evaluation.evaluate import evaluate
 
     test = split_tensors("fashion_mnist", "test")
     result = evaluate(probe_model, test, model_name=name, dataset_name="fashion_mnist", n=len(indices),
@@ -217,7 +217,7 @@ def _curve_plot(curve: list[dict], finals: list[dict], path: Path) -> None:
 
 def report(saved: dict, out: Path) -> str:
     """README.md (tables, curve, paired comparisons) and the plots, from results.json."""
-    from repspec_zoo.stats import from_jsonable
+    from repspec_zoo.evaluation.stats import from_jsonable
 
     finals, curve, attacks = saved["finals"], saved["curve"], from_jsonable(saved["attacks"])
     epochs = saved["epochs"]
@@ -322,8 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = plan(args.seeds, args.runs, args.overrides)
     run_all(runs.values(), args.workers)
 
-    from repspec_zoo.leaderboard import common_indices
-    from repspec_zoo.probe import fit_probe
+    from repspec_zoo.evaluation.leaderboard import common_indices
+    from repspec_zoo.evaluation.linear_probe import fit_probe
     from repspec_zoo.training import load_config
 
     cfg = load_config(ROOT / "recipes" / "configs" / f"{CONFIGS['rep']}.yaml", args.overrides)
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
                                                               for k in todo], args.workers, "attacking")))
     attacks = [dict(seed=seed, arm=arm, **_cached(attack_cache(cache, seed, arm, indices), lambda: computed[seed, arm]))
                for seed, arm in probes]
-    from repspec_zoo.stats import to_jsonable
+    from repspec_zoo.evaluation.stats import to_jsonable
 
     saved = dict(command=command, budgets=budgets, overrides=args.overrides, epochs=cfg.epochs,
                  burn_in=cfg.regularizer.burn_in_epochs, train_limit=cfg.dataset.train_limit,

@@ -38,7 +38,7 @@ import torch
 
 from repspec_zoo.argtypes import parse_budgets
 from repspec_zoo.loader import load_model
-from repspec_zoo.stats import format_interval
+from repspec_zoo.evaluation.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, PlannedRun, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
                      parallel_map, run_all, seed_level_rows, seed_table, split_tensors, table, weights_at_epoch,
@@ -99,7 +99,7 @@ def pretrain_sigmas(job: tuple) -> dict:
 def evaluate_run(job: tuple) -> dict:
     """Worker: accuracy and attack distances of one fine-tuned model on the shared test digits."""
     run_dir, seed, pre, fine, indices, budgets = job
-    from repspec_zoo.eval import evaluate
+    from repspec_zoo.evaluation.evaluate import evaluate
 
     model = load_model(run_dir)
     x, y = digits_test_split(model)
@@ -124,7 +124,7 @@ def _sum_sq(sigmas: dict) -> float:
 
 def report(saved: dict, out: Path) -> str:
     """README.md (tables, sigma drop, paired comparisons) and the box plots, from results.json."""
-    from repspec_zoo.stats import from_jsonable
+    from repspec_zoo.evaluation.stats import from_jsonable
 
     rows, command = from_jsonable(saved["rows"]), saved["command"]
     q = str(max(saved["budgets"]))
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     sigmas = parallel_map(pretrain_sigmas, [(seed, runs[seed, "none", None].output, runs[seed, "rep", None].output,
                                              burn_in) for seed in args.seeds], args.workers, "conv sigmas")
     tuned = {k: run for k, run in runs.items() if k[2] is not None}
-    from repspec_zoo.leaderboard import common_indices
+    from repspec_zoo.evaluation.leaderboard import common_indices
 
     models = {k: load_model(run.output) for k, run in tuned.items()}
     x, y = digits_test_split(next(iter(models.values())))
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(run.output, *k, indices, args.budgets) for k, run in tuned.items()]
     rows = parallel_map(evaluate_run, jobs, args.workers, "evaluating")
     args.out.mkdir(parents=True, exist_ok=True)
-    from repspec_zoo.stats import to_jsonable
+    from repspec_zoo.evaluation.stats import to_jsonable
 
     saved = dict(command=command, budgets=args.budgets, pretrain=args.pretrain, finetune=args.finetune,
                  sigmas=sigmas, rows=to_jsonable(rows))

@@ -123,7 +123,7 @@ def volume_element(model, points: torch.Tensor) -> torch.Tensor:
 def attack_distances(model, budget: int, seed: int) -> list[float]:
     """Paper-mode Tangent Attack (40 iterations) distance of each of the 4 points, input-plane L2."""
     from repspec_zoo.attacks import AttackSettings, run_attack
-    from repspec_zoo.eval import PAPER
+    from repspec_zoo.evaluation.evaluate import PAPER
 
     settings = AttackSettings(seed=seed, bounds=BOX, max_iter=PAPER["max_iter"])
     res = run_attack("ta", model, POINTS.view(4, 1, 1, 2), LABELS, budget, settings)

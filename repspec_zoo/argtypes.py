@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .attacks.oracle import check_budgets
-from .eval import resolve_attacks
+from .evaluation.evaluate import resolve_attacks
 
 __all__ = ["parse_budgets", "parse_attacks", "positive_int", "seed_int"]
 
@@ -22,7 +22,7 @@ def parse_budgets(text: str) -> list[int]:
 
 
 def parse_attacks(text: str) -> list[str]:
-    """argparse type of --attack: `repspec_zoo.eval.resolve_attacks` with argparse's error."""
+    """argparse type of --attack: `repspec_zoo.evaluation.evaluate.resolve_attacks` with argparse's error."""
     try:
         return resolve_attacks(text)
     except ValueError as err:

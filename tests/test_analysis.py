@@ -1,4 +1,4 @@
-"""Jacobian analyses (repspec_zoo.analysis) and the `repspec-zoo analyze` command."""
+"""Jacobian analyses (repspec_zoo.evaluation.analysis) and the `repspec-zoo analyze` command."""
 import json
 
 import pytest
@@ -6,8 +6,9 @@ import timm
 import torch
 from torch import nn
 
-from repspec_zoo import analysis, cli
-from repspec_zoo.attacks import NormalizedModel
+from repspec_zoo.evaluation import analysis
+from repspec_zoo import cli
+from repspec_zoo.models.normalize import NormalizedModel
 from repspec_zoo.models.tiny import SingleHiddenLayerNet
 
 

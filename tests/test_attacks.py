@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from repspec_zoo.attacks import (
-    HARD_LABEL_ATTACKS, AttackResult, AttackSettings, AttackVerificationError, HardLabelOracle, NormalizedModel,
-    run_attack, verify)
+from repspec_zoo.attacks import (HARD_LABEL_ATTACKS, AttackResult, AttackSettings, AttackVerificationError,
+                                 HardLabelOracle, run_attack, verify)
+from repspec_zoo.models.normalize import NormalizedModel
 
 S = AttackSettings
 F32 = torch.float32

@@ -17,7 +17,7 @@ from PIL import Image
 
 import repspec_zoo  # noqa: F401  (registers slp, resnet_small)
 from repspec_zoo import cli
-from repspec_zoo.hub import weights as hub_weights
+from repspec_zoo.models import pretrained
 
 from multiproc import ROOT
 
@@ -161,7 +161,7 @@ def test_every_command_answers_a_bad_option_in_one_line(capsys):
 
 
 def test_publish_error_is_one_line(files, capsys, monkeypatch):
-    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(pretrained.hf_constants, "HF_HUB_OFFLINE", True)
     err = one_line_error(["publish", str(files / "run"), "--endpoint", "http://127.0.0.1:9"], capsys)
     assert err.startswith("repspec-zoo publish: error: ") and "HF_HUB_OFFLINE=1" in err
 

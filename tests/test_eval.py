@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import save_file
 
 import repspec_zoo  # noqa: F401
-from repspec_zoo.attacks import NormalizedModel
-from repspec_zoo.bounds import GELU_MAX_SLOPE, certified_radius, lemma1_estimate
-from repspec_zoo.eval import evaluate
-from repspec_zoo.jacobian import jacobian_top_singular
+from repspec_zoo.models.normalize import NormalizedModel
+from repspec_zoo.evaluation.bounds import GELU_MAX_SLOPE, certified_radius, lemma1_estimate
+from repspec_zoo.evaluation.evaluate import evaluate
+from repspec_zoo.spectral.jacobian import jacobian_top_singular
 from multiproc import ROOT, launch_two_processes
 
 
@@ -49,7 +49,7 @@ def test_jacobian_power_iteration_matches_svd_of_jacrev():
 def test_power_iteration_keeps_no_autograd_history(monkeypatch):
     """Parameters that require grad put jv on the autograd graph; a step's vector must not carry it
     into the next step (that chain held every step's activations: 1.4 GB in a 2-model leaderboard)."""
-    from repspec_zoo import jacobian
+    from repspec_zoo.spectral import jacobian
 
     net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4))
     assert all(p.requires_grad for p in net.parameters())
@@ -244,7 +244,7 @@ def test_one_budget_rule_for_the_parser_and_evaluate():
 def test_paper_mode_sets_the_papers_attack_and_explicit_flags_win():
     from repspec_zoo.cli.common import resolve_defaults
     from repspec_zoo.cli.eval import build_parser
-    from repspec_zoo.eval import PAPER
+    from repspec_zoo.evaluation.evaluate import PAPER
 
     paper = resolve_defaults(build_parser().parse_args(["slp", "--paper"]))
     assert (paper.attack, paper.max_iter, paper.budgets) == (["ta"], 40, list(PAPER["budgets"]))
@@ -267,7 +267,7 @@ def test_one_default_of_rows_per_model_call():
     from repspec_zoo.attacks.pgd import robust_accuracy_curve
     from repspec_zoo.attacks.result import verify
     from repspec_zoo.cli.eval import build_parser
-    from repspec_zoo.probe import extract_features
+    from repspec_zoo.evaluation.linear_probe import extract_features
 
     defaults = {f.__name__: inspect.signature(f).parameters["batch_size"].default
                 for f in (evaluate, HardLabelOracle, verify, robust_accuracy_curve, extract_features)}

@@ -86,7 +86,7 @@ def test_seed_table_shows_per_seed_differences_the_t_interval_and_the_sign_test(
 
 
 def test_paired_rows_compare_one_network_pair_each_and_pool_nothing():
-    from repspec_zoo import stats
+    from repspec_zoo.evaluation import stats
 
     results = _synthetic_results(np.random.default_rng(2), seeds=(0, 1), heads=("h1",), n=20)
     rows = common.paired_rows(results, "none", 0)

@@ -11,8 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import repspec_zoo  # noqa: F401  (registers the zoo with timm)
-from repspec_zoo.attacks import NormalizedModel
-from repspec_zoo.attacks.normalize import MIN_COMPILED_ROWS
+from repspec_zoo.models.normalize import MIN_COMPILED_ROWS, NormalizedModel
 from repspec_zoo.training import ConfigError, TrainConfig, apply_overrides
 
 

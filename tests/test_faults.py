@@ -19,14 +19,15 @@ import torch
 from torch import nn
 
 import repspec_zoo  # noqa: F401  (registers the zoo with timm)
-from repspec_zoo import eval as eval_module, io
-from repspec_zoo.attacks import NormalizedModel
-from repspec_zoo.eval import evaluate
-from repspec_zoo.eval_result import EvalResult, EvalResultError
+from repspec_zoo.evaluation import evaluate as eval_module
+from repspec_zoo import io
+from repspec_zoo.models.normalize import NormalizedModel
+from repspec_zoo.evaluation.evaluate import evaluate
+from repspec_zoo.evaluation.result import EvalResult, EvalResultError
 from repspec_zoo.hub import exporting
 from repspec_zoo.hub.cards import render_card
 from repspec_zoo.loader import load_model
-from repspec_zoo.model_checks import UnusableModelError
+from repspec_zoo.evaluation.model_checks import UnusableModelError
 from repspec_zoo.training.lock import LOCK_FILE, RunLock, RunLockedError
 
 from multiproc import ROOT
@@ -347,7 +348,7 @@ def test_a_damaged_result_file_names_itself(tmp_path):
 
 def test_leaderboard_resume_evaluates_a_damaged_result_again(tmp_path, capsys, monkeypatch):
     """Before: a raw JSONDecodeError naming no file."""
-    from repspec_zoo import leaderboard
+    from repspec_zoo.evaluation import leaderboard
     from repspec_zoo.cli.leaderboard import main
 
     argv = ["--models", "slp_baseline.fmnist", "slp_repspectral.fmnist", "--n", "2", "--budgets", "20",
@@ -381,7 +382,7 @@ def test_timm_file_overlay_verifies_a_zoo_export(tmp_path):
     import shutil
 
     import timm
-    from repspec_zoo.hub.weights import PretrainedWeightsError, bundled_dir
+    from repspec_zoo.models.pretrained import PretrainedWeightsError, bundled_dir
 
     folder = tmp_path / "export"
     shutil.copytree(bundled_dir("slp_repspectral.fmnist"), folder)
@@ -408,11 +409,11 @@ def test_timm_create_model_suggests_close_zoo_names():
 
 def test_readme_hf_hub_snippet_offline_names_the_bundled_model(tmp_path, monkeypatch):
     import timm
-    from repspec_zoo.hub import weights as hub_weights
+    from repspec_zoo.models import pretrained
 
-    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(hub_weights.PretrainedWeightsUnavailable,
+    monkeypatch.setattr(pretrained.hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(pretrained.hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(pretrained.PretrainedWeightsUnavailable,
                        match=r"cannot load hf-hub:repspec-zoo/slp_repspectral.fmnist: offline \(HF_HUB_OFFLINE=1\).*"
                              r"slp_repspectral.fmnist ships with repspec_zoo and loads offline"):
         timm.create_model("hf-hub:repspec-zoo/slp_repspectral.fmnist", pretrained=True)

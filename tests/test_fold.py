@@ -1,4 +1,4 @@
-"""BatchNorm folded into the convolution before it (attacks/fold.py, NormalizedModel.fast_eval):
+"""BatchNorm folded into the convolution before it (models/fold.py, NormalizedModel.fast_eval):
 the same function and input gradients as the unfolded model, only where the graph allows it."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from timm.layers import BatchNormAct2d
 from torch import nn
 
 import repspec_zoo  # noqa: F401  (registers the zoo with timm)
-from repspec_zoo.attacks import NormalizedModel
-from repspec_zoo.attacks import fold
-from repspec_zoo.attacks.fold import conv_bn_pairs, fold_batchnorm, unfold_batchnorm
+from repspec_zoo.models.normalize import NormalizedModel
+from repspec_zoo.models import fold
+from repspec_zoo.models.fold import conv_bn_pairs, fold_batchnorm, unfold_batchnorm
 
 
 def randomize_statistics(model: nn.Module, seed: int = 0) -> nn.Module:

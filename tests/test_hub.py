@@ -11,7 +11,8 @@ from huggingface_hub import HfApi, ModelCard
 
 import repspec_zoo
 from repspec_zoo import cli
-from repspec_zoo.hub import exporting, weights as hub_weights
+from repspec_zoo.hub import exporting
+from repspec_zoo.models import pretrained
 from repspec_zoo.models.registry import HF_ORG
 from repspec_zoo.spectral import select_layers
 
@@ -36,18 +37,18 @@ def hf_home(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     for key, value in {"HF_HOME": home, "HF_HUB_CACHE": home / "hub", "HF_TOKEN_PATH": home / "token",
                        "HF_STORED_TOKENS_PATH": home / "stored_tokens"}.items():
-        monkeypatch.setattr(hub_weights.hf_constants, key, str(value))
-    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", tmp_path / "weights")
+        monkeypatch.setattr(pretrained.hf_constants, key, str(value))
+    monkeypatch.setattr(pretrained.hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "weights")
     return home
 
 
 def go_online(monkeypatch, endpoint: str) -> None:
     """As HF_HUB_OFFLINE=0 HF_ENDPOINT=endpoint would at import time."""
-    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub_weights.hf_constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(pretrained.hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(pretrained.hf_constants, "ENDPOINT", endpoint)
     template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    monkeypatch.setattr(hub_weights.hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(pretrained.hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
 
 
 def make_run(path, mode="rep", num_classes=10, evaluation=EVAL):
@@ -94,7 +95,7 @@ def test_export_writes_a_hub_folder_with_card(tmp_path, capsys, mode, name):
     assert (config["architecture"], config["num_classes"], config["num_features"]) == ("resnet_small", 10, 64)
     assert config["pretrained_cfg"]["input_size"] == [1, 28, 28] and "hf_hub_id" not in config["pretrained_cfg"]
     assert config["zoo_name"] == name and config["dataset"] == "fashion_mnist"
-    assert config["weights_sha256"] == hub_weights.sha256_hex((out / "model.safetensors").read_bytes())
+    assert config["weights_sha256"] == pretrained.sha256_hex((out / "model.safetensors").read_bytes())
     assert config["eval"] == {k: v for k, v in EVAL.items() if k != "per_sample"}
     assert json.loads((out / "eval.json").read_text()) == EVAL
     assert config["recipe"]["epochs"] == 3 and config["training"]["command"] == COMMAND
@@ -140,7 +141,7 @@ def test_publish_then_load_offline_from_cache(tmp_path, monkeypatch, capsys):
         assert_same(timm.create_model(f"hf-hub:{repo}", pretrained=True).state_dict(), weights)
         exporting.publish(run, repo_id=f"fork/{NAME}", endpoint=server.url)
         timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=f"fork/{NAME}"))
-    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(pretrained.hf_constants, "HF_HUB_OFFLINE", True)
     served = len(server.requests)
 
     model = timm.create_model(NAME, pretrained=True)
@@ -179,9 +180,9 @@ def test_publish_offline_is_refused_before_any_work(tmp_path):
 
 def test_offline_without_cache_fails_at_once(monkeypatch):
     with HubServer() as server:
-        monkeypatch.setattr(hub_weights.hf_constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(pretrained.hf_constants, "ENDPOINT", server.url)
         start = time.monotonic()
-        with pytest.raises(hub_weights.PretrainedWeightsUnavailable, match=r"offline \(HF_HUB_OFFLINE=1\) and not in"):
+        with pytest.raises(pretrained.PretrainedWeightsUnavailable, match=r"offline \(HF_HUB_OFFLINE=1\) and not in"):
             timm.create_model(NAME, pretrained=True)
         assert time.monotonic() - start < 2.0
     assert server.requests == []
@@ -189,7 +190,7 @@ def test_offline_without_cache_fails_at_once(monkeypatch):
 
 def test_list_pretrained_reads_bundled_weights(tmp_path, capsys):
     run, _ = make_run(tmp_path / "run", "none")
-    exporting.export(run, hub_weights.WEIGHTS_DIR / "resnet_small_baseline.fmnist")
+    exporting.export(run, pretrained.WEIGHTS_DIR / "resnet_small_baseline.fmnist")
     rows = {r.name: r for r in repspec_zoo.list_pretrained()}
     assert set(rows) == set(timm.list_pretrained(ZOO_PATTERNS))
     row = rows["resnet_small_baseline.fmnist"]
@@ -214,7 +215,7 @@ def test_export_of_a_roth_baseline_run(tmp_path, mode):
     """adv/ddsnr runs export as plain models: their settings instead of gamma, a card that names the method."""
     name, settings, text, tag = ROTH_EXPORTS[mode]
     run, weights = make_run(tmp_path / "run", mode)
-    exported = exporting.export(run, hub_weights.WEIGHTS_DIR / name)
+    exported = exporting.export(run, pretrained.WEIGHTS_DIR / name)
     assert exported.name == name
     config = json.loads((exported.folder / "config.json").read_text())
     assert config["regularizer"] == {**settings, "layers": [], "burn_in_epochs": 2}
@@ -296,11 +297,11 @@ def test_architecture_kwargs_travel_with_the_export(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     (run / "eval.json").write_text(json.dumps(EVAL))
     name = "slp_repspectral.fmnist"
-    exporting.export(run, hub_weights.WEIGHTS_DIR / name)
-    assert json.loads((hub_weights.WEIGHTS_DIR / name / "config.json").read_text())["model_args"]["scale_logits"] is True
+    exporting.export(run, pretrained.WEIGHTS_DIR / name)
+    assert json.loads((pretrained.WEIGHTS_DIR / name / "config.json").read_text())["model_args"]["scale_logits"] is True
     x = torch.rand(4, 1, 28, 28)
     expected = model.eval()(x)
-    for loaded in (timm.create_model(name, pretrained=True), timm.create_model(f"local-dir:{hub_weights.WEIGHTS_DIR / name}",
+    for loaded in (timm.create_model(name, pretrained=True), timm.create_model(f"local-dir:{pretrained.WEIGHTS_DIR / name}",
                                                                                   pretrained=True)):
         torch.testing.assert_close(loaded.eval()(x), expected)
 
@@ -308,7 +309,7 @@ def test_architecture_kwargs_travel_with_the_export(tmp_path):
 def test_bundle_writes_weights_and_card_under_the_zoo_name(tmp_path, monkeypatch):
     """bundle(): the export (weights, card, config, eval) into the package's weights folder, and nowhere else."""
     run_dir, weights = make_run(tmp_path / "run", mode="adv")
-    monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", tmp_path / "repspec_zoo" / "weights")
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "repspec_zoo" / "weights")
     evidence = "Across 5 seeds: +0.2 [0.1, 0.3], 5 of 5 positive."
     assert exporting.bundle(run_dir, evidence=evidence) == "resnet_small_advtrained.fmnist"
     folder = tmp_path / "repspec_zoo" / "weights" / "resnet_small_advtrained.fmnist"

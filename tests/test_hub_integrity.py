@@ -12,7 +12,8 @@ from huggingface_hub import ModelCard, try_to_load_from_cache
 
 import repspec_zoo
 from repspec_zoo import cli, loader, runs
-from repspec_zoo.hub import cards, exporting, provenance, weights as hub_weights
+from repspec_zoo.hub import cards, exporting, provenance
+from repspec_zoo.models import pretrained
 from repspec_zoo.models.registry import HF_ORG
 from repspec_zoo.models.zoo import UnknownModelError
 
@@ -111,15 +112,15 @@ def test_hf_hub_and_local_dir_routes_verify_sha256(tmp_path, monkeypatch):
         go_online(monkeypatch, server.url)
         exporting.publish(run, repo_id=repo, endpoint=server.url)
         assert_same(timm.create_model(f"hf-hub:{repo}", pretrained=True).state_dict(), weights)  # into the cache
-    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(pretrained.hf_constants, "HF_HUB_OFFLINE", True)
     cached = Path(try_to_load_from_cache(repo, "model.safetensors"))
     flip_last_byte(cached.resolve())
-    with pytest.raises(hub_weights.PretrainedWeightsError, match=rf"{re.escape(str(cached))}: sha256 .* does not match"):
+    with pytest.raises(pretrained.PretrainedWeightsError, match=rf"{re.escape(str(cached))}: sha256 .* does not match"):
         timm.create_model(f"hf-hub:{repo}", pretrained=True)
 
     folder = exporting.export(run, tmp_path / "export").folder
     flip_last_byte(folder / "model.safetensors")
-    with pytest.raises(hub_weights.PretrainedWeightsError, match=rf"{folder / 'model.safetensors'}: sha256"):
+    with pytest.raises(pretrained.PretrainedWeightsError, match=rf"{folder / 'model.safetensors'}: sha256"):
         timm.create_model(f"local-dir:{folder}", pretrained=True)
 
 
@@ -134,10 +135,10 @@ DAMAGE = {  # how a download or a write failed: (bytes written, what the error s
 def test_damaged_weights_files_are_named_with_the_fix(tmp_path, case):
     damage, what = DAMAGE[case]
     run, _ = make_run(tmp_path / "run")
-    bundled = exporting.export(run, hub_weights.WEIGHTS_DIR / NAME).folder
+    bundled = exporting.export(run, pretrained.WEIGHTS_DIR / NAME).folder
     unverified = exporting.export(run, tmp_path / "plain").folder  # a plain timm folder: no sha256 recorded
     config = json.loads((unverified / "config.json").read_text())
-    (unverified / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != hub_weights.SHA_KEY}))
+    (unverified / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != pretrained.SHA_KEY}))
     for folder in (run, bundled, unverified):
         path = folder / "model.safetensors"
         path.write_bytes(damage(path.read_bytes()))
@@ -145,7 +146,7 @@ def test_damaged_weights_files_are_named_with_the_fix(tmp_path, case):
         runs.read_run(run)
     for load, folder in ((lambda: timm.create_model(NAME, pretrained=True), bundled),
                          (lambda: timm.create_model(f"local-dir:{unverified}", pretrained=True), unverified)):
-        with pytest.raises(hub_weights.PretrainedWeightsError,
+        with pytest.raises(pretrained.PretrainedWeightsError,
                            match=rf"{folder / 'model.safetensors'} is not a valid safetensors file: {what}.*Delete it"):
             load()
 
@@ -160,7 +161,7 @@ def test_publish_to_an_unreachable_endpoint_is_one_sentence(tmp_path, monkeypatc
 
 def test_list_pretrained_shows_what_is_here_and_how_to_see_the_rest(tmp_path, capsys):
     run, _ = make_run(tmp_path / "run", "none")
-    exporting.export(run, hub_weights.WEIGHTS_DIR / "resnet_small_baseline.fmnist")
+    exporting.export(run, pretrained.WEIGHTS_DIR / "resnet_small_baseline.fmnist")
     cli.main(["list-pretrained"])
     lines = capsys.readouterr().out.splitlines()
     names = [line.split()[0] for line in lines[1:-1]]

@@ -1,8 +1,6 @@
-"""The package's import graph has no circle (every import, lazy ones inside functions included)."""
+"""The package's import graph has no circle and runs down its floors (every import, lazy ones inside functions included)."""
 import ast
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "repspec_zoo"
 
@@ -86,18 +84,65 @@ def test_no_import_circles():
     assert cycles(import_graph()) == []
 
 
-@pytest.mark.parametrize("low, high", [("repspec_zoo.models", "repspec_zoo.hub.exporting"),
-                                       ("repspec_zoo.hub.weights", "repspec_zoo.models"),
-                                       ("repspec_zoo.spectral", "repspec_zoo.training")])
-def test_layers_import_downwards_only(low, high):
+#: The package's floors, lowest first. A unit (a subpackage, or a module of the package root; ""
+#: is the root's __init__) imports only units on its own floor or below, so every arrow runs down.
+FLOORS = (
+    ("errors", "spectral", "attacks"),  # the one error class; operator norms; attacks on any [0, 1] classifier
+    ("io", "data", "runs"),  # atomic writes; datasets; the training run directory
+    ("regularizers",),  # the registry of training penalties (adversarial training runs an attack)
+    ("models",),  # architectures, NormalizedModel and its BatchNorm folding, reading + verifying weights
+    ("loader",),  # any model spec -> a model
+    ("evaluation",),  # evaluate, its result, statistics, bounds, probe, analyses, leaderboard
+    ("training", "ssl"),  # the loop and its self-supervised variant (each knows the other)
+    ("hub",),  # export, provenance, cards, publishing
+    ("argtypes", "cli", ""),  # the command line; the timm plugin's entry (repspec_zoo/__init__.py)
+)
+#: every unit's allowed imports: its floor and the floors below
+ALLOWED = {unit: frozenset(u for lower in FLOORS[: i + 1] for u in lower) for i, floor in enumerate(FLOORS)
+           for unit in floor}
+
+
+def unit(module: str) -> str:
+    """'repspec_zoo.models.zoo' -> 'models'; the root's __init__ ('repspec_zoo') -> ''."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def upward_arrows(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) of every import that leaves the importer's allowed units."""
+    return sorted((m, t) for m, targets in graph.items() for t in targets if unit(t) not in ALLOWED[unit(m)])
+
+
+def test_the_layer_check_finds_an_upward_arrow():
+    graph = {"repspec_zoo.models.zoo": {"repspec_zoo.hub.exporting", "repspec_zoo.runs"},
+             "repspec_zoo.training.loop": {"repspec_zoo.ssl.trainer"},
+             "repspec_zoo.ssl.trainer": {"repspec_zoo.training.loop"}}
+    assert upward_arrows(graph) == [("repspec_zoo.models.zoo", "repspec_zoo.hub.exporting")]
+
+
+def test_every_unit_has_a_floor():
+    """A new subpackage or root module must be placed in FLOORS (and the table names nothing gone)."""
+    assert {unit(m) for m in import_graph()} == set(ALLOWED)
+
+
+def test_layers_import_downwards_only():
+    assert upward_arrows(import_graph()) == []
+
+
+def test_training_and_ssl_import_no_attacks():
+    """The model wrapper (NormalizedModel) lives in models/: training and SSL need nothing of the attacks."""
     graph = import_graph()
-    offenders = {m: sorted(t for t in targets if t == high or t.startswith(high + "."))
-                 for m, targets in graph.items() if m == low or m.startswith(low + ".")}
-    assert {m: t for m, t in offenders.items() if t} == {}
+    assert {m: sorted(t) for m, targets in graph.items() if unit(m) in ("training", "ssl")
+            for t in [{x for x in targets if unit(x) == "attacks"}] if t} == {}
+
+
+def test_the_package_root_stays_small():
+    """At most 5 modules beside __init__.py in repspec_zoo/: everything else lives on a floor of its own."""
+    assert len([p for p in ROOT.glob("*.py") if p.name != "__init__.py"]) <= 5
 
 
 def test_the_library_never_imports_the_command_line():
-    """Library, experiments and benchmarks import no CLI module (plots live in repspec_zoo.plots,
+    """Library, experiments and benchmarks import no CLI module (plots live in repspec_zoo.evaluation.plots,
     argparse types in repspec_zoo.argtypes)."""
     graph = import_graph()
     assert {m: sorted(t) for m, targets in graph.items() if not m.startswith("repspec_zoo.cli")

@@ -7,9 +7,10 @@ import pytest
 from huggingface_hub import ModelCard
 
 import repspec_zoo  # noqa: F401
-from repspec_zoo import leaderboard
+from repspec_zoo.evaluation import leaderboard
 from repspec_zoo.cli.leaderboard import main as leaderboard_main
-from repspec_zoo.hub import exporting, weights as hub_weights
+from repspec_zoo.hub import exporting
+from repspec_zoo.models import pretrained
 
 SLPS = ["slp_baseline.fmnist", "slp_repspectral.fmnist"]
 
@@ -31,7 +32,7 @@ def test_self_supervised_backbones_get_a_probe_and_shared_images(tmp_path):
 
     from repspec_zoo import data
     from repspec_zoo.loader import load_model
-    from repspec_zoo.probe import fit_probe
+    from repspec_zoo.evaluation.linear_probe import fit_probe
 
     names = ["resnet_small_baseline.fmnist_simclr", "resnet_small_repspectral.fmnist_simclr"]
     results = leaderboard_main(["--models", *names, "--n", "4", "--budgets", "20", "--attack", "ta", "--out",
@@ -102,8 +103,8 @@ def test_update_bundled_evaluation_rewrites_card_and_keeps_weights(board, tmp_pa
     _, _, results = board
     name = "slp_repspectral.fmnist"
     weights = tmp_path / "repspec_zoo" / "weights"
-    shutil.copytree(hub_weights.WEIGHTS_DIR / name, weights / name)
-    monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", weights)
+    shutil.copytree(pretrained.WEIGHTS_DIR / name, weights / name)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights)
     folder = weights / name
     sha = json.loads((folder / "config.json").read_text())["weights_sha256"]
     weight_bytes = (folder / "model.safetensors").read_bytes()
@@ -129,8 +130,8 @@ def test_cards_state_the_paired_comparison_with_the_family_baseline(board, tmp_p
     out, _, _ = board
     weights = tmp_path / "repspec_zoo" / "weights"
     for name in SLPS:
-        shutil.copytree(hub_weights.WEIGHTS_DIR / name, weights / name)
-    monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", weights)
+        shutil.copytree(pretrained.WEIGHTS_DIR / name, weights / name)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights)
     leaderboard_main(["--out", str(out), "--report-only", "--update-cards"])
     paired = json.loads((out / "leaderboard.json").read_text())["paired_vs_baseline"]["slp_repspectral.fmnist"]
     d = paired["mean_difference"]

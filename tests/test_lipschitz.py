@@ -1,4 +1,4 @@
-"""Global Lipschitz bounds (repspec_zoo.lipschitz), the certified radius built on them (repspec_zoo.bounds) and
+"""Global Lipschitz bounds (repspec_zoo.evaluation.lipschitz), the certified radius built on them (repspec_zoo.evaluation.bounds) and
 analysis.function_report, against dense SVDs of the layer operators and empirical difference quotients."""
 import copy
 import json
@@ -13,12 +13,12 @@ from torch import nn
 
 import repspec_zoo  # noqa: F401
 from repspec_zoo import data
-from repspec_zoo.analysis import function_report
-from repspec_zoo.attacks import NormalizedModel
-from repspec_zoo.bounds import GELU_MAX_SLOPE, VACUOUS_FRACTION, bracket, certified_radius
-from repspec_zoo.eval import evaluate
-from repspec_zoo.jacobian import jacobian_top_singular
-from repspec_zoo.lipschitz import feature_lipschitz, function_bound, try_feature_lipschitz
+from repspec_zoo.evaluation.analysis import function_report
+from repspec_zoo.models.normalize import NormalizedModel
+from repspec_zoo.evaluation.bounds import GELU_MAX_SLOPE, VACUOUS_FRACTION, bracket, certified_radius
+from repspec_zoo.evaluation.evaluate import evaluate
+from repspec_zoo.spectral.jacobian import jacobian_top_singular
+from repspec_zoo.evaluation.lipschitz import feature_lipschitz, function_bound, try_feature_lipschitz
 
 from spectral_cases import F64, dense_of, top_sigma
 

@@ -1,4 +1,4 @@
-"""Linear probe (repspec_zoo.probe) and `repspec-zoo probe`: the fit against scikit-learn, chance, trained vs random."""
+"""Linear probe (repspec_zoo.evaluation.linear_probe) and `repspec-zoo probe`: the fit against scikit-learn, chance, trained vs random."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,10 @@ import timm
 import torch
 
 import repspec_zoo  # noqa: F401
-from repspec_zoo.attacks import NormalizedModel
+from repspec_zoo.models.normalize import NormalizedModel
 from repspec_zoo.cli import main as cli_main
 from repspec_zoo.data import as_tensors, load_split
-from repspec_zoo.probe import ProbeError, fit_probe
+from repspec_zoo.evaluation.linear_probe import ProbeError, fit_probe
 from repspec_zoo.loader import load_model
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from repspec_zoo.hub import weights as hub_weights
+from repspec_zoo.models import pretrained
 from repspec_zoo.models.registry import zoo_model_name
 from repspec_zoo.training import config_to_dict, load_config
 from repspec_zoo.training.config import flatten_config
@@ -13,7 +13,7 @@ CONFIGS = Path(__file__).parents[1] / "recipes" / "configs"
 IGNORED = ("num_classes", "eval.")  # the data's class count (train.py reads it); the end-of-run check, not training
 #: keys removed from the config schema, with the value that means what the schema now does without them
 REMOVED = {"regularizer.bn_aware": False}  # bn_aware=true is regularizer.mode=repbn now
-BUNDLED = sorted(p.name for p in hub_weights.WEIGHTS_DIR.iterdir() if (p / hub_weights.HUB_CONFIG_FILE).is_file())
+BUNDLED = sorted(p.name for p in pretrained.WEIGHTS_DIR.iterdir() if (p / pretrained.HUB_CONFIG_FILE).is_file())
 
 
 def recipes_of_zoo_names() -> dict[str, list[Path]]:
@@ -50,7 +50,7 @@ def test_bundled_model_is_retrained_by_a_recipe_config(name):
     the recorded command (a shipped config + an experiment's overrides) resolves to today, key by key: every
     training setting (keys added to the config schema since keep their defaults and are not compared; nor is
     the end-of-run evaluation, which trains nothing)."""
-    config = json.loads((hub_weights.WEIGHTS_DIR / name / hub_weights.HUB_CONFIG_FILE).read_text())
+    config = json.loads((pretrained.WEIGHTS_DIR / name / pretrained.HUB_CONFIG_FILE).read_text())
     recorded = flatten_config(config["recipe"])
     candidates = [(path, []) for path in recipes_of_zoo_names().get(name, [])]
     command = recorded_command(config)

@@ -12,8 +12,9 @@ from huggingface_hub import ModelCard
 
 import repspec_zoo  # noqa: F401
 from repspec_zoo.cli import probe as probe_cli
-from repspec_zoo.hub import exporting, weights as hub_weights
-from repspec_zoo.leaderboard import bundled_models
+from repspec_zoo.hub import exporting
+from repspec_zoo.models import pretrained
+from repspec_zoo.evaluation.leaderboard import bundled_models
 from repspec_zoo.models.registry import zoo_model_name, zoo_names
 from repspec_zoo.models.zoo import list_pretrained
 from repspec_zoo.training import load_config
@@ -90,7 +91,7 @@ def test_ssl_run_exports_under_the_simclr_tag_with_a_probing_card(tmp_path):
 
 @pytest.mark.parametrize("name", BACKBONES)
 def test_bundled_backbone_loads_offline_headless_and_verified(name):
-    folder = hub_weights.WEIGHTS_DIR / name
+    folder = pretrained.WEIGHTS_DIR / name
     config = json.loads((folder / "config.json").read_text())
     assert config["weights_sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     model = timm.create_model(name, pretrained=True).eval()
@@ -107,7 +108,7 @@ def test_bundled_backbone_loads_offline_headless_and_verified(name):
 def test_bundled_backbone_probe_reproduces_its_card_accuracy():
     """`repspec-zoo probe` with the card's settings (attacks left out) gives the card's probe accuracy."""
     name = "resnet_small_repspectral.fmnist_simclr"
-    card = json.loads((hub_weights.WEIGHTS_DIR / name / "eval.json").read_text())
+    card = json.loads((pretrained.WEIGHTS_DIR / name / "eval.json").read_text())
     probe = card["settings"]["probe"]
     result = probe_cli.main([name, "--dataset", "fashion_mnist", "--train-limit", str(probe["n_train"]),
                              "--attack", "none", "--seed", "0"])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from repspec_zoo.attacks import StartPool, run_attack
-from repspec_zoo.eval import evaluate
+from repspec_zoo.evaluation.evaluate import evaluate
 
 D = 64  # 1 x 8 x 8 images
 

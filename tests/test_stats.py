@@ -1,4 +1,4 @@
-"""repspec_zoo.stats: CI coverage, inf handling, paired comparison, robust accuracy, input errors."""
+"""repspec_zoo.evaluation.stats: CI coverage, inf handling, paired comparison, robust accuracy, input errors."""
 import json
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 import torch
 
-from repspec_zoo import stats
+from repspec_zoo.evaluation import stats
 
 B = 999  # bootstrap resamples: enough for 95 % CIs in tests, cheap on 2 cores
 

@@ -27,8 +27,8 @@ _EVAL_STEP = """
 import warnings
 warnings.filterwarnings("error", message=".*torch.jit.script")
 import torch
-from repspec_zoo.bounds import lemma1_estimate
-from repspec_zoo.leaderboard import load_zoo_model
+from repspec_zoo.evaluation.bounds import lemma1_estimate
+from repspec_zoo.evaluation.leaderboard import load_zoo_model
 model = load_zoo_model("slp_repspectral.fmnist")
 x = torch.rand(2, 1, 28, 28)
 print(lemma1_estimate(model, x, model(x).argmax(1), n_iter=2).shape)

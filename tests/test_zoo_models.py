@@ -8,7 +8,7 @@ import torch
 
 import repspec_zoo
 from repspec_zoo import cli
-from repspec_zoo.hub import weights as hub_weights
+from repspec_zoo.models import pretrained
 from repspec_zoo.models import ARCHS, PretrainedWeightsUnavailable
 from repspec_zoo.models.registry import BASE_TAGS, TAGS, arch_tags, zoo_model_name
 from repspec_zoo.models.zoo import UnknownModelError
@@ -29,9 +29,9 @@ def input_shape(model) -> tuple[int, ...]:
 @pytest.fixture
 def bundled(tmp_path, monkeypatch):
     """An empty bundled-weights folder and an empty HF cache, offline."""
-    monkeypatch.setattr(hub_weights, "WEIGHTS_DIR", tmp_path / "weights")
-    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(hub_weights.hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(pretrained.hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(pretrained.hf_constants, "HF_HUB_OFFLINE", True)
     return tmp_path / "weights"
 
 
@@ -41,10 +41,10 @@ def bundle(folder, name: str, model: torch.nn.Module) -> dict:
     payload = safetensors.torch.save(state_dict)
     config = {"architecture": ARCHS[name.split(".")[0]][0], "num_classes": model.num_classes,
               "pretrained_cfg": {"classifier": model.pretrained_cfg["classifier"]},
-              hub_weights.SHA_KEY: hub_weights.sha256_hex(payload)}
+              pretrained.SHA_KEY: pretrained.sha256_hex(payload)}
     (folder / name).mkdir(parents=True)
-    (folder / name / hub_weights.WEIGHTS_FILE).write_bytes(payload)
-    (folder / name / hub_weights.HUB_CONFIG_FILE).write_text(json.dumps(config))
+    (folder / name / pretrained.WEIGHTS_FILE).write_bytes(payload)
+    (folder / name / pretrained.HUB_CONFIG_FILE).write_text(json.dumps(config))
     return state_dict
 
 
@@ -123,31 +123,31 @@ def test_other_num_classes_reinitializes_head_with_a_warning(bundled):
 def test_inconsistent_checkpoint_head_is_refused(bundled):
     name = "slp_baseline.fmnist"
     bundle(bundled, name, timm.create_model(name, num_classes=7))  # head of 7, config says 7 ...
-    config_path = bundled / name / hub_weights.HUB_CONFIG_FILE
+    config_path = bundled / name / pretrained.HUB_CONFIG_FILE
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "num_classes": 10}))  # ... now 10
-    with pytest.raises(hub_weights.PretrainedWeightsError, match=r"'head' has 7 outputs but config.json says num_classes=10"):
+    with pytest.raises(pretrained.PretrainedWeightsError, match=r"'head' has 7 outputs but config.json says num_classes=10"):
         timm.create_model(name, pretrained=True)
 
 
 def test_tampered_bundled_weights_are_refused(bundled):
     name = "resnet_small_llspectral.digits"
     bundle(bundled, name, timm.create_model(name))
-    weights = bundled / name / hub_weights.WEIGHTS_FILE
+    weights = bundled / name / pretrained.WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(hub_weights.PretrainedWeightsError, match=r"sha256 .* does not match .* corrupted or was modified"):
+    with pytest.raises(pretrained.PretrainedWeightsError, match=r"sha256 .* does not match .* corrupted or was modified"):
         timm.create_model(name, pretrained=True)
 
 
 def test_truncated_bundled_weights_are_refused(bundled):
     name = "resnet_small_llspectral.digits"
     bundle(bundled, name, timm.create_model(name))
-    weights, config_path = bundled / name / hub_weights.WEIGHTS_FILE, bundled / name / hub_weights.HUB_CONFIG_FILE
+    weights, config_path = bundled / name / pretrained.WEIGHTS_FILE, bundled / name / pretrained.HUB_CONFIG_FILE
     weights.write_bytes(weights.read_bytes()[:1000])
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
-                                       hub_weights.SHA_KEY: hub_weights.sha256_hex(weights.read_bytes())}))
-    with pytest.raises(hub_weights.PretrainedWeightsError, match="not a valid safetensors file"):
+                                       pretrained.SHA_KEY: pretrained.sha256_hex(weights.read_bytes())}))
+    with pytest.raises(pretrained.PretrainedWeightsError, match="not a valid safetensors file"):
         timm.create_model(name, pretrained=True)
 
 

@@ -4,7 +4,8 @@ HSJA and CGBA, white-box minimal-norm FMN, DDN and ALMA, and white-box L2 PGD.
 Attacks reach the model only through `HardLabelOracle` (hard per-sample query budget) and share
 their hyper-parameters through one frozen `AttackSettings`; `run_attack` is the single entry point::
 
-    from repspec_zoo.attacks import AttackSettings, NormalizedModel, run_attack
+    from repspec_zoo.attacks import AttackSettings, run_attack
+    from repspec_zoo.models.normalize import NormalizedModel
     res = run_attack("ta", NormalizedModel(net).eval(), x, y, 10_000, AttackSettings(seed=0))
     res.l2_at_budgets([1000, 5000, 10000])
 """
@@ -16,7 +17,6 @@ import torch
 
 from .cgba import cgba
 from .hsja import hop_skip_jump
-from .normalize import NormalizedModel
 from .oracle import Classifier, HardLabelOracle, OracleAnswer, predict_labels
 from .pgd import pgd_l2, robust_accuracy_curve
 from .result import AttackResult, AttackVerificationError, verify
@@ -27,7 +27,7 @@ from .whitebox import WHITE_BOX_ATTACKS
 
 __all__ = [
     "ATTACKS", "AttackResult", "AttackSettings", "AttackVerificationError", "HARD_LABEL_ATTACKS", "HardLabelOracle",
-    "NormalizedModel", "OracleAnswer", "StartPool", "WHITE_BOX_ATTACKS", "generalized_tangent_attack", "hop_skip_jump",
+    "OracleAnswer", "StartPool", "WHITE_BOX_ATTACKS", "generalized_tangent_attack", "hop_skip_jump",
     "pgd_l2", "predict_labels", "robust_accuracy_curve", "run_attack", "tangent_attack", "tangent_point", "verify",
 ]
 

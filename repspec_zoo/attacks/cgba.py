@@ -55,7 +55,7 @@ radians. ``queries`` count model rows charged per sample, never above its budget
 
 Example::
 
-    from repspec_zoo.attacks import NormalizedModel
+    from repspec_zoo.models.normalize import NormalizedModel
     from repspec_zoo.attacks.cgba import cgba
     res = cgba(NormalizedModel(net).eval(), x, y, budget=5000, seed=0, starts=pool)
     res.l2_at_budgets([1000, 2000, 5000]).median(0)

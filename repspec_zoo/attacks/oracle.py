@@ -63,7 +63,7 @@ def check_image_values(name: str, t: torch.Tensor, bounds: tuple[float, float]) 
         raise ValueError(
             f"{name} has values in [{t.min().item():.4g}, {t.max().item():.4g}], outside bounds "
             f"{list(bounds)}; attacks work in [0, 1] pixel space: pass un-normalized images and "
-            f"wrap the model in repspec_zoo.attacks.NormalizedModel (or change `bounds`)")
+            f"wrap the model in repspec_zoo.models.normalize.NormalizedModel (or change `bounds`)")
 
 
 def check_bounds(bounds: Sequence[float]) -> tuple[float, float]:

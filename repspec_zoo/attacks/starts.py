@@ -8,7 +8,7 @@ image of another class, which is adversarial by construction (the model gives it
 different label); the attack blends it toward x by binary search before the attack proper.
 
 `StartPool` holds such images, drawn from data that is not the attacked set (the rest of the
-test split in `repspec_zoo.eval.evaluate`), and orders them for each sample: other-class images
+test split in `repspec_zoo.evaluation.evaluate.evaluate`), and orders them for each sample: other-class images
 first, nearest in L2 first (a nearer start leaves a shorter blend to search).
 """
 from __future__ import annotations

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from .. import analysis, data
-from ..attacks import NormalizedModel
+from ..evaluation import analysis
+from .. import data
+from ..models.normalize import NormalizedModel
 from ..io import atomic_write_text
-from ..plots import plot_analysis
+from ..evaluation.plots import plot_analysis
 from ..argtypes import positive_int, seed_int
 from ..loader import load_model
 from . import Parser

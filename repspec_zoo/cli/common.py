@@ -11,8 +11,8 @@ from torch import nn
 
 from .. import data
 from ..argtypes import parse_attacks, parse_budgets, positive_int, seed_int
-from ..eval import EVAL_BATCH_SIZE, PAPER, resolve_attacks
-from ..eval_result import EvalResult
+from ..evaluation.evaluate import EVAL_BATCH_SIZE, PAPER, resolve_attacks
+from ..evaluation.result import EvalResult
 from ..loader import load_model
 
 

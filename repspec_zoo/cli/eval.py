@@ -31,10 +31,10 @@ import argparse
 import sys
 
 from .. import data
-from ..attacks import NormalizedModel
-from ..eval import evaluate
+from ..models.normalize import NormalizedModel
+from ..evaluation.evaluate import evaluate
 from ..models.registry import ARCHS, TAGS
-from ..model_checks import check_model, first_images
+from ..evaluation.model_checks import check_model, first_images
 from . import Parser
 from .common import add_attack_arguments, add_input_arguments, attack_options, read_inputs, report
 

@@ -1,6 +1,6 @@
 """`repspec-zoo leaderboard`: the bundled zoo models side by side on the same test images.
 
-Tables, per-model EvalResult JSON and plots into ``--out`` (see :mod:`repspec_zoo.leaderboard`);
+Tables, per-model EvalResult JSON and plots into ``--out`` (see :mod:`repspec_zoo.evaluation.leaderboard`);
 ``--report-only`` re-renders them from the JSON files; a killed run continues where it stopped.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from .. import data
-from ..eval import resolve_attacks
-from ..eval_result import EvalResult, EvalResultError
-from ..leaderboard import (LeaderboardError, bundled_models, check_readme, common_indices, evaluate_job, finished,
-                           load_zoo_model, report)
+from ..evaluation.evaluate import resolve_attacks
+from ..evaluation.result import EvalResult, EvalResultError
+from ..evaluation.leaderboard import (LeaderboardError, bundled_models, check_readme, common_indices, evaluate_job,
+                                      finished, load_zoo_model, report)
 from ..argtypes import parse_attacks, parse_budgets, positive_int, seed_int
 from . import Parser, UsageError
 from .common import add_forward_arguments
@@ -66,13 +66,29 @@ def _saved(out: Path) -> tuple[dict[str, EvalResult], dict]:
         raise LeaderboardError(f"--report-only: {err}; {again}") from err
 
 
+def _update_cards(results: dict[str, EvalResult], out: Path, meta: dict) -> None:
+    """--update-cards: each bundled model's config.json, eval.json and card take this run's evaluation,
+    with its paired comparison against its family baseline as the summary ``out/leaderboard.json`` has it."""
+    from ..hub.exporting import update_bundled_evaluation
+
+    deltas = json.loads((out / "leaderboard.json").read_text())["paired_vs_baseline"]
+    for name, result in results.items():
+        result.settings["command"] = meta["command"]
+        if name in deltas:  # the card states the paired comparison with its family baseline
+            result.settings["paired_vs_baseline"] = deltas[name]
+        print(f"updated {update_bundled_evaluation(name, json.loads(result.to_json()))}")
+
+
 def main(argv=None) -> dict[str, EvalResult]:
     args = build_parser().parse_args(argv)
     if args.update_readme:
         check_readme(args.update_readme)
     if args.report_only:
         results, meta = _saved(args.out)
-        print(report(results, args.out, meta, args.update_readme, args.update_cards))
+        tables = report(results, args.out, meta, args.update_readme)
+        if args.update_cards:
+            _update_cards(results, args.out, meta)
+        print(tables)
         return results
     if not args.attack:
         raise UsageError("--attack none leaves nothing to rank; name an attack")
@@ -111,7 +127,9 @@ def main(argv=None) -> dict[str, EvalResult]:
     command = ("repspec-zoo leaderboard " + " ".join(argv if argv is not None else sys.argv[2:])).strip()
     meta = dict(dataset=args.dataset, index=index, budgets=args.budgets, attacks=args.attack, seed=args.seed,
                 wall_time_s=time.perf_counter() - start, command=command)
-    tables = report(results, args.out, meta, args.update_readme, args.update_cards)
+    tables = report(results, args.out, meta, args.update_readme)
+    if args.update_cards:
+        _update_cards(results, args.out, meta)
     print(f"\n{tables}\n\n{len(models)} models ({len(todo)} attacked now) in {meta['wall_time_s']:.0f} s; "
           f"wrote {args.out}/")
     return results

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..eval import evaluate
+from ..evaluation.evaluate import evaluate
 from ..argtypes import positive_int
-from ..probe import PROBE_METHODS, fit_probe
+from ..evaluation.linear_probe import PROBE_METHODS, fit_probe
 from . import Parser
 from .common import add_attack_arguments, add_input_arguments, attack_options, read_inputs, report
 

@@ -2,7 +2,7 @@
 
 Items are ``(x, y)``: ``x`` a float32 tensor (C, H, W) with values in [0, 1], ``y`` an int class
 index. Normalization (mean/std) lives inside the model wrapper
-(:class:`repspec_zoo.attacks.normalize.NormalizedModel`), so attack distances are L2 distances in
+(:class:`repspec_zoo.models.normalize.NormalizedModel`), so attack distances are L2 distances in
 [0, 1] pixel space.
 
 Where the data comes from, first match wins:

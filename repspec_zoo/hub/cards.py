@@ -14,8 +14,9 @@ from typing import Mapping
 import timm
 from huggingface_hub import EvalResult as CardMetric, ModelCard, ModelCardData  # one metric row of a card
 
+from ..models.pretrained import attack_label, attack_rows
 from ..regularizers.registry import get_spec
-from ..stats import format_interval
+from ..evaluation.stats import format_interval
 
 TASK = "image-classification"
 FEATURES_TASK = "image-feature-extraction"  # the Hub pipeline of a headless backbone
@@ -29,31 +30,6 @@ def ssl_method(config: Mapping) -> str | None:
 def probe_settings(evaluation: Mapping) -> Mapping | None:
     """The linear probe an evaluation fitted on frozen features (``repspec-zoo probe``), None for a model's own head."""
     return (evaluation.get("settings") or {}).get("probe")
-
-
-def attack_rows(evaluation: Mapping) -> list[tuple[int | None, float, float | None]]:
-    """``(queries, l2_mean, l2_median)`` per attack budget of an eval summary, by budget.
-
-    ``l2_mean``/``l2_median`` are ``{budget: distance}`` (or one number without budgets);
-    an eval summary without attack statistics gives ``[]``.
-    """
-    means, medians = evaluation.get("l2_mean"), evaluation.get("l2_median")
-    if isinstance(means, (int, float)):
-        return [(None, float(means), float(medians) if isinstance(medians, (int, float)) else None)]
-    if not isinstance(means, Mapping):
-        return []
-    medians = medians if isinstance(medians, Mapping) else {}
-    rows = [(int(q), float(m), None if medians.get(q) is None else float(medians[q])) for q, m in means.items()]
-    return sorted(rows, key=lambda row: row[0])
-
-
-def attack_label(evaluation: Mapping) -> tuple[str, str]:
-    """(metric-type prefix, human name) of an evaluation's attack: one attack, or the per-sample best
-    of several ('ensemble')."""
-    attacks = evaluation.get("attacks") or [str(evaluation.get("attack", "ta"))]
-    if len(attacks) > 1:
-        return "ensemble", "best of " + "+".join(a.upper() for a in attacks)
-    return attacks[0], attacks[0].upper()
 
 
 def _eval_results(config: Mapping, dataset_hub_id: str | None) -> list[CardMetric]:

@@ -1,6 +1,6 @@
 """Writing zoo weights: export a training run as a Hub-ready folder, bundle it, publish it.
 
-The folder layout is in :mod:`repspec_zoo.hub.weights`. Example::
+The folder layout is in :mod:`repspec_zoo.models.pretrained`. Example::
 
     export("runs/fmnist_rep", "runs/export/resnet_small_repspectral.fmnist")
     publish("runs/fmnist_rep", repo_id="me/resnet_small_repspectral.fmnist", endpoint="https://hub.example")
@@ -37,7 +37,7 @@ from ..runs import RUN_CONFIG_FILE, WEIGHTS_FILE, Run, RunError, read_run
 from ..spectral import GAMMA_CONVENTION, select_layers
 from .cards import render_card
 from .provenance import Identity, portable, run_identity
-from .weights import CARD_FILE, HUB_CONFIG_FILE, EVAL_FILE, SHA_KEY, bundled_dir, read_config, sha256_hex
+from ..models.pretrained import CARD_FILE, HUB_CONFIG_FILE, EVAL_FILE, SHA_KEY, bundled_dir, read_config, sha256_hex
 
 __all__ = ["ExportError", "PublishError", "Export", "export", "bundle", "update_bundled_evaluation", "publish"]
 

@@ -44,11 +44,11 @@ from timm.models._builder import pretrained_cfg_for_features
 from torch import nn
 
 from ..errors import UserError
-from ..hub.cards import attack_label, attack_rows
-from ..hub import timm_routes
-from ..hub.weights import PretrainedWeightsUnavailable, load_weights, local_config
 from ..regularizers.registry import REGULARIZERS
 from ..spectral import DEFAULT_GAMMA, attach_spectral
+from . import timm_routes
+from .pretrained import (PretrainedWeightsUnavailable, attack_label, attack_rows, load_weights,
+                         local_config)
 from .registry import ARCHS, TAGS, base_pretrained_cfg, pretrained_cfg, zoo_names
 
 __all__ = ["ARCHS", "PretrainedWeightsUnavailable", "UnknownModelError", "PretrainedRow", "check_model_name",

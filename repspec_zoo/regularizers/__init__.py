@@ -18,7 +18,7 @@ Each mode of the recipes (``regularizer.mode``) is a spec in :mod:`.registry`; h
 training step is in :mod:`.steps`.
 
 All inputs are images in [0, 1] and all eps are L2 radii in [0, 1] pixel units (normalization
-lives inside the model, e.g. :class:`repspec_zoo.attacks.NormalizedModel`).
+lives inside the model, e.g. :class:`repspec_zoo.models.normalize.NormalizedModel`).
 
 Recipe step, one of::
 

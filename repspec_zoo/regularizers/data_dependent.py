@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..jacobian import jvp, vjp
+from ..spectral.jacobian import jvp, vjp
 
 __all__ = ["DataDependentSpectralNorm", "eval_mode", "power_iteration"]
 

@@ -2,7 +2,8 @@
 
 Norms: operator.py (the conv as a linear map and its adjoint) -> power.py (power iteration, the
 differentiable sigma), fft.py (exact circular symbol norms), gram.py (the Gram-iteration upper bound);
-bn.py folds a BatchNorm into its layer.
+bn.py folds a BatchNorm into its layer; jacobian.py: the top singular value of a whole network's
+input-output Jacobian (jvp / vjp power iteration: the Jacobian regularizer, the bounds, the analyses).
 Regularizer: hooks.py (SpectralRegularizer) with estimators.py (the ``estimator=`` table), state.py
 (per-layer buffers), activation.py (the eig-ub activation term); select.py picks the layers.
 """

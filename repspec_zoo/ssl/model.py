@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..attacks.normalize import NormalizedModel
+from ..models.normalize import NormalizedModel
 
 __all__ = ["projector", "SSLNetwork", "SSLModule", "build_ssl_model"]
 

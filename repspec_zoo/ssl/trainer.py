@@ -14,7 +14,7 @@ checkpoints, resume, metrics, the regularizer's schedule) with another step and 
   features within the test split: a label-using monitor that needs no fitted head.
 
 The run's ``model.safetensors`` is the backbone alone (timm, ``num_classes: 0``); ``eval.json``
-evaluates backbone + a linear probe fitted on the training split (:mod:`repspec_zoo.probe`).
+evaluates backbone + a linear probe fitted on the training split (:mod:`repspec_zoo.evaluation.linear_probe`).
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def probe_eval(backbone, cfg, run_dir: str | os.PathLike) -> dict:
     """``RUN_DIR/eval.json`` of a self-supervised run: backbone + a logistic-regression probe fitted on the
     training split (``dataset.train_limit`` images, eval transform), evaluated as the recipes' quick
     evaluation (test accuracy, ``eval.attack`` on ``eval.n`` images at ``eval.budget``)."""
-    from ..probe import fit_probe
+    from ..evaluation.linear_probe import fit_probe
 
     plain = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, augment=False))
     probe = fit_probe(backbone, recipe_split(plain, backbone, "train"), batch_size=cfg.micro_batch_size)

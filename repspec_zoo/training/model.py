@@ -19,7 +19,7 @@ from timm.optim import Lars
 from torch import nn
 
 from ..errors import UserError
-from ..attacks.normalize import NormalizedModel
+from ..models.normalize import NormalizedModel
 from ..models.registry import ARCHS
 from ..runs import RUN_CONFIG_FILE, WEIGHTS_FILE
 from ..spectral import attach_spectral, without_regularizer
@@ -146,7 +146,7 @@ class TrainingModule(NormalizedModel):
     mean/std from the model's timm data config.
 
     With ``return_features`` (BSS) the forward returns ``(logits, features)``, where features are
-    :meth:`~repspec_zoo.attacks.NormalizedModel.features` (B, num_features) and logits are the
+    :meth:`~repspec_zoo.models.normalize.NormalizedModel.features` (B, num_features) and logits are the
     classifier applied to them: one forward, so DDP sees every parameter.
     """
 

@@ -20,7 +20,7 @@ from accelerate.utils import gather_object
 from torch import nn
 
 from .. import data
-from ..attacks.normalize import NormalizedModel
+from ..models.normalize import NormalizedModel
 from ..io import atomic_write_bytes, atomic_write_text
 from ..models.registry import zoo_model_name
 from ..runs import EVAL_FILE
@@ -55,7 +55,7 @@ def write_quick_eval(classifier: nn.Module, test_set, cfg: TrainConfig, run_dir:
                      model_name: str, **settings) -> dict:
     """Evaluate ``classifier`` (images in [0, 1]) as the recipes' quick evaluation -> ``RUN_DIR/eval.json``
     (``settings`` added to the EvalResult's); returns what it wrote."""
-    from ..eval import evaluate
+    from ..evaluation.evaluate import evaluate
 
     # a toy problem's inputs are points, not images in the [0,1] box the attacks search
     attack = None if cfg.eval.attack == "none" or cfg.eval.n == 0 or toy_spec(cfg) else cfg.eval.attack

@@ -6,7 +6,7 @@ from accelerate import Accelerator
 sys.path.insert(0, __file__.rsplit("/", 2)[0])  # tests/ for the shared fixtures
 from test_eval import EVAL_SETTINGS, self_labelled, small_slp  # noqa: E402
 
-from repspec_zoo.eval import evaluate  # noqa: E402
+from repspec_zoo.evaluation.evaluate import evaluate  # noqa: E402
 
 accelerator = Accelerator()
 model = small_slp()

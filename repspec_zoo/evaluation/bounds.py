@@ -24,8 +24,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .attacks.normalize import NormalizedModel, as_normalized
-from .jacobian import jacobian_top_singular
+from ..models.normalize import NormalizedModel, as_normalized
+from ..spectral.jacobian import jacobian_top_singular
 from .lipschitz import GELU_MAX_SLOPE, activation_max_slope, try_feature_lipschitz
 
 __all__ = ["GELU_MAX_SLOPE", "VACUOUS_FRACTION", "activation_max_slope", "lemma1_estimate", "certified_radius",

@@ -6,10 +6,10 @@ It is a product over the path of per-layer bounds (ALGORITHMS.md section 6):
 
 * input normalization ``(x - mean) / std``: ``1 / min(std)``;
 * a conv or linear layer followed by an eval-mode BatchNorm is one linear map with kernel
-  ``diag(gamma / sqrt(running_var + eps)) W`` (:mod:`.spectral.bn`); its bound is that map's operator
+  ``diag(gamma / sqrt(running_var + eps)) W`` (:mod:`repspec_zoo.spectral.bn`); its bound is that map's operator
   norm at the layer's actual input size (a conv's operator depends on it, recorded by one forward).
   Conv: the exact norm of the circular conv on a grid ``N >= n + lo + hi`` (divisible by the stride), an
-  upper bound of the zero-padded operator (:func:`.spectral.fft.conv_fft_upper_bound`, float64); linear:
+  upper bound of the zero-padded operator (:func:`repspec_zoo.spectral.fft.conv_fft_upper_bound`, float64); linear:
   the exact ``sigma_max`` (SVD). A BatchNorm folded in place by ``NormalizedModel.fast_eval`` (an
   ``nn.Identity`` after a fused conv) needs nothing more;
 * activations: ``max |act'|`` (ReLU 1, GELU 1.1289; timm's ``BatchNormAct2d`` carries its own);
@@ -37,12 +37,12 @@ from timm.layers import Conv2dSame, DropBlock2d, DropPath, SelectAdaptivePool2d
 from timm.layers.activations import GELU as TimmGELU
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from .attacks.fold import conv_bn_pairs
-from .attacks.normalize import NormalizedModel
-from .models.tiny import ResNetSmall, SingleHiddenLayerNet
-from .spectral.bn import bn_scale, bn_scaled_weight
-from .spectral.fft import conv_fft_upper_bound
-from .spectral.operator import ConvGeometry
+from ..models.fold import conv_bn_pairs
+from ..models.normalize import NormalizedModel
+from ..models.tiny import ResNetSmall, SingleHiddenLayerNet
+from ..spectral.bn import bn_scale, bn_scaled_weight
+from ..spectral.fft import conv_fft_upper_bound
+from ..spectral.operator import ConvGeometry
 
 __all__ = ["GELU_MAX_SLOPE", "ESTIMATOR", "LayerNorm", "LipschitzBound", "activation_max_slope",
            "feature_lipschitz", "function_bound", "try_feature_lipschitz"]

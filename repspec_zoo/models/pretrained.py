@@ -14,7 +14,8 @@ A zoo model's weights live in a folder laid out like its Hub repo (written by
 Resolution for ``pretrained=True`` (see repspec_zoo.models.zoo): the folder bundled in the
 package (``repspec_zoo/weights/<arch>.<tag>/``), then the Hugging Face cache / Hub repo; the
 sha256 in config.json is checked before the weights are used. timm's own ``hf-hub:ORG/NAME`` and
-``local-dir:PATH`` names get the same check (:mod:`.timm_routes`).
+``local-dir:PATH`` names get the same check (:mod:`.timm_routes`). The evaluation summary a config
+carries (its ``eval``) is read by `attack_rows` and `attack_label` (list_pretrained, the cards).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from huggingface_hub import constants as hf_constants, hf_hub_download, try_to_load_from_cache
@@ -35,7 +37,7 @@ from ..runs import EVAL_FILE, WEIGHTS_FILE, load_weights_file
 
 __all__ = ["WEIGHTS_DIR", "WEIGHTS_FILE", "HUB_CONFIG_FILE", "CARD_FILE", "EVAL_FILE", "SHA_KEY", "Weights",
            "PretrainedWeightsUnavailable", "PretrainedWeightsError", "sha256_hex", "read_config",
-           "read_weights", "hub_file", "bundled_dir", "load_weights", "local_config"]
+           "read_weights", "hub_file", "bundled_dir", "load_weights", "local_config", "attack_rows", "attack_label"]
 
 WEIGHTS_DIR = Path(__file__).parents[1] / "weights"  # bundled weights: WEIGHTS_DIR / "<arch>.<tag>" / files
 HUB_CONFIG_FILE, CARD_FILE = "config.json", "README.md"  # beside WEIGHTS_FILE and EVAL_FILE in an export
@@ -182,3 +184,28 @@ def local_config(name: str, hf_hub_id: str | None) -> tuple[str, dict | None]:
         if isinstance(cached, str):
             return "hf-cache", read_config(Path(cached))
     return "hub", None
+
+
+def attack_rows(evaluation: Mapping) -> list[tuple[int | None, float, float | None]]:
+    """``(queries, l2_mean, l2_median)`` per attack budget of an eval summary, by budget.
+
+    ``l2_mean``/``l2_median`` are ``{budget: distance}`` (or one number without budgets);
+    an eval summary without attack statistics gives ``[]``.
+    """
+    means, medians = evaluation.get("l2_mean"), evaluation.get("l2_median")
+    if isinstance(means, (int, float)):
+        return [(None, float(means), float(medians) if isinstance(medians, (int, float)) else None)]
+    if not isinstance(means, Mapping):
+        return []
+    medians = medians if isinstance(medians, Mapping) else {}
+    rows = [(int(q), float(m), None if medians.get(q) is None else float(medians[q])) for q, m in means.items()]
+    return sorted(rows, key=lambda row: row[0])
+
+
+def attack_label(evaluation: Mapping) -> tuple[str, str]:
+    """(metric-type prefix, human name) of an evaluation's attack: one attack, or the per-sample best
+    of several ('ensemble')."""
+    attacks = evaluation.get("attacks") or [str(evaluation.get("attack", "ta"))]
+    if len(attacks) > 1:
+        return "ensemble", "best of " + "+".join(a.upper() for a in attacks)
+    return attacks[0], attacks[0].upper()

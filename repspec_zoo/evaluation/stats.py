@@ -430,7 +430,7 @@ def robust_accuracy_curve(l2: Any, eps_grid: Sequence[float], clean_acc: float |
 
 
 def format_interval(part: Mapping | None, digits: int = 4) -> str:
-    """'0.7120 [0.6500, 0.7680]' from a JSON-able `repspec_zoo.stats.Interval` (inf arrives as the
+    """'0.7120 [0.6500, 0.7680]' from a JSON-able `repspec_zoo.evaluation.stats.Interval` (inf arrives as the
     string 'inf'); '-' when there is none, 'n/a' for a bound too few samples could give."""
     if not part or part.get("estimate") is None:
         return "-"

@@ -17,8 +17,8 @@ import torch
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from timm.models import _builder, _factory
 
-from .weights import (HUB_CONFIG_FILE, REFETCH, SHA_KEY, WEIGHTS_FILE, PretrainedWeightsError,
-                      PretrainedWeightsUnavailable, _hub_reason, bundled_dir, hub_file, read_config, read_weights)
+from .pretrained import (HUB_CONFIG_FILE, REFETCH, SHA_KEY, WEIGHTS_FILE, PretrainedWeightsError,
+                         PretrainedWeightsUnavailable, _hub_reason, bundled_dir, hub_file, read_config, read_weights)
 from ..runs import load_weights_file
 
 __all__ = ["install"]

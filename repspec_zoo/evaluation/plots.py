@@ -78,7 +78,7 @@ def _band(ax, xs, stats: dict, label: str) -> None:
 
 
 def plot_analysis(result: dict, out: Path) -> list[Path]:
-    """One PNG per analysis of ``repspec_zoo.analysis.analyze``'s ``result`` present, into folder ``out``;
+    """One PNG per analysis of ``repspec_zoo.evaluation.analysis.analyze``'s ``result`` present, into folder ``out``;
     returns the written paths."""
     import matplotlib
 

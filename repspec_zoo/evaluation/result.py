@@ -1,4 +1,4 @@
-"""`EvalResult`: what `repspec_zoo.eval.evaluate` measured, as a JSON-able record and a summary table.
+"""`EvalResult`: what `repspec_zoo.evaluation.evaluate.evaluate` measured, as a JSON-able record and a summary table.
 
 Distances are L2 in [0,1] pixel units; fractions are 0..1. In JSON, infinite distances (unbroken
 samples) are the strings 'inf' / '-inf' and NaN is null (`stats.to_jsonable`); `EvalResult.load` reads
@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .bounds import VACUOUS_FRACTION
-from .errors import UserError
-from .io import atomic_write_text
+from ..errors import UserError
+from ..io import atomic_write_text
 from .stats import format_interval, from_jsonable, to_jsonable
 
 __all__ = ["EvalResult", "EvalResultError"]
@@ -24,7 +24,7 @@ class EvalResultError(UserError, ValueError):
 
 @dataclass
 class EvalResult:
-    """Everything `repspec_zoo.eval.evaluate` measured; JSON-able. Distances are L2 in [0,1] pixel units."""
+    """Everything `repspec_zoo.evaluation.evaluate.evaluate` measured; JSON-able. Distances are L2 in [0,1] pixel units."""
 
     model: str  # name or source of the evaluated model
     dataset: str  # dataset name/path

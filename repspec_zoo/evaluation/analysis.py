@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import pgd_l2, robust_accuracy_curve
-from .attacks.normalize import as_normalized
+from ..attacks import pgd_l2, robust_accuracy_curve
+from ..models.normalize import as_normalized
 from .bounds import certified_radius, is_vacuous, logit_lipschitz, unwrap
-from .jacobian import jacobian_top_singular, jvp, vjp
+from ..spectral.jacobian import jacobian_top_singular, jvp, vjp
 from .lipschitz import function_bound
 
 __all__ = ["ANALYSES", "FULL_SVD_MAX_ENTRIES", "jacobian_matrix", "subspace_iteration",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["UnusableModelError", "check_model", "first_images"]
 
@@ -39,7 +39,7 @@ def first_images(dataset, device=None, count: int = 8) -> Tensor:
 
 def _inner(model: nn.Module) -> nn.Module:
     """The timm network inside a NormalizedModel (or the model itself)."""
-    from .attacks.normalize import NormalizedModel
+    from ..models.normalize import NormalizedModel
 
     return model.model if isinstance(model, NormalizedModel) else model
 
@@ -87,7 +87,7 @@ def check_model(model: nn.Module, x: Tensor, model_name: str = "model") -> None:
         raise UnusableModelError(
             f"{model_name} is a headless backbone (num_classes=0): its outputs are {getattr(net, 'num_features', 'its')} "
             "features, not class logits, so accuracy and attack distances would be meaningless; evaluate it with a "
-            f"linear probe: `repspec-zoo probe {model_name}` (repspec_zoo.probe in Python)")
+            f"linear probe: `repspec-zoo probe {model_name}` (repspec_zoo.evaluation.linear_probe in Python)")
     bad = _non_finite_tensor(net)
     if bad is not None:
         name, count, total = bad

@@ -13,9 +13,9 @@ Two fits of the head ``logits = W phi(x) + b``:
 * ``'linear'`` (large sets): a torch ``nn.Linear`` trained by Adam on minibatches of the cached,
   standardized features with cross-entropy + weight decay 1/(C n) (the same objective per image).
 
-:func:`fit_probe` returns a :class:`~repspec_zoo.attacks.NormalizedModel` around a copy of the
+:func:`fit_probe` returns a :class:`~repspec_zoo.models.normalize.NormalizedModel` around a copy of the
 backbone whose timm classifier (``reset_classifier`` + ``get_classifier()``) holds the fitted
-head: a plain timm classifier that :func:`repspec_zoo.eval.evaluate` takes as any other model.
+head: a plain timm classifier that :func:`repspec_zoo.evaluation.evaluate.evaluate` takes as any other model.
 
 Example::
 
@@ -34,9 +34,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .attacks.normalize import NormalizedModel
-from .attacks.oracle import EVAL_BATCH_SIZE
-from .errors import UserError
+from ..models.normalize import NormalizedModel
+from ..attacks.oracle import EVAL_BATCH_SIZE
+from ..errors import UserError
 
 __all__ = ["ProbeError", "Probe", "PROBE_METHODS", "extract_features", "fit_probe"]
 

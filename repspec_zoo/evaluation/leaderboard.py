@@ -25,17 +25,18 @@ from pathlib import Path
 
 import torch
 
-from . import data, stats
-from .attacks import NormalizedModel
+from .. import data
+from . import stats
+from ..models.normalize import NormalizedModel
 from .stats import format_interval
-from .eval import evaluate, predict_split
-from .errors import UserError
-from .eval_result import EvalResult
-from .io import atomic_write_text
-from .models.registry import ARCHS, TAGS, zoo_model_name
-from .models.zoo import list_pretrained
-from .regularizers.registry import BASELINE_MODE, REGULARIZERS
-from .loader import load_model
+from .evaluate import evaluate, predict_split
+from ..errors import UserError
+from .result import EvalResult
+from ..io import atomic_write_text
+from ..models.registry import ARCHS, TAGS, zoo_model_name
+from ..models.zoo import list_pretrained
+from ..regularizers.registry import BASELINE_MODE, REGULARIZERS
+from ..loader import load_model
 from .model_checks import check_model
 from .plots import plot_distance_curves, plot_robust_accuracy
 
@@ -75,7 +76,7 @@ def load_zoo_model(name: str, compile: bool = False, images: torch.Tensor | None
     """A bundled / cached zoo model in [0,1] input space, eval mode, without regularizer hooks, with
     the fast evaluation forward (`NormalizedModel.fast_eval`; ``compile=True`` adds torch.compile).
     A headless self-supervised backbone becomes backbone + a linear probe fitted by
-    `repspec_zoo.probe.fit_probe` (logistic, C = 1) on `PROBE_TRAIN_LIMIT` training images of its
+    `repspec_zoo.evaluation.linear_probe.fit_probe` (logistic, C = 1) on `PROBE_TRAIN_LIMIT` training images of its
     tag's dataset drawn with ``seed``, as ``repspec-zoo probe --train-limit 5000`` does; the fit is
     in ``model.probe_info`` (recorded in the evaluation's settings; None for a classifier). The
     model ends on ``device`` (default `default_device`); `evaluate` then runs every attack there.
@@ -83,7 +84,7 @@ def load_zoo_model(name: str, compile: bool = False, images: torch.Tensor | None
     backbone = load_model(name)
     probe_info = None
     if getattr(backbone, "num_classes", 1) == 0:
-        from .probe import fit_probe
+        from .linear_probe import fit_probe
 
         dataset = TAGS[name.partition(".")[2]].dataset
         in_chans, height = backbone.pretrained_cfg["input_size"][:2]
@@ -227,10 +228,10 @@ def update_readme(readme: Path, block: str, section: str = "leaderboard") -> Non
     atomic_write_text(readme, f"{head}{start}\n{block}\n{end}{tail}")
 
 
-def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path | None = None,
-           update_cards: bool = False) -> str:
-    """Tables, JSON summary and plots of ``results`` into ``out``; optionally the README block and
-    the bundled cards. ``meta``: dataset, index, budgets, attacks, seed, wall_time_s, command."""
+def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path | None = None) -> str:
+    """Tables, JSON summary and plots of ``results`` into ``out``; optionally the README block (the
+    bundled cards are the command line's ``--update-cards``). ``meta``: dataset, index, budgets,
+    attacks, seed, wall_time_s, command."""
     budgets, attacks = meta["budgets"], meta["attacks"]
     deltas = paired_deltas(results, meta["dataset"], meta["seed"])
     tables = markdown_tables(results, budgets, deltas)
@@ -257,14 +258,6 @@ def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path |
     plot_robust_accuracy(results, out / "robust_accuracy.png")
     if readme:
         update_readme(readme, block)
-    if update_cards:
-        from .hub.exporting import update_bundled_evaluation
-
-        for name, result in results.items():
-            result.settings["command"] = meta["command"]
-            if name in deltas:  # the card states the paired comparison with its family baseline
-                result.settings["paired_vs_baseline"] = deltas[name]
-            print(f"updated {update_bundled_evaluation(name, json.loads(result.to_json()))}")
     return tables
 
 

@@ -12,10 +12,10 @@
   budget Q and attack, the TA paper's rule: the distance of the last iterate that had spent
   <= Q queries (white-box attacks spend no hard-label queries: their distance counts at every
   Q). The per-sample best over the attacks is the upper bound that is reported;
-* statistics that decide (`repspec_zoo.stats`): success rate with its CI, mean distance
+* statistics that decide (`repspec_zoo.evaluation.stats`): success rate with its CI, mean distance
   over the broken samples and median over all (an unbroken sample counts as +inf) with
   bootstrap CIs, and robust accuracy derived from the distances (an upper bound);
-* the bracket (`repspec_zoo.bounds`): the certified radius where the model admits one and
+* the bracket (`repspec_zoo.evaluation.bounds`): the certified radius where the model admits one and
   the Lemma-1 local estimate, against the best attack.
 
 Multi-process (Accelerate): the attacked samples are split across processes and gathered;
@@ -34,12 +34,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__, stats
-from .attacks import ATTACKS, AttackSettings, StartPool, predict_labels, run_attack
-from .attacks.oracle import EVAL_BATCH_SIZE, check_budgets, check_image_values
+from .. import __version__
+from . import stats
+from ..attacks import ATTACKS, AttackSettings, StartPool, predict_labels, run_attack
+from ..attacks.oracle import EVAL_BATCH_SIZE, check_budgets, check_image_values
 from .bounds import bracket, certified_radius, lemma1_estimate, unwrap
-from .errors import UserError
-from .eval_result import EvalResult
+from ..errors import UserError
+from .result import EvalResult
 from .model_checks import check_model, first_images
 
 #: the attacks of ``attack="ensemble"``: the two strongest hard-label attacks and the three white-box
