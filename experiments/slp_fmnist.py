@@ -17,7 +17,7 @@ protocol; its iterations and convergence are reported):
 * test accuracy; sigma_max of the hidden layer W1 and of the head (dense SVD; the head's also times
   the logit scale 1/sqrt(2000), the readout the logits see);
 * every model and head attacked on the SAME ``--n`` test images (correctly classified by all), so
-  that the comparisons are paired: the ensemble (``repspec_zoo.eval.ENSEMBLE``; every image gets a start) at
+  that the comparisons are paired: the ensemble (``repspec_zoo.evaluation.evaluate.ENSEMBLE``; every image gets a start) at
   ``--budgets``, and the paper's Tangent Attack (40 iterations, ~17k queries) on the first
   ``--n-paper`` of those images, read at 1k/2k/5k/10k/20k queries;
 * seed-level comparisons (the evidence; the seed is the unit of replication): per head, every arm
