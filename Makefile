@@ -29,7 +29,7 @@ $(FMNIST):
 	else echo "note: cannot apt-get install dataset-fashion-mnist here; data will come from the Hub"; fi
 
 # The main job: benchmark the bundled zoo backbones (leaderboard tables + plots): 50 test images,
-# hard-label budgets up to 1000, the attack ensemble; about 4 minutes on 2 cores (benchmarks/README.md).
+# hard-label budgets up to 1000, the attack ensemble; about 2 minutes on 2 idle cores (benchmarks/README.md).
 demo: setup
 	$(PY) -m repspec_zoo.cli leaderboard --out runs/leaderboard
 
