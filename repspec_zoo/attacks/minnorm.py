@@ -71,15 +71,21 @@ def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _margin_and_grad(model, u: torch.Tensor, y: torch.Tensor):
-    """Logit margin ``z_y - max_{j != y} z_j`` per row, its gradient w.r.t. ``u``, and the logits."""
-    u = u.detach().requires_grad_(True)
-    logits = model(u)
-    true = logits.gather(1, y[:, None])[:, 0]
-    other = logits.scatter(1, y[:, None], -math.inf).amax(1)
-    margin = true - other
-    (grad,) = torch.autograd.grad(margin.sum(), u)
-    return margin.detach(), grad, logits.detach()
+def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Logit margin ``z_y - max_{j != y} z_j`` per row (negative iff the arg-max is not ``y``)."""
+    return logits.gather(1, y[:, None])[:, 0] - logits.scatter(1, y[:, None], -math.inf).amax(1)
+
+
+def _keep_best(adv: torch.Tensor, l2: torch.Tensor, delta: torch.Tensor, best_l2: torch.Tensor,
+               best_delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(best_l2, best_delta) updated with the rows of ``delta`` that are adversarial and smaller."""
+    better = adv & (l2 < best_l2)
+    return torch.where(better, l2, best_l2), torch.where(_view(better, delta), delta, best_delta)
+
+
+def _best_point(u: torch.Tensor, best_l2: torch.Tensor, best_delta: torch.Tensor) -> torch.Tensor:
+    """``u + best_delta`` where an adversarial point was seen, ``u`` elsewhere."""
+    return torch.where(_view(best_l2 < math.inf, u), u + best_delta, u)
 
 
 def _bisect_to_boundary(model, u: torch.Tensor, start: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
@@ -118,12 +124,13 @@ def fmn_l2(model, u: torch.Tensor, y: torch.Tensor, steps: int, starting_points:
     for k in range(steps):
         alpha = _cosine(max_stepsize, min_stepsize, k, steps)
         gamma_k = _cosine(gamma, gamma_final, k, steps)
-        margin, grad, _ = _margin_and_grad(model, u + delta, y)
+        x_adv = (u + delta).detach().requires_grad_(True)
+        margin = _margin(model(x_adv), y)
+        (grad,) = torch.autograd.grad(margin.sum(), x_adv)
+        margin = margin.detach()
         adv = margin < 0
         l2 = _norms(delta)
-        better = adv & (l2 < best_l2)
-        best_l2 = torch.where(better, l2, best_l2)
-        best_delta = torch.where(_view(better, u), delta, best_delta)
+        best_l2, best_delta = _keep_best(adv, l2, delta, best_l2, best_delta)
         found |= adv
         grad_norm = _norms(grad).clamp_min(1e-12)
         eps = torch.where(adv, torch.minimum(eps * (1 - gamma_k), best_l2),
@@ -131,7 +138,7 @@ def fmn_l2(model, u: torch.Tensor, y: torch.Tensor, steps: int, starting_points:
         delta = delta - alpha * grad / _view(grad_norm, u)
         delta = delta * _view((eps / _norms(delta).clamp_min(1e-12)).clamp(max=1.0), u)
         delta = (u + delta).clamp(0, 1) - u
-    return torch.where(_view(best_l2 < math.inf, u), u + best_delta, u)
+    return _best_point(u, best_l2, best_delta)
 
 
 def ddn_l2(model, u: torch.Tensor, y: torch.Tensor, steps: int, starting_points: torch.Tensor | None = None, *,
@@ -152,15 +159,12 @@ def ddn_l2(model, u: torch.Tensor, y: torch.Tensor, steps: int, starting_points:
         logits = model(x_adv)
         (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x_adv)
         adv = logits.detach().argmax(1) != y
-        l2 = _norms(delta)
-        better = adv & (l2 < best_l2)
-        best_l2 = torch.where(better, l2, best_l2)
-        best_delta = torch.where(_view(better, u), delta, best_delta)
+        best_l2, best_delta = _keep_best(adv, _norms(delta), delta, best_l2, best_delta)
         delta = delta + alpha * grad / _view(_norms(grad).clamp_min(1e-12), u)
         eps = torch.where(adv, eps * (1 - gamma), eps * (1 + gamma))
         delta = delta * _view(eps / _norms(delta).clamp_min(1e-12), u)
         delta = (u + delta).clamp(0, 1) - u
-    return torch.where(_view(best_l2 < math.inf, u), u + best_delta, u)
+    return _best_point(u, best_l2, best_delta)
 
 
 def p2_penalty(y: torch.Tensor, rho: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
@@ -176,10 +180,8 @@ def p2_penalty_grad(y: torch.Tensor, rho: torch.Tensor, mu: torch.Tensor) -> tor
 
 def _dlr(logits: torch.Tensor, y: torch.Tensor, tol: float) -> torch.Tensor:
     """Difference-of-logits ratio, positive iff the arg-max is ``y`` (needs >= 3 classes)."""
-    true = logits.gather(1, y[:, None])[:, 0]
-    other = logits.scatter(1, y[:, None], -math.inf).amax(1)
     top3 = logits.topk(3, dim=1).values
-    return (true - other + tol) / (top3[:, 0] - top3[:, 2] + 1e-8)
+    return (_margin(logits, y) + tol) / (top3[:, 0] - top3[:, 2] + 1e-8)
 
 
 def alma_l2(model, u: torch.Tensor, y: torch.Tensor, steps: int, starting_points: torch.Tensor | None = None, *,
@@ -215,13 +217,11 @@ def alma_l2(model, u: torch.Tensor, y: torch.Tensor, steps: int, starting_points
         adv = d < 0
         first_found = torch.where(adv & ~found, torch.full_like(first_found, k), first_found)
         found |= adv
-        better = adv & (l2.detach() < best_l2)
-        best_l2 = torch.where(better, l2.detach(), best_l2)
-        best_delta = torch.where(_view(better, u), delta.detach(), best_delta)
+        best_l2, best_delta = _keep_best(adv, l2.detach(), delta.detach(), best_l2, best_delta)
         loss = p2_penalty(dlr, rho, mu) if k == 0 else l2 + p2_penalty(dlr, rho, mu)
         (grad,) = torch.autograd.grad(loss.sum(), delta)
         decay = lr_reduction ** ((k - first_found).clamp(min=0) / (steps - first_found))
         square_avg = alpha * square_avg + (1 - alpha) * grad * grad
         buffer = alpha * buffer + grad / (square_avg.sqrt() + 1e-8)
         delta = (u + delta.detach() - _view(lr_init * decay, u) * buffer).clamp(0, 1) - u
-    return torch.where(_view(best_l2 < math.inf, u), u + best_delta, u)
+    return _best_point(u, best_l2, best_delta)
