@@ -1,5 +1,6 @@
 """What `eval` and `probe` share: their input and attack arguments, the model and splits they read,
-evaluate()'s attack options and the printed / saved result. `leaderboard` shares the forward arguments."""
+the keyword arguments evaluate() takes from them, and the printed / saved result. `leaderboard`
+shares the forward arguments."""
 from __future__ import annotations
 
 import argparse
@@ -94,7 +95,7 @@ def read_inputs(parser: argparse.ArgumentParser, argv,
     return Inputs(args, name, info, model)
 
 
-def attack_options(args: argparse.Namespace) -> dict:
+def evaluate_kwargs(args: argparse.Namespace) -> dict:
     """evaluate()'s keyword arguments set by the attack and forward options."""
     return dict(n=args.n, budgets=args.budgets, attack=args.attack or None, seed=args.seed, batch_size=args.batch_size,
                 max_iter=args.max_iter, start_pool=None if args.no_start_pool else "rest")

@@ -36,7 +36,7 @@ from ..evaluation.evaluate import evaluate
 from ..models.registry import ARCHS, TAGS
 from ..evaluation.model_checks import check_model, first_images
 from . import Parser
-from .common import add_attack_arguments, add_input_arguments, attack_options, read_inputs, report
+from .common import add_attack_arguments, add_input_arguments, evaluate_kwargs, read_inputs, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +76,7 @@ def main(argv=None):
     check_model(wrapped, first_images(dataset, accelerator.device), args.model)  # before fast_eval's notes
     wrapped.fast_eval(compile=args.compile)
     result = evaluate(wrapped, dataset, model_name=args.model, dataset_name=name, split=args.split,
-                      lemma1=not args.no_lemma1, accelerator=accelerator, **attack_options(args))
+                      lemma1=not args.no_lemma1, accelerator=accelerator, **evaluate_kwargs(args))
     if accelerator.is_main_process:
         if args.dataset and args.data_dir:  # the registry name described the folder: the title names both
             result.dataset = f"{args.dataset} ({args.data_dir})"

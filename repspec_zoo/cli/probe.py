@@ -22,7 +22,7 @@ from ..evaluation.evaluate import evaluate
 from ..argtypes import positive_int
 from ..evaluation.linear_probe import PROBE_METHODS, fit_probe
 from . import Parser
-from .common import add_attack_arguments, add_input_arguments, attack_options, read_inputs, report
+from .common import add_attack_arguments, add_input_arguments, evaluate_kwargs, read_inputs, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def main(argv=None):
                       batch_size=args.batch_size, seed=args.seed)
     model = probe.model.eval().fast_eval(compile=args.compile)
     result = evaluate(model, inputs.split("test", args.limit), model_name=f"{args.model} + linear probe",
-                      dataset_name=inputs.name, lemma1=False, **attack_options(args))
+                      dataset_name=inputs.name, lemma1=False, **evaluate_kwargs(args))
     print(f"linear probe ({probe.method}, C={probe.C:g}) on {probe.n_train} training images: "
           f"train accuracy {probe.train_acc:.4f}")
     report(result, args, probe=dict(probe.info(), classes=inputs.info.num_classes))
