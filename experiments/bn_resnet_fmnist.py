@@ -64,8 +64,8 @@ import torch
 
 from repspec_zoo.argtypes import parse_budgets
 
-from .common import (RESULTS, ROOT, RUNS, PlannedRun, burn_in_epochs, parallel_map, run_all, split_tensors,
-                     write_json)
+from .common import (RESULTS, ROOT, RUNS, PlannedRun, burn_in_epochs, cached_json, parallel_map, run_all,
+                     split_tensors, write_json)
 from .transfer_digits import conv_sigmas, digits_test_split
 
 BASE_CONFIG = "fmnist_resnet_small_baseline"
@@ -135,9 +135,10 @@ def _raw_sum_of_run(run_dir: Path) -> float:
 
 def calibrate_wd(runs_dir: Path, workers: int, out: Path) -> dict:
     """convwd strength whose raw conv sum sigma^2 at the end matches rep's, from seed 0 (cached in out)."""
-    path = out / "calibration.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    return cached_json(out / "calibration.json", lambda: _calibrate_wd(runs_dir, workers))
+
+
+def _calibrate_wd(runs_dir: Path, workers: int) -> dict:
     base = base_run(0, runs_dir)
     rep = branch(0, runs_dir, "rep", *ARMS["rep"], base)
     trials = {wd: branch(0, runs_dir / "calibration", f"convwd_{wd:g}", ARMS["convwd"][0],
@@ -151,7 +152,6 @@ def calibrate_wd(runs_dir: Path, workers: int, out: Path) -> dict:
                   trials={f"{k:g}": v for k, v in wd_sums.items()}, wd_lambda=wd,
                   rule="log(wd_lambda) linear in log(raw sum) between the two bracketing trials (end points: "
                        "extrapolated from the nearest two)")
-    write_json(path, result)
     return result
 
 
@@ -182,9 +182,11 @@ def _load(source: str | Path):
 def evaluate_model(job: tuple) -> dict:
     """Worker: accuracy and attack distances of one model on the shared images, saved to ``path`` (skipped
     if it exists: a killed experiment keeps what it evaluated)."""
-    path, source, seed, arm, indices, budgets = job
-    if path.is_file():
-        return json.loads(path.read_text())
+    path, *rest = job
+    return cached_json(path, lambda: _evaluate_model(*rest))
+
+
+def _evaluate_model(source, seed: int, arm: str, indices: list[int], budgets: list[int]) -> dict:
     from repspec_zoo.evaluation.evaluate import evaluate
     from repspec_zoo.evaluation.stats import to_jsonable
 
@@ -204,7 +206,6 @@ def evaluate_model(job: tuple) -> dict:
         wall_time_s=result.wall_time_s, index=indices, n_misclassified=correct.count(False),
         l2=_aligned(result.per_sample["l2"][top], correct), l2_ta=_aligned(result.per_sample["l2_by_attack"]["ta"][top],
                                                                            correct)))
-    write_json(path, row)
     return row
 
 
@@ -223,16 +224,16 @@ def _aligned(l2: list[float], correct: list[bool]) -> list[float]:
 def function_numbers(job: tuple) -> dict:
     """Worker: the function-level numbers of one model (cached at ``path``)."""
     path, source, indices = job
-    if path.is_file():
-        return json.loads(path.read_text())
-    from repspec_zoo.evaluation.analysis import function_report
-    from repspec_zoo.evaluation.stats import to_jsonable
 
-    x, y = split_tensors("fashion_mnist", "test")
-    index = torch.as_tensor(indices)
-    report = to_jsonable(function_report(_load(source).eval(), x[index], y[index]))
-    write_json(path, report)
-    return report
+    def compute() -> dict:
+        from repspec_zoo.evaluation.analysis import function_report
+        from repspec_zoo.evaluation.stats import to_jsonable
+
+        x, y = split_tensors("fashion_mnist", "test")
+        index = torch.as_tensor(indices)
+        return to_jsonable(function_report(_load(source).eval(), x[index], y[index]))
+
+    return cached_json(path, compute)
 
 
 # ---------------------------------------------------------------------------------------- transfer
@@ -248,9 +249,11 @@ def transfer_plan(runs: dict, runs_dir: Path) -> dict:
 
 def evaluate_transfer(job: tuple) -> dict:
     """Worker: a fine-tuned model on the shared test digits: TA + FMN, best per image (cached at ``path``)."""
-    path, run_dir, seed, arm, indices, budgets = job
-    if path.is_file():
-        return json.loads(path.read_text())
+    path, *rest = job
+    return cached_json(path, lambda: _evaluate_transfer(*rest))
+
+
+def _evaluate_transfer(run_dir: Path, seed: int, arm: str, indices: list[int], budgets: list[int]) -> dict:
     from repspec_zoo.evaluation.evaluate import evaluate
     from repspec_zoo.evaluation.stats import to_jsonable
 
@@ -264,7 +267,6 @@ def evaluate_transfer(job: tuple) -> dict:
                           n_samples=result.n_samples, success_rate=result.success_rate, distance=result.distance,
                           wall_time_s=result.wall_time_s, index=result.per_sample["index"],
                           l2=result.per_sample["l2"][top]))
-    write_json(path, row)
     return row
 
 

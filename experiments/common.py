@@ -236,6 +236,16 @@ def write_json(path: Path, data) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=1))
 
 
+def cached_json(path: Path, compute):
+    """``compute()``'s JSON-able result, kept in ``path``: a re-run (a killed experiment resumed) reads it
+    back instead of computing it again."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    write_json(path, value)
+    return value
+
+
 def paired_rows(results: dict[tuple, list[float]], baseline: str, position: int) -> list[dict]:
     """Paired comparisons of per-image distances against the baseline arm: one trained network pair each.
 

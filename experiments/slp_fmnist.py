@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import os
@@ -47,7 +48,7 @@ from repspec_zoo.evaluation.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, PlannedRun, box_plot, burn_in_epochs, load_results,
                      paired_rows, paired_table, parallel_map, run_all, seed_level_rows, seed_table,
-                     sigma_max, split_tensors, write_json)
+                     sigma_max, split_tensors, cached_json, write_json)
 
 #: arm -> (recipe config, extra overrides); ll_head is the authors' MLP "ll" (their layer walk reached the head only)
 MODES = {"none": ("fmnist_slp_baseline", ()), "ll": ("fmnist_slp_llspectral", ()),
@@ -146,34 +147,28 @@ def fit_heads(job: tuple) -> tuple:
 
 
 def evaluate_head(job: tuple) -> dict:
-    """Worker: every number of one (run, head) on the shared images; cached in the run folder
-    (``eval_<head>.json``, reused only for the same images, budgets and ensemble), so that a
-    killed run resumes."""
+    """Worker: every number of one (run, head) on the shared images; cached in the run folder under a
+    hash of the images, budgets and ensemble (`cached_json`), so that a killed run resumes."""
     run_dir, seed, mode, head, indices, n_paper, budgets = job
     from repspec_zoo.evaluation.evaluate import ENSEMBLE, PAPER, evaluate
-    from repspec_zoo.io import atomic_write_text
 
-    cache = Path(run_dir) / f"eval_{head}.json"
-    key = dict(indices=list(indices), n_paper=n_paper, budgets=list(budgets), ensemble=list(ENSEMBLE))
-    if cache.is_file():
-        saved = json.loads(cache.read_text())
-        if saved.get("key") == key:
-            return saved["row"]
+    def compute() -> dict:
+        model = heads_of(run_dir, seed)[0][head]
+        x, y = split_tensors("fashion_mnist", "test")
+        name = f"{mode}/seed{seed}/{head}"
+        common = dict(dataset_name="fashion_mnist", seed=0, lemma1=False, progress=False)
+        ensemble = evaluate(model, (x, y), model_name=name, n=len(indices), indices=indices, budgets=budgets,
+                            attack="ensemble", **common)
+        paper = evaluate(model, (x, y), model_name=name, n=n_paper, indices=indices[:n_paper],
+                         budgets=PAPER["budgets"], attack=PAPER["attack"], max_iter=PAPER["max_iter"], **common)
+        return dict(seed=seed, mode=mode, head=head, run=Path(os.path.relpath(run_dir, ROOT)).as_posix(),
+                    sigma_w1=sigma_max(model.fc1.weight), sigma_head=sigma_max(model.head.weight),
+                    logit_scale=getattr(model, "logit_scale", 1.0),
+                    ensemble=_summary(ensemble), paper_ta=_summary(paper))
 
-    model = heads_of(run_dir, seed)[0][head]
-    x, y = split_tensors("fashion_mnist", "test")
-    name = f"{mode}/seed{seed}/{head}"
-    common = dict(dataset_name="fashion_mnist", seed=0, lemma1=False, progress=False)
-    ensemble = evaluate(model, (x, y), model_name=name, n=len(indices), indices=indices, budgets=budgets,
-                        attack="ensemble", **common)
-    paper = evaluate(model, (x, y), model_name=name, n=n_paper, indices=indices[:n_paper], budgets=PAPER["budgets"],
-                     attack=PAPER["attack"], max_iter=PAPER["max_iter"], **common)
-    row = dict(seed=seed, mode=mode, head=head, run=Path(os.path.relpath(run_dir, ROOT)).as_posix(),
-               sigma_w1=sigma_max(model.fc1.weight), sigma_head=sigma_max(model.head.weight),
-               logit_scale=getattr(model, "logit_scale", 1.0),
-               ensemble=_summary(ensemble), paper_ta=_summary(paper))
-    atomic_write_text(cache, json.dumps(dict(key=key, row=row)))
-    return row
+    key = json.dumps([list(map(int, indices)), n_paper, list(budgets), list(ENSEMBLE)])
+    tag = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cached_json(Path(run_dir) / f"eval_{head}_{tag}.json", compute)
 
 
 def _summary(result) -> dict:

@@ -49,7 +49,7 @@ from repspec_zoo.evaluation.stats import format_interval
 
 from .common import (RESULTS, ROOT, RUNS, PlannedRun, box_plot, burn_in_epochs, load_results, paired_rows, paired_table,
                      parallel_map, run_all, seed_level_rows, seed_table, split_tensors, table, weights_at_epoch,
-                     write_json)
+                     cached_json, write_json)
 
 CONFIGS = {"none": "fmnist_simclr_resnet_small_baseline", "rep": "fmnist_simclr_resnet_small_repspectral",
            "ll": "fmnist_simclr_resnet_small_llspectral"}
@@ -86,14 +86,10 @@ def backbone_at(run_dir: Path, epoch: int | None, seed: int) -> torch.nn.Module:
 
 
 def _cached(path: Path, compute):
-    """``compute()``'s JSON-able result, kept in ``path`` so that a re-run skips it."""
+    """`cached_json` of ``compute()`` through the JSON sanitizer (inf and NaN kept)."""
     from repspec_zoo.evaluation.stats import from_jsonable, to_jsonable
 
-    if path.is_file():
-        return from_jsonable(json.loads(path.read_text()))
-    value = compute()
-    write_json(path, to_jsonable(value))
-    return value
+    return from_jsonable(cached_json(path, lambda: to_jsonable(compute())))
 
 
 def probe_accuracies(backbone, splits: dict) -> dict:

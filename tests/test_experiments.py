@@ -280,3 +280,19 @@ def test_experiments_take_budgets_as_the_cli_does(name, capsys):
         with pytest.raises(SystemExit) as exit_:
             main(["--budgets", bad])
         assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_cached_json_computes_once_and_reads_back(tmp_path):
+    """An experiment's per-model cache: the first call computes and writes, a resumed run reads the file."""
+    from experiments.common import cached_json
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"l2": [0.5, 1.25], "n": 2}
+
+    path = tmp_path / "sub" / "model.json"
+    assert cached_json(path, compute) == {"l2": [0.5, 1.25], "n": 2} and path.is_file()
+    assert cached_json(path, compute) == {"l2": [0.5, 1.25], "n": 2}
+    assert len(calls) == 1
