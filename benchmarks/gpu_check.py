@@ -234,6 +234,7 @@ def leaderboard(s: Settings, device: torch.device, out_dir: Path) -> dict:
     import subprocess
 
     from repspec_zoo import data
+    from repspec_zoo.attacks.oracle import EVAL_BATCH_SIZE
     from repspec_zoo.evaluation.result import EvalResult
     from repspec_zoo.evaluation.leaderboard import load_zoo_model
 
@@ -244,7 +245,7 @@ def leaderboard(s: Settings, device: torch.device, out_dir: Path) -> dict:
     names = json.loads((out_dir / "leaderboard.json").read_text())["models"]
     results = {name: EvalResult.load(out_dir / f"{name}.json") for name in names}
     x, _ = data.as_tensors(data.load_split("fashion_mnist", "test"))
-    batch = int(args[args.index("--batch-size") + 1]) if "--batch-size" in args else 128
+    batch = int(args[args.index("--batch-size") + 1]) if "--batch-size" in args else EVAL_BATCH_SIZE
     models = {}
     for name, r in results.items():
         net = load_zoo_model(name, device=device)
