@@ -113,9 +113,11 @@ def test_bundled_backbone_probe_reproduces_its_card_accuracy():
     result = probe_cli.main([name, "--dataset", "fashion_mnist", "--train-limit", str(probe["n_train"]),
                              "--attack", "none", "--seed", "0"])
     assert result.n_test == card["n_test"] == 10000
-    # lbfgs stops at its tolerance, and where depends on the thread count (BLAS summation order): measured
-    # 0.7988 with one thread (the card's), 0.7990 with two; a few of the 10000 test images
-    assert result.clean_acc == pytest.approx(card["clean_acc"], abs=5e-4)
+    # lbfgs stops at its tolerance (sklearn's 1e-4, the paper's protocol), and where depends on the features'
+    # float rounding (BLAS kernels, thread count, CPU): measured 0.7988 (one thread) and 0.7990 (two) on the
+    # machine that wrote the card (0.7991), 0.7984 on the CI machine, 0.7987 for a fit run to tol 1e-8. So the
+    # card holds to about ten of the 10000 test images
+    assert result.clean_acc == pytest.approx(card["clean_acc"], abs=2e-3)
 
 
 def test_headless_backbones_are_listed_as_probed_and_kept_out_of_the_leaderboard():
