@@ -198,6 +198,8 @@ def _semicircle_search(oracle: HardLabelOracle, x: torch.Tensor, o: torch.Tensor
     width = torch.full((n,), math.nan, **f64)  # bracket width in radians; nan: no benign point
     pending = torch.arange(n, device=x.device)
     prev = 0.0
+    # Updates go through torch.where on index lists rather than boolean masks: on a GPU each mask
+    # index waits for the device, and only the next list of rows (one nonzero) has to
     for k in range(1, MAX_ARC_TRIES + 1):
         if not len(pending):
             break
@@ -206,17 +208,17 @@ def _semicircle_search(oracle: HardLabelOracle, x: torch.Tensor, o: torch.Tensor
         pts = _arc(x[pending], dist[pending], e1[pending], e2[pending], ca, sa, bounds)
         ans = ask(oracle, pts, ids[pending])
         adv, ben = ans.answered & ans.adversarial, ans.answered & ~ans.adversarial
-        points[pending[adv]], moved[pending[adv]] = pts[adv], True
-        ends[pending[adv], :2] = torch.tensor([ca, sa], **f64)
-        ends[pending[ben], 2:] = torch.tensor([ca, sa], **f64)
-        width[pending[ben]] = alpha - prev
-        pending = pending[adv]
+        try_end = torch.tensor([ca, sa], **f64).expand(len(pending), 2)
+        ends[pending, 2:] = torch.where(ben[:, None], try_end, ends[pending, 2:])
+        width[pending] = torch.where(ben, alpha - prev, width[pending])
+        hit = adv.nonzero().flatten()
+        pending = pending[hit]
+        points[pending], moved[pending], ends[pending, :2] = pts[hit], True, try_end[hit]
         prev = alpha
     # bisection in lockstep; widths differ (pi / 2^(k+1)), so each sample stops on its own when
     # its bracket is below tol or its budget is spent
     while True:
-        live = (width > tol).nonzero().flatten()  # nan compares False
-        live = live[oracle.remaining[ids[live]] > 0]
+        live = ((width > tol) & (oracle.remaining[ids] > 0)).nonzero().flatten()  # nan compares False
         if not len(live):
             break
         mid = ends[live, :2] + ends[live, 2:]
@@ -224,10 +226,11 @@ def _semicircle_search(oracle: HardLabelOracle, x: torch.Tensor, o: torch.Tensor
         pts = _arc(x[live], dist[live], e1[live], e2[live], mid[:, 0], mid[:, 1], bounds)
         ans = ask(oracle, pts, ids[live])
         adv, ben = ans.answered & ans.adversarial, ans.answered & ~ans.adversarial
-        points[live[adv]], moved[live[adv]] = pts[adv], True
-        ends[live[adv], :2] = mid[adv]
-        ends[live[ben], 2:] = mid[ben]
-        width[live[ans.answered]] /= 2
+        points[live] = torch.where(adv[:, None], pts, points[live])
+        moved[live] |= adv
+        ends[live, :2] = torch.where(adv[:, None], mid, ends[live, :2])
+        ends[live, 2:] = torch.where(ben[:, None], mid, ends[live, 2:])
+        width[live] = torch.where(ans.answered, width[live] / 2, width[live])
     return points, moved
 
 

@@ -243,6 +243,9 @@ class HardLabelOracle:
         adversarial = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
         if len(run):
             labels = predict_labels(self.model, rows, self.batch_size, self._device_dtype)
-            adversarial[answered] = labels != self.y[run]
+            if all_fit:
+                adversarial = labels != self.y[run]
+            else:  # scatter by the answered rows' positions (a boolean mask here would be a second host sync)
+                adversarial[keep] = labels != self.y[run]
             self.queries += charged
         return OracleAnswer(adversarial, answered)
