@@ -28,6 +28,9 @@ Sections, each guarded (a failing one records ``{"error": "Type: message"}`` and
    time in total and per model and attack, the rows each attack ran and the model's forward floor
    (rows/s of its no-grad forward at the same batch size). Every section records its peak memory
    (``peak_gpu_gb``: torch's peak allocation; ``peak_rss_gb``: the process's peak resident set).
+   ``eval_precision``: do TF32 (cuDNN's default for convolutions) or bf16 autocast change what the
+   evaluation measures? Per bundled model: test labels that differ from strict float32's, and the
+   paired change of the Tangent Attack's mean L2 (same seed and images) with its CI and time ratio.
 3. ``fft_norms``: exact sigma_max of the circularly padded operator of every ResNet-50 conv at its
    input size for a 224 input (``conv_fft_sigma``, float64 as the regularizer's ``estimator: fft``),
    per layer and in total, and ``power_iters`` power-iteration steps on the same operators for
@@ -42,6 +45,7 @@ images) and also checks the FFT norms of the small layers against the SVD of the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -104,6 +108,11 @@ class Settings:
     attack_batch: int = 1024  # rows per model call
     attack_record_rows: int = 4096  # rows kept for the forward-floor replay (2.4 GB at 224)
     leaderboard_args: tuple[str, ...] = ("--n", "500", "--budgets", "1000,2000,5000,10000", "--batch-size", "1024")
+    precision_models: tuple[str, ...] = ("slp_repspectral.fmnist", "resnet_small_repspectralbn.fmnist")
+    precision_modes: tuple[str, ...] = ("tf32", "bf16")  # each against strict float32
+    precision_test: int = 10_000  # test images whose labels are compared
+    precision_n: int = 500  # of those, correctly classified ones attacked by TA under each precision
+    precision_budget: int = 2000
     power_iters: int = 100
     dense_max_dim: int = 0  # also SVD the dense operator of the k x k convs (k > 1) with sides <= this and 4x this
     budget_s: float = 240.0  # no training variant starts after this many seconds
@@ -115,9 +124,11 @@ TINY = Settings(device="cpu", img_size=32, batch_size=4, warmup_steps=2, timed_s
                 attack_record_rows=64, power_iters=30, dense_max_dim=512, budget_s=120.0,
                 leaderboard_args=("--models", "slp_baseline.fmnist", "slp_repspectral.fmnist", "--n", "3",
                                   "--budgets", "10,20"),
+                precision_models=("slp_baseline.fmnist",), precision_modes=("bf16",), precision_test=200,
+                precision_n=4, precision_budget=40,
                 note="tiny: ResNet-50 at 32x32 on CPU, batch 4, 2 warm-up + 4 timed steps, every=4 instead of 16, "
                      "bf16 only, TA on 4 images with 40 queries; FFT norms checked against dense SVDs; the "
-                     "leaderboard of two bundled models on 3 images at 20 queries")
+                     "leaderboard of two bundled models on 3 images at 20 queries; bf16 against float32 on one bundled model")
 
 
 def _sync(device: torch.device) -> None:
@@ -263,6 +274,61 @@ def leaderboard(s: Settings, device: torch.device, out_dir: Path) -> dict:
     return {"args": args, "wall_s_total": wall, "models": models}
 
 
+# ----------------------------------------------------------------------------- 2c. evaluation precision
+@contextlib.contextmanager
+def precision_mode(name: str, device: torch.device):
+    """``fp32``: strict float32 (TF32 off for cuDNN convolutions and cuBLAS matmuls); ``tf32``: both
+    on (cuDNN's default for convolutions, so what a GPU evaluation runs unless told otherwise);
+    ``bf16``: autocast to bfloat16 over strict float32. The flags are restored on exit."""
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bf16"):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
+def eval_precision(s: Settings, device: torch.device) -> dict:
+    """Whether TF32 or bf16 would change what the evaluation measures, per bundled model (loaded as
+    the leaderboard loads it: BatchNorm folded, channels_last): how many of the first
+    ``precision_test`` test labels differ from strict float32's, and the Tangent Attack (same seed,
+    so the same random draws) on ``precision_n`` images float32 classifies correctly, at
+    ``precision_budget`` queries: the paired change of the mean L2 against float32 (bootstrap CI,
+    Wilcoxon) and the wall time ratio. A precision is harmless where no test label moves and the
+    distance change is not beyond noise."""
+    from repspec_zoo import data
+    from repspec_zoo.evaluation.leaderboard import load_zoo_model
+    from repspec_zoo.evaluation.stats import paired_comparison, to_jsonable
+
+    x, y = data.as_tensors(data.load_split("fashion_mnist", "test"))
+    x, y = x[:s.precision_test].to(device), y[:s.precision_test].to(device)
+    models = {}
+    for name in s.precision_models:
+        net = load_zoo_model(name, device=device)
+        per, base = {}, None
+        for mode in ("fp32", *s.precision_modes):
+            with precision_mode(mode, device):
+                labels = predict_labels(net, x, s.attack_batch)
+                if base is None:
+                    reference = labels
+                    idx = (labels == y).nonzero().flatten()[:s.precision_n]
+                result, seconds = _timed(device, run_attack, "ta", net, x[idx], y[idx], s.precision_budget,
+                                         AttackSettings(seed=0, batch_size=s.attack_batch))
+            l2 = result.l2.cpu()
+            per[mode] = {"test_labels_changed": int((labels != reference).sum()),
+                         "success": float(result.success.float().mean()), "l2_mean": float(l2[l2.isfinite()].mean()),
+                         "attack_s": seconds}
+            if base is None:
+                base = (l2, seconds)
+            else:
+                paired = paired_comparison(base[0].numpy(), l2.numpy())
+                per[mode].update(relative_l2_change=to_jsonable(paired["relative_difference"]),
+                                 beyond_noise=paired["beyond_noise"], time_vs_fp32=seconds / base[1])
+        models[name] = {"test_images": len(y), "attacked": len(idx), "budget": s.precision_budget, "modes": per}
+    return {"models": models}
+
+
 # ----------------------------------------------------------------------------- 3. FFT norms
 def dense_sigma(weight: torch.Tensor, geom: ConvGeometry) -> float:
     """sigma_max from the SVD of the operator A materialized from its smaller side: the columns
@@ -365,6 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         board = args.leaderboard_out or (Path(tmp) if args.tiny else ROOT / "runs" / "gpu_check" / "leaderboard")
         results["leaderboard"] = guarded(leaderboard, s, device, board)
+    results["eval_precision"] = guarded(eval_precision, s, device)
     results["fft_norms"] = guarded(fft_norms, s, device)
     if "fp32" in s.precisions:  # last: the most expensive and the least needed
         results["train_step_fp32"] = guarded(train_step, s, device, "fp32", deadline)

@@ -215,6 +215,21 @@ def gpu_check(r: dict) -> list[str]:
     rows += [f"| peak memory, {name}: GPU allocated / process resident (GB) | "
              f"{sec['peak_gpu_gb'] if 'peak_gpu_gb' in sec else float('nan'):.2f} / {sec['peak_rss_gb']:.2f} |"
              for name, sec in peaks]
+    precision = r.get("eval_precision")
+    if precision:
+        rows += ["", "Evaluation precision against strict float32 (TF32 off): test labels that change, and the paired "
+                 "change of the Tangent Attack's mean L2 (same seed and images; 95% bootstrap CI).", ""]
+        if _failed(precision):
+            rows.append(f"failed: {_failed(precision)}")
+        else:
+            rows += ["| model | precision | test labels changed | attacked x queries | mean L2 change [95% CI] | "
+                     "beyond noise | attack time / float32 |", "|---|---|---:|---:|---|---|---:|"]
+            for name, m in precision["models"].items():
+                for mode, p in m["modes"].items():
+                    if mode != "fp32":
+                        rows.append(f"| `{name}` | {mode} | {p['test_labels_changed']} of {m['test_images']} | "
+                                    f"{m['attacked']} x {m['budget']} | {_relative_ci(p['relative_l2_change'])} | "
+                                    f"{'yes' if p['beyond_noise'] else 'no'} | {p['time_vs_fp32']:.2f} |")
     board = r.get("leaderboard")
     if board:
         rows += ["", f"Published leaderboard: `repspec-zoo leaderboard {' '.join(board.get('args', []))}`"]
@@ -328,6 +343,13 @@ def warm_start(r: dict) -> list[str]:
     rows += [f"| {x['s']:.2f} | {x['sigma1']:.4f} | {x['sigma2']:.4f} | {x['overlap_old_top_with_new_top']:.1e} | "
              f"{x['error']:.1e} |" for x in c["sweep"]]
     return rows
+
+
+def _relative_ci(interval: dict | None) -> str:
+    """'+x.xx% [lo, hi]' of a JSON-able Interval of a relative change; '-' without one."""
+    if not interval or interval.get("estimate") is None:
+        return "-"
+    return f"{interval['estimate']:+.2%} [{interval['low']:+.2%}, {interval['high']:+.2%}]"
 
 
 def _pct_ci(cmp: dict) -> str:

@@ -53,12 +53,13 @@ def _numbers(tree):
 
 
 def test_every_section_ran_without_error(tiny):
-    assert {"settings", "environment", "train_step_bf16", "attack", "fft_norms", "leaderboard", "wall_s"} <= tiny.keys()
+    assert {"settings", "environment", "train_step_bf16", "attack", "fft_norms", "leaderboard", "eval_precision",
+            "wall_s"} <= tiny.keys()
     assert tiny["settings"]["tiny"] and tiny["environment"]["device"] == "cpu"
     text = json.dumps(tiny)
     assert '"error"' not in text and '"skipped"' not in text
     assert all(math.isfinite(x) for x in _numbers(tiny))
-    for section in ("train_step_bf16", "attack", "fft_norms", "leaderboard"):
+    for section in ("train_step_bf16", "attack", "fft_norms", "leaderboard", "eval_precision"):
         assert tiny[section]["wall_s"] > 0 and tiny[section]["peak_rss_gb"] > 0
 
 
@@ -95,6 +96,37 @@ def test_published_leaderboard_section(tiny):
         assert m["attacks"]["ta"]["rows"] <= 3 * 20  # the hard-label budget caps the queries
 
 
+def test_eval_precision_section(tiny):
+    """bf16 against strict float32 on the same images and seed: float32 against itself changes nothing,
+    bf16's counts and paired change are recorded; the float flags are restored afterwards."""
+    m = tiny["eval_precision"]["models"]["slp_baseline.fmnist"]
+    assert set(m["modes"]) == {"fp32", "bf16"} and m["test_images"] == 200 and m["attacked"] == 4
+    assert m["modes"]["fp32"]["test_labels_changed"] == 0
+    bf16 = m["modes"]["bf16"]
+    assert 0 <= bf16["test_labels_changed"] <= 200 and bf16["time_vs_fp32"] > 0
+    change = bf16["relative_l2_change"]
+    assert change["low"] <= change["estimate"] <= change["high"]
+    assert tiny["environment"]["tf32_conv"] is True  # cuDNN's default, read before the section ran
+
+
+def test_precision_mode_restores_the_flags(monkeypatch):
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up
+    monkeypatch.setattr(sys, "path", list(sys.path))  # it adds benchmarks/ for its sibling imports
+    spec.loader.exec_module(gpu_check)
+    precision_mode = gpu_check.precision_mode
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with precision_mode("tf32", torch.device("cpu")):
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    with precision_mode("bf16", torch.device("cpu")):
+        assert not torch.backends.cudnn.allow_tf32 and torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
 def test_fft_norms_are_exact(tiny):
     f = tiny["fft_norms"]
     assert f["n_convs"] == len(f["layers"]) == 53
@@ -114,6 +146,7 @@ def test_readme_renders_results_and_failures(tiny):
     text = "\n".join(render.gpu_check(tiny))
     assert f"| {tiny['train_step_bf16']['every_1']['ms_amortized']:.1f} |" in text
     assert "| `slp_baseline.fmnist` | 3 |" in text and "peak memory, attack" in text
+    assert "| `slp_baseline.fmnist` | bf16 |" in text
     assert f"every {tiny['settings']['every_amortized']} steps" in text and "every 80 steps" in text
     broken = {**tiny, "attack": {"error": "RuntimeError: CUDA out of memory", "wall_s": 1.0},
               "train_step_bf16": {**tiny["train_step_bf16"], "direct": {"skipped": "--budget-s 240 spent"}}}
