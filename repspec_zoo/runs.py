@@ -26,7 +26,7 @@ from .errors import UserError
 from .spectral import without_regularizer
 
 __all__ = ["RUN_CONFIG_FILE", "WEIGHTS_FILE", "EVAL_FILE", "SUMMARY_FILE", "METRICS_FILE", "CHECKPOINTS_DIR",
-           "STATE_FILE", "RUN_FILES", "Run", "RunError", "read_run", "load_weights_file", "is_run_dir"]
+           "STATE_FILE", "RUN_FILES", "Run", "RunError", "read_run_config", "read_trained", "read_run", "load_weights_file", "is_run_dir"]
 
 RUN_CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE, SUMMARY_FILE = "config.yaml", "model.safetensors", "eval.json", "run.json"
 METRICS_FILE, CHECKPOINTS_DIR, STATE_FILE = "metrics.jsonl", "checkpoints", "train_state.json"
@@ -103,13 +103,24 @@ class Run:
         return dataset.get("img_size") if isinstance(dataset, dict) else None
 
 
+_MISSING = {  # what a run directory without the file is, and the fix
+    RUN_CONFIG_FILE: f"is it a training run directory? recipes/train.py writes {', '.join(RUN_FILES)} into runs/<run>",
+    WEIGHTS_FILE: "that run has not finished. Finish it by running its command again (it resumes from its last "
+                  "checkpoint)",
+    EVAL_FILE: "the recipe's final evaluation writes it (or repspec-zoo eval --out RUN_DIR/eval.json)",
+}
+
+
 def _run_file(run_dir: Path, name: str) -> Path:
     path = run_dir / name
     if not path.is_file():
-        raise RunError(f"{run_dir} has no {name}: is it a training run directory? recipes/train.py writes "
-                       f"{', '.join(RUN_FILES)} into runs/<run>; {SUMMARY_FILE} is optional, eval.json comes from "
-                       "the recipe's final evaluation (or repspec-zoo eval)")
+        raise RunError(f"{run_dir} has no {name}: {_MISSING[name]}")
     return path
+
+
+def _lacks(run_dir: Path, keys: list[str]) -> RunError:
+    return RunError(f"{run_dir / RUN_CONFIG_FILE} lacks {keys}: a run config needs model, num_classes, dataset and "
+                    "regularizer.mode (none|rep|ll|adv|ddsnr)")
 
 
 def _load_json(path: Path) -> dict:
@@ -129,23 +140,37 @@ def _load_yaml(path: Path) -> dict:
     return config
 
 
-def read_run(run_dir: str | os.PathLike) -> Run:
-    """Read a training run directory; RunError names a missing file or key."""
+def read_run_config(run_dir: str | os.PathLike) -> dict:
+    """A run directory's config.yaml, a mapping; RunError if it is missing or not a YAML mapping."""
+    return _load_yaml(_run_file(Path(run_dir), RUN_CONFIG_FILE))
+
+
+def read_trained(run_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A finished run's config.yaml (with model and num_classes) and final weights (regularizer
+    buffers stripped): what building its model needs. RunError names a missing file or key."""
     run_dir = Path(run_dir)
-    config = _load_yaml(_run_file(run_dir, RUN_CONFIG_FILE))
-    missing = [k for k in ("model", "num_classes", "dataset", "regularizer") if k not in config]
-    if missing or "mode" not in (config.get("regularizer") or {}):
-        raise RunError(f"{run_dir / RUN_CONFIG_FILE} lacks {missing or ['regularizer.mode']}: a run config needs "
-                       "model, num_classes, dataset and regularizer.mode (none|rep|ll|adv|ddsnr)")
-    weights_path = _run_file(run_dir, WEIGHTS_FILE)
+    config, weights_path = read_run_config(run_dir), _run_file(run_dir, WEIGHTS_FILE)
+    if missing := [k for k in ("model", "num_classes") if k not in config]:
+        raise _lacks(run_dir, missing)
     tensors = load_weights_file(weights_path.read_bytes(), weights_path,
                                 "The run's weights are damaged: train again or restore them")
+    return config, without_regularizer(tensors)
+
+
+def read_run(run_dir: str | os.PathLike) -> Run:
+    """Read a training run directory: :func:`read_trained` plus its dataset, regularizer mode and
+    evaluation (which cards report); RunError names a missing file or key."""
+    run_dir = Path(run_dir)
+    config, state_dict = read_trained(run_dir)
+    missing = [k for k in ("dataset", "regularizer") if k not in config]
+    if missing or "mode" not in (config.get("regularizer") or {}):
+        raise _lacks(run_dir, missing or ["regularizer.mode"])
     evaluation = _load_json(_run_file(run_dir, EVAL_FILE))
     if "clean_acc" not in evaluation:
         raise RunError(f"{run_dir / EVAL_FILE} has no clean_acc, which every card reports: the recipe's "
                        "final evaluation writes it; evaluate the run before exporting it")
     summary = _load_json(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).is_file() else {}
-    return Run(run_dir, config, without_regularizer(tensors), evaluation, summary)
+    return Run(run_dir, config, state_dict, evaluation, summary)
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:

@@ -30,7 +30,7 @@ import yaml
 from ..errors import UserError
 from ..models.registry import ARCHS, SSL_MODES
 from ..regularizers.registry import REGULARIZERS, RegularizerSpec, get_spec
-from ..runs import RUN_CONFIG_FILE
+from ..runs import RUN_CONFIG_FILE, read_run_config
 from ..spectral import DEFAULT_GAMMA
 from ..spectral.estimators import ESTIMATORS
 
@@ -391,7 +391,7 @@ def save_run_config(cfg: TrainConfig, run_dir: str | os.PathLike, resuming: bool
     path = Path(run_dir) / RUN_CONFIG_FILE
     new = config_to_dict(cfg)
     if resuming and path.is_file():
-        old_flat, new_flat = flatten_config(yaml.safe_load(path.read_text()) or {}), flatten_config(new)
+        old_flat, new_flat = flatten_config(read_run_config(run_dir)), flatten_config(new)
         # a key the saved config lacks (added by a later version) counts as its default value
         old_flat = {**flatten_config(config_to_dict(TrainConfig())), **old_flat}
         changed = sorted(k for k in old_flat.keys() | new_flat.keys()

@@ -10,10 +10,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import safetensors.torch
 import timm
 import torch
-import yaml
 from timm.models import is_model
 from timm.optim import Lars
 from torch import nn
@@ -21,7 +19,7 @@ from torch import nn
 from ..errors import UserError
 from ..models.normalize import NormalizedModel
 from ..models.registry import ARCHS
-from ..runs import RUN_CONFIG_FILE, WEIGHTS_FILE
+from ..runs import RUN_CONFIG_FILE, WEIGHTS_FILE, RunError, is_run_dir, read_trained
 from ..spectral import attach_spectral, without_regularizer
 from .config import ConfigError, OptimConfig, TrainConfig
 
@@ -86,23 +84,21 @@ def _arch_mismatch(init: str, source_arch: str, cfg: TrainConfig) -> InitError:
 
 
 def _from_run_dir(cfg: TrainConfig, run_dir: Path) -> nn.Module:
-    weights, run_config = run_dir / WEIGHTS_FILE, run_dir / RUN_CONFIG_FILE
-    if not run_config.is_file():
+    if not is_run_dir(run_dir):
         raise InitError(f"init (--init) {run_dir} is not a recipe run directory: it has no {RUN_CONFIG_FILE}. "
                         "Give a directory written by recipes/train.py, or a timm model name")
-    if not weights.is_file():
-        raise InitError(f"init (--init) {run_dir} has no {WEIGHTS_FILE}: that run has not finished. Finish it by "
-                        "running its command again (it resumes from its last checkpoint), then fine-tune")
-    source = yaml.safe_load(run_config.read_text())
+    try:
+        source, state = read_trained(run_dir)
+    except RunError as err:
+        raise InitError(f"init (--init) {err}") from err
     if source["model"] != cfg.model:
         raise _arch_mismatch(str(run_dir), source["model"], cfg)
     model = timm.create_model(cfg.model, num_classes=source["num_classes"], **cfg.model_kwargs)
-    state = safetensors.torch.load_file(weights)
     try:
-        model.load_state_dict(without_regularizer(state))
+        model.load_state_dict(state)
     except RuntimeError as err:
-        raise InitError(f"{weights} does not fit {cfg.model} with num_classes={source['num_classes']} and "
-                        f"model_kwargs={cfg.model_kwargs} (the run used model_kwargs={source.get('model_kwargs')}): "
+        raise InitError(f"{run_dir / WEIGHTS_FILE} does not fit {cfg.model} with num_classes={source['num_classes']} "
+                        f"and model_kwargs={cfg.model_kwargs} (the run used model_kwargs={source.get('model_kwargs')}): "
                         f"{str(err).splitlines()[0]}") from err
     return model
 
