@@ -1,7 +1,8 @@
 """The self-supervised step in the recipes' Accelerate loop, its data and its end-of-run probe.
 
 :class:`SSLTrainer` is the :class:`~repspec_zoo.training.loop.Trainer` (epochs, accumulation,
-checkpoints, resume, metrics, the regularizer's schedule) with another step and another monitor:
+checkpoints, resume, metrics, the regularizer's schedule, the step's skeleton) with another loss and
+another monitor:
 
 * step: ``loss = ssl_loss(z1, z2) + penalty``, the projections of two views of each image
   (``ssl.method``: :func:`.losses.nt_xent` or :func:`.losses.barlow_twins`), the penalty the
@@ -84,20 +85,15 @@ class SSLTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.objective = ssl_loss(self.cfg.ssl)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, penalty_on: bool) -> torch.Tensor:
-        """One micro-batch of views (B, 2, C, H, W); returns (loss * images, view matches, penalty * images)."""
-        with self.accelerator.accumulate(self.net):
-            z1, z2 = self.net(x)
-            z1, z2 = _all_gather(z1, self.accelerator), _all_gather(z2, self.accelerator)
-            loss = self.objective(z1, z2)
-            penalty = self.regularizer.penalty(self.plain, x, None, None, penalty_on)
-            self.accelerator.backward(loss if penalty is None else loss + penalty)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
+        """The forward of a micro-batch of views (B, 2, C, H, W): (SSL loss, this process's view matches,
+        no logits, no features); the regularizer (none/rep/ll) needs neither."""
+        z1, z2 = self.net(x)
+        z1, z2 = _all_gather(z1, self.accelerator), _all_gather(z2, self.accelerator)
+        loss = self.objective(z1, z2)
         n = len(y)  # this process's images (its rows of the global batch): the sums over processes count each once
         own = slice(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n)
-        return torch.stack([loss.detach() * n, view_matches(z1.detach(), z2.detach())[own].sum().to(loss.dtype),
-                            loss.new_zeros(()) if penalty is None else penalty.detach() * n])
+        return loss, view_matches(z1.detach(), z2.detach())[own].sum().to(loss.dtype), None, None
 
     @torch.no_grad()
     def evaluate(self) -> float:

@@ -169,19 +169,23 @@ class Trainer:
 
     # ------------------------------------------------------------------------- one step
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, penalty_on: bool) -> torch.Tensor:
-        """One micro-batch; returns its (cross-entropy * images, correct, penalty * images), without a host sync."""
+        """One micro-batch: the regularizer's batch, :meth:`_loss`, its penalty, backward and an (accumulated)
+        optimizer step; returns (loss * images, correct, penalty * images), without a host sync."""
         with self.accelerator.accumulate(self.net):
             x = self.regularizer.batch(self.plain, x, y, penalty_on)
-            out = self.net(x)
-            logits, features = out if isinstance(out, tuple) else (out, None)
-            ce = F.cross_entropy(logits, y)
+            loss, correct, logits, features = self._loss(x, y)
             penalty = self.regularizer.penalty(self.plain, x, logits, features, penalty_on)
-            self.accelerator.backward(ce if penalty is None else ce + penalty)
+            self.accelerator.backward(loss if penalty is None else loss + penalty)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         n = len(y)
-        return torch.stack([ce.detach() * n, (logits.argmax(1) == y).sum(),
-                            ce.new_zeros(()) if penalty is None else penalty.detach() * n])
+        return torch.stack([loss.detach() * n, correct, loss.new_zeros(()) if penalty is None else penalty.detach() * n])
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
+        """The step's forward: (mean cross-entropy, correctly classified images, logits, features or None)."""
+        out = self.net(x)
+        logits, features = out if isinstance(out, tuple) else (out, None)
+        return F.cross_entropy(logits, y), (logits.argmax(1) == y).sum(), logits, features
 
     # ------------------------------------------------------------------------- epochs
     def _set_lr(self, epoch: int) -> None:
