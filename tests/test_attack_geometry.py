@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from repspec_zoo.attacks import HardLabelOracle, tangent_point
-from repspec_zoo.attacks.boundary import bisect, bisection_steps, default_theta_scale, num_probes
-from repspec_zoo.attacks.probes import SampleStreams, estimate_normal
+from repspec_zoo.attacks.boundary import bisect, bisection_steps, default_theta_scale, num_normal_queries
+from repspec_zoo.attacks.queries import SampleStreams, estimate_normal
 
 F64 = torch.float64
 
@@ -111,7 +111,7 @@ def test_schedules():
     assert bisection_steps(1.0, 3072) == 18
     d = 3 * 224 * 224
     assert bisection_steps(1000.0, d) == math.ceil(math.log2(d ** 1.5 / 1000)) == 16
-    assert [num_probes(t) for t in (1, 2, 4, 100, 10 ** 5)] == [100, 141, 200, 1000, 10000]
+    assert [num_normal_queries(t) for t in (1, 2, 4, 100, 10 ** 5)] == [100, 141, 200, 1000, 10000]
     assert default_theta_scale(784) == default_theta_scale(3072) == 1.0
     assert default_theta_scale(3 * 224 * 224) == 1000.0
 
@@ -161,7 +161,7 @@ def test_estimate_normal_is_per_sample_and_batch_independent():
         assert torch.equal(u1[0], u[i])
 
 
-def test_estimate_normal_all_probes_agree_and_budget_truncation():
+def test_estimate_normal_all_queries_agree_and_budget_truncation():
     d = 20
     oracle, w = halfspace_oracle(2, d, budget=torch.tensor([1000, 30]))
     far = (oracle.x + 0.4 * w).clamp(0, 1)  # deep in the adversarial half: every phi = +1

@@ -1,4 +1,4 @@
-"""CGBA (semicircular boundary search): geometry of the arc and the DCT probe subspace, distances
+"""CGBA (semicircular boundary search): geometry of the arc and the DCT query subspace, distances
 on the analytic models of test_attacks (known minimal distance), hard budgets, batching,
 determinism, starts."""
 import math
@@ -42,7 +42,7 @@ def test_semicircle_point_geometry():
 
 
 def test_low_frequency_dct_is_the_official_idct_of_a_padded_block():
-    """Each probe equals scipy's orthonormal 2-D inverse DCT of its coefficients zero-padded
+    """Each query direction equals scipy's orthonormal 2-D inverse DCT of its coefficients zero-padded
     to the full grid (the official construction), and the map is an isometry."""
     from scipy.fft import idctn
 
@@ -127,10 +127,10 @@ def test_cgba_h_variant():
     assert res.params["variant"] == "cgba_h"
 
 
-def test_low_frequency_probes_find_a_low_frequency_boundary():
+def test_low_frequency_queries_find_a_low_frequency_boundary():
     """Hyperplane whose normal lies in the 7 x 7 DCT block (f = 4, k = 49 of d = 784): the
-    reduced-space probes see all of it and converge like a 49-dimensional problem, far better
-    than full-space probes at the same 1000 queries."""
+    reduced-space queries see all of it and converge like a 49-dimensional problem, far better
+    than full-space queries at the same 1000 queries."""
     shape = (1, 28, 28)
     sub = LowFrequencyDCT(shape, 4.0, "cpu", torch.float64)
     g = torch.Generator().manual_seed(0)
@@ -208,5 +208,5 @@ def test_errors():
         cgba(model, x, y, 10, dim_reduc_factor=2)
     with pytest.raises(ValueError, match="variant must be"):
         cgba(model, x, y, 10, variant="hsja")
-    with pytest.raises(ValueError, match="initial_probes"):
-        cgba(model, x, y, 10, initial_probes=0)
+    with pytest.raises(ValueError, match="initial_normal_queries"):
+        cgba(model, x, y, 10, initial_normal_queries=0)

@@ -48,7 +48,7 @@ def run_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor, b
                sample_ids: Sequence[int] | torch.Tensor | None = None, **options) -> AttackResult:
     """Run the attack registered as ``name`` (see `ATTACKS`) with the shared ``settings`` on the
     per-call data (``budget``, ``starts``, ``sample_ids``: see `tangent_attack`); ``options`` are
-    that attack's own keywords ('gta': ratio; 'cgba': variant, dim_reduc_factor, initial_probes;
+    that attack's own keywords ('gta': ratio; 'cgba': variant, dim_reduc_factor, initial_normal_queries;
     white-box: steps, warm_start, the loop's own keywords)."""
     try:
         attack = ATTACKS[name.lower()]

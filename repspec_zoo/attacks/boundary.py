@@ -8,7 +8,7 @@ and per-sample masks say who is still running, so a batch costs about as many mo
 as one sample does.
 
 Units: pixel values in ``oracle.bounds`` (normally [0, 1]); every distance is an L2 norm in
-those pixel units. Random draws come from each sample's own stream (`probes.SampleStreams`).
+those pixel units. Random draws come from each sample's own stream (`queries.SampleStreams`).
 """
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .oracle import Classifier, HardLabelOracle
-from .probes import SampleStreams, ask, estimate_normal, work_groups
+from .queries import SampleStreams, ask, estimate_normal, work_groups
 from .result import AttackResult, verify, warn_unverified
 from .settings import AttackSettings
 from .starts import StartPool
 
 __all__ = [
-    "default_theta_scale", "bisection_steps", "num_probes", "initialize", "bisect", "step_search", "BoundaryWalk",
-    "run_boundary_attack",
+    "default_theta_scale", "bisection_steps", "num_normal_queries", "initialize", "bisect", "step_search",
+    "BoundaryWalk", "run_boundary_attack",
 ]
 
 INIT_DRAWS = 1000  # uniform-noise draws per sample when there is no start pool (reference)
@@ -51,9 +51,9 @@ def default_theta_scale(d: int) -> float:
     call it gamma: HSJA's theta = d^{-3/2}, scaled).
 
     theta is the bisection's stopping width on the blend weight alpha of (1 - alpha) x + alpha x'
-    (so a returned point is within about theta ||x' - x|| of the boundary), and the probe radius
+    (so a returned point is within about theta ||x' - x|| of the boundary), and the query radius
     of the normal estimate is delta_t = sqrt(d) theta dist_{t-1} = (theta_scale / d) dist_{t-1}:
-    a larger scale means coarser, cheaper bisections and wider probes."""
+    a larger scale means coarser, cheaper bisections and wider normal queries."""
     return 1000.0 if d > LARGE_INPUT_DIM else 1.0
 
 
@@ -64,8 +64,8 @@ def bisection_steps(theta_scale: float, d: int) -> int:
     return max(0, math.ceil(math.log2(1.0 / theta)))
 
 
-def num_probes(t: int) -> int:
-    """Monte-Carlo probes at iteration t: B_t = min(floor(100 sqrt(t)), 10000)."""
+def num_normal_queries(t: int) -> int:
+    """Monte-Carlo normal queries at iteration t: B_t = min(floor(100 sqrt(t)), 10000)."""
     return min(int(100 * math.sqrt(t)), 10000)
 
 
@@ -319,7 +319,7 @@ def run_boundary_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.
     1. `initialize`, then `bisect` between x and the start -> boundary point o.
     2. Iteration t = 1, 2, ... for every active sample, in lockstep:
        delta = 0.1 (max - min) if t = 1 else (theta_scale / d) dist_prev;
-       u = `estimate_normal` with B_t = `num_probes` (t) probes;
+       u = `estimate_normal` with B_t = `num_normal_queries` (t) queries;
        k = `step_search` from scale ||o - x|| / sqrt(t);
        o = `bisect` (x, k) with `bisection_steps` (theta_scale, d) queries; dist_prev = ||k - x||;
        record (queries, ||o - x||).
@@ -340,7 +340,7 @@ def run_boundary_attack(name: str, model: Classifier, x: torch.Tensor, y: torch.
             delta = torch.full((len(active),), 0.1 * (hi - lo), dtype=o.dtype, device=o.device)
         else:
             delta = walk.theta_scale / d * dist_prev[active]
-        u, ok = estimate_normal(oracle, walk.streams, o[active], active, delta, num_probes(t))
+        u, ok = estimate_normal(oracle, walk.streams, o[active], active, delta, num_normal_queries(t))
         s = active[ok]  # samples with a usable normal estimate
         k, moved = step_search(oracle, xf[s], o[s], u[ok], dist[s] / math.sqrt(t), s, candidate)
         m = s[moved]

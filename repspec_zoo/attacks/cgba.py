@@ -21,8 +21,8 @@ the boundary, and along the continuous path alpha -> p(alpha) any bracket
 binary search on alpha finds. The crossing found at alpha* is the next boundary point, at
 distance D cos(alpha*) < D. Each iteration:
 
-1. Normal estimate at o (HSJA-style signs, `probes.estimate_normal`) from
-   ``int(initial_probes * sqrt(t))`` probes (official N0 = 30), drawn in the span of the
+1. Normal estimate at o (HSJA-style signs, `queries.estimate_normal`) from
+   ``int(initial_normal_queries * sqrt(t))`` queries (official N0 = 30), drawn in the span of the
    lowest-frequency 2-D DCT basis images (`LowFrequencyDCT`, block (H/f) x (W/f) per channel,
    f = ``dim_reduc_factor``; f = 1 is the full space).
 2. CGBA (non-targeted default): try alpha_k = (pi/2)(1 - 2^-k), k = 1, 2, ... (pi/4, 3pi/8, ...,
@@ -40,11 +40,11 @@ Deviations from the official code, on purpose:
   ``starts``) and a line bisection with theta = theta_scale / d^{3/2} instead of growing Gaussian noise
   and an absolute 1e-4 tolerance; a hard per-sample budget (the official loop runs a fixed 93
   iterations).
-- Probe radius delta = (theta_scale / d) * (distance before the last move), HSJA's schedule, instead of
+- Query radius delta = (theta_scale / d) * (distance before the last move), HSJA's schedule, instead of
   the fixed sigma = 2e-4 of the official code (per coordinate, in ImageNet-normalized units, i.e.
   about 0.0044 L2 in [0, 1] pixels at 224x224 and f = 4): a fixed radius does not carry over
-  between image sizes, and this one keeps the probes' normal component at the scale of the
-  bisection tolerance. Probes are unit directions with HSJA's baseline subtraction (same
+  between image sizes, and this one keeps the queries' normal component at the scale of the
+  bisection tolerance. Query directions are unit vectors with HSJA's baseline subtraction (same
   expected direction as the official unnormalized mean of signed noise, less variance).
 - CGBA's angle bisection starts from [alpha_{k-1}, alpha_k] (the last adversarial try, not o):
   never farther from x than the official [0, alpha_k], one query cheaper. If no benign point
@@ -69,16 +69,16 @@ import torch
 
 from .boundary import LARGE_INPUT_DIM, BoundaryWalk, bisect, step_search
 from .oracle import Classifier, HardLabelOracle
-from .probes import ask, estimate_normal
+from .queries import ask, estimate_normal
 from .result import AttackResult
 from .settings import AttackSettings
 from .starts import StartPool
 from .tangent import _orthogonal_unit
 
 __all__ = ["cgba", "LowFrequencyDCT", "semicircle_point", "default_dim_reduc_factor",
-           "INITIAL_PROBES", "MAX_ARC_TRIES"]
+           "INITIAL_NORMAL_QUERIES", "MAX_ARC_TRIES"]
 
-INITIAL_PROBES = 30  # official N0: int(N0 * sqrt(t)) normal-estimation probes at iteration t
+INITIAL_NORMAL_QUERIES = 30  # official N0: int(N0 * sqrt(t)) normal-estimation queries at iteration t
 MAX_ARC_TRIES = 39  # official cap on the arc tries of one iteration (its loop stops at 40 calls)
 VARIANTS = ("cgba", "cgba_h")
 
@@ -91,7 +91,7 @@ def default_dim_reduc_factor(shape: Sequence[int]) -> float:
     and 5000 queries): f = 1: 1.30 / 0.95, 1.11 / 0.80; f = 2 (14 x 14 block): 1.29 / 1.00,
     1.13 / 0.88; f = 3: 1.48 / 0.99, 1.44 / 0.96; f = 4 (7 x 7): 1.77 / 1.44, 1.74 / 1.42. At
     28 x 28 a low-frequency subspace only helps below ~1000 queries and then caps progress
-    (the boundary normal has high-frequency content the probes cannot see)."""
+    (the boundary normal has high-frequency content the low-frequency queries cannot see)."""
     if len(shape) != 3:
         return 1.0
     return 4.0 if math.prod(shape) > LARGE_INPUT_DIM else 1.0
@@ -107,7 +107,7 @@ def _dct_matrix(n: int) -> torch.Tensor:
 
 
 class LowFrequencyDCT:
-    """Probe directions spanned by the lowest-frequency 2-D DCT-II basis images.
+    """Query directions spanned by the lowest-frequency 2-D DCT-II basis images.
 
     For images (C, H, W) and factor f, a draw z of k = C * h * w numbers (h = int(H / f),
     w = int(W / f), at least 1) fills the top-left h x w block of each channel's coefficients
@@ -115,7 +115,7 @@ class LowFrequencyDCT:
     ``v = Ch[:h]^T z Cw[:w]``. The map is an isometry onto a k-dimensional subspace, so a
     standard normal z gives an isotropic Gaussian direction there (the official code's
     ``idct(idct(., axis=3), axis=2)`` of a zero-padded block). Used as the ``subspace`` of
-    `probes.estimate_normal`: ``dim`` = k, call (m, rows, k) -> (m, rows, C*H*W).
+    `queries.estimate_normal`: ``dim`` = k, call (m, rows, k) -> (m, rows, C*H*W).
     """
 
     def __init__(self, shape: Sequence[int], factor: float, device, dtype):
@@ -250,14 +250,14 @@ def _half_angle_search(oracle, x, o, u, ids, steps):
 def cgba(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget: int | torch.Tensor,
          settings: AttackSettings = AttackSettings(), *, starts: StartPool | torch.Tensor | None = None,
          sample_ids: Sequence[int] | torch.Tensor | None = None, dim_reduc_factor: float | None = None,
-         variant: str = "cgba", initial_probes: int = INITIAL_PROBES) -> AttackResult:
+         variant: str = "cgba", initial_normal_queries: int = INITIAL_NORMAL_QUERIES) -> AttackResult:
     """CGBA (semicircular boundary search), untargeted L2, batched in lockstep over samples.
 
     0. Query x once per sample (1 query); samples already misclassified are done, l2 = 0.
     1. `boundary.initialize` (uniform noise, then ``starts``), then `boundary.bisect`
        between x and the start with `bisection_steps` (theta_scale, d) queries -> boundary point o.
     2. Iteration t = 1, 2, ... for every active sample: normal estimate at o from
-       ``int(initial_probes * sqrt(t))`` low-frequency probes of radius (theta_scale / d) * D_prev;
+       ``int(initial_normal_queries * sqrt(t))`` low-frequency normal queries of radius (theta_scale / d) * D_prev;
        then the semicircle search (see the module docstring) -> next o; record
        (queries, ||o - x||).
     A sample stops when its budget is spent (hard), when ||o - x|| < STOP_L2, or after
@@ -266,7 +266,7 @@ def cgba(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget: int | torc
 
     Args:
         model: classifier on images in ``settings.bounds`` returning logits, in eval mode.
-        x: images (N, C, H, W) (or flat (N, d): then the full-space probes, f = 1); y: labels.
+        x: images (N, C, H, W) (or flat (N, d): then full-space query directions, f = 1); y: labels.
         budget: hard per-sample query budget (int or LongTensor (N,)).
         settings: as `tangent_attack` (official runs: ``max_iter`` 93); ``theta_scale`` also sets
             the angle tolerance theta = theta_scale / d^{3/2} of the semicircle bisection.
@@ -276,18 +276,18 @@ def cgba(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget: int | torc
         dim_reduc_factor: DCT block factor f >= 1 (block int(H/f) x int(W/f) per channel);
             None: `default_dim_reduc_factor` (official 4 at ImageNet size, else 1).
         variant: "cgba" (semicircle bisection, the paper's non-targeted choice) or "cgba_h".
-        initial_probes: N0 of the probe schedule int(N0 sqrt(t)) (official 30).
+        initial_normal_queries: N0 of the normal-query schedule int(N0 sqrt(t)) (official 30).
 
     Returns:
         `AttackResult` with ``attack="cgba"``; ``params`` holds the resolved settings
-        (theta_scale, iterations, variant, dim_reduc_factor, subspace_dim, initial_probes, ...).
+        (theta_scale, iterations, variant, dim_reduc_factor, subspace_dim, initial_normal_queries, ...).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if isinstance(initial_probes, bool) or not isinstance(initial_probes, int) \
-            or initial_probes < 1:
-        raise ValueError(f"initial_probes must be an int >= 1 (N0 of int(N0 sqrt(t))), "
-                         f"got {initial_probes!r}")
+    if isinstance(initial_normal_queries, bool) or not isinstance(initial_normal_queries, int) \
+            or initial_normal_queries < 1:
+        raise ValueError(f"initial_normal_queries must be an int >= 1 (N0 of int(N0 sqrt(t))), "
+                         f"got {initial_normal_queries!r}")
     shape = tuple(x.shape[1:])
     f = default_dim_reduc_factor(shape) if dim_reduc_factor is None else float(dim_reduc_factor)
     if not (f >= 1 and math.isfinite(f)):
@@ -300,11 +300,11 @@ def cgba(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget: int | torc
     oracle, xf, o, dist = walk.oracle, walk.x, walk.o, walk.dist
     d = xf.shape[1]
     subspace = LowFrequencyDCT(shape, f, oracle.device, xf.dtype) if f > 1 else None
-    dist_prev = walk.start_dist.clone()  # the probe radius scales with the distance before the last move
+    dist_prev = walk.start_dist.clone()  # the query radius scales with the distance before the last move
     for t, active in walk.iterations():
         delta = walk.theta_scale / d * dist_prev[active]
         u, ok = estimate_normal(oracle, walk.streams, o[active], active, delta,
-                                int(initial_probes * math.sqrt(t)), subspace=subspace)
+                                int(initial_normal_queries * math.sqrt(t)), subspace=subspace)
         sel = ok & (oracle.remaining[active] > 0)  # a usable normal and queries left
         s, us = active[sel], u[sel]
         if len(s):
@@ -318,4 +318,4 @@ def cgba(model: Classifier, x: torch.Tensor, y: torch.Tensor, budget: int | torc
             dist[m] = (o[m] - xf[m]).norm(dim=1)
     return walk.finish(dict(walk.params(), variant=variant, dim_reduc_factor=f,
                             subspace_dim=d if subspace is None else subspace.dim,
-                            initial_probes=initial_probes, max_arc_tries=MAX_ARC_TRIES))
+                            initial_normal_queries=initial_normal_queries, max_arc_tries=MAX_ARC_TRIES))

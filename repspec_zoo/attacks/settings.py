@@ -33,7 +33,7 @@ class AttackSettings:
     Wainwright 2020: theta = d^{-3/2} for L2; their reference code scales it as
     theta = gamma / d^{3/2}, and so does the TA code): a bisection between x and an adversarial
     point stops when its bracket, in units of the blend weight, is below
-    theta = theta_scale / d^{3/2}, and the probe radius of the normal estimate is
+    theta = theta_scale / d^{3/2}, and the query radius of the normal estimate is
     delta_t = sqrt(d) theta dist_{t-1} = (theta_scale / d) dist_{t-1}. It is named for what it
     scales, not after the reference code's ``gamma``, which is unrelated to the regularizer's
     gamma. See `boundary.default_theta_scale`.

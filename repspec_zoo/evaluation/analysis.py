@@ -11,7 +11,7 @@ respect to the [0, 1] image (normalization inside the model, :class:`NormalizedM
   with the right singular vectors v_r of J_f(x), by rank r, against a Gaussian delta.
 * linearity: along a unit direction z/||z|| (random Gaussian, or the PGD direction),
   ``||phi(x+z) - phi(x) - J_phi(x) z||`` for the pre-logit features phi and sigma_max(J_f(x+z)),
-  for ||z|| on a grid. x + z is not clipped to [0, 1] (the exact line through x is probed).
+  for ||z|| on a grid. x + z is not clipped to [0, 1] (the measures are taken on the exact line through x).
 * robustness: PGD-L2 accuracy as a function of eps (:func:`robust_accuracy_curve`).
 * function: the function-level numbers of :func:`function_report` -- BN-folded layer norms, the global
   Lipschitz bound, the certified radius it gives and the median feature-Jacobian norm.

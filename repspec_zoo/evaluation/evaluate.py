@@ -46,7 +46,7 @@ from .model_checks import check_model, first_images
 #: the attacks of ``attack="ensemble"``: the two strongest hard-label attacks and the three white-box
 #: minimal-norm attacks; the reported distance is the per-sample minimum over them
 ENSEMBLE = ("ta", "cgba", "fmn", "ddn", "alma")
-#: the rep-spectral paper's evaluation: TA with T = 40 iterations (B_t = 100 sqrt(t) probes,
+#: the rep-spectral paper's evaluation: TA with T = 40 iterations (B_t = 100 sqrt(t) normal queries,
 #: about 17k queries per sample); the budgets are where its distances are read off
 PAPER = dict(attack="ta", max_iter=40, budgets=(1000, 2000, 5000, 10000, 20000))
 #: start-pool size cap: at most this many images, and at most POOL_ELEMS numbers in memory

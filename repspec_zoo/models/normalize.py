@@ -109,14 +109,14 @@ class NormalizedModel(nn.Module):
         name = type(self.model).__name__
         size = (getattr(self.model, "pretrained_cfg", None) or {}).get("input_size")
         param = next(self.model.parameters(), None)
-        probe = None if size is None or param is None else torch.rand(
+        inputs = None if size is None or param is None else torch.rand(
             2, *size, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
         try:
             with torch.no_grad():
-                before = None if probe is None else self._logits(probe)
+                before = None if inputs is None else self._logits(inputs)
                 self._folded = fold_batchnorm(self.model)
                 if before is not None and self._folded:
-                    after = self._logits(probe)
+                    after = self._logits(inputs)
                     if not torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max())):
                         unfold_batchnorm(self.model, self._folded)
                         self._folded = []

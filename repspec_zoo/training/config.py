@@ -91,7 +91,7 @@ class RegularizerConfig:
     bss_eta: float = 1e-3  # bss strength: penalty = bss_eta * sum of the bss_k smallest squared singular values
     bss_k: int = 1  # bss: how many of the smallest singular values of the (batch x features) matrix are penalized
     ddsnr_lambda: float = 1e-2  # ddsnr (Roth et al. eq. 13): penalty = ddsnr_lambda * mean ||f(x + ddsnr_eps v) - f(x)||^2
-    ddsnr_eps: float = 0.5  # ddsnr probe length v: L2 in [0,1] pixel units
+    ddsnr_eps: float = 0.5  # ddsnr step length along v: L2 in [0,1] pixel units
     ddsnr_iters: int = 10  # ddsnr: power-iteration steps on the input-output Jacobian for v
     pgd_eps: float = 0.5  # adv: L2-PGD radius in [0,1] pixel units
     pgd_steps: int = 10  # adv: PGD steps of 2 * pgd_eps / pgd_steps

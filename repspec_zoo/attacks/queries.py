@@ -1,5 +1,5 @@
-"""The random probes of the decision-based attacks: per-sample random streams, the cutting of
-probe rows into oracle calls, and the Monte-Carlo estimate of the boundary normal.
+"""The random queries of the decision-based attacks: per-sample random streams, the cutting of
+query rows into oracle calls, and the Monte-Carlo estimate of the boundary normal from normal queries.
 
 Randomness: each sample owns a `torch.Generator` seeded from (seed, sample id)
 (`SampleStreams`), so a sample's draws never depend on which other samples share its batch,
@@ -17,11 +17,11 @@ from .oracle import HardLabelOracle
 
 __all__ = ["SampleStreams", "ask", "estimate_normal", "work_groups"]
 
-# One per-sample draw of probe directions holds at most DRAW_ELEMS numbers (DRAW_ELEMS // d
+# One per-sample draw of query directions holds at most DRAW_ELEMS numbers (DRAW_ELEMS // d
 # rows): a constant, so how a sample's stream is cut into draws never depends on batch size,
 # chunking or device memory.
 DRAW_ELEMS = 2 ** 24
-# Probe numbers handled per oracle call, by device type: small on CPU to stay in cache (1.5x
+# Query numbers handled per oracle call, by device type: small on CPU to stay in cache (1.5x
 # faster there), large elsewhere to give the model big batches. Never changes results.
 WORK_ELEMS = {"cpu": 2 ** 22}
 WORK_ELEMS_DEFAULT = 2 ** 26
@@ -78,32 +78,32 @@ def ask(oracle: HardLabelOracle, points: torch.Tensor, ids: torch.Tensor):
 
 
 def estimate_normal(oracle: HardLabelOracle, streams: SampleStreams, o: torch.Tensor,
-                    ids: torch.Tensor, delta: torch.Tensor, n_probes: int, *,
+                    ids: torch.Tensor, delta: torch.Tensor, n_queries: int, *,
                     subspace=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Monte-Carlo estimate of the boundary normal at boundary points ``o`` (n, d).
 
-    Draws ``n_probes`` Gaussian directions per sample, normalized to unit length, and queries
-    ``clip(o + delta v_b)``; ``v_b`` is then replaced by the direction actually probed,
+    Draws ``n_queries`` Gaussian directions per sample, normalized to unit length, and queries
+    ``clip(o + delta v_b)``; ``v_b`` is then replaced by the direction actually queried,
     ``(clip(o + delta v_b) - o) / delta``, as in the HSJA reference (computed by clipping the
     displacement, which avoids the cancellation of subtracting o again). With
-    ``phi_b = +1`` if the probe is adversarial, else -1, and only answered probes counted,
+    ``phi_b = +1`` if the query is adversarial, else -1, and only answered queries counted,
 
         g = mean_b((phi_b - mean(phi)) v_b)      (g = mean_b(phi_b v_b) if all phi agree)
         u = g / ||g||, normalized per sample
 
-    (foolbox 3.3.4 normalizes g over the whole batch, which is wrong for batch > 1). Probes
+    (foolbox 3.3.4 normalizes g over the whole batch, which is wrong for batch > 1). Queries
     of all samples run as large oracle batches (groups of samples of about WORK_ELEMS numbers).
 
     Args:
-        delta: (n,) probe radius in pixel units.
+        delta: (n,) query radius in pixel units.
         subspace: None (default): directions are Gaussian in the full space. Otherwise a linear
-            map to draw directions in a subspace (CGBA's low-frequency DCT probes): an object
+            map to draw directions in a subspace (CGBA's low-frequency DCT directions): an object
             with an int attribute ``dim`` (k) that maps (m, rows, k) standard normal draws to
             (m, rows, d) directions, row by row; each sample's stream then supplies k numbers
-            per probe instead of d.
+            per query instead of d.
     Returns:
         (u (n, d) unit normals pointing to the adversarial side, ok (n,) bool: False where no
-        probe was answered or g vanished).
+        query was answered or g vanished).
     """
     n, d = o.shape
     k = d if subspace is None else int(subspace.dim)
@@ -111,10 +111,10 @@ def estimate_normal(oracle: HardLabelOracle, streams: SampleStreams, o: torch.Te
     lo, hi = oracle.bounds
     sums = torch.zeros(n, 2, d, dtype=dt, device=o.device)  # [sum phi_b v_b, sum v_b]
     s_p = torch.zeros(n, dtype=dt, device=o.device)  # sum of phi_b
-    cnt = torch.zeros(n, dtype=dt, device=o.device)  # answered probes
+    cnt = torch.zeros(n, dtype=dt, device=o.device)  # answered queries
     block = max(1, DRAW_ELEMS // d)  # rows per draw; fixed by d so draws never vary
-    for r0 in range(0, n_probes, block):
-        rows = min(block, n_probes - r0)
+    for r0 in range(0, n_queries, block):
+        rows = min(block, n_queries - r0)
         for sl in work_groups(n, rows, d, o.device):
             oo, step = o[sl, None], delta[sl, None, None]
             v = streams.draw("normal", ids[sl], rows, k, dt)
@@ -123,9 +123,9 @@ def estimate_normal(oracle: HardLabelOracle, streams: SampleStreams, o: torch.Te
             v.mul_(step / v.norm(dim=2, keepdim=True))
             # displacement clipped so that o + v stays in the box: delta * (effective v_b)
             v = torch.clamp(v, min=lo - oo, max=hi - oo, out=v)
-            probes = (oo + v).clamp_(lo, hi)  # the clamp only absorbs rounding
-            ans = ask(oracle, probes.view(-1, d), ids[sl].repeat_interleave(rows))
-            del probes
+            points = (oo + v).clamp_(lo, hi)  # the clamp only absorbs rounding
+            ans = ask(oracle, points.view(-1, d), ids[sl].repeat_interleave(rows))
+            del points
             w = ans.answered.view(-1, rows).to(dt)
             phi = (2 * ans.adversarial.view(-1, rows).to(dt) - 1) * w
             sums[sl] += torch.bmm(torch.stack([phi, w], 1) / step, v)
