@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from repspec_zoo.argtypes import parse_budgets
 from repspec_zoo.loader import load_model
 from repspec_zoo.evaluation.stats import format_interval
 
@@ -319,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, default=300, help="shared correctly classified test images attacked")
     parser.add_argument("--n-paper", type=int, default=100, help="of those, how many get the paper-mode TA")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 2000], help="ensemble budgets")
+    parser.add_argument("--budgets", type=parse_budgets, default=[1000, 2000],
+                        help="comma-separated ensemble budgets")
     parser.add_argument("--workers", type=int, default=2, help="parallel one-thread processes")
     parser.add_argument("--runs", type=Path, default=RUNS / "slp_fmnist")
     parser.add_argument("--out", type=Path, default=RESULTS / "slp_fmnist")

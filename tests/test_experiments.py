@@ -270,7 +270,7 @@ def test_xor_reproduces_the_authors_unregularized_seed_400_run():
     assert xor_toy.sigma_max(model.fc1.weight) == pytest.approx(6.3896, abs=5e-4)
 
 
-@pytest.mark.parametrize("name", ["transfer_digits", "ssl_fmnist", "roth_fmnist", "bn_resnet_fmnist"])
+@pytest.mark.parametrize("name", ["slp_fmnist", "transfer_digits", "ssl_fmnist", "roth_fmnist", "bn_resnet_fmnist"])
 def test_experiments_take_budgets_as_the_cli_does(name, capsys):
     """--budgets is repspec-zoo's comma-separated list (argtypes.parse_budgets), checked before any work."""
     import importlib
