@@ -59,14 +59,23 @@ def evidence(experiment: str, arm: str) -> str | None:
         return (f"`{EXPERIMENT_COMMANDS[experiment]}` trained this model as seed 0 of its `{arm}` arm; the arm was not "
                 f"tested across seeds (see results/experiments/{experiment}/README.md).")
     r = rows[0]
-    d = r["mean_difference"]
-    ci = f" [{d['low']:+.3f}, {d['high']:+.3f}] (95% t-interval over seeds)" if d.get("low") is not None else ""
     rule = {True: " The experiment's decision rule (written before the run) is met.",
             False: " The experiment's decision rule (written before the run) is not met."}.get(r.get("accepted"), "")
+    # slp_fmnist also refits the head by logistic regression on the frozen features (the paper's Fig. 6)
+    refit = [r for r in seed_level if r.get("arm") == arm and r.get("group") == ["logreg"]]
+    refit_text = (f" With the head refit by logistic regression on this model's frozen features (a new head on the "
+                  f"representation): {_seed_difference(refit[0])}." if refit else "")
     return (f"Seed 0 of `{EXPERIMENT_COMMANDS[experiment]}`. Across its {r['n_seeds']} training seeds, the mean attack "
             f"distance of the `{arm}` arm minus the unregularized arm's (same images, one number per seed): "
-            f"{d['estimate']:+.3f}{ci}, {r['n_positive']} of {r['n_seeds']} seeds positive (one-sided sign test "
-            f"p = {r['sign_test_p_one_sided']:.3g}).{rule} Details: results/experiments/{experiment}/README.md.")
+            f"{_seed_difference(r)}.{rule}{refit_text} Details: results/experiments/{experiment}/README.md.")
+
+
+def _seed_difference(row: dict) -> str:
+    """'+0.097 [+0.093, +0.102] (95% t-interval over seeds), 3 of 3 seeds positive (one-sided sign test p = 0.125)'."""
+    d = row["mean_difference"]
+    ci = f" [{d['low']:+.3f}, {d['high']:+.3f}] (95% t-interval over seeds)" if d.get("low") is not None else ""
+    return (f"{d['estimate']:+.3f}{ci}, {row['n_positive']} of {row['n_seeds']} seeds positive (one-sided sign test "
+            f"p = {row['sign_test_p_one_sided']:.3g})")
 
 
 def run(*command: str) -> None:

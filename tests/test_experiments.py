@@ -296,3 +296,21 @@ def test_cached_json_computes_once_and_reads_back(tmp_path):
     assert cached_json(path, compute) == {"l2": [0.5, 1.25], "n": 2} and path.is_file()
     assert cached_json(path, compute) == {"l2": [0.5, 1.25], "n": 2}
     assert len(calls) == 1
+
+
+def test_zoo_card_evidence_states_both_heads_of_the_slp_experiment():
+    """build_zoo's card sentence for an slp arm gives the seed-level difference with the trained head and with
+    the refit head, each from results/experiments/slp_fmnist/results.json."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_zoo", common.ROOT / "recipes" / "build_zoo.py")
+    build_zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_zoo)
+    saved = json.loads((common.RESULTS / "slp_fmnist" / "results.json").read_text())
+    rows = {tuple(r["group"]): r for r in saved["seed_level"]["ensemble"] if r["arm"] == "rep"}
+    text = build_zoo.evidence("slp_fmnist", "rep")
+    trained, refit = text.split("With the head refit")
+    assert f"{rows['trained',]['mean_difference']['estimate']:+.3f}" in trained
+    assert f"{rows['logreg',]['mean_difference']['estimate']:+.3f}" in refit
+    assert f"of {rows['logreg',]['n_seeds']} seeds positive" in refit
+    assert build_zoo.evidence("slp_fmnist", "none") is None
