@@ -29,12 +29,9 @@ $(FMNIST):
 	else echo "note: cannot apt-get install dataset-fashion-mnist here; data will come from the Hub"; fi
 
 # The main job: benchmark the bundled zoo backbones (leaderboard tables + plots): 50 test images,
-# hard-label budgets up to 1000, the attack ensemble; about a minute on 2 idle cores (benchmarks/README.md).
-# One process per core, one torch thread each: these small models do not keep two threads busy, and the
-# numbers do not depend on it (tests/test_leaderboard.py).
-WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
+# hard-label budgets up to 1000, the attack ensemble; about 2 minutes on 2 idle cores (benchmarks/README.md).
 demo: setup
-	$(PY) -m repspec_zoo.cli leaderboard --out runs/leaderboard --workers $(WORKERS)
+	$(PY) -m repspec_zoo.cli leaderboard --out runs/leaderboard
 
 # The published leaderboard: README table, results/leaderboard/ and the bundled model cards.
 # N and BUDGETS are the intended settings; on 2 CPU cores budgets up to 10k take many hours

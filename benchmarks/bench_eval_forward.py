@@ -16,9 +16,8 @@ One process, one thread, everything interleaved so that the ratios share the mac
      fraction of samples whose best distance changes and by how much (boundary ties);
   4. training: step time (forward + backward + SGD step) of the small ResNet, torch.compile'd / eager;
   5. commands (``--old``): the reduced leaderboard (`LEADERBOARD_ARGS`, one thread) and with
-     ``--demo`` also `make demo`'s full leaderboard (two threads; this commit's Makefile adds
-     ``--workers`` = cores), run with the code of an older checkout and with this one,
-     alternately: wall time and peak memory.
+     ``--demo`` also `make demo`'s full leaderboard (its two threads), run with the code of an
+     older checkout and with this one, alternately: wall time and peak memory.
 Writes benchmarks/results_eval_forward.json (atomically).
 """
 from __future__ import annotations
@@ -240,22 +239,21 @@ print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
 """
 
 
-def command(old_root: Path, args: list[str], threads: int, repeats: int, new_args: tuple[str, ...] = ()) -> dict:
-    """`repspec-zoo leaderboard ARGS` with the old code and with this code (plus ``new_args``)
-    alternately: wall seconds, peak RSS and peak anonymous memory (GB) of the command's own process
-    (see `CHILD`; worker processes not included)."""
+def command(old_root: Path, args: list[str], threads: int, repeats: int) -> dict:
+    """`repspec-zoo leaderboard ARGS` with the old code and with this code alternately: wall seconds,
+    peak RSS and peak anonymous memory (GB) of the command's own process (see `CHILD`)."""
     runs = {"old": [], "new": []}
     for _ in range(repeats):
-        for label, root, extra in (("old", old_root, ()), ("new", ROOT, new_args)):
+        for label, root in (("old", old_root), ("new", ROOT)):
             with tempfile.TemporaryDirectory() as out:
-                cmd = [sys.executable, "-c", CHILD, "leaderboard", *args, *extra, "--out", out]
+                cmd = [sys.executable, "-c", CHILD, "leaderboard", *args, "--out", out]
                 env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS=str(threads))
                 text = subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True).stdout
             wall, rss_kb, anon_kb = text.rsplit("BENCH", 1)[1].split()
             runs[label].append(dict(wall_s=float(wall), peak_rss_gb=int(rss_kb) / 2 ** 20,
                                     peak_anon_gb=int(anon_kb) / 2 ** 20))
             print(label, args, runs[label][-1], flush=True)
-    return dict(args=args, new_args=list(new_args), threads=threads, runs=runs,
+    return dict(args=args, threads=threads, runs=runs,
                 old_over_new_wall=statistics.median(o["wall_s"] / n["wall_s"] for o, n in zip(runs["old"], runs["new"])))
 
 
@@ -291,10 +289,8 @@ def main(argv=None) -> dict:
         print(results["training"], flush=True)
     if "commands" in sections and args.old:
         results["leaderboard"] = command(args.old, LEADERBOARD_ARGS, threads=1, repeats=1)
-        if args.demo:  # each commit's Makefile demo: every bundled model, default n / budgets / attacks, 2 threads;
-            # the new Makefile runs one worker process per core (WORKERS = nproc)
-            cores = str(len(os.sched_getaffinity(0)))  # what nproc says
-            results["demo"] = command(args.old, [], threads=2, repeats=1, new_args=("--workers", cores))
+        if args.demo:  # the Makefile's demo: every bundled model, default n / budgets / attacks, 2 threads
+            results["demo"] = command(args.old, [], threads=2, repeats=1)
     results["setup"][f"load_avg_end_{sections[-1]}"] = os.getloadavg()[0]
     atomic_write_text(args.out, json.dumps(results, indent=1))
     print(f"wrote {args.out}")

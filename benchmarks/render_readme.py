@@ -123,8 +123,7 @@ def eval_forward(r: dict) -> list[str]:
             c = r[key]
             what = f"`repspec-zoo leaderboard {' '.join(c['args'])}`" if c["args"] else "`make demo` (full leaderboard)"
             for label, runs in c["runs"].items():
-                extra = f" with `{' '.join(c['new_args'])}`" if label == "new" and c.get("new_args") else ""
-                rows.append(f"| {what}, {c['threads']} thread(s), {label} code{extra}: wall (s) [peak RSS / peak anonymous "
+                rows.append(f"| {what}, {c['threads']} thread(s), {label} code: wall (s) [peak RSS / peak anonymous "
                             "memory, GB] | " + ", ".join(f"{x['wall_s']:.0f} [{x['peak_rss_gb']:.2f} / "
                                                          f"{x['peak_anon_gb']:.2f}]" for x in runs) + " |")
             rows.append(f"| same, wall time old / new | {c['old_over_new_wall']:.2f}x |")
