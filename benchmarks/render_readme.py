@@ -385,6 +385,18 @@ def whitebox(r: dict) -> list[str]:
         lines.append(f"| `{model}` | {e['n_shared']} | {e['previous_attacks']} | {e['current_attacks']} | "
                      f"{c['mean_a']:.4f} / {c['mean_b']:.4f} | {_pct_ci(c)} | {c['half_width_relative']:.2%} | "
                      f"{e['previous_white_box_passes']:.0f} / {e['current_white_box_passes']:.0f} |")
+    short = {model: e["shorter"] for model, e in r["ensemble"].items() if "shorter" in e}
+    if short:
+        steps = ", ".join(f"{a} {n}" for a, n in next(iter(short.values()))["steps"].items())
+        lines += ["", f"Shorter white-box attacks ({steps} steps: about a third of today's passes, what `make demo` "
+                  "would need to run 2x faster than before): the current leaderboard's hard-label distances with the "
+                  "short runs, per-sample best on the curve images, against the leaderboard's own best; paired "
+                  "95% bootstrap CI relative to today's mean.", "",
+                  "| model | images | mean L2 today / shorter | change [95% CI] | CI includes 0 |", "|---|---:|---:|---:|---|"]
+        for model, e in short.items():
+            c = e["short_vs_current"]
+            lines.append(f"| `{model}` | {e['n']} | {c['mean_a']:.4f} / {c['mean_b']:.4f} | {_pct_ci(c)} | "
+                         f"{'yes' if c['ci_includes_zero'] else 'no'} |")
     return lines
 
 
