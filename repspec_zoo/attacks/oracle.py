@@ -240,12 +240,12 @@ class HardLabelOracle:
             keep = answered.nonzero().flatten()
             run, rows = idx[keep], points[keep]
             charged = torch.bincount(run, minlength=self.n_samples)
+        if not len(run):
+            return OracleAnswer(torch.zeros(len(idx), dtype=torch.bool, device=self.device), answered)
+        flipped = predict_labels(self.model, rows, self.batch_size, self._device_dtype) != self.y[run]
+        self.queries += charged
+        if all_fit:
+            return OracleAnswer(flipped, answered)
         adversarial = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
-        if len(run):
-            labels = predict_labels(self.model, rows, self.batch_size, self._device_dtype)
-            if all_fit:
-                adversarial = labels != self.y[run]
-            else:  # scatter by the answered rows' positions (a boolean mask here would be a second host sync)
-                adversarial[keep] = labels != self.y[run]
-            self.queries += charged
+        adversarial[keep] = flipped  # by the answered rows' positions: a boolean mask would be a second host sync
         return OracleAnswer(adversarial, answered)

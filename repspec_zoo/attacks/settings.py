@@ -40,7 +40,7 @@ class AttackSettings:
     """
 
     seed: int = 0  # with the sample ids, seeds each sample's random stream (white-box: torch's RNG)
-    batch_size: int = EVAL_BATCH_SIZE  # rows per model call (white-box: samples per adv-lib call); changes no result
+    batch_size: int = EVAL_BATCH_SIZE  # rows per model call (white-box: samples per loop call); changes no result
     max_iter: int | None = None  # hard-label iteration cap (the rep-spectral paper: 40); None: the budget ends a run
     theta_scale: float | None = None  # bisection threshold theta_scale / d^{3/2}; None: default_theta_scale(d)
     bounds: tuple[float, float] = (0.0, 1.0)  # (min, max) pixel values; every query and result lies inside

@@ -209,7 +209,6 @@ SPECTRAL_MODES = tuple(mode for mode, spec in REGULARIZERS.items() if spec.spect
 BASELINE_MODE = next(mode for mode, spec in REGULARIZERS.items() if spec.baseline)  # 'none'
 
 
-
 def get_spec(mode: str) -> RegularizerSpec:
     """The spec of ``mode``; ValueError naming the known modes."""
     try:
