@@ -66,12 +66,11 @@ def _saved(out: Path) -> tuple[dict[str, EvalResult], dict]:
         raise LeaderboardError(f"--report-only: {err}; {again}") from err
 
 
-def _update_cards(results: dict[str, EvalResult], out: Path, meta: dict) -> None:
+def _update_cards(results: dict[str, EvalResult], deltas: dict[str, dict], meta: dict) -> None:
     """--update-cards: each bundled model's config.json, eval.json and card take this run's evaluation,
-    with its paired comparison against its family baseline as the summary ``out/leaderboard.json`` has it."""
+    with its paired comparison against its family baseline (``deltas``, from `report`)."""
     from ..hub.exporting import update_bundled_evaluation
 
-    deltas = json.loads((out / "leaderboard.json").read_text())["paired_vs_baseline"]
     for name, result in results.items():
         result.settings["command"] = meta["command"]
         if name in deltas:  # the card states the paired comparison with its family baseline
@@ -85,9 +84,9 @@ def main(argv=None) -> dict[str, EvalResult]:
         check_readme(args.update_readme)
     if args.report_only:
         results, meta = _saved(args.out)
-        tables = report(results, args.out, meta, args.update_readme)
+        tables, deltas = report(results, args.out, meta, args.update_readme)
         if args.update_cards:
-            _update_cards(results, args.out, meta)
+            _update_cards(results, deltas, meta)
         print(tables)
         return results
     if not args.attack:
@@ -127,9 +126,9 @@ def main(argv=None) -> dict[str, EvalResult]:
     command = ("repspec-zoo leaderboard " + " ".join(argv if argv is not None else sys.argv[2:])).strip()
     meta = dict(dataset=args.dataset, index=index, budgets=args.budgets, attacks=args.attack, seed=args.seed,
                 wall_time_s=time.perf_counter() - start, command=command)
-    tables = report(results, args.out, meta, args.update_readme)
+    tables, deltas = report(results, args.out, meta, args.update_readme)
     if args.update_cards:
-        _update_cards(results, args.out, meta)
+        _update_cards(results, deltas, meta)
     print(f"\n{tables}\n\n{len(models)} models ({len(todo)} attacked now) in {meta['wall_time_s']:.0f} s; "
           f"wrote {args.out}/")
     return results

@@ -228,10 +228,11 @@ def update_readme(readme: Path, block: str, section: str = "leaderboard") -> Non
     atomic_write_text(readme, f"{head}{start}\n{block}\n{end}{tail}")
 
 
-def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path | None = None) -> str:
+def report(results: dict[str, EvalResult], out: Path, meta: dict,
+           readme: Path | None = None) -> tuple[str, dict[str, dict]]:
     """Tables, JSON summary and plots of ``results`` into ``out``; optionally the README block (the
     bundled cards are the command line's ``--update-cards``). ``meta``: dataset, index, budgets,
-    attacks, seed, wall_time_s, command."""
+    attacks, seed, wall_time_s, command. Returns the markdown tables and the `paired_deltas` they show."""
     budgets, attacks = meta["budgets"], meta["attacks"]
     deltas = paired_deltas(results, meta["dataset"], meta["seed"])
     tables = markdown_tables(results, budgets, deltas)
@@ -258,7 +259,7 @@ def report(results: dict[str, EvalResult], out: Path, meta: dict, readme: Path |
     plot_robust_accuracy(results, out / "robust_accuracy.png")
     if readme:
         update_readme(readme, block)
-    return tables
+    return tables, deltas
 
 
 def finished(path: Path, settings: dict) -> EvalResult | None:
