@@ -306,11 +306,11 @@ def eval_precision(s: Settings, device: torch.device) -> dict:
     models = {}
     for name in s.precision_models:
         net = load_zoo_model(name, device=device)
-        per, base = {}, None
-        for mode in ("fp32", *s.precision_modes):
+        per = {}
+        for mode in ("fp32", *s.precision_modes):  # float32 first: the reference of the others
             with precision_mode(mode, device):
                 labels = predict_labels(net, x, s.attack_batch)
-                if base is None:
+                if mode == "fp32":
                     reference = labels
                     idx = (labels == y).nonzero().flatten()[:s.precision_n]
                 result, seconds = _timed(device, run_attack, "ta", net, x[idx], y[idx], s.precision_budget,
@@ -319,12 +319,12 @@ def eval_precision(s: Settings, device: torch.device) -> dict:
             per[mode] = {"test_labels_changed": int((labels != reference).sum()),
                          "success": float(result.success.float().mean()), "l2_mean": float(l2[l2.isfinite()].mean()),
                          "attack_s": seconds}
-            if base is None:
-                base = (l2, seconds)
+            if mode == "fp32":
+                reference_l2, reference_s = l2, seconds
             else:
-                paired = paired_comparison(base[0].numpy(), l2.numpy())
+                paired = paired_comparison(reference_l2.numpy(), l2.numpy())
                 per[mode].update(relative_l2_change=to_jsonable(paired["relative_difference"]),
-                                 beyond_noise=paired["beyond_noise"], time_vs_fp32=seconds / base[1])
+                                 beyond_noise=paired["beyond_noise"], time_vs_fp32=seconds / reference_s)
         models[name] = {"test_images": len(y), "attacked": len(idx), "budget": s.precision_budget, "modes": per}
     return {"models": models}
 

@@ -21,7 +21,6 @@ from PIL import Image
 import repspec_zoo  # noqa: F401  (registers the zoo with timm)
 from repspec_zoo.evaluation import evaluate as eval_module, leaderboard
 from repspec_zoo.hub import exporting
-from repspec_zoo.models.pretrained import bundled_dir
 from repspec_zoo.loader import load_model
 
 from multiproc import ROOT

@@ -325,8 +325,8 @@ def publish(run_dir: str | os.PathLike, repo_id: str | None = None, endpoint: st
 
 def bundle(run_dir: str | os.PathLike, evidence: str | None = None) -> str:
     """Export a finished run as a bundled zoo model into ``repspec_zoo/weights/<name>``: weights (load
-    offline with ``pretrained=True``), card, config and eval.json. ``evidence``: what the experiment behind the model showed across training seeds (markdown), kept in
-    config.json and shown on the card.
+    offline with ``pretrained=True``), card, config and eval.json. ``evidence``: what the experiment
+    behind the model showed across training seeds (markdown), kept in config.json and shown on the card.
 
     Returns the zoo name ``arch.tag``. The folder is replaced atomically (the old export or the new one).
     """
